@@ -1,0 +1,344 @@
+"""Command line: ``mnistkit run | validate | list | schema | fields | eval | predict | runs | compare``.
+
+Start-up stays instant: this module imports neither torch nor anything that does; commands that
+train or evaluate import :mod:`mnistkit.runner` (and torch) only when they run.
+Exit codes: 0 ok, 1 runtime failure (missing data, bad checkpoint), 2 invalid recipe or usage,
+130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from mnistkit.errors import RecipeError, RunError
+
+app = typer.Typer(
+    name="mnistkit",
+    help="Declarative PyTorch training: YAML recipes are validated, built from registries, trained.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+_state: dict[str, bool] = {"debug": False}
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a recipe value, e.g. --set optimizer.lr=0.1 (repeatable; see `mnistkit fields`).",
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        "-d",
+        help="Folder with the dataset files (beats data.root and $MNISTKIT_DATA).",
+    ),
+]
+
+T = TypeVar("T")
+
+
+def _stderr() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run a command body; turn known failures into a message and an exit code, not a traceback."""
+    try:
+        return fn()
+    except RecipeError as exc:
+        con = _stderr()
+        for p in exc.problems:
+            con.print(
+                f"[bold red]error[/] [cyan]{p.where}[/]: "
+                + (f"[bold]{p.field}[/]: " if p.field else "")
+                + _esc(p.message)
+            )
+            if p.hint:
+                con.print(f"    {_esc(p.hint)}", style="dim")
+        n = len(exc.problems)
+        con.print(f"{n} problem{'s' if n != 1 else ''} found", style="red")
+        raise typer.Exit(2) from None
+    except RunError as exc:
+        _stderr().print(f"[bold red]error:[/] {_esc(str(exc))}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        _stderr().print("interrupted")
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        _stderr().print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {_esc(str(exc))}\n"
+            "    run again with --debug for the traceback, and please report it"
+        )
+        raise typer.Exit(1) from None
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def run(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML file.", show_default=False)
+    ] = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (must not exist or be empty).")
+    ] = None,
+    runs_root: Annotated[
+        Path, typer.Option("--runs", help="Parent folder of run directories.")
+    ] = Path("runs"),
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue the run in this run directory.")
+    ] = None,
+    progress: Annotated[
+        str | None, typer.Option("--progress", help="auto | rich | plain | none")
+    ] = None,
+) -> None:
+    """Train a recipe: live progress, a row per epoch, everything saved to a run directory."""
+
+    def body() -> None:
+        from mnistkit.recipe import load_recipe
+
+        if resume is not None and recipe is not None:
+            raise RunError("give either a recipe or --resume RUN_DIR, not both")
+        if resume is None and recipe is None:
+            raise RunError("missing recipe: mnistkit run RECIPE.yaml (or --resume RUN_DIR)")
+        if progress is not None and progress not in ("auto", "rich", "plain", "none"):
+            raise RunError(f"--progress {progress!r}: use auto, rich, plain or none")
+        if resume is not None:
+            rec = _resume_recipe(resume, set_ or [])
+        else:
+            assert recipe is not None
+            rec = load_recipe(recipe, set_ or [])
+        from mnistkit.runner import RunOptions
+        from mnistkit.runner import run as run_recipe
+
+        result = run_recipe(
+            rec,
+            RunOptions(
+                data_dir=data_dir, out=out, runs_root=runs_root, resume=resume, progress=progress
+            ),
+        )
+        if result.status == "interrupted":
+            raise typer.Exit(130)
+
+    guarded(body)
+
+
+RESUMABLE = (
+    "epochs",
+    "train.progress",
+    "train.plots",
+    "train.tensorboard",
+    "train.threads",
+    "data.root",
+)
+
+
+def _resume_recipe(run_dir: Path, overrides: list[str]) -> Any:
+    from mnistkit.recipe import load_recipe
+
+    if not (run_dir / "recipe.yaml").exists():
+        raise RunError(f"--resume {run_dir}: not a run directory (no recipe.yaml)")
+    if not (run_dir / "last.pt").exists():
+        raise RunError(
+            f"--resume {run_dir}: no checkpoint (last.pt) yet: the run stopped before its "
+            "first epoch ended, or ran with train.checkpoint: false. Start it again instead."
+        )
+    for ov in overrides:
+        key = ov.partition("=")[0].strip()
+        if key not in RESUMABLE:
+            raise RecipeError([_problem_for_set(ov, key)])
+    return load_recipe(run_dir / "recipe.yaml", overrides)
+
+
+def _problem_for_set(ov: str, key: str) -> Any:
+    from mnistkit.errors import Problem
+
+    return Problem(
+        f"--set {ov}",
+        key,
+        "cannot change this when resuming (the run would not be the same run)",
+        f"allowed on --resume: {', '.join(RESUMABLE)}; start a new run to change anything else",
+    )
+
+
+@app.command()
+def validate(
+    recipes: Annotated[
+        list[Path], typer.Argument(help="Recipe files to check.", show_default=False)
+    ],
+    set_: SetOpt = None,
+    build: Annotated[
+        bool,
+        typer.Option(
+            "--build",
+            help="Also build the model (imports torch) and push one "
+            "zero batch of the dataset's shape through it.",
+        ),
+    ] = False,
+) -> None:
+    """Check recipes without training: every problem of every file, with file:line:column."""
+
+    def body() -> None:
+        from mnistkit.recipe import load_recipe
+
+        failed = 0
+        con = _stderr()
+        for path in recipes:
+            try:
+                rec = load_recipe(path, set_ or [])
+                if build:
+                    from mnistkit.shapes import dry_run
+
+                    dry_run(rec, path)
+                typer.echo(f"ok {path}")
+            except RecipeError as exc:
+                failed += 1
+                try:
+                    guarded(lambda exc=exc: (_ for _ in ()).throw(exc))
+                except typer.Exit:
+                    pass
+        if failed:
+            con.print(f"{failed} of {len(recipes)} recipe(s) invalid", style="red")
+            raise typer.Exit(2)
+
+    guarded(body)
+
+
+LIST_KINDS = ("activations", "losses", "optimizers", "schedulers", "datasets", "layers")
+
+
+@app.command("list")
+def list_(
+    kind: Annotated[
+        str | None, typer.Argument(help=f"One of: {', '.join(LIST_KINDS)}.", show_default=False)
+    ] = None,
+    plugin: Annotated[
+        list[str] | None, typer.Option("--plugin", "-p", help="Also load this plugin module.")
+    ] = None,
+) -> None:
+    """Names a recipe may use, with what they do and their parameters."""
+
+    def body() -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        from mnistkit.registry import did_you_mean, registries
+
+        reg = registries()
+        for mod in plugin or []:
+            sys.path.insert(0, str(Path.cwd()))
+            reg.load_plugin(mod)
+        kinds = reg.by_kind()
+        if kind is not None and kind not in kinds:
+            close = did_you_mean(kind, list(kinds))
+            raise RecipeError(
+                [
+                    _usage(
+                        f"unknown kind {kind!r}",
+                        (f"did you mean {close}? " if close else "")
+                        + f"choose from {', '.join(kinds)}",
+                    )
+                ]
+            )
+        con = Console(highlight=False)
+        for name, registry in kinds.items():
+            if kind is not None and name != kind:
+                continue
+            table = Table(
+                title=f"{name} — {registry.description}", title_justify="left", show_lines=False
+            )
+            table.add_column("name", style="bold cyan", no_wrap=True)
+            table.add_column("description")
+            table.add_column("parameters", style="dim")
+            for entry in registry:
+                params = "\n".join(f"{p}: {spec.describe()}" for p, spec in entry.params.items())
+                table.add_row(entry.name, entry.description, params)
+            if name == "layers":
+                table.add_row("<activation>", "every activation above is also a layer type", "")
+            con.print(table)
+
+    guarded(body)
+
+
+def _usage(msg: str, hint: str = "") -> Any:
+    from mnistkit.errors import Problem
+
+    return Problem("usage", "", msg, hint)
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe JSON Schema (for editor autocompletion: yaml-language-server)."""
+
+    def body() -> None:
+        from mnistkit.recipe import recipe_model
+
+        typer.echo(json.dumps(recipe_model().model_json_schema(), indent=2))
+
+    guarded(body)
+
+
+@app.command()
+def fields() -> None:
+    """Every recipe key with its type, default and documentation (what --set accepts)."""
+
+    def body() -> None:
+        from mnistkit.docs import fields_text
+
+        typer.echo(fields_text())
+
+    guarded(body)
+
+
+def _register_more() -> None:
+    """Commands from issue-sized modules that live in their own files."""
+    try:
+        from mnistkit import cli_runs
+    except ImportError:
+        return
+    cli_runs.register(app, guarded)
+
+
+_register_more()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

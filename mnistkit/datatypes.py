@@ -1,0 +1,38 @@
+"""Shared data containers passed between the dataset loaders and the training layer.
+
+No torch import at module level: importing this module must stay cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Split:
+    """One split of a dataset held in memory."""
+
+    x: torch.Tensor  # uint8 [N, 1, H, W] for images; float32 [N, 1, n_mels, frames] for audio
+    y: torch.Tensor  # int64 [N]
+
+
+@dataclass
+class LoadedData:
+    """A dataset ready for training: both splits, class names and normalization stats."""
+
+    train: Split
+    test: Split
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    files: list[Path]
+    source: str
+
+
+class DataError(Exception):
+    """User-facing data problem: what was looked for, where, and how to fix it."""

@@ -1,0 +1,707 @@
+"""The recipe: a validated, pure-data description of one training run (no torch here).
+
+Data flow: ``load_recipe(path)`` → YAML with positions (:mod:`mnistkit.yamlio`) → the pydantic
+model generated from the registries (so a plugin's names and parameters are validated exactly like
+the built-ins) → cross-field checks → a :class:`Recipe`. Every problem is collected and raised at
+once as a :class:`~mnistkit.errors.RecipeError` with ``file:line:column``.
+
+Defaults live in the field declarations below and nowhere else; each field's docstring is its
+documentation (JSON Schema, ``docs/recipe.md`` and ``mnistkit fields`` are generated from it).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    create_model,
+)
+
+from mnistkit.errors import Problem, RecipeError, dotted
+from mnistkit.registry import REQUIRED, Entry, Param, PluginError, Registries, Registry
+from mnistkit.registry import did_you_mean as _dym
+from mnistkit.registry import registries as _registries
+from mnistkit.yamlio import Located, apply_overrides, load_file, load_text
+
+PosInt = Annotated[StrictInt, Field(ge=1)]
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, docstrings are documentation."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class Normalize(Section):
+    """Explicit normalization: x = (pixel/255 - mean) / std, one value per channel."""
+
+    mean: list[float] = Field(min_length=1)
+    """Per-channel mean of the [0, 1]-scaled inputs."""
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    """Per-channel standard deviation (> 0)."""
+
+
+class LogMel(Section):
+    """Log-mel spectrogram features for audio datasets, computed once with librosa and cached."""
+
+    type: Literal["log_mel"] = "log_mel"
+    """Feature kind (only log_mel for now)."""
+    sample_rate: PosInt = 8000
+    """Audio is resampled to this rate (Hz) on load. FSDD is recorded at 8 kHz."""
+    n_fft: PosInt = 2048
+    """FFT window length in samples (the tutorial's 2048)."""
+    hop_length: PosInt = 512
+    """Samples between successive frames (the tutorial's 512)."""
+    n_mels: PosInt = 128
+    """Number of mel bands: the feature map's height."""
+    frames: PosInt = 32
+    """Clips are padded or cropped to this many frames: the feature map's width."""
+    fmax: Annotated[float, Field(gt=0)] | None = None
+    """Highest mel band edge in Hz (default: sample_rate / 2)."""
+
+
+class DataSection(Section):
+    """Where the examples come from and how they are batched."""
+
+    dataset: str
+    """Registry name of the dataset (see `mnistkit list datasets`)."""
+    root: str | None = None
+    """Folder with the dataset's files. Overridden by --data-dir; else $MNISTKIT_DATA; else a
+    per-user cache folder."""
+    download: StrictBool = True
+    """Download the dataset if its files are not found (only datasets that support it)."""
+    batch_size: PosInt = 64
+    """Training examples per optimizer step."""
+    eval_batch_size: PosInt = 1000
+    """Examples per forward pass during evaluation: large, since no gradients are kept."""
+    shuffle: StrictBool = True
+    """Visit the training set in a fresh random order every epoch."""
+    drop_last: StrictBool = False
+    """Drop the last partial training batch of each epoch (default keeps it: every sample is seen
+    once per epoch)."""
+    limit: PosInt | None = None
+    """Use only the first N training examples (quick runs and tests)."""
+    test_limit: PosInt | None = None
+    """Use only the first N test examples."""
+    val_split: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Fraction of the training set held out (seeded) as a validation set, evaluated every epoch."""
+    normalize: Literal["auto", "none"] | Normalize = "auto"
+    """'auto' uses the dataset's own mean/std (MNIST: 0.1307/0.3081), 'none' only scales to
+    [0, 1], or give {mean: [...], std: [...]}."""
+    loader: Literal["memory", "dataloader"] = "memory"
+    """'memory': decode once into one tensor on the training device and batch by indexing (fast).
+    'dataloader': torch DataLoader over the same tensors with workers (for data that does not fit
+    in memory, or to compare)."""
+    num_workers: Annotated[StrictInt, Field(ge=0)] | None = None
+    """DataLoader worker processes (loader: dataloader); default: min(2, CPU count)."""
+    features: LogMel | None = None
+    """Audio feature extraction (audio datasets only; defaults apply when omitted)."""
+    skip_bad_files: StrictBool = False
+    """Audio: skip unreadable files (they are listed) instead of stopping before training."""
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    """audio_folder without train/ and test/ sub-folders: fraction of each class put in the test
+    set (seeded, by file name)."""
+
+
+class ModelSection(Section):
+    """The network: either the MLP shorthand (hidden + activation) or a list of layers."""
+
+    hidden: list[PosInt] | None = Field(default=None, min_length=1)
+    """MLP shorthand: widths of the hidden layers; input size and class count come from the
+    dataset. [512, 256, 128, 64] is the tutorial's 784-512-256-128-64-10 network."""
+    activation: Any = "relu"
+    """Activation after every hidden layer (MLP shorthand): a name or {name: ..., params}."""
+    output_activation: str | None = None
+    """Activation after the last layer. Leave unset with cross_entropy (it needs raw logits);
+    with nll, log_softmax is appended automatically."""
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """MLP shorthand: dropout probability after every hidden activation."""
+    layers: list[Any] | None = Field(default=None, min_length=1)
+    """Explicit layer list, [{type: conv2d, out_channels: 32, kernel_size: 3}, ...]. Sizes that
+    follow from the input (in_features, in_channels, input_size) are inferred."""
+
+
+class EarlyStopping(Section):
+    """Stop when the monitored metric has not improved for `patience` epochs."""
+
+    patience: PosInt = 3
+    """Epochs without improvement before stopping."""
+    metric: Literal["auto", "train_loss", "test_loss", "test_acc", "val_loss", "val_acc"] = "auto"
+    """Metric to monitor; 'auto': val_loss with a validation split, else test_loss."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """'auto': max for accuracies, min for losses."""
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+    """Smallest change that counts as an improvement."""
+
+
+class TrainSection(Section):
+    """How the loop runs: device, precision, stopping rules, checkpoints, display."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """'auto' picks CUDA, then MPS, then CPU."""
+    threads: PosInt | None = None
+    """CPU threads for torch; default: the number of physical cores available."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast for forward passes (CUDA; on CPU only if supported). Weights stay fp32."""
+    compile: StrictBool = False
+    """torch.compile the model; compile time is reported apart from training time."""
+    target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Stop as soon as test (or validation) accuracy reaches this fraction, e.g. 0.88."""
+    grad_clip: Annotated[float, Field(gt=0)] | None = None
+    """Clip the global gradient norm to this value."""
+    early_stopping: EarlyStopping | None = None
+    """Stop when a metric stops improving (see EarlyStopping)."""
+    best_metric: Literal["auto", "test_acc", "test_loss", "val_acc", "val_loss"] = "auto"
+    """Metric that picks the `best` checkpoint; 'auto': val_acc with a validation split, else
+    test_acc."""
+    checkpoint: StrictBool = True
+    """Write `last` and `best` checkpoints to the run directory (needed for --resume)."""
+    tensorboard: StrictBool = False
+    """Also log metrics to TensorBoard (run directory / tb); needs the tensorboard package."""
+    plots: StrictBool = True
+    """Write PNG plots (curves, confusion matrix, worst mistakes) at the end of the run."""
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+    """'auto': live Rich display on a terminal, plain lines otherwise (CI logs)."""
+
+
+class RecipeBase(Section):
+    """One training run. Only `data` and `model` are required."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)] | None = (
+        None
+    )
+    """Run name (run directories are <name>-<timestamp>); default: the recipe file's name."""
+    seed: Annotated[StrictInt, Field(ge=0)] = 0
+    """Seeds weights, shuffling and splits: the same seed gives the same run on CPU."""
+    plugins: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = []
+    """Python modules whose register(reg) function adds activations, layers, optimizers, losses
+    or datasets (imported from the recipe's folder or sys.path)."""
+    data: DataSection
+    """Dataset, batching and preprocessing."""
+    model: ModelSection
+    """The network."""
+    loss: Any = "cross_entropy"
+    """Training objective: a name or {name: ..., params}; see `mnistkit list losses`."""
+    optimizer: Any = "adam"
+    """Optimizer and its parameters, e.g. {name: sgd, lr: 0.01, momentum: 0.5}."""
+    scheduler: Any = None
+    """Learning-rate schedule, e.g. {name: onecycle, max_lr: 0.1}; default: constant lr."""
+    epochs: PosInt = 10
+    """Passes over the training set."""
+    train: TrainSection = TrainSection()
+    """Loop options."""
+
+
+# --------------------------------------------------------------------------- generated schema
+_PY_TYPES: dict[str, Any] = {
+    "int": StrictInt,
+    "float": float,
+    "bool": StrictBool,
+    "str": str,
+}
+
+
+def _param_annotation(p: Param) -> Any:
+    bounds = {k: getattr(p, k) for k in ("ge", "gt", "le", "lt") if getattr(p, k) is not None}
+    if p.choices:
+        ann: Any = Literal[p.choices]  # type: ignore[valid-type]
+    elif p.type == "float_pair":
+        item = Annotated[float, Field(**bounds)]
+        ann = tuple[item, item]
+    elif p.type == "int_pair":
+        item = Annotated[StrictInt, Field(**bounds)]
+        ann = tuple[item, item]
+    elif p.type == "int_or_pair":
+        item = Annotated[StrictInt, Field(**bounds)]
+        ann = Union[item, tuple[item, item]]  # noqa: UP007
+    elif p.type == "int_list":
+        ann = list[Annotated[StrictInt, Field(**bounds)]]
+    else:
+        ann = Annotated[_PY_TYPES[p.type], Field(**bounds)]
+    return ann | None if p.nullable else ann
+
+
+def _spec_model(kind: str, entry: Entry, key: str) -> type[BaseModel]:
+    fields: dict[str, Any] = {key: (Literal[entry.name], Field(description=entry.description))}  # type: ignore[valid-type]
+    for pname, p in entry.params.items():
+        default = ... if p.default is REQUIRED else p.default
+        fields[pname] = (_param_annotation(p), Field(default, description=p.doc))
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        f"{kind}_{entry.name}",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __doc__=entry.description,
+        **fields,
+    )
+
+
+def _str_to_spec(key: str) -> Any:
+    def convert(value: Any) -> Any:
+        return {key: value} if isinstance(value, str) else value
+
+    return convert
+
+
+def _union(kind: str, entries: list[Entry], key: str) -> Any:
+    members = tuple(_spec_model(kind, e, key) for e in entries)
+    union: Any = (
+        members[0] if len(members) == 1 else Annotated[members, Field(discriminator=key)]
+    )  # noqa: UP007
+    return Annotated[union, BeforeValidator(_str_to_spec(key))]
+
+
+_MODEL_CACHE: dict[tuple[int, int], type[RecipeBase]] = {}
+
+
+def recipe_model(reg: Registries | None = None) -> type[RecipeBase]:
+    """The Recipe class for the current registries (built-ins plus loaded plugins)."""
+    reg = reg or _registries()
+    cache_key = (id(reg), reg.version)
+    if cache_key in _MODEL_CACHE:
+        return _MODEL_CACHE[cache_key]
+
+    def desc(model: type[BaseModel], name: str) -> str | None:
+        return model.model_fields[name].description
+
+    layer_entries = list(reg.layers) + list(reg.activations)
+    activation = _union("activation", list(reg.activations), "name")
+    model_cls = create_model(
+        "Model",
+        __base__=ModelSection,
+        activation=(
+            activation,
+            Field("relu", validate_default=True, description=desc(ModelSection, "activation")),
+        ),
+        layers=(
+            list[_union("layer", layer_entries, "type")] | None,
+            Field(None, min_length=1, description=desc(ModelSection, "layers")),
+        ),
+    )
+    data_cls = create_model(
+        "Data",
+        __base__=DataSection,
+        dataset=(
+            Literal[tuple(reg.datasets.names())],
+            Field(description=desc(DataSection, "dataset")),
+        ),  # type: ignore[misc]
+    )
+    recipe_cls = create_model(
+        "Recipe",
+        __base__=RecipeBase,
+        data=(data_cls, Field(description=desc(RecipeBase, "data"))),
+        model=(model_cls, Field(description=desc(RecipeBase, "model"))),
+        loss=(
+            _union("loss", list(reg.losses), "name"),
+            Field("cross_entropy", validate_default=True, description=desc(RecipeBase, "loss")),
+        ),
+        optimizer=(
+            _union("optimizer", list(reg.optimizers), "name"),
+            Field("adam", validate_default=True, description=desc(RecipeBase, "optimizer")),
+        ),
+        scheduler=(
+            _union("scheduler", list(reg.schedulers), "name") | None,
+            Field(None, description=desc(RecipeBase, "scheduler")),
+        ),
+    )
+    _MODEL_CACHE[cache_key] = recipe_cls
+    return recipe_cls
+
+
+# The validated recipe type, for annotations: an instance of recipe_model(reg).
+Recipe = RecipeBase
+
+
+# ------------------------------------------------------------------------------- loading
+def load_recipe(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    reg: Registries | None = None,
+) -> RecipeBase:
+    """Read, override, validate: the one entry point from a YAML file to a Recipe."""
+    path = Path(path)
+    doc = load_file(path)
+    return validate_document(
+        doc, overrides or [], reg, default_name=path.stem, base_dir=path.parent
+    )
+
+
+def load_recipe_text(
+    text: str,
+    source: str = "<recipe>",
+    overrides: list[str] | None = None,
+    reg: Registries | None = None,
+) -> RecipeBase:
+    return validate_document(load_text(text, source), overrides or [], reg, default_name="run")
+
+
+def validate_document(
+    doc: Located,
+    overrides: list[str],
+    reg: Registries | None = None,
+    *,
+    default_name: str = "run",
+    base_dir: Path | None = None,
+) -> RecipeBase:
+    apply_overrides(doc, overrides)
+    if not isinstance(doc.data, dict):
+        raise RecipeError(
+            [
+                Problem(
+                    doc.where(()),
+                    "",
+                    f"the recipe must be a mapping of keys, not {type(doc.data).__name__}",
+                )
+            ]
+        )
+    reg = reg or _registries()
+    _load_plugins(doc, reg, base_dir)
+    cls = recipe_model(reg)
+    data = dict(doc.data)
+    if data.get("name") is None:
+        data["name"] = re.sub(r"[^A-Za-z0-9_.-]", "-", default_name) or "run"
+    try:
+        recipe = cls.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError([_problem(err, doc, cls) for err in exc.errors()]) from None
+    recipe, problems = check_recipe(recipe, reg, doc)
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def _load_plugins(doc: Located, reg: Registries, base_dir: Path | None) -> None:
+    plugins = doc.data.get("plugins") or []
+    if not isinstance(plugins, list):
+        return  # schema validation reports the type error
+    problems: list[Problem] = []
+    for i, name in enumerate(plugins):
+        if not isinstance(name, str):
+            continue
+        added = False
+        if base_dir is not None and str(base_dir.resolve()) not in sys.path:
+            # Like `python script.py`: a plugin module may sit next to the recipe.
+            sys.path.insert(0, str(base_dir.resolve()))
+            added = True
+        try:
+            reg.load_plugin(name)
+        except ModuleNotFoundError as exc:
+            problems.append(
+                Problem(
+                    doc.where(("plugins", i)),
+                    f"plugins[{i}]",
+                    f"cannot import plugin module {name!r} ({exc})",
+                    "put the module next to the recipe, on PYTHONPATH, or install it",
+                )
+            )
+        except PluginError as exc:
+            problems.append(Problem(doc.where(("plugins", i)), f"plugins[{i}]", str(exc)))
+        except Exception as exc:  # a plugin's own bug: report it, with its type
+            problems.append(
+                Problem(
+                    doc.where(("plugins", i)),
+                    f"plugins[{i}]",
+                    f"plugin {name!r} failed while registering: {type(exc).__name__}: {exc}",
+                )
+            )
+        finally:
+            if added:
+                sys.path.remove(str(base_dir.resolve()))  # type: ignore[union-attr]
+    if problems:
+        raise RecipeError(problems)
+
+
+# ------------------------------------------------------------------------ error translation
+def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Map a pydantic error location onto the YAML document: drop discriminator tags."""
+    out: list[Any] = []
+    cur = data
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            out.append(part)
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            out.append(part)
+            cur = cur[part]
+        elif isinstance(cur, dict) and part in (cur.get("name"), cur.get("type")):
+            continue  # the tag of a discriminated union
+        elif isinstance(cur, str) and part == cur:
+            continue  # shorthand 'relu' for {name: relu}
+        else:
+            out.append(part)
+            cur = None
+    return tuple(out)
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """Concrete member types of an annotation (through Annotated, Optional, Union)."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        return [m for a in typing.get_args(tp) for m in _unwrap(a)]
+    return [tp]
+
+
+def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model found at ``loc`` (a pydantic location, tags included)."""
+    candidates: list[Any] = [cls]
+    for part in loc:
+        nxt: list[Any] = []
+        for tp in candidates:
+            for m in _unwrap(tp):
+                if isinstance(m, type) and issubclass(m, BaseModel):
+                    if part in m.model_fields:
+                        nxt.append(m.model_fields[part].annotation)
+                    else:  # discriminated union: `part` is the tag
+                        for f in m.model_fields.values():
+                            lit = typing.get_args(f.annotation)
+                            if typing.get_origin(f.annotation) is Literal and part in lit:
+                                nxt.append(m)
+                                break
+                elif typing.get_origin(m) is list and isinstance(part, int):
+                    nxt.append(typing.get_args(m)[0])
+        candidates = nxt
+    names: list[str] = []
+    for tp in candidates:
+        for m in _unwrap(tp):
+            if isinstance(m, type) and issubclass(m, BaseModel):
+                names += [n for n in m.model_fields if n not in names]
+    return names
+
+
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def _problem(err: Any, doc: Located, cls: type[BaseModel]) -> Problem:
+    loc = tuple(err["loc"])
+    path = _data_path(doc.data, loc)
+    field = dotted(path)
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "missing":
+        parent = path[:-1]
+        allowed = _field_doc(cls, loc)
+        return Problem(
+            doc.where(parent, key=True),
+            dotted(parent) or "(top level)",
+            f"missing required key {path[-1]!r}",
+            allowed,
+        )
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(cls, loc[:-1])
+        close = _dym(str(loc[-1]), allowed)
+        hint = (f"did you mean {close}? " if close else "") + f"allowed keys: {', '.join(allowed)}"
+        return Problem(doc.where(path, key=True), field, f"unknown key {path[-1]!r}", hint)
+    if kind == "union_tag_invalid":
+        expected = _QUOTED.findall(str(ctx.get("expected_tags", "")))
+        tag = ctx.get("tag")
+        what = str(ctx.get("discriminator", "name")).strip("'")
+        close = _dym(str(tag), expected)
+        hint = (f"did you mean {close}? " if close else "") + f"allowed: {', '.join(expected)}"
+        section = field.split(".")[-1].split("[")[0] or "value"
+        return Problem(doc.where(path), field, f"unknown {section} {what} {tag!r}", hint)
+    if kind == "union_tag_not_found":
+        what = str(ctx.get("discriminator", "name")).strip("'")
+        return Problem(
+            doc.where(path),
+            field,
+            f"missing key {what!r} (which one to use)",
+            f"e.g. {{{what}: ...}}; see `mnistkit list`",
+        )
+    if kind == "literal_error":
+        expected = _QUOTED.findall(str(ctx.get("expected", "")))
+        got = err.get("input")
+        close = _dym(str(got), expected)
+        hint = (f"did you mean {close}? " if close else "") + f"allowed: {', '.join(expected)}"
+        return Problem(doc.where(path), field, f"{got!r} is not allowed", hint)
+    msg = err["msg"]
+    got = err.get("input")
+    if not isinstance(got, dict | list) or len(repr(got)) < 60:
+        msg += f" (got {got!r})"
+    return Problem(doc.where(path), field, msg, _field_doc(cls, loc))
+
+
+def _field_doc(cls: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """The field's docstring, as a reminder of what it is for."""
+    parent = loc[:-1]
+    candidates: list[Any] = [cls]
+    for part in parent:
+        nxt = []
+        for tp in candidates:
+            for m in _unwrap(tp):
+                if isinstance(m, type) and issubclass(m, BaseModel) and part in m.model_fields:
+                    nxt.append(m.model_fields[part].annotation)
+        candidates = nxt
+    for tp in candidates:
+        for m in _unwrap(tp):
+            if (
+                isinstance(m, type)
+                and issubclass(m, BaseModel)
+                and loc
+                and loc[-1] in m.model_fields
+            ):
+                d = m.model_fields[loc[-1]].description
+                if d:
+                    return " ".join(d.split())
+    return ""
+
+
+# --------------------------------------------------------------------- cross-field checks
+OUTPUT_ONLY = ("softmax", "log_softmax")
+
+
+def check_recipe(
+    recipe: RecipeBase, reg: Registries, doc: Located | None = None
+) -> tuple[RecipeBase, list[Problem]]:
+    """Checks that span fields. Returns the recipe with context-dependent defaults filled in."""
+
+    def where(*loc: Any, key: bool = False) -> str:
+        return doc.where(tuple(loc), key=key) if doc else "<recipe>"
+
+    problems: list[Problem] = []
+    m = recipe.model
+    loss_entry = reg.losses.get(recipe.loss.name)
+    expects = loss_entry.meta.get("expects", "logits")
+
+    if (m.hidden is None) == (m.layers is None):
+        problems.append(
+            Problem(
+                where("model", key=True),
+                "model",
+                "give exactly one of 'hidden' (MLP shorthand) or 'layers'",
+                "hidden: [512, 256] builds an MLP; layers: [...] any network",
+            )
+        )
+    if m.output_activation is not None:
+        names = [*reg.activations.names(), *OUTPUT_ONLY]
+        oa = m.output_activation
+        if oa not in names:
+            close = _dym(oa, names)
+            problems.append(
+                Problem(
+                    where("model", "output_activation"),
+                    "model.output_activation",
+                    f"unknown output activation {oa!r}",
+                    (f"did you mean {close}? " if close else "") + f"allowed: {', '.join(names)}",
+                )
+            )
+        elif expects == "logits":
+            problems.append(
+                _logits_problem(
+                    where("model", "output_activation"),
+                    "model.output_activation",
+                    oa,
+                    recipe.loss.name,
+                )
+            )
+        elif oa != "log_softmax":
+            problems.append(
+                Problem(
+                    where("model", "output_activation"),
+                    "model.output_activation",
+                    f"{oa!r} cannot feed {recipe.loss.name}: it expects log-probabilities",
+                    "use output_activation: log_softmax (or leave it unset: it is added)",
+                )
+            )
+    if m.layers:
+        last = m.layers[-1]
+        last_type = getattr(last, "type", None)
+        is_act = last_type in reg.activations or last_type in OUTPUT_ONLY
+        if expects == "logits" and is_act:
+            i = len(m.layers) - 1
+            problems.append(
+                _logits_problem(
+                    where("model", "layers", i),
+                    f"model.layers[{i}]",
+                    str(last_type),
+                    recipe.loss.name,
+                )
+            )
+
+    kind = reg.datasets.get(recipe.data.dataset).meta.get("kind")
+    data = recipe.data
+    if kind == "audio" and data.features is None:
+        data = data.model_copy(update={"features": LogMel()})
+    if kind != "audio" and data.features is not None:
+        problems.append(
+            Problem(
+                where("data", "features", key=True),
+                "data.features",
+                f"features apply to audio datasets; {data.dataset!r} is an image dataset",
+                "remove data.features",
+            )
+        )
+    if isinstance(data.normalize, Normalize) and len(data.normalize.mean) != len(
+        data.normalize.std
+    ):
+        problems.append(
+            Problem(
+                where("data", "normalize"),
+                "data.normalize",
+                "mean and std must have the same length (one value per channel)",
+            )
+        )
+
+    opt = recipe.optimizer
+    if getattr(opt, "nesterov", False) and getattr(opt, "momentum", 0) <= 0:
+        problems.append(
+            Problem(
+                where("optimizer", "nesterov"),
+                "optimizer.nesterov",
+                "Nesterov momentum needs momentum > 0",
+                "set optimizer.momentum, e.g. 0.9",
+            )
+        )
+
+    has_val = data.val_split > 0
+    t = recipe.train
+    for loc, metric in (
+        (("train", "best_metric"), t.best_metric),
+        (
+            ("train", "early_stopping", "metric"),
+            t.early_stopping.metric if t.early_stopping else None,
+        ),
+        (("scheduler", "metric"), getattr(recipe.scheduler, "metric", None)),
+    ):
+        if metric and metric.startswith("val_") and not has_val:
+            problems.append(
+                Problem(
+                    where(*loc),
+                    dotted(loc),
+                    f"{metric} needs a validation split",
+                    "set data.val_split (e.g. 0.1) or monitor a test_* metric",
+                )
+            )
+    updated = recipe.model_copy(update={"data": data}) if data is not recipe.data else recipe
+    return updated, problems
+
+
+def _logits_problem(where: str, field: str, act: str, loss: str) -> Problem:
+    return Problem(
+        where,
+        field,
+        f"{act!r} after the last layer cannot be used with loss {loss!r}",
+        f"{loss} applies log_softmax itself (CrossEntropyLoss = log_softmax + NLLLoss), so the last "
+        f"layer must output raw logits: an activation there squashes them and a softmax applies "
+        f"it twice. Remove it, or use loss: nll (log_softmax is then added for you).",
+    )
+
+
+def resolved_dict(recipe: RecipeBase) -> dict[str, Any]:
+    """The fully resolved recipe as plain data (every default spelled out), re-runnable as is."""
+    return recipe.model_dump(mode="json")
+
+
+def registry_for(reg: Registries, kind: str) -> Registry:
+    return reg.by_kind()[kind]

@@ -1,0 +1,236 @@
+"""Registries: the names a recipe may use, each mapped to a *lazy* target.
+
+A registry entry is pure data: a name, a target given as ``"module:attr"`` (imported only when
+the entry is created, so ``mnistkit list``/``validate`` never import torch), a one-line
+description, and the parameters the entry accepts with their types and ranges. The recipe schema
+is generated from these declarations, so validation needs no torch either.
+
+Nothing registers itself on import. The built-in entries are added by
+:func:`mnistkit.catalog.register_builtins` when :func:`registries` is first called; users add
+their own through a plugin module (``plugins:`` in a recipe, or the ``mnistkit.plugins``
+entry-point group) whose ``register(reg)`` function is called explicitly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+REQUIRED: Any = ...  # marks a parameter that has no default
+
+PARAM_TYPES = ("int", "float", "bool", "str", "float_pair", "int_pair", "int_list", "int_or_pair")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a registry entry: type, default and allowed range, for validation."""
+
+    type: str
+    default: Any = REQUIRED
+    doc: str = ""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+    #: Name of the keyword in the target's signature, when the recipe spells it differently.
+    target_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            raise ValueError(f"unknown param type {self.type!r}; use one of {PARAM_TYPES}")
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def describe(self) -> str:
+        """Short human text: ``float > 0, default 0.01``."""
+        bits = [self.type]
+        for op, val in (("≥", self.ge), (">", self.gt), ("≤", self.le), ("<", self.lt)):
+            if val is not None:
+                bits.append(f"{op} {val:g}")
+        if self.choices:
+            bits = ["one of " + ", ".join(map(str, self.choices))]
+        if self.nullable:
+            bits.append("or null")
+        bits.append("required" if self.required else f"default {self.default!r}")
+        return ", ".join(bits)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A named, lazily imported thing a recipe can refer to."""
+
+    name: str
+    target: str | Callable[..., Any]
+    description: str
+    params: dict[str, Param] = field(default_factory=dict)
+    #: Free-form static facts used at validation time (e.g. a dataset's input shape).
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> Callable[..., Any]:
+        """Import and return the target (a class or factory)."""
+        if callable(self.target):
+            return self.target
+        module, _, attr = self.target.partition(":")
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        """Instantiate the target with recipe parameters (renamed to target keywords)."""
+        renamed = {
+            (self.params[k].target_name or k) if k in self.params else k: v
+            for k, v in kwargs.items()
+        }
+        return self.load()(*args, **renamed)
+
+
+class UnknownName(KeyError):
+    """A name that is not registered; the message lists what is and suggests the closest."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        self.kind, self.name, self.known = kind, name, known
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        msg = f"unknown {self.kind} {self.name!r}"
+        close = did_you_mean(self.name, self.known)
+        if close:
+            msg += f"; did you mean {close}?"
+        return msg + f" (known: {', '.join(self.known)})"
+
+
+def did_you_mean(word: str, candidates: list[str] | tuple[str, ...]) -> str | None:
+    """``'relu'`` or ``'relu' or 'elu'`` for the candidates closest to ``word``, else None."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=2, cutoff=0.6)
+    return " or ".join(repr(c) for c in close) or None
+
+
+class Registry:
+    """Name → :class:`Entry` for one kind of component (activations, optimizers, ...)."""
+
+    def __init__(self, kind: str, description: str) -> None:
+        self.kind = kind
+        self.description = description
+        self._entries: dict[str, Entry] = {}
+
+    def register(
+        self,
+        name: str,
+        target: str | Callable[..., Any],
+        description: str,
+        params: dict[str, Param] | None = None,
+        *,
+        replace: bool = False,
+        **meta: Any,
+    ) -> Entry:
+        """Add an entry. Names are recipe identifiers: lowercase, digits and ``_``."""
+        if not name.replace("_", "").isalnum() or name.lower() != name:
+            raise ValueError(f"{self.kind} name {name!r}: use lowercase letters, digits and _")
+        if name in self._entries and not replace:
+            raise ValueError(f"{self.kind} {name!r} is already registered (pass replace=True)")
+        entry = Entry(name, target, description, dict(params or {}), dict(meta))
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownName(self.kind, name, self.names()) from None
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.get(name).create(*args, **kwargs)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Registries:
+    """All registries of one session. Plugins receive this object in ``register(reg)``."""
+
+    def __init__(self) -> None:
+        self.activations = Registry("activation", "non-linearities for model.activation and layers")
+        self.losses = Registry("loss", "training objectives (recipe key: loss)")
+        self.optimizers = Registry("optimizer", "parameter update rules (recipe key: optimizer)")
+        self.schedulers = Registry("scheduler", "learning-rate schedules (recipe key: scheduler)")
+        self.datasets = Registry("dataset", "data sources (recipe key: data.dataset)")
+        self.layers = Registry("layer", "building blocks for model.layers (key: type)")
+        self.plugins_loaded: list[str] = []
+        #: bumps whenever a plugin is loaded, so generated schemas can be cached per version.
+        self.version = 0
+
+    def by_kind(self) -> dict[str, Registry]:
+        return {
+            "activations": self.activations,
+            "losses": self.losses,
+            "optimizers": self.optimizers,
+            "schedulers": self.schedulers,
+            "datasets": self.datasets,
+            "layers": self.layers,
+        }
+
+    def load_plugin(self, module_name: str) -> None:
+        """Import ``module_name`` and call its ``register(reg)`` function (once per module)."""
+        if module_name in self.plugins_loaded:
+            return
+        module = importlib.import_module(module_name)
+        hook = getattr(module, "register", None)
+        if not callable(hook):
+            raise PluginError(
+                f"plugin module {module_name!r} ({getattr(module, '__file__', '?')}) has no "
+                "register(reg) function; define one that calls reg.<kind>.register(...)"
+            )
+        hook(self)
+        self.plugins_loaded.append(module_name)
+        self.version += 1
+
+
+class PluginError(Exception):
+    """A plugin that cannot be imported or does not follow the plugin protocol."""
+
+
+_REGISTRIES: Registries | None = None
+ENTRY_POINT_GROUP = "mnistkit.plugins"
+
+
+def registries() -> Registries:
+    """The process-wide registries: built-ins plus installed entry-point plugins."""
+    global _REGISTRIES
+    if _REGISTRIES is None:
+        from mnistkit.catalog import register_builtins
+
+        reg = Registries()
+        register_builtins(reg)
+        _load_entry_points(reg)
+        _REGISTRIES = reg
+    return _REGISTRIES
+
+
+def reset_registries() -> None:
+    """Forget plugins (tests use this to start from the built-ins)."""
+    global _REGISTRIES
+    _REGISTRIES = None
+
+
+def _load_entry_points(reg: Registries) -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        reg.load_plugin(ep.value.partition(":")[0])

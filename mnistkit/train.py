@@ -1,0 +1,289 @@
+"""The training loop: one function, read it top to bottom.
+
+Everything it needs is built before it starts (runner.py); everything it produces goes to the
+reporter (display) and to the run directory (metrics.csv, checkpoints). Choices that matter for
+speed are commented where they are made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnistkit.build import Schedule
+from mnistkit.data import (
+    Prepared,
+    dataloader_batches,
+    epoch_order,
+    eval_batches,
+    memory_batches,
+    num_batches,
+)
+from mnistkit.datatypes import Split
+from mnistkit.recipe import Recipe
+
+PROGRESS_INTERVAL_S = (
+    0.25  # live display refresh: often enough to look alive, rare enough to be free
+)
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(
+            f"loss became {value} at epoch {epoch}, step {step}: training stopped. "
+            "Lower optimizer.lr, set train.grad_clip, or check the data. "
+            "The last good checkpoint is kept."
+        )
+
+
+@dataclass
+class LoopState:
+    """Everything needed to continue exactly where a run stopped (saved in checkpoints)."""
+
+    epoch: int = 0  # 0-based epoch in progress (or next to run)
+    step: int = 0  # batches already done in that epoch (non-zero after a Ctrl-C mid-epoch)
+    order: torch.Tensor | None = None  # that epoch's sample order, when step > 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    elapsed: float = 0.0  # training seconds already spent in that epoch
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # early stopping: epochs without improvement
+    stop_reason: str | None = None
+
+
+@dataclass
+class Hooks:
+    """Where the loop hands results out: display, metrics file, checkpoints."""
+
+    on_epoch_start: Callable[[int, int], None]
+    on_progress: Callable[
+        [int, int, float, float, float], None
+    ]  # step, steps, loss, acc, samples/s
+    on_epoch_end: Callable[[dict[str, Any], bool], None]  # row, improved
+    save_checkpoint: Callable[[LoopState, bool], None]  # state, is_best
+    message: Callable[[str], None]
+
+
+class StopRequest:
+    """Turns the first Ctrl-C into a request to stop at the next safe point (a second one kills)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopRequest:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def evaluate(
+    model: nn.Module, loss_fn: nn.Module, split: Split, batch_size: int, autocast: Any
+) -> tuple[float, float]:
+    """Mean loss per sample and accuracy, in large batches without autograd bookkeeping."""
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    with torch.inference_mode(), autocast():
+        for xb, yb in eval_batches(split, batch_size):
+            out = model(xb)
+            # reduction="sum" semantics without a second loss object: mean * n.
+            total += loss_fn(out.float(), yb).double() * len(yb)
+            correct += (out.argmax(1) == yb).sum()
+    n = max(1, len(split.y))
+    return total.item() / n, correct.item() / n
+
+
+def metric_mode(metric: str) -> str:
+    return "max" if metric.endswith("_acc") else "min"
+
+
+def train_loop(
+    recipe: Recipe,
+    data: Prepared,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    state: LoopState,
+    generator: torch.Generator,
+    hooks: Hooks,
+    device: torch.device,
+) -> LoopState:
+    """Train from ``state`` to ``recipe.epochs``; returns the final state (with stop_reason)."""
+    d, t = recipe.data, recipe.train
+    n_train = len(data.train.y)
+    steps = num_batches(n_train, d.batch_size, d.drop_last)
+    best_metric = (
+        t.best_metric if t.best_metric != "auto" else ("val_acc" if data.val else "test_acc")
+    )
+    stop_metric = target_metric = "val_acc" if data.val else "test_acc"
+    es = t.early_stopping
+    if es is not None and es.metric != "auto":
+        stop_metric = es.metric
+    elif es is not None:
+        stop_metric = "val_loss" if data.val else "test_loss"
+    es_mode = (es.mode if es and es.mode != "auto" else metric_mode(stop_metric)) if es else "min"
+    es_best: float | None = None
+
+    use_bf16 = t.precision == "bf16"
+
+    def autocast() -> Any:
+        if not use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    # On CPU reading a scalar is free (no device to wait for), so non-finite losses are caught at
+    # the exact step; on an accelerator that would be a sync per step, so it is checked only at
+    # display refreshes and epoch ends.
+    check_every_step = device.type == "cpu"
+
+    with StopRequest() as stop:
+        while state.epoch < recipe.epochs:
+            epoch = state.epoch
+            hooks.on_epoch_start(epoch + 1, steps)
+            model.train()
+            if state.step == 0 or state.order is None:
+                state.order = epoch_order(n_train, d.shuffle, generator)
+                state.loss_sum, state.correct, state.seen, state.elapsed = 0.0, 0, 0, 0.0
+            if d.loader == "memory":
+                batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = memory_batches(
+                    data.train, d.batch_size, state.order, d.drop_last
+                )
+            else:
+                batches = dataloader_batches(
+                    data.train, d.batch_size, state.order, d.drop_last, d.num_workers, device
+                )
+            # Accumulate on the device; read back only at refreshes and the epoch end.
+            loss_acc = torch.zeros((), dtype=torch.float64, device=device)
+            correct_acc = torch.zeros((), dtype=torch.int64, device=device)
+            seen = state.seen
+            start = time.perf_counter()
+            last_refresh = start
+            step = 0
+            for step, (xb, yb) in enumerate(batches):
+                if step < state.step:
+                    continue  # resuming mid-epoch: these batches were already trained on
+                with autocast():
+                    out = model(xb)
+                    loss = loss_fn(out.float(), yb)
+                optimizer.zero_grad(set_to_none=True)  # frees grads instead of writing zeros
+                loss.backward()
+                if t.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                schedule.after_step()
+                loss_acc += loss.detach()
+                correct_acc += (out.detach().argmax(1) == yb).sum()
+                seen += len(yb)
+                if check_every_step and not math.isfinite(loss.item()):
+                    raise NonFiniteLoss(epoch + 1, step + 1, loss.item())
+                now = time.perf_counter()
+                if now - last_refresh >= PROGRESS_INTERVAL_S:
+                    last_refresh = now
+                    done = step + 1
+                    mean_loss = (state.loss_sum + loss_acc.item()) / done
+                    if not math.isfinite(mean_loss):
+                        raise NonFiniteLoss(epoch + 1, done, mean_loss)
+                    acc = (state.correct + correct_acc.item()) / max(1, seen)
+                    rate = (seen - state.seen) / max(1e-9, now - start)
+                    hooks.on_progress(done, steps, mean_loss, acc, rate)
+                if stop.requested:
+                    # A safe point: the step is complete. Save it so --resume continues here.
+                    state.step = step + 1
+                    state.loss_sum += loss_acc.item()
+                    state.correct += int(correct_acc.item())
+                    state.seen = seen
+                    state.elapsed += time.perf_counter() - start
+                    state.stop_reason = "interrupted"
+                    hooks.save_checkpoint(state, False)
+                    return state
+            train_seconds = state.elapsed + time.perf_counter() - start
+            done_steps = max(1, steps)
+            train_loss = (state.loss_sum + loss_acc.item()) / done_steps
+            if not math.isfinite(train_loss):
+                raise NonFiniteLoss(epoch + 1, steps, train_loss)
+            train_acc = (state.correct + correct_acc.item()) / max(1, seen)
+
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+            }
+            if data.val is not None:
+                row["val_loss"], row["val_acc"] = evaluate(
+                    model, loss_fn, data.val, d.eval_batch_size, autocast
+                )
+            row["test_loss"], row["test_acc"] = evaluate(
+                model, loss_fn, data.test, d.eval_batch_size, autocast
+            )
+            row["lr"] = optimizer.param_groups[0]["lr"]
+            row["seconds"] = train_seconds
+            row["samples_per_s"] = seen / max(1e-9, train_seconds)
+            schedule.after_epoch(row)
+
+            # Best checkpoint by the chosen metric.
+            value = row[best_metric]
+            better = state.best is None or (
+                value > state.best if metric_mode(best_metric) == "max" else value < state.best
+            )
+            if better:
+                state.best, state.best_epoch = value, epoch + 1
+            state.rows.append(row)
+            state.epoch, state.step, state.order = epoch + 1, 0, None
+            state.loss_sum, state.correct, state.seen, state.elapsed = 0.0, 0, 0, 0.0
+
+            # Early stopping bookkeeping (state survives resume via the checkpoint).
+            if es is not None:
+                v = row[stop_metric]
+                es_best = _best_so_far(state.rows[:-1], stop_metric, es_mode)
+                improved = es_best is None or (
+                    v > es_best + es.min_delta if es_mode == "max" else v < es_best - es.min_delta
+                )
+                state.bad_epochs = 0 if improved else state.bad_epochs + 1
+                if state.bad_epochs >= es.patience:
+                    state.stop_reason = (
+                        f"early stopping: {stop_metric} has not improved for {es.patience} epoch(s)"
+                    )
+            if t.target_accuracy is not None and row[target_metric] >= t.target_accuracy:
+                state.stop_reason = (
+                    f"target reached: {target_metric} {row[target_metric]:.2%} >= "
+                    f"{t.target_accuracy:.2%} after epoch {epoch + 1}"
+                )
+            hooks.on_epoch_end(row, better)
+            hooks.save_checkpoint(state, better)
+            if state.stop_reason:
+                return state
+            if stop.requested:
+                state.stop_reason = "interrupted"
+                return state
+    state.stop_reason = state.stop_reason or "finished"
+    return state
+
+
+def _best_so_far(rows: list[dict[str, Any]], metric: str, mode: str) -> float | None:
+    values = [r[metric] for r in rows if r.get(metric) is not None]
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)

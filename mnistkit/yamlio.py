@@ -1,0 +1,281 @@
+"""Safe YAML loading that remembers where every value came from.
+
+Recipes are data: only the standard YAML tags are accepted (``!!python/object`` and any other
+application tag are refused before anything is constructed), files over 1 MiB and alias
+"billion laughs" bombs are refused before they are expanded, and duplicate keys are reported
+instead of silently keeping the last one. Every key and value keeps its ``line:column`` so a
+validation error can point at the exact place; ``--set a.b=value`` overrides keep the argument
+they came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnistkit.errors import Problem, RecipeError, dotted
+
+MAX_BYTES = 1 << 20  # a recipe is a page of text; anything near 1 MiB is a mistake or an attack
+MAX_NODES = 100_000  # nodes after alias expansion; a real recipe has a few hundred
+
+_SAFE_TAGS = {
+    "tag:yaml.org,2002:" + t
+    for t in ("str", "int", "float", "bool", "null", "map", "seq", "merge", "timestamp")
+}
+
+Loc = tuple[Any, ...]
+
+
+@dataclass
+class Located:
+    """A loaded document plus, for every path in it, where its key and value were written."""
+
+    data: Any
+    source: str  # file name, for messages
+    keys: dict[Loc, str] = field(default_factory=dict)  # path -> "file:line:col" of the key
+    values: dict[Loc, str] = field(default_factory=dict)  # path -> position of the value
+
+    def where(self, loc: Loc, *, key: bool = False) -> str:
+        """Best position for ``loc``: itself, else its nearest ancestor that has one."""
+        table = self.keys if key else self.values
+        for n in range(len(loc), -1, -1):
+            sub = tuple(loc[:n])
+            if key and sub in self.keys:
+                return self.keys[sub]
+            if sub in self.values:
+                return self.values[sub]
+            if sub in table:
+                return table[sub]
+        return self.source
+
+
+def _pos(source: str, mark: yaml.Mark) -> str:
+    return f"{source}:{mark.line + 1}:{mark.column + 1}"
+
+
+def load_text(text: str, source: str) -> Located:
+    """Parse one YAML document; raise :class:`RecipeError` for anything unsafe or malformed."""
+    if len(text.encode("utf-8", "ignore")) > MAX_BYTES:
+        raise RecipeError(
+            [
+                Problem(
+                    source,
+                    "",
+                    f"file is larger than {MAX_BYTES // 1024} KiB",
+                    "a recipe is a short YAML file",
+                )
+            ]
+        )
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.composer.ComposerError as exc:
+            if "expected a single document" in str(exc):
+                raise RecipeError(
+                    [
+                        Problem(
+                            _where(source, exc),
+                            "",
+                            "more than one YAML document (---)",
+                            "a recipe is exactly one document",
+                        )
+                    ]
+                ) from None
+            raise
+    except yaml.MarkedYAMLError as exc:
+        msg = exc.problem or str(exc)
+        ctx = f" ({exc.context})" if exc.context else ""
+        raise RecipeError(
+            [Problem(_where(source, exc), "", f"YAML syntax error: {msg}{ctx}")]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError([Problem(source, "", f"YAML error: {exc}")]) from None
+    finally:
+        loader.dispose()
+    if node is None:
+        raise RecipeError([Problem(f"{source}:1:1", "", "the recipe is empty")])
+
+    problems: list[Problem] = []
+    size = _expanded_size(node, {}, source, problems)
+    if size > MAX_NODES:
+        raise RecipeError(
+            [
+                Problem(
+                    _pos(source, node.start_mark),
+                    "",
+                    f"the document expands to more than {MAX_NODES:,} values through aliases",
+                    "refused: this looks like an alias bomb ('billion laughs')",
+                )
+            ]
+        )
+    if problems:
+        raise RecipeError(problems)
+
+    located = Located(data=None, source=source)
+    located.values[()] = _pos(source, node.start_mark)
+    _walk(node, (), located, problems)
+    if problems:
+        raise RecipeError(problems)
+    try:
+        located.data = yaml.SafeLoader("").construct_document(node)
+    except yaml.YAMLError as exc:  # e.g. a malformed timestamp
+        raise RecipeError([Problem(_where(source, exc), "", f"YAML error: {exc}")]) from None
+    return located
+
+
+def load_file(path: Path) -> Located:
+    """Read and parse a recipe file (size-checked before reading it whole)."""
+    source = str(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise RecipeError([Problem(source, "", "file not found")]) from None
+    except OSError as exc:
+        raise RecipeError([Problem(source, "", f"cannot read: {exc.strerror}")]) from None
+    if path.is_dir():
+        raise RecipeError([Problem(source, "", "is a directory, not a recipe file")])
+    if size > MAX_BYTES:
+        raise RecipeError(
+            [Problem(source, "", f"file is {size:,} bytes; recipes are limited to {MAX_BYTES:,}")]
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            [Problem(source, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]
+        ) from None
+    return load_text(text, source)
+
+
+def _where(source: str, exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return _pos(source, mark) if mark is not None else source
+
+
+def _expanded_size(
+    node: yaml.Node, memo: dict[int, int], source: str, problems: list[Problem]
+) -> int:
+    """Number of values after alias expansion, computed without expanding (memoized by node).
+
+    Also refuses non-standard tags here, before any constructor can run.
+    """
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # guards recursive aliases
+    if node.tag not in _SAFE_TAGS:
+        problems.append(
+            Problem(
+                _pos(source, node.start_mark),
+                "",
+                f"tag {node.tag!r} is not allowed",
+                "recipes are plain data: only standard YAML types (no python/object tags)",
+            )
+        )
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(n, memo, source, problems) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            total += _expanded_size(k, memo, source, problems)
+            total += _expanded_size(v, memo, source, problems)
+            if total > MAX_NODES:
+                break
+    memo[key] = total
+    return total
+
+
+def _walk(node: yaml.Node, loc: Loc, out: Located, problems: list[Problem]) -> None:
+    """Record positions of keys and values; report duplicate and non-scalar keys."""
+    src = out.source
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out.values[(*loc, i)] = _pos(src, item.start_mark)
+            _walk(item, (*loc, i), out, problems)
+    elif isinstance(node, yaml.MappingNode):
+        seen: dict[Any, str] = {}
+        for k, v in node.value:
+            if k.tag == "tag:yaml.org,2002:merge":
+                continue
+            if not isinstance(k, yaml.ScalarNode):
+                problems.append(
+                    Problem(_pos(src, k.start_mark), dotted(loc), "keys must be plain names")
+                )
+                continue
+            name = k.value
+            where = _pos(src, k.start_mark)
+            if name in seen:
+                problems.append(
+                    Problem(
+                        where,
+                        dotted((*loc, name)),
+                        f"duplicate key (first set at {seen[name]})",
+                        "each key may appear once; delete one of them",
+                    )
+                )
+            seen[name] = where
+            out.keys[(*loc, name)] = where
+            out.values[(*loc, name)] = _pos(src, v.start_mark)
+            _walk(v, (*loc, name), out, problems)
+
+
+def apply_overrides(doc: Located, overrides: list[str]) -> None:
+    """Apply ``--set a.b.c=value`` arguments in place; values are parsed as YAML scalars/lists."""
+    problems: list[Problem] = []
+    if not isinstance(doc.data, dict):
+        return
+    for arg in overrides:
+        label = f"--set {arg}"
+        path, eq, raw = arg.partition("=")
+        if not eq or not path.strip():
+            problems.append(Problem(label, "", "expected KEY=VALUE, e.g. --set optimizer.lr=0.1"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            problems.append(Problem(label, path, f"value is not valid YAML: {exc}"))
+            continue
+        parts: list[Any] = [int(p) if p.isdigit() else p for p in path.strip().split(".")]
+        target: Any = doc.data
+        ok = True
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(target, dict):
+                nxt = target.get(part)
+                if nxt is None:
+                    nxt = target[part] = {}
+                target = nxt
+            elif isinstance(target, list) and isinstance(part, int) and part < len(target):
+                target = target[part]
+            else:
+                problems.append(
+                    Problem(
+                        label,
+                        ".".join(map(str, parts[: i + 1])),
+                        "cannot set a key inside this value",
+                    )
+                )
+                ok = False
+                break
+        if not ok:
+            continue
+        last = parts[-1]
+        if isinstance(target, dict):
+            target[last] = value
+        elif isinstance(target, list) and isinstance(last, int) and last < len(target):
+            target[last] = value
+        else:
+            problems.append(Problem(label, path, "cannot set a key inside this value"))
+            continue
+        loc = tuple(parts)
+        # An override replaces the subtree: forget the file positions below it.
+        for table in (doc.keys, doc.values):
+            for k in [k for k in table if k[: len(loc)] == loc]:
+                del table[k]
+        doc.keys[loc] = label
+        doc.values[loc] = label
+    if problems:
+        raise RecipeError(problems)

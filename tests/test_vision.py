@@ -1,0 +1,402 @@
+"""Tests for mnistkit.vision: IDX discovery/reading, download handling, sklearn digits."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mnistkit import vision
+from mnistkit.datatypes import DataError
+
+FILES = vision.IDX_FILES
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _idx_bytes(arr: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+def _write(path: Path, data: bytes, gz: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def make_dataset(
+    directory: Path, n_train: int = 7, n_test: int = 3, gz: bool = False, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Write the four synthetic IDX files; return the arrays written."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train_labels": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    for role, arr in arrays.items():
+        magic = 2051 if role.endswith("images") else 2049
+        _write(directory / FILES[role], _idx_bytes(arr, magic), gz)
+    return arrays
+
+
+_env = os.environ.get("MNISTKIT_TEST_DATA")
+SHARED_CANDIDATE = Path(_env) if _env else Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED: Path | None = SHARED_CANDIDATE if SHARED_CANDIDATE.is_dir() else None
+needs_shared = pytest.mark.skipif(
+    SHARED is None,
+    reason=f"real data not found at {SHARED_CANDIDATE}: set MNISTKIT_TEST_DATA to the folder "
+    "holding fashion-mnist/ (default <repo>/../shared/data)",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_debian_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keep tests hermetic on machines where Debian's fashion-mnist package is installed.
+    monkeypatch.setattr(vision, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+# --------------------------------------------------------------------------- discovery + reading
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_from_root_itself(tmp_path: Path, gz: bool) -> None:
+    arrays = make_dataset(tmp_path / "d", gz=gz)
+    data = vision.load_mnist_family("kmnist", [tmp_path / "d"], None)
+
+    assert data.train.x.shape == (7, 1, 28, 28) and data.train.x.dtype == torch.uint8
+    assert data.test.x.shape == (3, 1, 28, 28)
+    assert data.train.y.dtype == torch.int64 and data.train.y.shape == (7,)
+    assert np.array_equal(data.train.x[:, 0].numpy(), arrays["train_images"])
+    assert np.array_equal(data.test.y.numpy(), arrays["test_labels"])
+    assert data.classes == ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]
+    # Computed from the train images (not published constants) for KMNIST.
+    pixels = arrays["train_images"].astype(np.float64) / 255
+    assert data.mean == pytest.approx((pixels.mean(),), abs=1e-12)
+    assert data.std == pytest.approx((pixels.std(),), abs=1e-12)
+    suffix = ".gz" if gz else ""
+    assert data.files == [tmp_path / "d" / (f + suffix) for f in FILES.values()]
+    assert data.source == f"{tmp_path / 'd'} ({'gzipped IDX' if gz else 'IDX'})"
+
+
+@pytest.mark.parametrize(
+    ("name", "sub"),
+    [
+        ("mnist", "MNIST/raw"),
+        ("mnist", "mnist"),
+        ("fashion_mnist", "FashionMNIST/raw"),
+        ("fashion_mnist", "fashion-mnist"),
+        ("fashion_mnist", "fashion_mnist"),
+        ("kmnist", "KMNIST/raw"),
+        ("kmnist", "kmnist"),
+    ],
+)
+def test_named_subfolders_of_a_parent_root(tmp_path: Path, name: str, sub: str) -> None:
+    make_dataset(tmp_path / sub, gz=True)
+    found = vision.find_mnist_family(name, [tmp_path / "elsewhere", tmp_path])
+    assert found is not None
+    assert set(found) == set(FILES)
+    assert all(p.parent == tmp_path / sub for p in found.values())
+
+
+def test_mnist_constants_and_classes(tmp_path: Path) -> None:
+    make_dataset(tmp_path)
+    data = vision.load_mnist_family("mnist", [tmp_path], None)
+    assert data.mean == (0.1307,) and data.std == (0.3081,)
+    assert data.classes == [str(i) for i in range(10)]
+
+
+def test_fashion_classes(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "fashion-mnist")
+    data = vision.load_mnist_family("fashion_mnist", [tmp_path], None)
+    assert data.classes[0] == "T-shirt/top" and data.classes[-1] == "Ankle boot"
+    assert len(data.classes) == 10
+
+
+def test_parent_folder_other_dataset_not_accepted(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "mnist")
+    make_dataset(tmp_path / "MNIST" / "raw")
+    assert vision.find_mnist_family("fashion_mnist", [tmp_path]) is None
+    assert vision.find_mnist_family("kmnist", [tmp_path]) is None
+    assert vision.find_mnist_family("mnist", [tmp_path]) is not None
+
+
+def test_named_subfolder_wins_over_files_in_root(tmp_path: Path) -> None:
+    make_dataset(tmp_path)  # say: MNIST files lying directly in the root
+    make_dataset(tmp_path / "fashion-mnist")
+    found = vision.find_mnist_family("fashion_mnist", [tmp_path])
+    assert found is not None and found["train_images"].parent == tmp_path / "fashion-mnist"
+
+
+def test_roots_searched_in_order(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "a")
+    make_dataset(tmp_path / "b")
+    found = vision.find_mnist_family("mnist", [tmp_path / "b", tmp_path / "a"])
+    assert found is not None and found["train_images"].parent == tmp_path / "b"
+
+
+def test_debian_location_checked_last_for_fashion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    debian = tmp_path / "debian"
+    make_dataset(debian, gz=True)
+    monkeypatch.setattr(vision, "DEBIAN_FASHION_DIR", debian)
+    found = vision.find_mnist_family("fashion_mnist", [tmp_path / "nothing"])
+    assert found is not None and found["train_images"].parent == debian
+    assert vision.find_mnist_family("mnist", [tmp_path / "nothing"]) is None
+
+
+def test_incomplete_folder_does_not_count(tmp_path: Path) -> None:
+    make_dataset(tmp_path)
+    (tmp_path / FILES["test_labels"]).unlink()
+    assert vision.find_mnist_family("mnist", [tmp_path]) is None
+    with pytest.raises(DataError, match="missing t10k-labels-idx1-ubyte"):
+        vision.load_mnist_family("mnist", [tmp_path], None)
+
+
+def test_plain_preferred_over_gz(tmp_path: Path) -> None:
+    make_dataset(tmp_path)
+    for name in FILES.values():  # broken .gz next to each good plain file (torchvision raw/)
+        (tmp_path / f"{name}.gz").write_bytes(b"junk")
+    data = vision.load_mnist_family("mnist", [tmp_path], None)
+    assert all(not p.name.endswith(".gz") for p in data.files)
+
+
+def test_unknown_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown image dataset 'cifar'"):
+        vision.find_mnist_family("cifar", [tmp_path])
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def test_missing_files_message_without_download(tmp_path: Path, no_network: None) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(DataError) as exc:
+        vision.load_mnist_family("fashion_mnist", [root], None)
+    msg = str(exc.value)
+    assert "Fashion-MNIST" in msg
+    for d in (
+        root / "FashionMNIST" / "raw",
+        root / "fashion-mnist",
+        root / "fashion_mnist",
+        root,
+        vision.DEBIAN_FASHION_DIR,
+    ):
+        assert f"  - {d}  (" in msg
+    for name in FILES.values():
+        assert name in msg
+    assert "--data-dir DIR" in msg and "MNISTKIT_DATA" in msg
+    assert "data.download: true" in msg
+    assert "failed" not in msg
+
+
+def test_download_not_allowed_never_touches_torchvision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("download attempted")
+
+    monkeypatch.setattr(vision, "_download", boom)
+    with pytest.raises(DataError):
+        vision.load_mnist_family("mnist", [tmp_path], None)
+
+
+def test_download_failure_becomes_data_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torchvision = pytest.importorskip("torchvision")
+
+    class FailingKMNIST:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            raise RuntimeError(
+                "Error downloading train-images-idx3-ubyte.gz:\nTried http://example/, got:\n"
+                "<urlopen error [Errno -2] Name or service not known>\n"
+            )
+
+    monkeypatch.setattr(torchvision.datasets, "KMNIST", FailingKMNIST)
+    with pytest.raises(DataError) as exc:
+        vision.load_mnist_family("kmnist", [tmp_path / "data"], tmp_path / "cache")
+    msg = str(exc.value)
+    assert "KMNIST" in msg
+    assert f"  - {tmp_path / 'data'}  (" in msg
+    assert f"  - {tmp_path / 'cache' / 'KMNIST' / 'raw'}  (" in msg
+    assert "from the internet" in msg and "failed" in msg
+    assert "Name or service not known" in msg
+    assert "\nTried" not in msg  # multi-line reason folded into one line
+    assert "--data-dir DIR" in msg and "MNISTKIT_DATA" in msg
+    assert "data.download: true" not in msg  # download was allowed; it just failed
+
+
+def test_download_success_and_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    calls: list[bool] = []
+
+    class FakeFashion:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            calls.append(train)
+            raw = Path(root) / "FashionMNIST" / "raw"
+            if not raw.is_dir():
+                make_dataset(raw, n_train=4, n_test=2)
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashion)
+    cache = tmp_path / "cache"
+    data = vision.load_mnist_family("fashion_mnist", [tmp_path / "data"], cache)
+    assert calls and len(data.train.y) == 4 and len(data.test.y) == 2
+    assert "downloaded by torchvision" in data.source
+    assert all(p.parent == cache / "FashionMNIST" / "raw" for p in data.files)
+
+    calls.clear()  # second time: the earlier download is used, torchvision not called
+    data = vision.load_mnist_family("fashion_mnist", [tmp_path / "data"], cache)
+    assert calls == [] and "downloaded earlier" in data.source
+
+
+def _corrupt(tmp_path: Path, role: str, gz: bool, mutate: Callable[[bytes], bytes]) -> Path:
+    make_dataset(tmp_path, gz=gz)
+    path = tmp_path / (FILES[role] + (".gz" if gz else ""))
+    path.write_bytes(mutate(path.read_bytes()))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("role", "gz", "mutate", "expect"),
+    [
+        ("train_images", True, lambda b: b[: len(b) // 2], "cannot be read"),
+        ("train_images", False, lambda b: b[:-100], "announces"),
+        ("test_labels", False, lambda b: b[:5], "only 5 bytes"),
+        ("test_images", False, lambda b: (2049).to_bytes(4, "big") + b[4:], "magic number"),
+        ("train_labels", True, lambda b: b"not gzip at all", "cannot be read"),
+        ("test_labels", False, lambda b: b[:-1] + bytes([42]), "label 42"),
+    ],
+)
+def test_corrupt_file_named(
+    tmp_path: Path, role: str, gz: bool, mutate: Callable[[bytes], bytes], expect: str
+) -> None:
+    path = _corrupt(tmp_path, role, gz, mutate)
+    with pytest.raises(DataError) as exc:
+        vision.load_mnist_family("mnist", [tmp_path], None)
+    msg = str(exc.value)
+    assert str(path) in msg and expect in msg
+
+
+def test_count_mismatch(tmp_path: Path) -> None:
+    make_dataset(tmp_path)
+    _write(tmp_path / FILES["train_labels"], _idx_bytes(np.zeros(5, np.uint8), 2049), False)
+    with pytest.raises(DataError, match="counts differ"):
+        vision.load_mnist_family("mnist", [tmp_path], None)
+
+
+def test_wrong_image_size(tmp_path: Path) -> None:
+    make_dataset(tmp_path)
+    _write(tmp_path / FILES["train_images"], _idx_bytes(np.zeros((7, 8, 8)), 2051), False)
+    with pytest.raises(DataError, match="8x8 images, expected 28x28"):
+        vision.load_mnist_family("mnist", [tmp_path], None)
+
+
+# --------------------------------------------------------------------------- real data
+
+
+@needs_shared
+def test_real_fashion_mnist() -> None:
+    assert SHARED is not None
+    if vision.find_mnist_family("fashion_mnist", [SHARED]) is None:
+        pytest.skip(f"no fashion-mnist/ under {SHARED}")
+    data = vision.load_mnist_family("fashion_mnist", [SHARED], None)
+    assert data.train.x.shape == (60000, 1, 28, 28) and data.train.x.dtype == torch.uint8
+    assert data.test.x.shape == (10000, 1, 28, 28)
+    assert data.train.y.dtype == torch.int64
+    assert int(data.train.y.min()) == 0 and int(data.train.y.max()) == 9
+    assert torch.bincount(data.train.y).tolist() == [6000] * 10
+    assert data.mean[0] == pytest.approx(0.2860, abs=5e-4)
+    assert data.std[0] == pytest.approx(0.3530, abs=5e-4)
+    assert len(data.files) == 4 and all(p.is_file() for p in data.files)
+    assert "gzipped IDX" in data.source
+
+
+@needs_shared
+def test_real_parent_folder_does_not_mix_datasets() -> None:
+    # ../shared/data holds a complete fashion-mnist/ and an incomplete mnist-test10k/:
+    # asking for MNIST must not pick up Fashion-MNIST's identically named files.
+    assert SHARED is not None
+    if (SHARED / "mnist").exists() or (SHARED / "MNIST").exists():
+        pytest.skip(f"{SHARED} now holds a full MNIST folder")
+    assert vision.find_mnist_family("mnist", [SHARED]) is None
+
+
+@needs_shared
+def test_real_mnist_test_idx_reads() -> None:
+    assert SHARED is not None
+    folder = SHARED / "mnist-test10k"
+    if not (folder / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"no MNIST t10k files in {folder}")
+    split = vision._read_split(
+        folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz"
+    )
+    assert split.x.shape == (10000, 1, 28, 28)
+    assert split.y[:3].tolist() == [7, 2, 1]  # the well-known first MNIST test digits
+
+
+# --------------------------------------------------------------------------- sklearn digits
+
+
+def test_sklearn_digits_split() -> None:
+    a = vision.load_sklearn_digits()
+    b = vision.load_sklearn_digits()
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
+
+    assert a.train.x.dtype == torch.uint8 and a.train.x.shape[1:] == (1, 8, 8)
+    assert a.train.y.dtype == torch.int64
+    assert len(a.train.y) + len(a.test.y) == 1797
+    assert int(a.train.x.max()) == 255 and int(a.train.x.min()) == 0
+    assert a.classes == [str(i) for i in range(10)]
+    assert a.source == "scikit-learn load_digits (bundled, no files needed)"
+
+    train_counts = torch.bincount(a.train.y, minlength=10)
+    test_counts = torch.bincount(a.test.y, minlength=10)
+    for tr, te in zip(train_counts.tolist(), test_counts.tolist(), strict=True):
+        assert abs(te - 0.2 * (tr + te)) <= 0.5  # stratified: 20 % of every class
+
+    pixels = a.train.x.double() / 255
+    assert a.mean[0] == pytest.approx(float(pixels.mean()), abs=1e-9)
+    assert a.std[0] == pytest.approx(float(pixels.std(unbiased=False)), abs=1e-9)
+
+
+def test_sklearn_digits_split_is_a_partition() -> None:
+    from sklearn.datasets import load_digits
+
+    data = vision.load_sklearn_digits()
+    raw = np.rint(load_digits().data * 255 / 16).astype(np.uint8).reshape(-1, 64)
+    both = torch.cat([data.train.x, data.test.x]).reshape(-1, 64).numpy()
+    # Every sample lands in exactly one split (multiset equality, robust to duplicate images).
+    assert sorted(map(bytes, both)) == sorted(map(bytes, raw))
+
+
+def test_datatypes_does_not_import_torch() -> None:
+    code = "import sys, mnistkit.datatypes; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
