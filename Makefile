@@ -1,0 +1,29 @@
+# Two commands a new user needs (see README): `make quickstart` and `make test`.
+# Both create .venv on first use; pip takes torch from this machine's disk when it can.
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup quickstart test lint docs bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/mnistkit run recipes/quickstart.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mnistkit tests bench
+
+docs: $(STAMP)
+	$(VENV)/bin/python -m mnistkit.docs > docs/recipe.md
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/train_speed.py
