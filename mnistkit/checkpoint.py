@@ -87,9 +87,10 @@ def _first_non_plain(obj: Any, where: str = "state") -> tuple[str, str] | None:
             if found:
                 return found
         return None
-    if obj is None or isinstance(
-        obj, bool | int | float | str | torch.Tensor | torch.dtype | torch.device
-    ):
+    # Exact types: numpy.float64 is a float subclass, yet a safe load refuses it.
+    if obj is None or type(obj) in (bool, int, float, str):
+        return None
+    if isinstance(obj, torch.Tensor | torch.dtype | torch.device):
         return None
     return where, f"{type(obj).__module__}.{type(obj).__qualname__}"
 
@@ -131,11 +132,18 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise RunError(f"cannot write checkpoint {path}: {e.strerror or e}") from e
+        _discard(tmp)
+        raise RunError(f"cannot write checkpoint {path}: {e}") from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _check_loadable(data: bytes, state: dict[str, Any], path: Path) -> None:
@@ -231,8 +239,7 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
         raise _corrupt(path, e) from None
     if not isinstance(state, dict):
         raise RunError(
-            f"checkpoint {path} holds a {type(state).__name__}, not a dict: "
-            "it was not written by mnistkit"
+            f"checkpoint {path} holds a {type(state).__name__}, not a dict: it was not written by mnistkit"
         )
     return state
 

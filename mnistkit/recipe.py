@@ -255,9 +255,9 @@ def _str_to_spec(key: str) -> Any:
 
 def _union(kind: str, entries: list[Entry], key: str) -> Any:
     members = tuple(_spec_model(kind, e, key) for e in entries)
-    union: Any = (
-        members[0] if len(members) == 1 else Annotated[members, Field(discriminator=key)]
-    )  # noqa: UP007
+    union: Any = members[0]
+    if len(members) > 1:
+        union = Annotated[Union[members], Field(discriminator=key)]  # noqa: UP007
     return Annotated[union, BeforeValidator(_str_to_spec(key))]
 
 

@@ -159,15 +159,13 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _plain_sched_state(scheduler: Any) -> dict[str, Any] | None:
-    if scheduler is None:
-        return None
-    # LambdaLR/OneCycleLR keep callables (lr_lambdas, anneal_func) in their state; those are
-    # rebuilt from the recipe on resume, so only plain values are saved.
-    return {
-        k: v
-        for k, v in scheduler.state_dict().items()
-        if not callable(v) and k not in ("lr_lambdas", "_anneal_func_type")
-    }
+    from mnistkit.checkpoint import plain_scheduler_state
+
+    return None if scheduler is None else plain_scheduler_state(scheduler)
+
+
+# Scheduler state that describes the plan rather than the position in it.
+PLAN_KEYS = ("total_steps", "_schedule_phases", "lr_lambdas")
 
 
 def restore(
@@ -180,10 +178,12 @@ def restore(
     _unwrap(model).load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler") is not None:
-        planned_total = getattr(scheduler, "total_steps", None)
-        scheduler.load_state_dict({**scheduler.state_dict(), **ckpt["scheduler"]})
-        if planned_total is not None:
-            scheduler.total_steps = planned_total  # keep the (possibly extended) plan
+        # The plan (length, phases, lr multipliers) comes from the recipe as it is now, so a run
+        # resumed with more epochs follows the re-planned schedule; the position comes from the
+        # checkpoint.
+        fresh = scheduler.state_dict()
+        plan = {k: fresh[k] for k in PLAN_KEYS if k in fresh}
+        scheduler.load_state_dict({**fresh, **ckpt["scheduler"], **plan})
     torch.set_rng_state(ckpt["torch_rng"])
     if ckpt.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["cuda_rng"])

@@ -16,7 +16,7 @@ from torch.optim import Optimizer, lr_scheduler
 
 
 class _Multiplier:
-    """Picklable-free lr multiplier: a plain object the LambdaLR state_dict skips."""
+    """lr multiplier; LambdaLR saves its __dict__ (plain numbers), so checkpoints stay weights_only-safe."""
 
     def __init__(self, total: int, warmup: int, min_ratio: float, cosine: bool) -> None:
         self.total, self.warmup, self.min_ratio, self.cosine = total, warmup, min_ratio, cosine
