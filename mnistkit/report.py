@@ -10,8 +10,7 @@ import sys
 import time
 from typing import Any
 
-from rich.console import Console, Group
-from rich.live import Live
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -101,78 +100,72 @@ class Reporter:
 
 
 class RichReporter(Reporter):
-    """Live table of finished epochs plus a progress bar for the current one."""
+    """A progress bar for the current epoch; each finished epoch is printed as a table row above it.
+
+    Finished rows are printed once (they scroll like normal output, so 100 epochs never overflow
+    the screen); only the one-line bar is redrawn, and only when the loop reports progress.
+    """
+
+    WIDTHS = {"epoch": 5, "samples_per_s": 10}
 
     def __init__(self, console: Console | None = None) -> None:
         super().__init__(console)
-        self.rows: list[tuple[dict[str, Any], bool]] = []
         self.bar = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn(
-                "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  {task.fields[rate]:,.0f}/s"
-            ),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}"),
+            TextColumn("{task.fields[rate]:,.0f}/s"),
             TimeRemainingColumn(),
             console=self.console,
             auto_refresh=False,
+            transient=True,
         )
         self.task: Any = None
-        self.live: Live | None = None
+        self.keys: list[tuple[str, str, str]] = []
 
-    def _table(self) -> Table:
-        table = Table(show_edge=False, pad_edge=False, header_style="bold")
-        keys = [c for c in COLUMNS if self.has_val or not c[0].startswith("val_")]
-        for _, label, _ in keys:
-            table.add_column(label, justify="right")
-        for row, improved in self.rows:
-            table.add_row(
-                *[_fmt(k, row.get(k)) for k, _, _ in keys], style="green" if improved else None
-            )
+    def _row_table(self, header: bool) -> Table:
+        # box=None on every table so the header and each row line up column by column.
+        table = Table(show_header=header, show_edge=False, pad_edge=False, box=None,
+                      header_style="bold underline")
+        for key, label, _ in self.keys:
+            table.add_column(label, justify="right", min_width=max(len(label), self.WIDTHS.get(key, 9)))
         return table
-
-    def _render(self) -> Group:
-        return Group(self._table(), self.bar)
 
     def start(self, epochs: int, has_val: bool) -> None:
         super().start(epochs, has_val)
-        self.live = Live(self._render(), console=self.console, auto_refresh=False, transient=False)
-        self.live.start()
+        self.keys = [c for c in COLUMNS if has_val or not c[0].startswith("val_")]
+        self.console.print(self._row_table(header=True))
+        self.bar.start()
 
     def epoch_start(self, epoch: int, steps: int) -> None:
         if self.task is not None:
             self.bar.remove_task(self.task)
-        self.task = self.bar.add_task(
-            "", total=steps, epoch=epoch, epochs=self.epochs, loss=0.0, acc=0.0, rate=0.0
-        )
-        self._refresh()
+        self.task = self.bar.add_task("", total=steps, epoch=epoch, epochs=self.epochs,
+                                      loss=0.0, acc=0.0, rate=0.0)
+        self.bar.refresh()
 
     def progress(self, step: int, steps: int, loss: float, acc: float, rate: float) -> None:
         self.bar.update(self.task, completed=step, loss=loss, acc=acc, rate=rate)
-        self._refresh()
+        self.bar.refresh()
 
     def epoch_end(self, row: dict[str, Any], improved: bool) -> None:
-        self.rows.append((row, improved))
         if self.task is not None:
             self.bar.remove_task(self.task)
             self.task = None
-        self._refresh()
-
-    def _refresh(self) -> None:
-        if self.live is not None:
-            self.live.update(self._render(), refresh=True)
+        table = self._row_table(header=False)
+        table.add_row(*[_fmt(k, row.get(k)) for k, _, _ in self.keys], style="green" if improved else None)
+        self.console.print(table)
+        self.bar.refresh()
 
     def message(self, text: str) -> None:
         self.console.print(text)
 
     def stop(self) -> None:
-        if self.live is not None:
-            if self.task is not None:
-                self.bar.remove_task(self.task)
-                self.task = None
-            self.live.update(self._table(), refresh=True)
-            self.live.stop()
-            self.live = None
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+        self.bar.stop()
 
 
 def make_reporter(mode: str, console: Console | None = None) -> Reporter:

@@ -348,7 +348,8 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     if status == "finished" and recipe.train.plots and state.rows:
         _write_plots(run_dir, recipe, model, data, state, reporter)
     last = state.rows[-1] if state.rows else {}
-    lines = [("status", f"{status}: {state.stop_reason}")]
+    reason = state.stop_reason if state.stop_reason not in (None, status) else f"{len(state.rows)} epochs"
+    lines = [("status", f"{status} ({reason})")]
     if last:
         lines.append(
             (
@@ -364,7 +365,10 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
             )
         )
     if state.best is not None:
-        lines.append(("best", f"{state.best:.4f} at epoch {state.best_epoch}"))
+        metric = recipe.train.best_metric
+        metric = metric if metric != "auto" else ("val_acc" if has_val else "test_acc")
+        shown = f"{state.best:.2%}" if metric.endswith("_acc") else f"{state.best:.4f}"
+        lines.append(("best", f"{metric} {shown} at epoch {state.best_epoch} (best.pt)"))
     lines.append(("saved", str(run_dir)))
     if status == "interrupted":
         lines.append(("resume", f"mnistkit run --resume {run_dir}"))
