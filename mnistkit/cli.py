@@ -132,11 +132,11 @@ def run(
         from mnistkit.recipe import load_recipe
 
         if resume is not None and recipe is not None:
-            raise RunError("give either a recipe or --resume RUN_DIR, not both")
+            raise RecipeError([_usage("give either a recipe or --resume RUN_DIR, not both")])
         if resume is None and recipe is None:
-            raise RunError("missing recipe: mnistkit run RECIPE.yaml (or --resume RUN_DIR)")
+            raise RecipeError([_usage("missing recipe: mnistkit run RECIPE.yaml (or --resume RUN_DIR)")])
         if progress is not None and progress not in ("auto", "rich", "plain", "none"):
-            raise RunError(f"--progress {progress!r}: use auto, rich, plain or none")
+            raise RecipeError([_usage(f"--progress {progress!r}: use auto, rich, plain or none")])
         if resume is not None:
             rec = _resume_recipe(resume, set_ or [])
         else:
@@ -220,6 +220,11 @@ def validate(
         for path in recipes:
             try:
                 rec = load_recipe(path, set_ or [])
+                from mnistkit.registry import registries
+                from mnistkit.shapes import static_notes
+
+                for note in static_notes(rec, registries()):
+                    con.print(f"note {path}: {_esc(note)}", style="dim")
                 if build:
                     from mnistkit.shapes import dry_run
 
@@ -259,9 +264,11 @@ def list_(
         from mnistkit.registry import did_you_mean, registries
 
         reg = registries()
-        for mod in plugin or []:
-            sys.path.insert(0, str(Path.cwd()))
-            reg.load_plugin(mod)
+        if plugin and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))  # like `python -m`: modules in the current folder
+        problems = [p for mod in plugin or [] if (p := _load_plugin(reg, mod))]
+        if problems:
+            raise RecipeError(problems)
         kinds = reg.by_kind()
         if kind is not None and kind not in kinds:
             close = did_you_mean(kind, list(kinds))
@@ -292,6 +299,30 @@ def list_(
             con.print(table)
 
     guarded(body)
+
+
+def _load_plugin(reg: Any, module: str) -> Any:
+    """Load one ``--plugin`` module; a Problem naming it if that fails, else None."""
+    from mnistkit.errors import Problem
+    from mnistkit.registry import PluginError
+
+    where = f"--plugin {module}"
+    try:
+        reg.load_plugin(module)
+    except ModuleNotFoundError as exc:
+        return Problem(
+            where,
+            "",
+            f"cannot import plugin module {module!r} ({exc})",
+            "run from the folder that holds it, put it on PYTHONPATH, or install it",
+        )
+    except PluginError as exc:
+        return Problem(where, "", str(exc))
+    except Exception as exc:  # the plugin's own bug, reported with its type
+        return Problem(
+            where, "", f"plugin {module!r} failed while registering: {type(exc).__name__}: {exc}"
+        )
+    return None
 
 
 def _usage(msg: str, hint: str = "") -> Any:

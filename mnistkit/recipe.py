@@ -15,6 +15,7 @@ import re
 import sys
 import types
 import typing
+import weakref
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -261,15 +262,19 @@ def _union(kind: str, entries: list[Entry], key: str) -> Any:
     return Annotated[union, BeforeValidator(_str_to_spec(key))]
 
 
-_MODEL_CACHE: dict[tuple[int, int], type[RecipeBase]] = {}
+# Per Registries object (weakly: a registry dropped by reset_registries() must not hand its
+# schema to a new registry that happens to reuse its id), then per registry version.
+_MODEL_CACHE: weakref.WeakKeyDictionary[Registries, dict[int, type[RecipeBase]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def recipe_model(reg: Registries | None = None) -> type[RecipeBase]:
     """The Recipe class for the current registries (built-ins plus loaded plugins)."""
     reg = reg or _registries()
-    cache_key = (id(reg), reg.version)
-    if cache_key in _MODEL_CACHE:
-        return _MODEL_CACHE[cache_key]
+    cached = _MODEL_CACHE.setdefault(reg, {})
+    if reg.version in cached:
+        return cached[reg.version]
 
     def desc(model: type[BaseModel], name: str) -> str | None:
         return model.model_fields[name].description
@@ -314,7 +319,7 @@ def recipe_model(reg: Registries | None = None) -> type[RecipeBase]:
             Field(None, description=desc(RecipeBase, "scheduler")),
         ),
     )
-    _MODEL_CACHE[cache_key] = recipe_cls
+    cached[reg.version] = recipe_cls
     return recipe_cls
 
 
@@ -415,10 +420,17 @@ def _load_plugins(doc: Located, reg: Registries, base_dir: Path | None) -> None:
                 )
             )
         finally:
-            if added:
+            if added and not _imported_from(name, base_dir):  # type: ignore[arg-type]
                 sys.path.remove(str(base_dir.resolve()))  # type: ignore[union-attr]
     if problems:
         raise RecipeError(problems)
+
+
+def _imported_from(module: str, folder: Path) -> bool:
+    """Whether ``module`` was imported from ``folder``: the folder then stays on sys.path, since
+    the plugin's lazy targets ("my_layers:Square") may name its sibling modules there."""
+    file = getattr(sys.modules.get(module), "__file__", None)
+    return file is not None and Path(file).resolve().is_relative_to(folder.resolve())
 
 
 # ------------------------------------------------------------------------ error translation
@@ -510,7 +522,10 @@ def _problem(err: Any, doc: Located, cls: type[BaseModel]) -> Problem:
         close = _dym(str(tag), expected)
         hint = (f"did you mean {close}? " if close else "") + f"allowed: {', '.join(expected)}"
         section = field.split(".")[-1].split("[")[0] or "value"
-        return Problem(doc.where(path), field, f"unknown {section} {what} {tag!r}", hint)
+        section = {"layers": "layer"}.get(section, section)  # one item of the list
+        # Point at the name itself ({name: adamm} -> adamm), not at the start of its mapping.
+        where = doc.where((*path, what))
+        return Problem(where, field, f"unknown {section} {what} {tag!r}", hint)
     if kind == "union_tag_not_found":
         what = str(ctx.get("discriminator", "name")).strip("'")
         return Problem(
@@ -684,6 +699,12 @@ def check_recipe(
                 )
             )
     updated = recipe.model_copy(update={"data": data}) if data is not recipe.data else recipe
+    if (m.hidden is None) != (m.layers is None):
+        # Layer shapes, statically (pure Python, no torch): a layer that cannot take what the
+        # previous one produces, or a model whose output is not one logit per class.
+        from mnistkit.shapes import check_model
+
+        problems += check_model(updated, reg, lambda loc, key: where(*loc, key=key))[0]
     return updated, problems
 
 

@@ -49,17 +49,36 @@ class Param:
         return self.default is REQUIRED
 
     def describe(self) -> str:
-        """Short human text: ``float > 0, default 0.01``."""
-        bits = [self.type]
+        """Short human text, values spelt as in YAML: ``float, > 0, default 0.01``."""
+        bits = [_TYPE_WORDS.get(self.type, self.type)]
         for op, val in (("≥", self.ge), (">", self.gt), ("≤", self.le), ("<", self.lt)):
             if val is not None:
                 bits.append(f"{op} {val:g}")
         if self.choices:
-            bits = ["one of " + ", ".join(map(str, self.choices))]
+            bits = ["one of " + ", ".join(map(_yaml_text, self.choices))]
         if self.nullable:
             bits.append("or null")
-        bits.append("required" if self.required else f"default {self.default!r}")
+        bits.append("required" if self.required else f"default {_yaml_text(self.default)}")
         return ", ".join(bits)
+
+
+_TYPE_WORDS = {
+    "float_pair": "pair of floats",
+    "int_pair": "pair of ints",
+    "int_list": "list of ints",
+    "int_or_pair": "int or pair of ints",
+}
+
+
+def _yaml_text(value: Any) -> str:
+    """A default as a recipe would spell it: true, null, [0.9, 0.999] (not True, None, (..))."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
+    return str(value)
 
 
 @dataclass(frozen=True)

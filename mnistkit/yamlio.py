@@ -69,6 +69,23 @@ def load_text(text: str, source: str) -> Located:
                 )
             ]
         )
+    try:
+        return _load_text(text, source)
+    except RecursionError:
+        # PyYAML composes nested collections recursively; so do the checks below.
+        raise RecipeError(
+            [
+                Problem(
+                    source,
+                    "",
+                    "the document is nested too deeply",
+                    "a recipe is a few levels of keys and lists",
+                )
+            ]
+        ) from None
+
+
+def _load_text(text: str, source: str) -> Located:
     loader = yaml.SafeLoader(text)
     try:
         try:
@@ -96,7 +113,7 @@ def load_text(text: str, source: str) -> Located:
         raise RecipeError([Problem(source, "", f"YAML error: {exc}")]) from None
     finally:
         loader.dispose()
-    if node is None:
+    if node is None or node.tag == "tag:yaml.org,2002:null":  # nothing, or a lone "---"
         raise RecipeError([Problem(f"{source}:1:1", "", "the recipe is empty")])
 
     problems: list[Problem] = []
@@ -156,6 +173,9 @@ def _where(source: str, exc: Exception) -> str:
     return _pos(source, mark) if mark is not None else source
 
 
+_IN_PROGRESS = -1
+
+
 def _expanded_size(
     node: yaml.Node, memo: dict[int, int], source: str, problems: list[Problem]
 ) -> int:
@@ -164,9 +184,20 @@ def _expanded_size(
     Also refuses non-standard tags here, before any constructor can run.
     """
     key = id(node)
+    if memo.get(key) == _IN_PROGRESS:  # an anchor used inside itself: infinitely deep
+        problems.append(
+            Problem(
+                _pos(source, node.start_mark),
+                "",
+                "recursive alias: an anchor is used inside its own value",
+                "a recipe is a tree; copy the values instead",
+            )
+        )
+        memo[key] = 1
+        return 1
     if key in memo:
         return memo[key]
-    memo[key] = 1  # guards recursive aliases
+    memo[key] = _IN_PROGRESS
     if node.tag not in _SAFE_TAGS:
         problems.append(
             Problem(

@@ -20,18 +20,13 @@ from mnistkit.datatypes import DataError
 SPEC = LogMelSpec(sample_rate=8000, n_fft=512, hop_length=128, n_mels=32, frames=16)
 
 
-def _data_dir() -> Path:
-    env = os.environ.get("MNISTKIT_TEST_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-FSDD = _data_dir() / "fsdd" / "recordings"
-needs_fsdd = pytest.mark.skipif(
-    not FSDD.is_dir(),
-    reason=f"real FSDD recordings not found at {FSDD} (set MNISTKIT_TEST_DATA to the data dir)",
-)
+@pytest.fixture
+def fsdd_recordings(shared_data: Path) -> Path:
+    """The real FSDD recordings (the data folder comes from tests/conftest.py)."""
+    path = shared_data / "fsdd" / "recordings"
+    if not path.is_dir():
+        pytest.skip(f"real FSDD recordings not found at {path} (set MNISTKIT_TEST_DATA to the data dir)")
+    return path
 
 
 def _sine(path: Path, freq: float, sr: int = 8000, seconds: float = 0.5) -> Path:
@@ -67,13 +62,12 @@ class _Counter:
 # --- features ---------------------------------------------------------------------------------
 
 
-@needs_fsdd
 # librosa.load imports audioread, which imports modules deprecated in Python 3.13
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_log_mel_matches_the_tutorial_calls_on_a_real_clip() -> None:
+def test_log_mel_matches_the_tutorial_calls_on_a_real_clip(fsdd_recordings: Path) -> None:
     import librosa
 
-    path = FSDD / "0_george_10.wav"  # 5958 samples: longer than n_fft, no padding involved
+    path = fsdd_recordings / "0_george_10.wav"  # 5958 samples: longer than n_fft, no padding involved
     spec = LogMelSpec(n_fft=2048, hop_length=512, n_mels=128, frames=8)
     y, sr = librosa.load(path, sr=spec.sample_rate)
     S = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2048, hop_length=512, n_mels=128)
@@ -133,13 +127,12 @@ def test_resamples_to_the_spec_rate(tmp_path: Path) -> None:
 # --- FSDD ---------------------------------------------------------------------------------------
 
 
-@needs_fsdd
-def test_fsdd_official_split_on_a_real_subset(tmp_path: Path) -> None:
+def test_fsdd_official_split_on_a_real_subset(tmp_path: Path, fsdd_recordings: Path) -> None:
     rec = tmp_path / "fsdd" / "recordings"
     rec.mkdir(parents=True)
     for d in range(4):
         for k in range(10):  # takes 0-4 -> test, 5-9 -> train
-            shutil.copy(FSDD / f"{d}_jackson_{k}.wav", rec)
+            shutil.copy(fsdd_recordings / f"{d}_jackson_{k}.wav", rec)
     (rec / "README.txt").write_text("not audio")
     data = load_fsdd(tmp_path / "fsdd", SPEC, cache_dir=None, skip_bad=False)  # finds recordings/
     assert data.classes == [str(d) for d in range(10)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import socket
 import subprocess
 import sys
@@ -53,16 +52,6 @@ def make_dataset(
         magic = 2051 if role.endswith("images") else 2049
         _write(directory / FILES[role], _idx_bytes(arr, magic), gz)
     return arrays
-
-
-_env = os.environ.get("MNISTKIT_TEST_DATA")
-SHARED_CANDIDATE = Path(_env) if _env else Path(__file__).resolve().parents[2] / "shared" / "data"
-SHARED: Path | None = SHARED_CANDIDATE if SHARED_CANDIDATE.is_dir() else None
-needs_shared = pytest.mark.skipif(
-    SHARED is None,
-    reason=f"real data not found at {SHARED_CANDIDATE}: set MNISTKIT_TEST_DATA to the folder "
-    "holding fashion-mnist/ (default <repo>/../shared/data)",
-)
 
 
 @pytest.fixture(autouse=True)
@@ -322,12 +311,10 @@ def test_wrong_image_size(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real data
 
 
-@needs_shared
-def test_real_fashion_mnist() -> None:
-    assert SHARED is not None
-    if vision.find_mnist_family("fashion_mnist", [SHARED]) is None:
-        pytest.skip(f"no fashion-mnist/ under {SHARED}")
-    data = vision.load_mnist_family("fashion_mnist", [SHARED], None)
+def test_real_fashion_mnist(shared_data: Path) -> None:
+    if vision.find_mnist_family("fashion_mnist", [shared_data]) is None:
+        pytest.skip(f"no fashion-mnist/ under {shared_data}")
+    data = vision.load_mnist_family("fashion_mnist", [shared_data], None)
     assert data.train.x.shape == (60000, 1, 28, 28) and data.train.x.dtype == torch.uint8
     assert data.test.x.shape == (10000, 1, 28, 28)
     assert data.train.y.dtype == torch.int64
@@ -339,20 +326,16 @@ def test_real_fashion_mnist() -> None:
     assert "gzipped IDX" in data.source
 
 
-@needs_shared
-def test_real_parent_folder_does_not_mix_datasets() -> None:
+def test_real_parent_folder_does_not_mix_datasets(shared_data: Path) -> None:
     # ../shared/data holds a complete fashion-mnist/ and an incomplete mnist-test10k/:
     # asking for MNIST must not pick up Fashion-MNIST's identically named files.
-    assert SHARED is not None
-    if (SHARED / "mnist").exists() or (SHARED / "MNIST").exists():
-        pytest.skip(f"{SHARED} now holds a full MNIST folder")
-    assert vision.find_mnist_family("mnist", [SHARED]) is None
+    if (shared_data / "mnist").exists() or (shared_data / "MNIST").exists():
+        pytest.skip(f"{shared_data} now holds a full MNIST folder")
+    assert vision.find_mnist_family("mnist", [shared_data]) is None
 
 
-@needs_shared
-def test_real_mnist_test_idx_reads() -> None:
-    assert SHARED is not None
-    folder = SHARED / "mnist-test10k"
+def test_real_mnist_test_idx_reads(shared_data: Path) -> None:
+    folder = shared_data / "mnist-test10k"
     if not (folder / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"no MNIST t10k files in {folder}")
     split = vision._read_split(

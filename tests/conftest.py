@@ -1,0 +1,88 @@
+"""Shared fixtures: the real-data folder, fresh registries, and the CLI in a subprocess.
+
+Real data (Fashion-MNIST, FSDD, ...) lives outside the repository. Tests find it through
+``$MNISTKIT_TEST_DATA``, else ``<repo>/../shared/data``; tests that need it take the
+``shared_data`` fixture and are skipped, with the reason, where it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_TEST_DATA = "MNISTKIT_TEST_DATA"
+
+
+def shared_data_candidate() -> Path:
+    """Where the real data should be: $MNISTKIT_TEST_DATA, else <repo>/../shared/data."""
+    env = os.environ.get(ENV_TEST_DATA)
+    return Path(env).expanduser() if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-data folder (holding fashion-mnist/, fsdd/, ...); skips the test without it."""
+    path = shared_data_candidate()
+    if not path.is_dir():
+        pytest.skip(
+            f"real data not found at {path}: set {ENV_TEST_DATA} to the folder holding "
+            "fashion-mnist/ (default <repo>/../shared/data)"
+        )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registries() -> Iterator[None]:
+    """Every test starts from the built-in registries (no plugin leaks between tests)."""
+    from mnistkit.registry import reset_registries
+
+    reset_registries()
+    yield
+    reset_registries()
+
+
+CliRunner = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def cli(tmp_path_factory: pytest.TempPathFactory) -> CliRunner:
+    """Run ``python -m mnistkit ARGS`` in a subprocess, as a user would, hermetically.
+
+    The user cache goes to a fresh temporary folder and ``$MNISTKIT_DATA`` is unset, so nothing
+    on this machine (earlier downloads, a data folder in the environment) changes the outcome.
+    Returns the CompletedProcess (text stdout/stderr); never raises on a non-zero exit.
+    """
+    cache = tmp_path_factory.mktemp("cache")
+
+    def run(
+        *args: str | Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+        prelude: str | None = None,
+    ) -> subprocess.CompletedProcess:
+        full_env = {k: v for k, v in os.environ.items() if k != "MNISTKIT_DATA"}
+        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        full_env.update({"MNISTKIT_CACHE": str(cache), "PYTHONPATH": pythonpath})
+        full_env.update(env or {})
+        if prelude is None:
+            cmd = [sys.executable, "-m", "mnistkit", *map(str, args)]
+        else:  # code to run first in the same process (e.g. to point a constant elsewhere)
+            code = f"{prelude}\nfrom mnistkit.cli import main\nmain()"
+            cmd = [sys.executable, "-c", code, *map(str, args)]
+        return subprocess.run(
+            cmd,
+            cwd=cwd or REPO,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

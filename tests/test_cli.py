@@ -1,0 +1,207 @@
+"""The command line: list / schema / fields / --help / --debug / usage errors, and the generated
+recipe reference (docs/recipe.md) being current."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mnistkit.docs import fields_text, recipe_reference_md
+from mnistkit.recipe import load_recipe, resolved_dict
+from mnistkit.registry import registries
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ("activations", "losses", "optimizers", "schedulers", "datasets", "layers")
+WIDE = {"COLUMNS": "200"}
+
+
+def table_titles(stdout: str) -> list[str]:
+    return [line.split(" — ")[0].strip() for line in stdout.splitlines() if " — " in line]
+
+
+# ----------------------------------------------------------------------------------- list
+def test_list_shows_every_registry(cli) -> None:
+    res = cli("list", env=WIDE)
+    assert res.returncode == 0, res.stderr
+    assert table_titles(res.stdout) == list(KINDS)
+
+
+def test_list_one_kind(cli) -> None:
+    res = cli("list", "optimizers", env=WIDE)
+    assert res.returncode == 0, res.stderr
+    assert table_titles(res.stdout) == ["optimizers"]
+    for name in ("sgd", "adam", "adamw", "rmsprop", "adagrad"):
+        assert re.search(rf"│ {name} +│", res.stdout), name
+    # Values as a recipe spells them (false, [0.9, 0.999]), not as Python prints them.
+    assert "momentum: float, ≥ 0, < 1, default 0.0" in res.stdout
+    assert "nesterov: bool, default false" in res.stdout
+    assert "betas: pair of floats, ≥ 0, < 1, default [0.9, 0.999]" in res.stdout
+
+
+def test_list_kind_typo_suggests(cli) -> None:
+    res = cli("list", "optimizer")
+    assert res.returncode == 2
+    assert "error usage: unknown kind 'optimizer'" in res.stderr
+    assert "did you mean 'optimizers'?" in res.stderr
+    assert res.stdout == ""
+
+
+def test_list_bogus_kind(cli) -> None:
+    res = cli("list", "bogus")
+    assert res.returncode == 2
+    assert "unknown kind 'bogus'" in res.stderr
+    assert "choose from " + ", ".join(KINDS) in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+# --------------------------------------------------------------------------------- schema
+def test_schema_is_json_schema_of_the_recipe(cli) -> None:
+    res = cli("schema")
+    assert res.returncode == 0, res.stderr
+    schema = json.loads(res.stdout)
+    props = schema["properties"]
+    assert {"data", "model", "optimizer", "loss", "scheduler", "epochs", "train"} <= set(props)
+    assert set(schema["required"]) == {"data", "model"}
+    assert props["epochs"]["default"] == 10 and props["epochs"]["minimum"] == 1
+    # Registry entries and their declared parameters are in the schema too (editor completion).
+    defs = schema["$defs"]
+    sgd = next(d for d in defs.values() if d.get("properties", {}).get("name", {}).get("const") == "sgd")
+    assert sgd["properties"]["lr"]["exclusiveMinimum"] == 0
+    assert sgd["additionalProperties"] is False
+
+
+# --------------------------------------------------------------------------------- fields
+def test_fields_command(cli) -> None:
+    res = cli("fields")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert "data.batch_size: int ≥ 1 = 64" in lines
+    assert "data.dataset: one of mnist, fashion_mnist, kmnist, digits, fsdd, audio_folder (required)" in lines
+    assert "    optimizer.lr: float > 0 = 0.001" in lines  # per-optimizer parameters
+    assert "    Training examples per optimizer step." in lines  # the field's docstring
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_fields_names_every_key_of_a_resolved_recipe() -> None:
+    # The resolved recipe spells out every key with its value: each must be documented.
+    resolved = _flatten(resolved_dict(load_recipe(REPO / "recipes" / "quickstart.yaml")))
+    documented = {line.strip().split(": ")[0] for line in fields_text().splitlines()}
+    for path in resolved:
+        if path.endswith((".name", ".type")) and path.rsplit(".", 1)[0] in documented:
+            continue  # the registry tag: documented as "name: sgd - ..." under its key
+        assert path in documented, f"{path} is missing from `mnistkit fields`"
+
+
+_FIELD = re.compile(r"^(?P<path>[a-z_.]+): (?P<type>.+?) = (?P<default>.+)$")
+
+
+def test_documented_defaults_are_the_real_defaults() -> None:
+    # Set every plain key to the default `mnistkit fields` documents: the recipe must stay
+    # valid, and the resolved values must be exactly those defaults.
+    overrides, expected = [], {}
+    for line in fields_text().splitlines():
+        m = _FIELD.match(line)
+        if not m or m["default"] == "null" or m["path"].startswith(("data.features.", "data.normalize.")):
+            continue
+        overrides.append(f"{m['path']}={m['default']}")
+        expected[m["path"]] = yaml.safe_load(m["default"])
+    assert {"data.batch_size", "train.early_stopping.patience", "optimizer", "epochs"} <= set(expected)
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", overrides)
+    resolved = _flatten(resolved_dict(recipe))
+    for path, value in expected.items():
+        got = resolved.get(path, resolved.get(f"{path}.name"))
+        assert got == value, f"{path}: documented default {value!r}, real {got!r}"
+
+
+# ------------------------------------------------------------------------ docs/recipe.md
+def test_docs_recipe_md_is_generated_and_current() -> None:
+    path = REPO / "docs" / "recipe.md"
+    assert path.read_text(encoding="utf-8") == recipe_reference_md(), (
+        "docs/recipe.md is out of date: run `python -m mnistkit.docs > docs/recipe.md`"
+    )
+
+
+def test_recipe_reference_covers_keys_and_registries() -> None:
+    text = recipe_reference_md()
+    for key in ("`data.batch_size`", "`train.early_stopping.patience`", "`model.hidden`", "`epochs`"):
+        assert f"| {key} |" in text, key
+    reg = registries()
+    for kind, registry in reg.by_kind().items():
+        assert f"### {kind.capitalize()}" in text
+        for name in registry.names():
+            assert f"| `{name}` |" in text, f"{kind}: {name}"
+    assert "`lr`: float, > 0, default 0.001 — learning rate" in text
+
+
+# ------------------------------------------------------------------- help, usage, --debug
+def test_help_lists_commands_and_debug_flag(cli) -> None:
+    res = cli("--help", env=WIDE)
+    assert res.returncode == 0
+    for command in ("run", "validate", "list", "schema", "fields"):
+        assert re.search(rf"│ {command} ", res.stdout), command
+    assert "--debug" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run"], "missing recipe: mnistkit run RECIPE.yaml"),
+        (["run", "recipes/quickstart.yaml", "--progress", "fancy"], "--progress 'fancy'"),
+        (["run", "recipes/quickstart.yaml", "--resume", "runs/x"], "give either a recipe or --resume"),
+        (["trian"], "No such command 'trian'"),
+    ],
+    ids=["no-recipe", "bad-progress", "recipe-and-resume", "unknown-command"],
+)
+def test_usage_errors_exit_2(cli, args: list[str], message: str) -> None:
+    res = cli(*args)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+BROKEN_PLUGIN = """
+def register(reg):
+    reg.datasets.register(
+        "broken_data", "{module}:load", "a loader with a bug",
+        shape=(1, 8, 8), num_classes=10, kind="image", download=False,
+    )
+
+
+def load(ctx):
+    raise RuntimeError("kaput")
+"""
+
+
+def test_debug_shows_the_traceback_of_an_internal_error(cli, tmp_path: Path) -> None:
+    module = "broken_" + "".join(c for c in tmp_path.name if c.isalnum())
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(BROKEN_PLUGIN).format(module=module))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"plugins: [{module}]\ndata: {{dataset: broken_data}}\nmodel: {{hidden: [8]}}\n"
+        "train: {device: cpu, plots: false}\n"
+    )
+    res = cli("run", recipe, "--out", tmp_path / "a", "--progress", "plain")
+    assert res.returncode == 1
+    assert "internal error: RuntimeError: kaput" in res.stderr
+    assert "run again with --debug" in res.stderr
+    assert "Traceback" not in res.stderr
+
+    res = cli("--debug", "run", recipe, "--out", tmp_path / "b", "--progress", "plain")
+    assert res.returncode == 1
+    assert "Traceback (most recent call last)" in res.stderr
+    assert f'{module}.py", line' in res.stderr and "RuntimeError: kaput" in res.stderr
