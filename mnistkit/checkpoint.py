@@ -27,8 +27,11 @@ import torch
 from mnistkit.errors import RunError
 
 #: Test hook: set to a checkpoint's file name (e.g. ``last.pt``) to SIGKILL the process halfway
-#: through writing that file. See :func:`save_checkpoint`.
+#: through writing that file, or to ``NAME:N`` (e.g. ``last.pt:3``) to do so only during this
+#: process's N-th write of that name. See :func:`save_checkpoint`.
 CRASH_ENV = "MNISTKIT_CRASH_DURING_CHECKPOINT"
+
+_writes: dict[str, int] = {}  # file name -> writes so far in this process (for the crash hook)
 
 _TMP_MARK = ".tmp-"
 
@@ -105,7 +108,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     Test hook: if the environment variable ``MNISTKIT_CRASH_DURING_CHECKPOINT`` equals
     ``path.name``, the process writes about half of the bytes to the temp file and then kills
-    itself with SIGKILL, simulating ``kill -9`` mid-write.
+    itself with SIGKILL, simulating ``kill -9`` mid-write. ``NAME:N`` does so only on the N-th
+    write of that name by this process (1-based), e.g. ``last.pt:3`` for the third epoch's.
 
     Raises :class:`RunError` if the state holds an object a safe load would refuse, or if the
     file cannot be written.
@@ -121,7 +125,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_tmps(path)
         with open(tmp, "wb") as f:
-            if os.environ.get(CRASH_ENV) == path.name:
+            if _crash_now(path.name):
                 f.write(data[: len(data) // 2])
                 f.flush()
                 os.fsync(f.fileno())
@@ -137,6 +141,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except BaseException:
         _discard(tmp)
         raise
+
+
+def _crash_now(name: str) -> bool:
+    """Whether the crash test hook (:data:`CRASH_ENV`) fires for this write of ``name``."""
+    _writes[name] = _writes.get(name, 0) + 1
+    target, _, nth = os.environ.get(CRASH_ENV, "").partition(":")
+    if target != name:
+        return False
+    return not nth or (nth.isdigit() and int(nth) == _writes[name])
 
 
 def _discard(tmp: Path) -> None:

@@ -5,9 +5,13 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
     metrics.csv    one row per epoch
     status.json    running / finished / interrupted / failed, timings, best metric
     env.json       versions, device, seed, git commit, dataset file hashes
+    data.json      classes, input shape, normalization (mean/std/scale), audio feature settings:
+                   what `mnistkit predict` needs to preprocess a file exactly as in training
     last.pt        checkpoint after the latest epoch (or Ctrl-C point)
     best.pt        checkpoint of the best epoch by train.best_metric
     plots/         curves.png, confusion.png, worst.png
+    tb/            TensorBoard event files (train.tensorboard: true)
+    eval-<checkpoint>.json, eval-<checkpoint>-confusion.png   written by `mnistkit eval`
 """
 
 from __future__ import annotations
@@ -216,3 +220,45 @@ def write_env(
     path = run_dir / "env.json"
     _atomic_write(path, json.dumps(env, indent=2) + "\n")
     return path
+
+
+def write_data_info(run_dir: Path, info: dict[str, Any]) -> Path:
+    """data.json: how inputs were preprocessed in training (read by ``mnistkit predict``)."""
+    path = run_dir / "data.json"
+    _atomic_write(path, json.dumps(info, indent=2) + "\n")
+    return path
+
+
+def read_data_info(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "data.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def pid_alive(pid: Any) -> bool:
+    """Whether process ``pid`` exists on this machine (False for anything not a positive int)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def run_process_alive(pid: Any) -> bool:
+    """Whether the process that wrote a 'running' status.json is still alive.
+
+    Where /proc shows command lines (Linux), a live pid whose command is neither Python nor
+    mnistkit was reused by an unrelated program after the run died: not alive.
+    """
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().lower()
+    except OSError:
+        return True  # no /proc (macOS) or not ours to read: trust the pid
+    return not cmdline or b"python" in cmdline or b"mnistkit" in cmdline

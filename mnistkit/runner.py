@@ -2,11 +2,20 @@
 
 This is the glue the CLI (and the benchmark) call; each step is a call into the module that owns
 it, in the order the data flows.
+
+Test hooks (environment variables, read once per run, no cost when unset; see docs/runs.md):
+
+* ``MNISTKIT_KILL_AT=E:S[:SIG]`` sends signal SIG (default KILL; e.g. INT for a Ctrl-C) to this
+  process during training step S of epoch E (both 1-based), after that step's forward pass.
+* ``MNISTKIT_NAN_AT=E:S`` makes the loss of step S of epoch E NaN.
+* ``MNISTKIT_CRASH_DURING_CHECKPOINT=NAME[:N]`` (mnistkit.checkpoint): SIGKILL halfway through
+  writing checkpoint NAME (its N-th write).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +32,20 @@ from mnistkit.layers import ShapeError
 from mnistkit.recipe import Recipe, resolved_dict
 from mnistkit.registry import Registries, registries
 from mnistkit.report import Reporter, duration, make_reporter
-from mnistkit.train import Hooks, LoopState, NonFiniteLoss, train_loop
+from mnistkit.train import (
+    Hooks,
+    LoopState,
+    NonFiniteLoss,
+    autocast_context,
+    match_layout,
+    train_loop,
+    uses_channels_last,
+)
 
 CHECKPOINT_FORMAT = 1
+
+KILL_ENV = "MNISTKIT_KILL_AT"
+NAN_ENV = "MNISTKIT_NAN_AT"
 
 
 @dataclass
@@ -67,8 +87,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def default_threads() -> int:
-    # One thread per core we may run on: more threads than cores only adds contention, and
-    # torch's own default can count hyperthreads or the whole host inside a container.
+    # One intra-op thread per core we may run on. Measured on the 2-core dev machine (mlp5,
+    # batch 64, docs/performance.md): 2 threads 1.6 s/epoch, 1 thread 2.2 s. More threads than
+    # cores only adds contention, and torch's own default can count hyperthreads or the whole
+    # host inside a container. (The inter-op pool is left alone: eager training never uses it.)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
@@ -79,13 +101,12 @@ def configure_device(recipe: Recipe, device: torch.device) -> int:
     threads = recipe.train.threads or default_threads()
     torch.set_num_threads(threads)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = (
-            True  # TF32 tensor cores: ~free speed for fp32 matmuls
-        )
+        # TF32 tensor cores for fp32 matmuls and convolutions: several times the fp32 rate for a
+        # 10-bit mantissa in the products, which these classifiers do not notice.
+        torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = (
-            True  # fixed input shapes: pick the fastest conv kernels once
-        )
+        # Input shapes are fixed for a whole run: let cuDNN time its conv algorithms once.
+        torch.backends.cudnn.benchmark = True
     return threads
 
 
@@ -212,8 +233,19 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     threads = configure_device(recipe, device)
     reporter = make_reporter(opts.progress or recipe.train.progress)
 
+    if recipe.train.tensorboard:
+        _summary_writer_class()  # a missing package fails now, not after loading the data
+
     resume_ckpt: dict[str, Any] | None = None
+    previous: dict[str, Any] = {}
     if opts.resume is not None:
+        previous = rundir.read_status(opts.resume)
+        pid = previous.get("pid")
+        if previous.get("status") == "running" and pid != os.getpid() and rundir.run_process_alive(pid):
+            raise RunError(
+                f"--resume {opts.resume}: that run is still running (process {pid}); "
+                "stop it first (Ctrl-C saves a checkpoint), then resume"
+            )
         resume_ckpt = load_checkpoint(opts.resume / "last.pt")
     if resume_ckpt is None:
         run_dir = rundir.create_run_dir(opts.runs_root, recipe.name or "run", opts.out)
@@ -228,7 +260,10 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         ]
     )
     t_data = time.perf_counter()
-    data = load_data(recipe, reg, opts.data_dir, device, reporter)
+    data_dir = opts.data_dir
+    if data_dir is None and resume_ckpt is not None:
+        data_dir = recorded_data_dir(run_dir)  # the --data-dir the run was started with
+    data = load_data(recipe, reg, data_dir, device, reporter)
     n_val = len(data.val.y) if data.val is not None else 0
     reporter.header(
         [
@@ -251,6 +286,8 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     except ShapeError as exc:
         raise RunError(f"model does not fit the data: {exc}") from None
     model.to(device)
+    if uses_channels_last(model, device):
+        model.to(memory_format=torch.channels_last)  # the loop converts batches to match
     total_params = sum(p.numel() for p in model.parameters())
     reporter.model_summary(
         [(str(i.index), i.type, "x".join(map(str, i.out_shape)), i.params) for i in infos],
@@ -275,15 +312,18 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
                 f"nothing to do: the run already has {state.epoch} of {recipe.epochs} epochs"
             )
 
+    compile_seconds = None
     if recipe.train.compile:
         t0 = time.perf_counter()
         model = torch.compile(model)  # type: ignore[assignment]
-        _warm_up(model, data, recipe)
+        _warm_up(model, data, recipe, device)
+        compile_seconds = time.perf_counter() - t0
         reporter.message(
-            f"compiled the model in {time.perf_counter() - t0:.1f} s (not counted as training)"
+            f"compiled the model in {compile_seconds:.1f} s (not counted as training time)"
         )
 
     rundir.write_recipe(run_dir, resolved_dict(recipe))
+    rundir.write_data_info(run_dir, data_info(recipe, data, data_dir))
     rundir.write_env(
         run_dir,
         device=str(device),
@@ -293,29 +333,49 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         files=data.files,
     )
     started = time.time()
+    has_val = data.val is not None
+    best_metric = recipe.train.best_metric
+    if best_metric == "auto":
+        best_metric = "val_acc" if has_val else "test_acc"
     rundir.write_status(
         run_dir,
         status="running",
-        started=started,
+        # A resumed run keeps its first start time and lists when it was resumed.
+        started=previous.get("started", started),
         name=recipe.name,
         epochs=recipe.epochs,
+        best_metric=best_metric,
         pid=os.getpid(),
+        ended=None,
+        error=None,
+        stop_reason=None,
+        **({"resumed": [*previous.get("resumed", []), started]} if resume_ckpt else {}),
     )
-    has_val = data.val is not None
+    loss_fn = _with_test_hooks(loss_fn, steps, state)
 
     def save(st: LoopState, is_best: bool) -> None:
+        if recipe.train.checkpoint:
+            ckpt = checkpoint_state(st, model, optimizer, schedule.scheduler, generator, recipe)
+            # best before last: a crash between the two leaves last.pt one epoch behind, so the
+            # resumed run redoes that epoch and writes best.pt again. The other order could
+            # leave a last.pt recording a best epoch whose weights best.pt never received.
+            if is_best:
+                save_checkpoint(run_dir / "best.pt", ckpt)
+            save_checkpoint(run_dir / "last.pt", ckpt)
+        # After the checkpoints: metrics.csv never lists an epoch that --resume would redo.
         rundir.write_metrics(run_dir, st.rows, has_val)
-        if not recipe.train.checkpoint:
-            return
-        ckpt = checkpoint_state(st, model, optimizer, schedule.scheduler, generator, recipe)
-        save_checkpoint(run_dir / "last.pt", ckpt)
-        if is_best:
-            save_checkpoint(run_dir / "best.pt", ckpt)
+
+    tb = _tensorboard(run_dir, state) if recipe.train.tensorboard else None
+
+    def epoch_end(row: dict[str, Any], improved: bool) -> None:
+        reporter.epoch_end(row, improved)
+        if tb is not None:
+            _log_scalars(tb, row)
 
     hooks = Hooks(
         on_epoch_start=reporter.epoch_start,
         on_progress=reporter.progress,
-        on_epoch_end=reporter.epoch_end,
+        on_epoch_end=epoch_end,
         save_checkpoint=save,
         message=reporter.message,
     )
@@ -330,10 +390,21 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         reporter.stop()
         rundir.write_status(run_dir, status="failed", ended=time.time(), error=str(exc))
         raise RunError(str(exc)) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep the last saved checkpoint
+        status = "interrupted"
+        rundir.write_status(
+            run_dir, status=status, ended=time.time(), stop_reason="interrupted (second Ctrl-C)"
+        )
+        raise
+    except BaseException as exc:
+        rundir.write_status(
+            run_dir, status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}"
+        )
+        raise
     finally:
         reporter.stop()
-        if status == "failed":
-            rundir.write_status(run_dir, status="failed", ended=time.time())
+        if tb is not None:
+            tb.close()
     train_seconds = sum(r["seconds"] for r in state.rows)
     rundir.write_status(
         run_dir,
@@ -344,6 +415,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         best=state.best,
         best_epoch=state.best_epoch,
         train_seconds=train_seconds,
+        compile_seconds=compile_seconds,
     )
     if status == "finished" and recipe.train.plots and state.rows:
         _write_plots(run_dir, recipe, model, data, state, reporter)
@@ -361,7 +433,8 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         lines.append(
             (
                 "time",
-                f"{duration(train_seconds)} training, {duration(time.time() - started)} in all",
+                f"{duration(train_seconds)} training, {duration(time.time() - started)} in all"
+                + (" (this session)" if resume_ckpt is not None else ""),
             )
         )
     if state.best is not None:
@@ -371,7 +444,10 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         lines.append(("best", f"{metric} {shown} at epoch {state.best_epoch} (best.pt)"))
     lines.append(("saved", str(run_dir)))
     if status == "interrupted":
-        lines.append(("resume", f"mnistkit run --resume {run_dir}"))
+        if recipe.train.checkpoint:
+            lines.append(("resume", f"mnistkit run --resume {run_dir}"))
+        else:
+            lines.append(("resume", "not possible: this run has train.checkpoint: false"))
     reporter.summary(lines)
     return RunResult(
         run_dir,
@@ -382,6 +458,125 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         state.best,
         state.best_epoch,
     )
+
+
+def data_info(recipe: Recipe, data: Prepared, data_dir: Path | None = None) -> dict[str, Any]:
+    """What predict needs to preprocess a file exactly as training did (written to data.json).
+
+    Also the ``--data-dir`` the run was given, so ``--resume`` and ``eval`` find the data again
+    without it.
+    """
+    features = recipe.data.features
+    return {
+        "dataset": recipe.data.dataset,
+        "kind": "audio" if features is not None else "image",
+        "classes": [str(c) for c in data.classes],
+        "in_shape": [int(n) for n in data.in_shape],
+        # x = (raw * scale - mean) / std, per channel; images are uint8 0..255 before scaling
+        "scale": float(data.scale),
+        "mean": [float(m) for m in data.mean],
+        "std": [float(s) for s in data.std],
+        "features": features.model_dump(mode="json") if features is not None else None,
+        "source": data.source,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
+    }
+
+
+def recorded_data_dir(run_dir: Path) -> Path | None:
+    """The ``--data-dir`` recorded in a run's data.json, if any."""
+    info = rundir.read_data_info(run_dir) or {}
+    return Path(info["data_dir"]) if info.get("data_dir") else None
+
+
+class _TestHookLoss(torch.nn.Module):
+    """The loss, plus the MNISTKIT_KILL_AT / MNISTKIT_NAN_AT test hooks (see the module doc).
+
+    Training steps are counted in the loss call (evaluation runs without autograd and is not
+    counted), so the hooks need nothing in the training loop itself.
+    """
+
+    def __init__(
+        self, inner: torch.nn.Module, done: int, kill: tuple[int, int] | None, nan: int | None
+    ) -> None:
+        super().__init__()
+        self.inner, self.done, self.kill, self.nan = inner, done, kill, nan
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.inner(out, target)
+        if not torch.is_grad_enabled():
+            return loss
+        self.done += 1
+        if self.kill is not None and self.done == self.kill[0]:
+            os.kill(os.getpid(), self.kill[1])
+        if self.done == self.nan:
+            loss = loss * float("nan")
+        return loss
+
+
+def _with_test_hooks(loss_fn: torch.nn.Module, steps: int, state: LoopState) -> torch.nn.Module:
+    kill_spec, nan_spec = os.environ.get(KILL_ENV), os.environ.get(NAN_ENV)
+    if not kill_spec and not nan_spec:
+        return loss_fn
+
+    def global_step(env: str, spec: str) -> tuple[int, str]:
+        parts = spec.split(":")
+        try:
+            epoch, step = int(parts[0]), int(parts[1])
+        except (IndexError, ValueError):
+            raise RunError(f"{env}={spec!r}: expected EPOCH:STEP, e.g. 2:5") from None
+        return (epoch - 1) * steps + step, (parts[2] if len(parts) > 2 else "KILL")
+
+    kill = None
+    if kill_spec:
+        at, sig_name = global_step(KILL_ENV, kill_spec)
+        try:
+            sig = signal.Signals[sig_name if sig_name.startswith("SIG") else "SIG" + sig_name]
+        except KeyError:
+            raise RunError(f"{KILL_ENV}={kill_spec!r}: unknown signal {sig_name!r}") from None
+        kill = (at, int(sig))
+    nan = global_step(NAN_ENV, nan_spec)[0] if nan_spec else None
+    return _TestHookLoss(loss_fn, state.epoch * steps + state.step, kill, nan)
+
+
+def _summary_writer_class() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RunError(
+            "train.tensorboard is true but the tensorboard package is not installed: "
+            "pip install tensorboard (or pip install 'mnistkit[tensorboard]'), "
+            "or set train.tensorboard: false"
+        ) from None
+    return SummaryWriter
+
+
+def _tensorboard(run_dir: Path, state: LoopState) -> Any:
+    # purge_step: a resumed run drops what a killed process logged after the checkpoint it
+    # resumes from, so every epoch appears once.
+    return _summary_writer_class()(
+        log_dir=str(run_dir / "tb"), purge_step=state.epoch + 1 if state.epoch else None
+    )
+
+
+# metrics.csv column -> TensorBoard tag: losses and accuracies grouped so splits share a chart.
+_TB_TAGS = {
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "test_loss": "loss/test",
+    "train_acc": "accuracy/train",
+    "val_acc": "accuracy/val",
+    "test_acc": "accuracy/test",
+    "lr": "lr",
+    "seconds": "time/epoch_seconds",
+    "samples_per_s": "time/samples_per_s",
+}
+
+
+def _log_scalars(writer: Any, row: dict[str, Any]) -> None:
+    for key, tag in _TB_TAGS.items():
+        if row.get(key) is not None:
+            writer.add_scalar(tag, row[key], row["epoch"])
+    writer.flush()  # a killed run keeps every finished epoch
 
 
 def _schedule_note(recipe: Recipe, old_epochs: int | None, steps: int) -> str:
@@ -397,19 +592,43 @@ def _schedule_note(recipe: Recipe, old_epochs: int | None, steps: int) -> str:
     return head + f"the {name} schedule continues unchanged (it does not depend on the run length)"
 
 
-def _warm_up(model: torch.nn.Module, data: Prepared, recipe: Recipe) -> None:
-    """Trigger compilation on one batch without changing weights or RNG streams."""
+def _warm_up(
+    model: torch.nn.Module, data: Prepared, recipe: Recipe, device: torch.device
+) -> None:
+    """Compile every graph training will need, before the clock starts, changing nothing.
+
+    One training step (forward + backward) and one evaluation pass per batch size the run will
+    see: the full batch and the last partial one, under the run's autocast and memory layout,
+    so no recompilation lands inside a timed epoch. Gradients are dropped, and buffers
+    (BatchNorm running statistics) and RNG streams (dropout) are restored afterwards.
+    """
     rng = torch.get_rng_state()
-    xb = data.train.x[: recipe.data.batch_size]
-    model.train()
-    out = model(xb)
-    out.float().sum().backward()
-    for p in model.parameters():
-        p.grad = None
-    model.eval()
-    with torch.inference_mode():
-        model(data.test.x[: recipe.data.eval_batch_size])
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    buffers = [b.detach().clone() for b in model.buffers()]
+    channels_last = uses_channels_last(model, device)
+    bs, ebs = recipe.data.batch_size, recipe.data.eval_batch_size
+    n_train, n_test = len(data.train.y), len(data.test.y)
+    train_sizes = {min(bs, n_train)}
+    if n_train % bs and not recipe.data.drop_last:
+        train_sizes.add(n_train % bs)
+    eval_sizes = {min(ebs, n_test)} | ({n_test % ebs} if n_test % ebs else set())
+    with autocast_context(recipe.train.precision, device):
+        model.train()
+        for size in sorted(train_sizes):
+            xb = data.inputs(data.train.x[:size].to(device))
+            model(match_layout(xb, channels_last)).float().sum().backward()
+        for p in model.parameters():
+            p.grad = None
+        model.eval()
+        with torch.inference_mode():
+            for size in sorted(eval_sizes):
+                model(match_layout(data.test.x[:size], channels_last))
+    with torch.no_grad():
+        for b, saved in zip(model.buffers(), buffers, strict=True):
+            b.copy_(saved)
     torch.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def _write_plots(

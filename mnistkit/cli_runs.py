@@ -1,0 +1,251 @@
+"""Commands that work on finished (or running) runs: ``eval``, ``predict``, ``runs``, ``compare``.
+
+Registered onto the main app by :func:`register` (called from :mod:`mnistkit.cli`). Like the
+rest of the CLI, nothing heavy is imported here: ``eval`` and ``predict`` import torch inside
+their bodies; ``runs`` and ``compare`` never do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+class Checkpoint(str, Enum):
+    best = "best"
+    last = "last"
+
+
+CheckpointOpt = Annotated[
+    Checkpoint,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        help="Which checkpoint: best (by train.best_metric) or last (latest epoch or Ctrl-C point).",
+    ),
+]
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory.", show_default=False)]
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> None:
+    """Add eval, predict, runs and compare to ``app``; ``guarded`` maps errors to exit codes."""
+
+    @app.command("eval")
+    def eval_(
+        run_dir: RunDirArg,
+        checkpoint: CheckpointOpt = Checkpoint.best,
+        data_dir: Annotated[
+            Path | None,
+            typer.Option(
+                "--data-dir",
+                "-d",
+                help="Folder with the dataset files (default: the run's own --data-dir, if any).",
+            ),
+        ] = None,
+    ) -> None:
+        """Evaluate a run's checkpoint on the test set: loss, accuracy, per-class scores.
+
+        Prints loss, accuracy, per-class precision, recall and F1, and the confusion matrix.
+        Saves them as RUN_DIR/eval-CHECKPOINT.json and RUN_DIR/eval-CHECKPOINT-confusion.png.
+        The model is rebuilt from the run's recipe.yaml and the checkpoint's weights."""
+
+        def body() -> None:
+            from mnistkit.evaluate import evaluate_run, print_eval
+
+            result = evaluate_run(run_dir, checkpoint.value, data_dir)
+            print_eval(result, _console())
+
+        guarded(body)
+
+    @app.command()
+    def predict(
+        run_dir: RunDirArg,
+        files: Annotated[
+            list[Path],
+            typer.Argument(
+                help="Image files (PNG, JPG, ...) or, for audio runs, WAV files.", show_default=False
+            ),
+        ],
+        checkpoint: CheckpointOpt = Checkpoint.best,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
+        ] = False,
+        top: Annotated[int, typer.Option("--top", "-k", min=1, help="Show the K most probable classes.")] = 1,
+        invert: Annotated[
+            bool,
+            typer.Option(
+                "--invert",
+                help="Invert image brightness first: for dark drawings on a light background "
+                "(MNIST-like training data is light on black).",
+            ),
+        ] = False,
+    ) -> None:
+        """Classify files with a trained run: the class and its probability for each file.
+
+        Images are converted to grey, resized to the run's input size (e.g. 28x28) and
+        normalized exactly as in training.
+        MNIST-family data is a light digit or garment on a black background:
+        give images that way round, or pass --invert."""
+
+        def body() -> None:
+            from mnistkit.predict import predict_files, print_predictions
+
+            result = predict_files(run_dir, list(files), checkpoint.value, top, invert)
+            if as_json:
+                typer.echo(json.dumps(result, indent=2))
+            else:
+                print_predictions(result, _console(), _console(stderr=True))
+
+        guarded(body)
+
+    @app.command()
+    def runs(
+        root: Annotated[
+            Path, typer.Argument(help="Folder holding run directories (or one run directory).")
+        ] = Path("runs"),
+    ) -> None:
+        """List runs: name, start, epochs done/planned, best metric, training time, status."""
+
+        def body() -> None:
+            from mnistkit.runs import format_metric, format_seconds, format_started, scan_runs
+
+            infos = scan_runs(root)
+            con = _console()
+            if not infos:
+                con.print(f"no runs in {root}")
+                return
+            from rich.markup import escape
+            from rich.table import Table
+
+            table = Table(title=f"runs in {escape(str(root))}", title_justify="left")
+            for col, justify in (
+                ("name", "left"),
+                ("started", "left"),
+                ("epochs", "right"),
+                ("best", "right"),
+                ("time", "right"),
+                ("status", "left"),
+            ):
+                table.add_column(col, justify=justify, no_wrap=col != "status")  # type: ignore[arg-type]
+            colours = {"finished": "green", "running": "cyan", "interrupted": "yellow"}
+            for i in infos:
+                planned = "?" if i.epochs_planned is None else str(i.epochs_planned)
+                best = format_metric(i.best_metric, i.best)
+                if i.best is not None:
+                    best = f"{i.best_metric} {best} (ep {i.best_epoch})"
+                status = f"[{colours.get(i.status, 'red')}]{escape(i.status)}[/]"
+                if i.status == "finished" and i.stop_reason and i.stop_reason != "finished":
+                    status += f" [dim]({escape(i.stop_reason)})[/]"
+                if i.resumable:
+                    status += " [dim]· --resume[/]"
+                table.add_row(
+                    escape(i.name),
+                    format_started(i.started),
+                    f"{i.epochs_done}/{planned}",
+                    best,
+                    format_seconds(i.seconds),
+                    status,
+                )
+            con.print(table)
+
+        guarded(body)
+
+    @app.command()
+    def compare(
+        run_a: Annotated[Path, typer.Argument(help="First run directory.", show_default=False)],
+        run_b: Annotated[Path, typer.Argument(help="Second run directory.", show_default=False)],
+    ) -> None:
+        """Two runs side by side: the recipe keys that differ, then the metrics of every epoch."""
+
+        def body() -> None:
+            from rich.markup import escape
+            from rich.table import Table
+
+            from mnistkit import rundir
+            from mnistkit.errors import RunError
+            from mnistkit.runs import is_run_dir, metric_columns, recipe_diff, side_by_side
+
+            for d in (run_a, run_b):
+                if not is_run_dir(d):
+                    raise RunError(f"{d}: not a run directory (no recipe.yaml or status.json)")
+            con = _console()
+            a_name, b_name = run_a.name or str(run_a), run_b.name or str(run_b)
+            if run_a.resolve() == run_b.resolve():
+                b_name += " (same)"
+            diff = recipe_diff(rundir.read_recipe_dict(run_a), rundir.read_recipe_dict(run_b))
+            if diff:
+                t = Table(title="recipe: keys that differ", title_justify="left")
+                t.add_column("key", style="cyan", no_wrap=True)
+                t.add_column(escape(a_name))
+                t.add_column(escape(b_name))
+                for key, va, vb in diff:
+                    t.add_row(escape(key), escape(_show(va)), escape(_show(vb)))
+                con.print(t)
+            else:
+                con.print("recipe: identical (apart from the name)")
+
+            rows_a, rows_b = rundir.read_metrics(run_a), rundir.read_metrics(run_b)
+            cols = metric_columns(rows_a, rows_b)
+            m = Table(
+                title=f"metrics per epoch: A = {escape(a_name)}, B = {escape(b_name)}",
+                title_justify="left",
+            )
+            m.add_column("epoch", justify="right")
+            for c in cols:
+                m.add_column(f"{c} A", justify="right")
+                m.add_column(f"{c} B", justify="right")
+            for epoch, ra, rb in side_by_side(rows_a, rows_b):
+                cells = [str(epoch)]
+                for c in cols:
+                    va = ra.get(c) if ra else None
+                    vb = rb.get(c) if rb else None
+                    fa, fb = _metric(c, va), _metric(c, vb)
+                    better = _better(c, va, vb)
+                    cells += [
+                        f"[bold]{fa}[/]" if better == "a" else fa,
+                        f"[bold]{fb}[/]" if better == "b" else fb,
+                    ]
+                m.add_row(*cells)
+            con.print(m)
+            for label, d in (("A", run_a), ("B", run_b)):
+                st = rundir.read_status(d)
+                from mnistkit.runs import effective_status
+
+                con.print(f"{label}: {escape(str(d))}  status {escape(effective_status(st))}")
+
+        guarded(body)
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, default=str)
+
+
+def _metric(col: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    if col.endswith("_acc"):
+        return f"{v:.2%}"
+    if col == "lr":
+        return f"{v:.3g}"
+    return f"{v:.4f}"
+
+
+def _better(col: str, a: float | None, b: float | None) -> str | None:
+    """Which side is better for a loss/accuracy column ('a', 'b' or None)."""
+    if a is None or b is None or a == b or col == "lr":
+        return None
+    higher = col.endswith("_acc")
+    return "a" if (a > b) == higher else "b"

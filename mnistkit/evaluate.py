@@ -1,0 +1,336 @@
+"""Evaluate a trained model: loss, accuracy, per-class scores, confusion matrix, and run plots.
+
+* :func:`write_run_plots` -- the PNGs written at the end of every run (``train.plots``):
+  ``plots/curves.png``, ``plots/confusion.png`` (test set, final model) and ``plots/worst.png``
+  (the most confidently wrong test samples).
+* :func:`evaluate_run` -- ``mnistkit eval RUN_DIR``: the model is rebuilt from the run's
+  ``recipe.yaml`` and the weights of one of its checkpoints (loaded with ``weights_only``: a
+  checkpoint cannot run code), evaluated on the test split, and the report is written next to
+  the checkpoints as ``eval-<checkpoint>.json`` and ``eval-<checkpoint>-confusion.png``.
+
+Evaluation runs in fp32 in large batches, exactly as the training loop's own evaluation, so
+``mnistkit eval --checkpoint last`` of a finished run reproduces the last row of metrics.csv
+(accuracy exactly; the loss to float rounding, as BLAS kernels may round differently).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mnistkit.errors import RunError
+
+if TYPE_CHECKING:
+    import torch
+
+    from mnistkit.data import Prepared
+    from mnistkit.datatypes import Split
+    from mnistkit.recipe import Recipe
+
+CHECKPOINTS = ("best", "last")
+WORST_SHOWN = 15  # examples in plots/worst.png
+
+
+# ------------------------------------------------------------------------------ predictions
+def predict_split(
+    model: torch.nn.Module,
+    split: Split,
+    batch_size: int,
+    loss_fn: torch.nn.Module | None = None,
+) -> tuple[np.ndarray, float | None]:
+    """Class probabilities ``[N, C]`` (float32, numpy) and the mean loss per sample.
+
+    The loss is summed as ``mean batch loss * batch size`` in float64, like the training loop's
+    evaluation, so it matches metrics.csv. Probabilities are the softmax of the outputs, which
+    is right for raw logits and for log-probabilities (log_softmax output) alike.
+    """
+    import torch
+
+    from mnistkit.data import eval_batches
+
+    was_training = model.training
+    model.eval()
+    probs: list[torch.Tensor] = []
+    total = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    try:
+        with torch.inference_mode():
+            for xb, yb in eval_batches(split, batch_size):
+                out = model(xb).float()
+                if loss_fn is not None:
+                    total += loss_fn(out, yb).double() * len(yb)
+                probs.append(torch.softmax(out, dim=1).cpu())
+    finally:
+        model.train(was_training)
+    n = len(split.y)
+    if not probs:
+        return np.zeros((0, 0), dtype=np.float32), None
+    loss = total.item() / n if loss_fn is not None and n else None
+    return torch.cat(probs).numpy(), loss
+
+
+def denormalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """Normalized inputs ``[N, C, ...]`` back to the [0, 1] range they had before normalizing."""
+    arr = x.detach().float().cpu().numpy()
+    shape = (1, -1) + (1,) * (arr.ndim - 2)
+    out = arr * np.asarray(std, dtype=np.float32).reshape(shape)
+    out += np.asarray(mean, dtype=np.float32).reshape(shape)
+    return out
+
+
+def worst_indices(probs: np.ndarray, y: np.ndarray, k: int = WORST_SHOWN) -> np.ndarray:
+    """Indices of the (at most k) wrong predictions made with the highest confidence."""
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != y)
+    conf = probs[wrong, pred[wrong]]
+    # Stable sort on -confidence: ties keep dataset order, so the plot is reproducible.
+    return wrong[np.argsort(-conf, kind="stable")[:k]]
+
+
+# ------------------------------------------------------------------------------ run plots
+def write_run_plots(
+    run_dir: Path,
+    model: torch.nn.Module,
+    data: Prepared,
+    rows: list[dict[str, Any]],
+    recipe: Recipe,
+) -> list[Path]:
+    """curves.png, confusion.png and worst.png of a finished run, under ``run_dir/plots``."""
+    from mnistkit.metrics import confusion_matrix
+    from mnistkit.plots import plot_confusion, plot_curves, plot_worst
+
+    out = Path(run_dir) / "plots"
+    name = recipe.name or Path(run_dir).name
+    epochs = rows[-1]["epoch"] if rows else 0
+    paths = [plot_curves(rows, out / "curves.png", title=f"{name}: learning curves")]
+
+    probs, _ = predict_split(model, data.test, recipe.data.eval_batch_size)
+    y = data.test.y.cpu().numpy()
+    pred = probs.argmax(1)
+    cm = confusion_matrix(y, pred, data.num_classes)
+    paths.append(
+        plot_confusion(
+            cm,
+            data.classes,
+            out / "confusion.png",
+            title=f"{name}: test set, final model (epoch {epochs})",
+        )
+    )
+    idx = worst_indices(probs, y)
+    images = denormalize(data.test.x[idx], data.mean, data.std)
+    n_wrong = int((pred != y).sum())
+    paths.append(
+        plot_worst(
+            images,
+            y[idx],
+            pred[idx],
+            probs[idx, pred[idx]],
+            data.classes,
+            out / "worst.png",
+            title=f"{name}: most confidently wrong test samples "
+            f"({len(idx)} of {n_wrong:,} mistakes in {len(y):,})",
+        )
+    )
+    return paths
+
+
+# ------------------------------------------------------------------------------ mnistkit eval
+def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
+    if checkpoint not in CHECKPOINTS:
+        raise RunError(f"--checkpoint {checkpoint!r}: use one of {', '.join(CHECKPOINTS)}")
+    return Path(run_dir) / f"{checkpoint}.pt"
+
+
+def checkpoint_when(ckpt: dict[str, Any]) -> str:
+    """'after epoch 3', or 'epoch 2, step 40 (mid-epoch)' for a Ctrl-C checkpoint."""
+    epoch, step = int(ckpt.get("epoch", 0)), int(ckpt.get("step", 0) or 0)
+    return f"after epoch {epoch}" if not step else f"epoch {epoch + 1}, step {step} (mid-epoch)"
+
+
+def load_run_recipe(run_dir: Path) -> Recipe:
+    from mnistkit.recipe import load_recipe
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise RunError(f"{run_dir}: not a run directory (no recipe.yaml)")
+    return load_recipe(run_dir / "recipe.yaml")
+
+
+def load_run_checkpoint(run_dir: Path, checkpoint: str) -> tuple[dict[str, Any], Path]:
+    """The checkpoint's state (weights_only: refuses files that could run code)."""
+    from mnistkit.checkpoint import load_checkpoint
+
+    path = checkpoint_path(run_dir, checkpoint)
+    if not path.exists() and (Path(run_dir) / "recipe.yaml").is_file():
+        others = [c for c in CHECKPOINTS if c != checkpoint and checkpoint_path(run_dir, c).exists()]
+        raise RunError(
+            f"{path} does not exist: the run has not finished an epoch, or ran with "
+            "train.checkpoint: false" + (f"; try --checkpoint {others[0]}" if others else "")
+        )
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt.get("model"), dict):
+        raise RunError(f"{path} has no model weights: it was not written by mnistkit")
+    return ckpt, path
+
+
+def rebuild_model(
+    recipe: Recipe,
+    in_shape: tuple[int, ...],
+    num_classes: int,
+    ckpt: dict[str, Any],
+    ckpt_file: Path,
+    device: torch.device,
+) -> torch.nn.Module:
+    """The recipe's model with the checkpoint's weights, in eval mode on ``device``."""
+    from mnistkit.build import build_model
+    from mnistkit.layers import ShapeError
+    from mnistkit.registry import registries
+
+    try:
+        model, _ = build_model(recipe, tuple(in_shape), num_classes, registries())
+    except ShapeError as exc:
+        raise RunError(f"the run's model does not fit its data: {exc}") from None
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(
+            f"{ckpt_file}: the weights do not fit the model built from "
+            f"{ckpt_file.parent / 'recipe.yaml'} ({first})"
+        ) from None
+    return model.to(device).eval()
+
+
+def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: Path | None = None) -> dict[str, Any]:
+    """Evaluate a run's checkpoint on the test split; write eval-<checkpoint>.json and .png.
+
+    Returns the report (what the JSON holds). The checkpoint is loaded first, so a refused or
+    corrupt file fails before any data is read.
+    """
+    from mnistkit.build import build_loss
+    from mnistkit.metrics import confusion_matrix, per_class_report
+    from mnistkit.plots import plot_confusion
+    from mnistkit.registry import registries
+    from mnistkit.runner import configure_device, load_data, recorded_data_dir, resolve_device
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise RunError(f"{run_dir}: not a run directory (no recipe.yaml)")
+    ckpt, ckpt_file = load_run_checkpoint(run_dir, checkpoint)
+    recipe = load_run_recipe(run_dir)
+    reg = registries()
+    device = resolve_device(recipe.train.device)
+    configure_device(recipe, device)
+    if data_dir is None:
+        data_dir = recorded_data_dir(run_dir)  # the --data-dir the run was trained with
+    data = load_data(recipe, reg, data_dir, device)
+    model = rebuild_model(recipe, data.in_shape, data.num_classes, ckpt, ckpt_file, device)
+    probs, loss = predict_split(model, data.test, recipe.data.eval_batch_size, build_loss(recipe, reg))
+    y = data.test.y.cpu().numpy()
+    cm = confusion_matrix(y, probs.argmax(1), data.num_classes)
+    report = per_class_report(cm, data.classes)
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "checkpoint": checkpoint,
+        "checkpoint_file": ckpt_file.name,
+        "checkpoint_epoch": int(ckpt.get("epoch", 0)),
+        "checkpoint_step": int(ckpt.get("step", 0) or 0),
+        "checkpoint_when": checkpoint_when(ckpt),
+        "dataset": recipe.data.dataset,
+        "split": "test",
+        "samples": len(y),
+        "loss": loss,
+        "accuracy": report["accuracy"],
+        "macro": report["macro"],
+        "classes": report["classes"],
+        "confusion_matrix": cm.tolist(),
+        "confusion_matrix_axes": "rows: true class, columns: predicted class (order of 'classes')",
+        "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    # Inside this run's directory only, under names that say which checkpoint they describe:
+    # re-running eval replaces its own outputs and never touches anything else.
+    json_path = run_dir / f"eval-{checkpoint}.json"
+    png_path = run_dir / f"eval-{checkpoint}-confusion.png"
+    _atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    plot_confusion(
+        cm,
+        data.classes,
+        png_path,
+        title=f"{recipe.name or run_dir.name} {checkpoint}.pt ({checkpoint_when(ckpt)})",
+    )
+    result["saved"] = [str(json_path), str(png_path)]
+    return result
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def print_eval(result: dict[str, Any], console: Any) -> None:
+    """The report as Rich tables: summary, per-class scores, confusion matrix."""
+    from rich.markup import escape as _esc
+    from rich.table import Table
+
+    loss = result["loss"]
+    macro = result["macro"]
+    lines = [
+        ("run", result["run_dir"]),
+        ("model", f"{result['checkpoint_file']} ({result['checkpoint_when']})"),
+        ("data", f"{result['dataset']} {result['split']} split, {result['samples']:,} samples"),
+        ("loss", f"{loss:.4f}" if loss is not None else "-"),
+        ("accuracy", f"{result['accuracy']:.2%}"),
+        (
+            "macro",
+            f"precision {macro['precision']:.2%}  recall {macro['recall']:.2%}  F1 {macro['f1']:.2%}",
+        ),
+    ]
+    for key, value in lines:
+        console.print(f"{key + ':':<10} {_esc(value)}")
+
+    table = Table(title="per class", title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("class")
+    for col in ("precision", "recall", "F1", "support"):
+        table.add_column(col, justify="right")
+    for i, c in enumerate(result["classes"]):
+        table.add_row(
+            str(i),
+            _esc(c["name"]),
+            f"{c['precision']:.2%}",
+            f"{c['recall']:.2%}",
+            f"{c['f1']:.2%}",
+            f"{c['support']:,}",
+        )
+    console.print(table)
+
+    cm = result["confusion_matrix"]
+    names = [c["name"] for c in result["classes"]]
+    cmt = Table(
+        title="confusion matrix (rows: true class, columns: predicted #)",
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+    )
+    cmt.add_column("true", no_wrap=True)
+    for j in range(len(names)):
+        cmt.add_column(str(j), justify="right")
+    for i, row in enumerate(cm):
+        cells = []
+        for j, count in enumerate(row):
+            if i == j:
+                cells.append(f"[bold green]{count}[/]")
+            elif count == 0:
+                cells.append("[dim]0[/]")
+            else:
+                cells.append(f"[red]{count}[/]")
+        label = names[i] if names[i] == str(i) else f"{i} {names[i]}"
+        cmt.add_row(_esc(label), *cells)
+    console.print(cmt)
+    for path in result.get("saved", []):
+        console.print(f"{'saved:':<10} {_esc(path)}")

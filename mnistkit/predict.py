@@ -1,0 +1,262 @@
+"""Classify files with a trained run: ``mnistkit predict RUN_DIR FILE...``.
+
+The model is rebuilt from the run's ``recipe.yaml`` and a checkpoint (``weights_only``), and
+every file is preprocessed exactly as the training data was, from what the run recorded in
+``data.json`` (no dataset needed):
+
+* images (PNG, JPG, anything Pillow reads): converted to grey (or RGB for 3-channel datasets;
+  transparent pixels become black), resized to the dataset's input size (e.g. 28x28), scaled
+  to [0, 1] and normalized with the run's mean/std. The MNIST family is white (light) digits or
+  garments on a black background: give images the same way round, or pass ``invert=True``
+  (``--invert``) for dark-on-light drawings.
+* audio (WAV, FLAC, OGG) for audio runs: decoded at the run's sample rate and turned into the
+  same log-mel features (:func:`mnistkit.audio.log_mel`) with the run's feature settings.
+
+Every file is read before the model runs; files that cannot be read are reported together, by
+name, as a :class:`RunError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mnistkit.errors import RunError
+
+if TYPE_CHECKING:
+    import torch
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+DARK_BACKGROUND_MEAN = 0.5  # a training set darker than this on average has dark backgrounds
+
+
+@dataclass
+class Predictor:
+    model: torch.nn.Module
+    info: dict[str, Any]  # data.json
+    checkpoint: str
+    checkpoint_when: str
+
+
+def load_predictor(run_dir: Path, checkpoint: str = "best") -> Predictor:
+    import torch
+
+    from mnistkit.evaluate import (
+        checkpoint_when,
+        load_run_checkpoint,
+        load_run_recipe,
+        rebuild_model,
+    )
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise RunError(f"{run_dir}: not a run directory (no recipe.yaml)")
+    ckpt, ckpt_file = load_run_checkpoint(run_dir, checkpoint)
+    recipe = load_run_recipe(run_dir)
+    info = _data_info(run_dir, recipe)
+    model = rebuild_model(
+        recipe, tuple(info["in_shape"]), len(info["classes"]), ckpt, ckpt_file, torch.device("cpu")
+    )
+    return Predictor(model, info, checkpoint, checkpoint_when(ckpt))
+
+
+def _data_info(run_dir: Path, recipe: Any) -> dict[str, Any]:
+    """data.json, or (runs written before it existed) the same facts from the dataset itself."""
+    import torch
+
+    from mnistkit import rundir
+    from mnistkit.registry import registries
+    from mnistkit.runner import data_info, load_data
+
+    info = rundir.read_data_info(run_dir)
+    if info is not None:
+        return info
+    try:
+        data = load_data(recipe, registries(), None, torch.device("cpu"))
+    except RunError as exc:
+        raise RunError(
+            f"{run_dir}/data.json is missing (the run predates it), and the dataset it would be "
+            f"recomputed from was not found: {exc}"
+        ) from None
+    return data_info(recipe, data)
+
+
+# ---------------------------------------------------------------------------------- inputs
+def image_tensor(path: Path, info: dict[str, Any], invert: bool = False) -> torch.Tensor:
+    """One image file as the normalized float tensor ``[1, C, H, W]`` the model was trained on."""
+    import torch
+    from PIL import Image
+
+    from mnistkit.data import to_float
+
+    channels, height, width = (int(n) for n in info["in_shape"])
+    if channels not in (1, 3):
+        raise RunError(f"{path}: the run's inputs have {channels} channels; images need 1 or 3")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
+                # Transparent pixels become the background, which is black in MNIST-like data.
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except Exception as exc:  # not found, not an image, truncated, decompression bomb...
+        raise RunError(f"{path}: cannot read it as an image ({_reason(exc)})") from None
+    arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    if invert:
+        arr = 255 - arr
+    x = torch.from_numpy(np.array(arr, dtype=np.uint8))[None]  # uint8 [1, C, H, W], as in training
+    # uint8 datasets were scaled by 1/255 in training; other image data are taken to be [0, 1].
+    scale = float(info["scale"]) if float(info["scale"]) != 1.0 else 1 / 255
+    return to_float(x, tuple(info["mean"]), tuple(info["std"]), scale)
+
+
+def audio_tensor(path: Path, info: dict[str, Any]) -> torch.Tensor:
+    """One audio file as log-mel features ``[1, 1, n_mels, frames]``, normalized as in training."""
+    import torch
+
+    from mnistkit.audio import LogMelSpec, log_mel, read_audio
+    from mnistkit.data import to_float
+
+    feats = dict(info.get("features") or {})
+    feats.pop("type", None)
+    spec = LogMelSpec(**feats)
+    try:
+        y = read_audio(Path(path), spec.sample_rate)
+        s = log_mel(y, spec)
+    except Exception as exc:  # soundfile/librosa errors, empty or non-finite audio
+        raise RunError(f"{path}: cannot read it as audio ({_reason(exc)})") from None
+    x = torch.from_numpy(s)[None, None]
+    return to_float(x, tuple(info["mean"]), tuple(info["std"]), float(info["scale"]))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def file_tensor(path: Path, info: dict[str, Any], invert: bool = False) -> torch.Tensor:
+    path = Path(path)
+    is_audio_file = path.suffix.lower() in AUDIO_SUFFIXES
+    if not path.exists():
+        raise RunError(f"{path}: no such file")
+    if path.is_dir():
+        raise RunError(f"{path}: is a folder, not a file")
+    if info.get("kind") == "audio":
+        if not is_audio_file:
+            raise RunError(
+                f"{path}: this run was trained on audio ({info['dataset']}); give "
+                f"{'/'.join(AUDIO_SUFFIXES)} files"
+            )
+        return audio_tensor(path, info)
+    if is_audio_file:
+        raise RunError(
+            f"{path}: this run was trained on images ({info['dataset']}); give image files (PNG, JPG, ...)"
+        )
+    return image_tensor(path, info, invert)
+
+
+# ---------------------------------------------------------------------------------- predict
+def predict_files(
+    run_dir: Path,
+    files: list[Path],
+    checkpoint: str = "best",
+    top: int = 1,
+    invert: bool = False,
+) -> dict[str, Any]:
+    """Predictions for ``files``: ``{"run_dir", "checkpoint", ..., "predictions": [...]}``.
+
+    Each prediction: ``{"file", "class", "index", "probability", "top": [{"class", "index",
+    "probability"}, ...]}`` (``top`` holds the ``top`` most probable classes, best first), and
+    ``"note"`` when an image looks inverted compared with the training data.
+    """
+    import torch
+
+    if top < 1:
+        raise RunError(f"--top {top}: must be at least 1")
+    if not files:
+        raise RunError("no files given: mnistkit predict RUN_DIR FILE...")
+    pred = load_predictor(run_dir, checkpoint)
+    info = pred.info
+    inputs, problems = [], []
+    for f in files:
+        try:
+            inputs.append(file_tensor(Path(f), info, invert))
+        except RunError as exc:
+            problems.append(str(exc))
+    if problems:
+        head = "cannot read " + ("this file" if len(problems) == 1 else f"{len(problems)} files")
+        raise RunError(head + ":\n  " + "\n  ".join(problems))
+    x = torch.cat(inputs)
+    with torch.inference_mode():
+        probs = torch.softmax(pred.model(x).float(), dim=1).numpy()
+    classes = list(info["classes"])
+    k = min(top, len(classes))
+    light_background = info.get("kind") == "image" and float(np.mean(info["mean"])) < DARK_BACKGROUND_MEAN
+    out = []
+    for f, p, xi in zip(files, probs, x, strict=True):
+        order = np.argsort(-p, kind="stable")[:k]
+        item: dict[str, Any] = {
+            "file": str(f),
+            "class": classes[int(order[0])],
+            "index": int(order[0]),
+            "probability": float(p[order[0]]),
+            "top": [{"class": classes[int(i)], "index": int(i), "probability": float(p[i])} for i in order],
+        }
+        if light_background and _light_border(xi, info):
+            item["note"] = "light background, but the training images are light on a dark background: " + (
+                "is --invert wrong here?" if invert else "try --invert"
+            )
+        out.append(item)
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint": pred.checkpoint,
+        "checkpoint_when": pred.checkpoint_when,
+        "dataset": info["dataset"],
+        "predictions": out,
+    }
+
+
+def _light_border(x: torch.Tensor, info: dict[str, Any]) -> bool:
+    """Whether a normalized image's outermost pixels (its background) are light on average."""
+    mean = np.asarray(info["mean"], dtype=np.float64).reshape(-1, 1, 1)
+    std = np.asarray(info["std"], dtype=np.float64).reshape(-1, 1, 1)
+    raw = x.double().numpy() * std + mean  # back to [0, 1]
+    border = np.concatenate([raw[:, 0, :], raw[:, -1, :], raw[:, 1:-1, 0], raw[:, 1:-1, -1]], axis=1)
+    return float(border.mean()) > 0.5
+
+
+def print_predictions(result: dict[str, Any], console: Any, err_console: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    preds = result["predictions"]
+    k = max((len(p["top"]) for p in preds), default=1)
+    table = Table(
+        title=f"{result['run_dir']} {result['checkpoint']}.pt ({result['checkpoint_when']})",
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("file", overflow="fold")
+    table.add_column("class", style="bold cyan")
+    table.add_column("probability", justify="right")
+    if k > 1:
+        table.add_column(f"next {k - 1}")
+    for p in preds:
+        cells = [escape(p["file"]), escape(p["class"]), f"{p['probability']:.2%}"]
+        if k > 1:
+            cells.append(", ".join(f"{escape(t['class'])} {t['probability']:.1%}" for t in p["top"][1:]))
+        table.add_row(*cells)
+    console.print(table)
+    for p in preds:
+        if "note" in p:
+            err_console.print(f"[yellow]note[/] {escape(p['file'])}: {escape(p['note'])}")

@@ -1,0 +1,209 @@
+"""Run directories as a list (``mnistkit runs``) and side by side (``mnistkit compare``).
+
+Reads only what runs leave on disk (status.json, metrics.csv, recipe.yaml): no torch import, so
+both commands answer instantly. metrics.csv is the source of truth for epochs done and the best
+metric (status.json only gets them at the end, which a killed run never reaches).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnistkit import rundir
+from mnistkit.errors import RunError
+
+STATUSES = ("finished", "interrupted", "failed", "running")
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    name: str
+    started: float | None
+    epochs_done: int
+    epochs_planned: int | None
+    best_metric: str | None
+    best: float | None
+    best_epoch: int | None
+    seconds: float | None  # training time (sum of epoch times), or wall time while running
+    status: str  # finished / interrupted / failed / failed (killed) / running / unknown
+    stop_reason: str | None
+    resumable: bool  # last.pt exists and the run is not finished or running
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "status.json").is_file() or (path / "recipe.yaml").is_file())
+
+
+def effective_status(status: dict[str, Any]) -> str:
+    """The recorded status, except that a 'running' run whose process is gone was killed."""
+    recorded = status.get("status")
+    if recorded == "running":
+        return "running" if rundir.run_process_alive(status.get("pid")) else "failed (killed)"
+    if recorded in STATUSES:
+        return str(recorded)
+    return "unknown"
+
+
+def best_metric_of(recipe: dict[str, Any], status: dict[str, Any]) -> str | None:
+    if status.get("best_metric"):
+        return str(status["best_metric"])
+    metric = (recipe.get("train") or {}).get("best_metric", "auto")
+    if metric != "auto":
+        return str(metric)
+    has_val = float((recipe.get("data") or {}).get("val_split") or 0) > 0
+    return "val_acc" if has_val else "test_acc"
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
+    try:
+        return rundir.read_recipe_dict(path)
+    except (RunError, OSError, ValueError):
+        return {}
+    except Exception:  # yaml errors in a hand-edited file: show the run anyway
+        return {}
+
+
+def run_info(path: Path) -> RunInfo:
+    status = rundir.read_status(path)
+    recipe = _read_recipe(path)
+    try:
+        rows = rundir.read_metrics(path)
+    except (OSError, ValueError):
+        rows = []
+    metric = best_metric_of(recipe, status)
+    best = best_epoch = None
+    values = [(r[metric], r["epoch"]) for r in rows if metric and r.get(metric) is not None]
+    if values:
+        sign = -1.0 if metric and metric.endswith("_acc") else 1.0  # accuracies: higher is better
+        # Among equal values the earliest epoch, as in the training loop (strict improvement).
+        best, best_epoch = min(values, key=lambda v: (sign * v[0], v[1]))
+    state = effective_status(status)
+    seconds: float | None = sum(float(r.get("seconds") or 0) for r in rows) if rows else None
+    if state == "running" and status.get("started"):
+        seconds = time.time() - float(status["started"])
+    planned = status.get("epochs", recipe.get("epochs"))
+    return RunInfo(
+        path=path,
+        name=path.name,
+        started=status.get("started"),
+        epochs_done=len(rows),
+        epochs_planned=int(planned) if planned is not None else None,
+        best_metric=metric,
+        best=best,
+        best_epoch=best_epoch,
+        seconds=seconds,
+        status=state,
+        stop_reason=status.get("stop_reason"),
+        resumable=state not in ("finished", "running") and (path / "last.pt").is_file(),
+    )
+
+
+def scan_runs(root: Path) -> list[RunInfo]:
+    """Every run directory directly under ``root`` (or ``root`` itself), oldest first."""
+    root = Path(root)
+    if not root.exists():
+        raise RunError(f"{root}: no such folder (runs are written to runs/ by default)")
+    if not root.is_dir():
+        raise RunError(f"{root}: not a folder")
+    dirs = [root] if is_run_dir(root) else sorted(p for p in root.iterdir() if is_run_dir(p))
+    infos = [run_info(d) for d in dirs]
+    return sorted(infos, key=lambda i: (i.started or 0.0, i.name))
+
+
+def format_started(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return dt.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M")
+
+
+def format_metric(metric: str | None, value: float | None) -> str:
+    if value is None or metric is None:
+        return "-"
+    return f"{value:.2%}" if metric.endswith("_acc") else f"{value:.4f}"
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+# ------------------------------------------------------------------------------ compare
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts/lists as dotted keys: ``{'optimizer': {'lr': 0.1}}`` → ``optimizer.lr``.
+
+    Lists of scalars stay one value (``model.hidden: [512, 256]``); lists holding mappings
+    (layer lists) are indexed: ``model.layers[2].out_channels``.
+    """
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):
+        if not value and prefix:
+            out[prefix] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+        if not value:
+            out[prefix] = []
+    else:
+        out[prefix] = value
+    return out
+
+
+_MISSING = object()
+
+
+def recipe_diff(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, value in a, value in b) for every flattened key whose values differ.
+
+    A key set on one side only shows :data:`MISSING_TEXT` on the other. ``name`` is left out:
+    run names differ by design.
+    """
+    fa, fb = flatten(a), flatten(b)
+    keys = list(fa) + [k for k in fb if k not in fa]
+    out = []
+    for k in keys:
+        if k == "name":
+            continue
+        va, vb = fa.get(k, _MISSING), fb.get(k, _MISSING)
+        if va != vb:
+            out.append((k, _shown(va), _shown(vb)))
+    return out
+
+
+MISSING_TEXT = "(not set)"
+
+
+def _shown(v: Any) -> Any:
+    return MISSING_TEXT if v is _MISSING else v
+
+
+COMPARE_COLUMNS = ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr")
+
+
+def metric_columns(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> list[str]:
+    """The metric columns either run has values for (val_* only with a validation split)."""
+    cols = []
+    for c in COMPARE_COLUMNS:
+        if any(r.get(c) is not None for r in rows_a + rows_b):
+            cols.append(c)
+    return cols
+
+
+def side_by_side(
+    rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]
+) -> list[tuple[int, dict[str, Any] | None, dict[str, Any] | None]]:
+    """(epoch, row of a, row of b) for every epoch either run has."""
+    by_a = {int(r["epoch"]): r for r in rows_a if r.get("epoch") is not None}
+    by_b = {int(r["epoch"]): r for r in rows_b if r.get("epoch") is not None}
+    return [(e, by_a.get(e), by_b.get(e)) for e in sorted(set(by_a) | set(by_b))]

@@ -1,0 +1,273 @@
+"""`mnistkit runs`, `mnistkit compare`, env.json, and a torch-free CLI start-up (issue 5).
+
+The run listings are built from hand-written run directories (status.json, metrics.csv,
+recipe.yaml), so every status can be set up exactly, including a 'running' run whose process
+is gone; env.json comes from one real (digits) run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mnistkit.cli import app
+from mnistkit.rundir import write_metrics
+from mnistkit.runs import effective_status, flatten, recipe_diff, run_info
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args: Any) -> Any:
+    # Wide console: the Rich tables are not wrapped, so cells can be matched whole.
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no such process any more (pids are not reused this fast)
+
+
+def make_run(
+    root: Path,
+    name: str,
+    status: dict[str, Any],
+    rows: list[dict[str, Any]],
+    recipe: dict[str, Any] | None = None,
+    last_pt: bool = False,
+) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    recipe = recipe or {"name": name, "epochs": 3, "data": {"dataset": "digits"}}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    (run / "status.json").write_text(json.dumps(status), encoding="utf-8")
+    write_metrics(run, rows, has_val=False)
+    if last_pt:
+        (run / "last.pt").write_bytes(b"")
+    return run
+
+
+def row(epoch: int, acc: float, loss: float = 0.5) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "train_loss": loss + 0.1,
+        "train_acc": acc - 0.01,
+        "test_loss": loss,
+        "test_acc": acc,
+        "lr": 0.01,
+        "seconds": 2.0,
+        "samples_per_s": 1000.0,
+    }
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path) -> Path:
+    now = time.time()
+    root = tmp_path / "runs"
+    make_run(
+        root,
+        "a-finished",
+        {"status": "finished", "started": now - 500, "epochs": 3, "stop_reason": "finished"},
+        [row(1, 0.80), row(2, 0.90), row(3, 0.85)],
+    )
+    make_run(
+        root,
+        "b-interrupted",
+        {"status": "interrupted", "started": now - 400, "epochs": 3, "stop_reason": "interrupted"},
+        [row(1, 0.70)],
+        last_pt=True,
+    )
+    make_run(
+        root,
+        "c-failed",
+        {"status": "failed", "started": now - 300, "epochs": 3, "error": "loss became nan"},
+        [],
+    )
+    make_run(
+        root,
+        "d-killed",
+        {"status": "running", "started": now - 200, "epochs": 5, "pid": dead_pid()},
+        [row(1, 0.60), row(2, 0.65)],
+        last_pt=True,
+    )
+    make_run(
+        root,
+        "e-running",
+        {"status": "running", "started": now - 100, "epochs": 4, "pid": os.getpid()},
+        [row(1, 0.5, loss=0.9)],
+        recipe={"name": "e", "epochs": 4, "train": {"best_metric": "test_loss"}},
+    )
+    (root / "not-a-run").mkdir()
+    return root
+
+
+def test_statuses_including_a_killed_running_run(runs_root: Path) -> None:
+    got = {p.name: run_info(p) for p in runs_root.iterdir() if p.name != "not-a-run"}
+    assert {k: v.status for k, v in got.items()} == {
+        "a-finished": "finished",
+        "b-interrupted": "interrupted",
+        "c-failed": "failed",
+        "d-killed": "failed (killed)",
+        "e-running": "running",
+    }
+    a = got["a-finished"]
+    assert (a.epochs_done, a.epochs_planned, a.best_metric, a.best, a.best_epoch) == (
+        3,
+        3,
+        "test_acc",
+        0.90,
+        2,
+    )
+    assert a.seconds == pytest.approx(6.0)
+    assert got["e-running"].best_metric == "test_loss" and got["e-running"].best == 0.9
+    assert got["d-killed"].resumable and got["b-interrupted"].resumable
+    assert not got["a-finished"].resumable and not got["c-failed"].resumable
+
+
+def test_runs_table(runs_root: Path) -> None:
+    res = invoke("runs", runs_root)
+    assert res.exit_code == 0, res.output
+    out = res.output
+    for name in ("a-finished", "b-interrupted", "c-failed", "d-killed", "e-running"):
+        assert name in out
+    assert "not-a-run" not in out
+    assert "failed (killed)" in out
+    assert "test_acc 90.00% (ep 2)" in out
+    assert re.search(r"d-killed .*2/5", out)
+    assert "3/3" in out and "6.0 s" in out
+    # Oldest first.
+    assert out.index("a-finished") < out.index("b-interrupted") < out.index("e-running")
+
+
+def test_runs_missing_folder_and_empty_folder(tmp_path: Path) -> None:
+    res = invoke("runs", tmp_path / "nope")
+    assert res.exit_code == 1 and "no such folder" in res.output
+    res = invoke("runs", tmp_path)
+    assert res.exit_code == 0 and "no runs" in res.output
+
+
+def test_effective_status() -> None:
+    assert effective_status({"status": "running", "pid": os.getpid()}) == "running"
+    assert effective_status({"status": "running", "pid": dead_pid()}) == "failed (killed)"
+    assert effective_status({"status": "running"}) == "failed (killed)"
+    assert effective_status({}) == "unknown"
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists() or not shutil.which("sleep"), reason="Linux")
+def test_a_reused_pid_of_another_program_is_not_the_run() -> None:
+    other = subprocess.Popen(["sleep", "30"])  # alive, but not Python or mnistkit
+    try:
+        deadline = time.monotonic() + 10
+        while b"sleep" not in Path(f"/proc/{other.pid}/cmdline").read_bytes():  # until exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert effective_status({"status": "running", "pid": other.pid}) == "failed (killed)"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_flatten_and_recipe_diff() -> None:
+    a = {
+        "name": "a",
+        "optimizer": {"name": "sgd", "lr": 0.01},
+        "model": {"hidden": [512, 256], "layers": None},
+        "train": {"early_stopping": None},
+    }
+    b = {
+        "name": "b",
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "model": {"hidden": [128], "layers": None},
+        "train": {"early_stopping": {"patience": 2}},
+    }
+    assert flatten(a)["model.hidden"] == [512, 256]
+    assert flatten({"model": {"layers": [{"type": "conv2d", "k": 3}]}}) == {
+        "model.layers[0].type": "conv2d",
+        "model.layers[0].k": 3,
+    }
+    assert recipe_diff(a, b) == [
+        ("optimizer.lr", 0.01, 0.1),
+        ("model.hidden", [512, 256], [128]),
+        ("train.early_stopping", None, "(not set)"),
+        ("train.early_stopping.patience", "(not set)", 2),
+    ]
+    assert recipe_diff(a, dict(a, name="other")) == []
+
+
+def test_compare_shows_differing_keys_and_metrics_side_by_side(tmp_path: Path) -> None:
+    base = {"epochs": 3, "seed": 0, "optimizer": {"name": "sgd", "lr": 0.01}, "data": {"dataset": "digits"}}
+    a = make_run(tmp_path, "run-a", {"status": "finished"}, [row(1, 0.8), row(2, 0.9)], dict(base, name="a"))
+    b = make_run(
+        tmp_path,
+        "run-b",
+        {"status": "finished"},
+        [row(1, 0.7), row(2, 0.95), row(3, 0.96)],
+        dict(base, name="b", optimizer={"name": "sgd", "lr": 0.1}),
+    )
+    res = invoke("compare", a, b)
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "optimizer.lr" in out and "0.01" in out and "0.1" in out
+    assert "seed" not in out.split("metrics per epoch")[0]  # equal keys are not listed
+    assert "test_acc A" in out and "test_acc B" in out
+    assert "90.00%" in out and "95.00%" in out
+    assert re.search(r"3 .*- .*96\.00%", out)  # epoch 3 only in B
+
+    same = invoke("compare", a, a)
+    assert same.exit_code == 0 and "identical" in same.output
+    missing = invoke("compare", a, tmp_path / "nope")
+    assert missing.exit_code == 1 and "not a run directory" in missing.output
+
+
+def test_env_json_is_written_and_sane(tmp_path: Path) -> None:
+    import platform
+
+    import torch
+
+    import mnistkit
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: env\nseed: 7\ndata: {dataset: digits}\nmodel: {hidden: [8]}\nepochs: 1\n"
+        "train: {plots: false, progress: none, threads: 1}\n"
+    )
+    run = tmp_path / "run"
+    res = invoke("run", recipe, "--out", run)
+    assert res.exit_code == 0, res.output
+    env = json.loads((run / "env.json").read_text())
+    assert env["python"] == platform.python_version()
+    assert env["torch"] == torch.__version__
+    assert env["mnistkit"] == mnistkit.__version__
+    assert env["seed"] == 7 and env["device"] == "cpu" and env["threads"] >= 1
+    assert env["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", env["git_commit"])
+    (path, digest), *_ = env["data_files"].items()
+    assert path.endswith("digits.csv.gz") and re.fullmatch(r"[0-9a-f]{64}", digest)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "finished" and status["pid"] == os.getpid()
+    assert {"started", "ended", "epochs_done", "best", "best_metric"} <= set(status)
+    listed = invoke("runs", tmp_path)
+    assert listed.exit_code == 0 and "run" in listed.output and "1/1" in listed.output
+
+
+def test_cli_start_up_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "import mnistkit.cli, mnistkit.cli_runs, mnistkit.runs\n"
+        "heavy = [m for m in ('torch', 'numpy', 'matplotlib', 'PIL') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
