@@ -263,7 +263,12 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     data_dir = opts.data_dir
     if data_dir is None and resume_ckpt is not None:
         data_dir = recorded_data_dir(run_dir)  # the --data-dir the run was started with
-    data = load_data(recipe, reg, data_dir, device, reporter)
+    try:
+        data = load_data(recipe, reg, data_dir, device, reporter)
+    except BaseException:
+        if resume_ckpt is None and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # no data, no run: leave no empty run directory behind
+        raise
     n_val = len(data.val.y) if data.val is not None else 0
     reporter.header(
         [
