@@ -16,6 +16,7 @@ from torch import nn
 from mnistkit.layers import LayerInfo, Shape, build_layers
 from mnistkit.recipe import Recipe
 from mnistkit.registry import Registries
+from mnistkit.shapes import layer_specs
 
 
 def spec_params(spec: Any) -> dict[str, Any]:
@@ -27,33 +28,12 @@ def spec_params(spec: Any) -> dict[str, Any]:
 
 
 def model_layer_specs(recipe: Recipe, num_classes: int, reg: Registries) -> list[dict[str, Any]]:
-    """The model as an explicit layer list; the MLP shorthand expands to the same vocabulary."""
-    m = recipe.model
-    expects = reg.losses.get(recipe.loss.name).meta.get("expects", "logits")
-    if m.layers is not None:
-        specs = [layer.model_dump() for layer in m.layers]
-        # The classifier head: a final linear to num_classes unless the list already ends in one
-        # of that width, so recipes need not know the class count.
-        last = specs[-1]
-        ends_in_head = last["type"] == "linear" or last["type"] in ("log_softmax", "softmax")
-        if not ends_in_head:
-            specs.append({"type": "linear", "out_features": num_classes, "bias": True})
-    else:
-        act = m.activation.model_dump()
-        act_name = act.pop("name")
-        specs = [{"type": "flatten"}]
-        for width in m.hidden or []:
-            specs.append({"type": "linear", "out_features": width, "bias": True})
-            specs.append({"type": act_name, **act})
-            if m.dropout > 0:
-                specs.append({"type": "dropout", "p": m.dropout})
-        # No activation after the last linear: cross_entropy needs raw logits.
-        specs.append({"type": "linear", "out_features": num_classes, "bias": True})
-        if m.output_activation and m.output_activation != "log_softmax":
-            specs.append({"type": m.output_activation})
-    if expects == "log_probs" and specs[-1]["type"] != "log_softmax":
-        specs.append({"type": "log_softmax"})  # nll needs log-probabilities
-    return specs
+    """The model as an explicit layer list; the MLP shorthand expands to the same vocabulary.
+
+    The expansion lives in :func:`mnistkit.shapes.layer_specs` (torch-free) so that
+    ``mnistkit validate`` checks exactly the list that is built here.
+    """
+    return [ls.spec for ls in layer_specs(recipe, num_classes, reg)]
 
 
 def build_model(
