@@ -133,6 +133,8 @@ def write_run_plots(
             out / "worst.png",
             title=f"{name}: most confidently wrong test samples "
             f"({len(idx)} of {n_wrong:,} mistakes in {len(y):,})",
+            # Audio features are spectrograms even when square (FSDD: 64x64): draw them as such.
+            spectrogram=recipe.data.features is not None,
         )
     )
     return paths

@@ -641,6 +641,7 @@ def check_recipe(
                     f"model.layers[{i}]",
                     str(last_type),
                     recipe.loss.name,
+                    in_list=True,
                 )
             )
 
@@ -708,14 +709,20 @@ def check_recipe(
     return updated, problems
 
 
-def _logits_problem(where: str, field: str, act: str, loss: str) -> Problem:
+def _logits_problem(where: str, field: str, act: str, loss: str, in_list: bool = False) -> Problem:
+    fix = "Remove it, or use loss: nll (log_softmax is then added for you)."
+    if in_list:
+        # A list that ends in an activation is ambiguous (hidden activation before an implied head,
+        # or an output activation?), so it is refused rather than guessed.
+        fix = ("Remove it (a list that ends in any other layer gets a linear head to the class "
+               "count added), or use loss: nll.")
     return Problem(
         where,
         field,
         f"{act!r} after the last layer cannot be used with loss {loss!r}",
         f"{loss} applies log_softmax itself (CrossEntropyLoss = log_softmax + NLLLoss), so the last "
         f"layer must output raw logits: an activation there squashes them and a softmax applies "
-        f"it twice. Remove it, or use loss: nll (log_softmax is then added for you).",
+        f"it twice. {fix}",
     )
 
 
