@@ -1,10 +1,11 @@
 """Data: find and load a dataset (registry targets below), prepare it once, serve batches.
 
 Datasets that fit in memory (the MNIST family, cached audio features) are decoded once into one
-tensor, normalized once, placed on the training device once, and batched by indexing with a fresh
-permutation every epoch: the same semantics as a shuffled DataLoader (every sample once per epoch,
-last partial batch kept unless ``drop_last``), without per-sample Python. ``data.loader:
-dataloader`` keeps the classic DataLoader path for comparison or for data that does not fit.
+tensor, placed on the training device once, and batched by indexing with a fresh permutation every
+epoch: the same semantics as a shuffled DataLoader (every sample once per epoch, last partial batch
+kept unless ``drop_last``), without per-sample Python. Training batches are normalized as they are
+served (uint8 stays uint8 in memory; see :class:`Prepared`). ``data.loader: dataloader`` keeps the
+classic DataLoader path for comparison or for data that does not fit.
 
 A dataset loader is any callable ``f(ctx: DataContext) -> LoadedData`` registered in the dataset
 registry; plugins add their own the same way.
@@ -16,8 +17,10 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mnistkit.datatypes import DataError, LoadedData, Split
 from mnistkit.recipe import DataSection, Normalize
@@ -153,11 +156,21 @@ def audio_folder(ctx: DataContext) -> LoadedData:
 # ---------------------------------------------------------------------------------- preparation
 @dataclass
 class Prepared:
-    """Normalized float tensors on the training device, plus what the model needs to know."""
+    """The data on the training device, plus what the model needs to know.
 
-    train: Split
-    test: Split
-    val: Split | None
+    ``train.x`` keeps the dataset's storage type (uint8 pixels for images, float32 for audio
+    features) and every batch is normalized as it is served, by :meth:`inputs`; ``test`` and
+    ``val`` are normalized once, with the same function, because evaluation, plots and predict use
+    them whole. Why not normalize the training set once too: measured on the 2-core dev machine
+    (docs/performance.md), a float32 copy of Fashion-MNIST's 60,000 training images is 188 MB
+    against 47 MB of uint8, and it bought about 13 µs of a ~1,700 µs training step (index_select of
+    64 float rows: 5 µs; of 64 uint8 rows plus the multiply-add below: 18 µs). The 141 MB count
+    toward peak memory; the 13 µs are under 1% of a step.
+    """
+
+    train: Split  # raw: normalize batches with inputs()
+    test: Split  # normalized float32
+    val: Split | None  # normalized float32
     classes: list[str]
     in_shape: tuple[int, ...]
     mean: tuple[float, ...]
@@ -165,10 +178,18 @@ class Prepared:
     scale: float  # raw value → [0, 1] factor applied before (x - mean) / std (1/255 for uint8)
     source: str
     files: list[Path]
+    x_mul: torch.Tensor | None = None  # inputs(x) = x * x_mul + x_add, per channel, on the device
+    x_add: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """A raw batch (as stored in ``train.x``) → normalized float32 model input."""
+        if self.x_mul is None or self.x_add is None:
+            self.x_mul, self.x_add = affine(self.mean, self.std, self.scale, x.dim(), x.device)
+        return normalize(x, self.x_mul, self.x_add)
 
 
 def normalize_stats(
@@ -181,21 +202,46 @@ def normalize_stats(
     return tuple(loaded.mean), tuple(loaded.std)
 
 
+def affine(
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    scale: float,
+    ndim: int,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x * scale - mean) / std`` as one multiply-add: per-channel ``x * mul + add``.
+
+    Computed in float64 and rounded once, shaped ``[1, C, 1, ...]`` to broadcast over a batch.
+    """
+    shape = (1, -1) + (1,) * (ndim - 2)
+    m = torch.tensor(mean, dtype=torch.float64)
+    s = torch.tensor(std, dtype=torch.float64)
+    mul = (scale / s).to(torch.float32).view(shape).to(device)
+    add = (-m / s).to(torch.float32).view(shape).to(device)
+    return mul, add
+
+
+def normalize(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    # x.mul() reads uint8 and writes float32 in one pass (type promotion), add_ works in place:
+    # two passes over the batch, no intermediate copy.
+    return x.mul(mul).add_(add)
+
+
 def to_float(
     x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], scale: float
 ) -> torch.Tensor:
-    """Raw tensor [N, C, ...] → normalized float32 (used for training data and for predict)."""
-    out = x.to(torch.float32)
-    if scale != 1.0:
-        out.mul_(scale)
-    shape = (1, -1) + (1,) * (out.dim() - 2)
-    m = torch.tensor(mean, dtype=torch.float32).view(shape)
-    s = torch.tensor(std, dtype=torch.float32).view(shape)
-    return out.sub_(m).div_(s)
+    """Raw tensor [N, C, ...] → normalized float32, exactly as training batches (and predict)."""
+    mul, add = affine(mean, std, scale, x.dim(), x.device)
+    return normalize(x, mul, add)
 
 
 def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.device) -> Prepared:
-    """Limit, split off validation (seeded), normalize once, move to the device once."""
+    """Limit, split off validation (seeded), move to the device once; normalize test/val once.
+
+    The training split stays raw (see :class:`Prepared`). With ``loader: dataloader`` it also
+    stays in CPU memory: that path exists for data that is not meant to live on the device, and
+    its batches are copied over (from pinned memory on CUDA) one at a time.
+    """
     mean, std = normalize_stats(section, loaded)
     scale = 1 / 255 if loaded.train.x.dtype == torch.uint8 else 1.0
     tx, ty = loaded.train.x, loaded.train.y
@@ -212,14 +258,14 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
     sx, sy = loaded.test.x, loaded.test.y
     if section.test_limit:
         sx, sy = sx[: section.test_limit], sy[: section.test_limit]
+    mul, add = affine(mean, std, scale, tx.dim(), device)
 
     def put(split: Split) -> Split:
-        return Split(
-            to_float(split.x, mean, std, scale).to(device), split.y.to(torch.int64).to(device)
-        )
+        return Split(normalize(split.x.to(device), mul, add), split.y.to(torch.int64).to(device))
 
+    train_device = device if section.loader == "memory" else torch.device("cpu")
     return Prepared(
-        train=put(Split(tx, ty)),
+        train=Split(tx.to(train_device), ty.to(torch.int64).to(train_device)),
         test=put(Split(sx, sy)),
         val=put(val) if val is not None else None,
         classes=list(loaded.classes),
@@ -229,6 +275,8 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
         scale=scale,
         source=loaded.source,
         files=list(loaded.files),
+        x_mul=mul,
+        x_add=add,
     )
 
 
@@ -238,43 +286,75 @@ def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
 
 
 def epoch_order(n: int, shuffle: bool, generator: torch.Generator) -> torch.Tensor:
-    """This epoch's sample order: ``torch.randperm(n, generator)``, exactly as RandomSampler."""
+    """This epoch's sample order: a fresh ``torch.randperm(n, generator)``, the permutation a
+    shuffling DataLoader's RandomSampler draws (it draws and discards a second one per epoch, so
+    the streams agree only in the first epoch; the semantics are the same)."""
     return torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
 
 
 def memory_batches(
     split: Split, batch_size: int, order: torch.Tensor, drop_last: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches by indexing the resident tensors with slices of ``order``."""
-    order = order.to(split.x.device)
+    """Raw batches: the resident tensors indexed with consecutive slices of ``order``.
+
+    index_select, not ``x[idx]``: advanced indexing goes through a general N-d gather that took
+    11-36 µs for 64 rows of 784 floats on the dev machine, index_select 5-11 µs.
+    """
+    order = order.to(split.x.device)  # on CUDA the permutation lives there too: no host sync
     n = len(order)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
-        yield split.x[idx], split.y[idx]
+        yield split.x.index_select(0, idx), split.y.index_select(0, idx)
 
 
-def dataloader_batches(
+class EpochOrder(Sampler[int]):
+    """A sampler whose order is replaced every epoch, so one DataLoader (and its persistent
+    workers) serves all epochs while visiting exactly the order the memory path uses."""
+
+    def __init__(self, order: torch.Tensor | None = None) -> None:
+        self.order: list[int] = [] if order is None else order.tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def default_workers() -> int:
+    # Measured (docs/performance.md): for tensors already in memory a worker only indexes and
+    # collates, and on 2 cores it competes with the 2 compute threads, so the default is none.
+    return 0
+
+
+def make_dataloader(
     split: Split,
     batch_size: int,
-    order: torch.Tensor,
     drop_last: bool,
     num_workers: int | None,
     device: torch.device,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The classic path: a DataLoader over the same tensors, in the same order."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    workers = min(2, os.cpu_count() or 1) if num_workers is None else num_workers
-    ds = TensorDataset(split.x.cpu(), split.y.cpu())
-    loader = DataLoader(
-        ds,
+) -> DataLoader[Any]:
+    """The classic path: a DataLoader over the same (CPU) tensors, per-sample indexing and
+    collation, fed each epoch's permutation through its :class:`EpochOrder` sampler."""
+    workers = default_workers() if num_workers is None else num_workers
+    return DataLoader(
+        TensorDataset(split.x.cpu(), split.y.cpu()),
         batch_size=batch_size,
-        sampler=order.tolist(),  # the epoch's permutation, so both paths see the same batches
+        sampler=EpochOrder(),
         drop_last=drop_last,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,  # fork the workers once, not once per epoch
+        pin_memory=device.type == "cuda",  # pinned pages make the copy below asynchronous
     )
+
+
+def dataloader_batches(
+    loader: DataLoader[Any], order: torch.Tensor, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Raw batches of ``loader`` (from :func:`make_dataloader`) in ``order``, on the device."""
+    assert isinstance(loader.sampler, EpochOrder)
+    loader.sampler.order = order.tolist()
     for xb, yb in loader:
         yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 

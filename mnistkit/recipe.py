@@ -106,7 +106,8 @@ class DataSection(Section):
     'dataloader': torch DataLoader over the same tensors with workers (for data that does not fit
     in memory, or to compare)."""
     num_workers: Annotated[StrictInt, Field(ge=0)] | None = None
-    """DataLoader worker processes (loader: dataloader); default: min(2, CPU count)."""
+    """DataLoader worker processes (loader: dataloader); default 0: for tensors already in memory
+    workers only add inter-process copies (docs/performance.md)."""
     features: LogMel | None = None
     """Audio feature extraction (audio datasets only; defaults apply when omitted)."""
     skip_bad_files: StrictBool = False

@@ -24,6 +24,7 @@ from mnistkit.data import (
     dataloader_batches,
     epoch_order,
     eval_batches,
+    make_dataloader,
     memory_batches,
     num_batches,
 )
@@ -98,16 +99,40 @@ class StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def autocast_context(precision: str, device: torch.device) -> Any:
+    """bf16 autocast for ``train.precision: bf16``: matmuls and convolutions run in bfloat16
+    (tensor cores on CUDA), weights and the loss stay fp32; bf16 keeps fp32's exponent range, so
+    unlike fp16 no loss scaling is needed."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def uses_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Convolutions on CUDA run fastest in NHWC ("channels_last"): cuDNN's tensor-core kernels
+    want it, and with it no layout transposes are inserted around every conv. On CPU the gain is
+    not established for these sizes, so the layout is left alone there."""
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def match_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    # A no-op unless the model was converted (runner) and the batch is an image batch [N, C, H, W].
+    if channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def evaluate(
     model: nn.Module, loss_fn: nn.Module, split: Split, batch_size: int, autocast: Any
 ) -> tuple[float, float]:
     """Mean loss per sample and accuracy, in large batches without autograd bookkeeping."""
     model.eval()
+    channels_last = uses_channels_last(model, split.x.device)
     total = torch.zeros((), dtype=torch.float64, device=split.x.device)
     correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
     with torch.inference_mode(), autocast():
         for xb, yb in eval_batches(split, batch_size):
-            out = model(xb)
+            out = model(match_layout(xb, channels_last))
             # reduction="sum" semantics without a second loss object: mean * n.
             total += loss_fn(out.float(), yb).double() * len(yb)
             correct += (out.argmax(1) == yb).sum()
@@ -147,17 +172,18 @@ def train_loop(
     es_mode = (es.mode if es and es.mode != "auto" else metric_mode(stop_metric)) if es else "min"
     es_best: float | None = None
 
-    use_bf16 = t.precision == "bf16"
-
     def autocast() -> Any:
-        if not use_bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return autocast_context(t.precision, device)
 
-    # On CPU reading a scalar is free (no device to wait for), so non-finite losses are caught at
-    # the exact step; on an accelerator that would be a sync per step, so it is checked only at
-    # display refreshes and epoch ends.
+    # On CPU reading a scalar costs nothing to wait for (measured: 0.4 µs for loss.item() plus
+    # isfinite, against a ~1,700 µs step), so non-finite losses are caught at the exact step; on
+    # an accelerator it would be a host sync per step, stalling the queue of launched kernels, so
+    # there it is checked only at display refreshes and epoch ends.
     check_every_step = device.type == "cpu"
+    channels_last = uses_channels_last(model, device)
+    loader = None  # the DataLoader path is built once: its workers (if any) persist across epochs
+    if d.loader == "dataloader":
+        loader = make_dataloader(data.train, d.batch_size, d.drop_last, d.num_workers, device)
 
     with StopRequest() as stop:
         while state.epoch < recipe.epochs:
@@ -167,27 +193,27 @@ def train_loop(
             if state.step == 0 or state.order is None:
                 state.order = epoch_order(n_train, d.shuffle, generator)
                 state.loss_sum, state.correct, state.seen, state.elapsed = 0.0, 0, 0, 0.0
-            if d.loader == "memory":
+            # Resuming mid-epoch: serve only the batches not trained on yet (same order).
+            first = state.step
+            todo = state.order[first * d.batch_size :]
+            if loader is None:
                 batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = memory_batches(
-                    data.train, d.batch_size, state.order, d.drop_last
+                    data.train, d.batch_size, todo, d.drop_last
                 )
             else:
-                batches = dataloader_batches(
-                    data.train, d.batch_size, state.order, d.drop_last, d.num_workers, device
-                )
+                batches = dataloader_batches(loader, todo, device)
             # Accumulate on the device; read back only at refreshes and the epoch end.
             loss_acc = torch.zeros((), dtype=torch.float64, device=device)
             correct_acc = torch.zeros((), dtype=torch.int64, device=device)
             seen = state.seen
             start = time.perf_counter()
             last_refresh = start
-            step = 0
-            for step, (xb, yb) in enumerate(batches):
-                if step < state.step:
-                    continue  # resuming mid-epoch: these batches were already trained on
+            for step, (raw, yb) in enumerate(batches, start=first):
+                # uint8 → normalized float32 here, per batch (see data.Prepared for why).
+                xb = match_layout(data.inputs(raw), channels_last)
                 with autocast():
                     out = model(xb)
-                    loss = loss_fn(out.float(), yb)
+                    loss = loss_fn(out.float(), yb)  # fp32 loss under bf16; a no-op in fp32
                 optimizer.zero_grad(set_to_none=True)  # frees grads instead of writing zeros
                 loss.backward()
                 if t.grad_clip is not None:
