@@ -56,22 +56,27 @@ def _stderr() -> Any:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def print_problems(exc: RecipeError) -> None:
+    """Every problem of a recipe on stderr: place, field, what is wrong, then the hint."""
+    con = _stderr()
+    for p in exc.problems:
+        con.print(
+            f"[bold red]error[/] [cyan]{p.where}[/]: "
+            + (f"[bold]{p.field}[/]: " if p.field else "")
+            + _esc(p.message)
+        )
+        if p.hint:
+            con.print(f"    {_esc(p.hint)}", style="dim")
+    n = len(exc.problems)
+    con.print(f"{n} problem{'s' if n != 1 else ''} found", style="red")
+
+
 def guarded(fn: Callable[[], T]) -> T:
     """Run a command body; turn known failures into a message and an exit code, not a traceback."""
     try:
         return fn()
     except RecipeError as exc:
-        con = _stderr()
-        for p in exc.problems:
-            con.print(
-                f"[bold red]error[/] [cyan]{p.where}[/]: "
-                + (f"[bold]{p.field}[/]: " if p.field else "")
-                + _esc(p.message)
-            )
-            if p.hint:
-                con.print(f"    {_esc(p.hint)}", style="dim")
-        n = len(exc.problems)
-        con.print(f"{n} problem{'s' if n != 1 else ''} found", style="red")
+        print_problems(exc)
         raise typer.Exit(2) from None
     except RunError as exc:
         _stderr().print(f"[bold red]error:[/] {_esc(str(exc))}")
@@ -232,10 +237,7 @@ def validate(
                 typer.echo(f"ok {path}")
             except RecipeError as exc:
                 failed += 1
-                try:
-                    guarded(lambda exc=exc: (_ for _ in ()).throw(exc))
-                except typer.Exit:
-                    pass
+                print_problems(exc)  # and go on: every file is checked
         if failed:
             con.print(f"{failed} of {len(recipes)} recipe(s) invalid", style="red")
             raise typer.Exit(2)

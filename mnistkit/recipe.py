@@ -466,8 +466,8 @@ def _unwrap(tp: Any) -> list[Any]:
     return [tp]
 
 
-def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the model found at ``loc`` (a pydantic location, tags included)."""
+def _models_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[type[BaseModel]]:
+    """The model classes found at ``loc`` (a pydantic location, union tags included)."""
     candidates: list[Any] = [cls]
     for part in loc:
         nxt: list[Any] = []
@@ -485,11 +485,14 @@ def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
                 elif typing.get_origin(m) is list and isinstance(part, int):
                     nxt.append(typing.get_args(m)[0])
         candidates = nxt
+    return [m for tp in candidates for m in _unwrap(tp) if isinstance(m, type) and issubclass(m, BaseModel)]
+
+
+def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model found at ``loc``."""
     names: list[str] = []
-    for tp in candidates:
-        for m in _unwrap(tp):
-            if isinstance(m, type) and issubclass(m, BaseModel):
-                names += [n for n in m.model_fields if n not in names]
+    for m in _models_at(cls, loc):
+        names += [n for n in m.model_fields if n not in names]
     return names
 
 
@@ -549,27 +552,12 @@ def _problem(err: Any, doc: Located, cls: type[BaseModel]) -> Problem:
 
 
 def _field_doc(cls: type[BaseModel], loc: tuple[Any, ...]) -> str:
-    """The field's docstring, as a reminder of what it is for."""
-    parent = loc[:-1]
-    candidates: list[Any] = [cls]
-    for part in parent:
-        nxt = []
-        for tp in candidates:
-            for m in _unwrap(tp):
-                if isinstance(m, type) and issubclass(m, BaseModel) and part in m.model_fields:
-                    nxt.append(m.model_fields[part].annotation)
-        candidates = nxt
-    for tp in candidates:
-        for m in _unwrap(tp):
-            if (
-                isinstance(m, type)
-                and issubclass(m, BaseModel)
-                and loc
-                and loc[-1] in m.model_fields
-            ):
-                d = m.model_fields[loc[-1]].description
-                if d:
-                    return " ".join(d.split())
+    """The field's docstring (or a registry parameter's doc), as a reminder of what it is for."""
+    for m in _models_at(cls, loc[:-1]):
+        if loc and loc[-1] in m.model_fields:
+            d = m.model_fields[loc[-1]].description
+            if d:
+                return " ".join(d.split())
     return ""
 
 
