@@ -107,7 +107,7 @@ def _load_text(text: str, source: str) -> Located:
         msg = exc.problem or str(exc)
         ctx = f" ({exc.context})" if exc.context else ""
         raise RecipeError(
-            [Problem(_where(source, exc), "", f"YAML syntax error: {msg}{ctx}")]
+            [Problem(_where(source, exc), "", f"YAML syntax error: {msg}{ctx}", _syntax_hint(msg))]
         ) from None
     except yaml.YAMLError as exc:
         raise RecipeError([Problem(source, "", f"YAML error: {exc}")]) from None
@@ -142,6 +142,22 @@ def _load_text(text: str, source: str) -> Located:
     except yaml.YAMLError as exc:  # e.g. a malformed timestamp
         raise RecipeError([Problem(_where(source, exc), "", f"YAML error: {exc}")]) from None
     return located
+
+
+# PyYAML's messages name parser states; these say what usually causes them.
+_SYNTAX_HINTS = (
+    ("expected <block end>", "this line is indented differently from the keys around it; "
+                             "keys of one section must start in the same column"),
+    ("mapping values are not allowed", "a value contains ': ' or a key is missing its newline; "
+                                       "quote the value, or start the nested keys on a new line"),
+    ("found character '\\t'", "YAML does not allow tabs for indentation; use spaces"),
+    ("could not find expected ':'", "a key is missing its ':', or a quote is not closed"),
+    ("found undefined alias", "an *alias refers to an &anchor that is not defined above it"),
+)
+
+
+def _syntax_hint(msg: str) -> str:
+    return next((hint for key, hint in _SYNTAX_HINTS if key in msg), "")
 
 
 def load_file(path: Path) -> Located:
