@@ -425,14 +425,15 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     if status == "finished" and recipe.train.plots and state.rows:
         _write_plots(run_dir, recipe, model, data, state, reporter)
     last = state.rows[-1] if state.rows else {}
-    reason = state.stop_reason if state.stop_reason not in (None, status) else f"{len(state.rows)} epochs"
+    n = len(state.rows)
+    reason = state.stop_reason if state.stop_reason not in (None, status) else f"{n} epoch{'s' * (n != 1)}"
     lines = [("status", f"{status} ({reason})")]
     if last:
         lines.append(
             (
                 "final",
                 f"test acc {last['test_acc']:.2%}, test loss {last['test_loss']:.4f} "
-                f"after {last['epoch']} epochs",
+                f"after epoch {last['epoch']}",
             )
         )
         lines.append(
