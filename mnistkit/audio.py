@@ -82,8 +82,7 @@ class LogMelSpec:
                 raise ValueError(f"LogMelSpec.{name} must be a positive integer, got {value!r}")
         if self.fmax is not None and not 0 < self.fmax <= self.sample_rate / 2:
             raise ValueError(
-                f"LogMelSpec.fmax must be in (0, sample_rate/2 = {self.sample_rate / 2:g}], "
-                f"got {self.fmax!r}"
+                f"LogMelSpec.fmax must be in (0, sample_rate/2 = {self.sample_rate / 2:g}], got {self.fmax!r}"
             )
 
     def key(self) -> str:
@@ -248,9 +247,7 @@ def _write_cache(path: Path, key: str, feats: _Features) -> None:
         raise
 
 
-def _extract(
-    base: Path, rel_names: Sequence[str], spec: LogMelSpec, progress: Progress | None
-) -> _Features:
+def _extract(base: Path, rel_names: Sequence[str], spec: LogMelSpec, progress: Progress | None) -> _Features:
     """Features of every file, serially.
 
     ~1-2 ms per FSDD clip: all 3000 take 3.5-6.5 s on 2 cores. A 2-worker spawn pool measured
@@ -306,9 +303,7 @@ def _features(
 
 
 def _listing_error(root: Path, e: OSError) -> DataError:
-    return DataError(
-        f"Cannot list the audio files under {root}: {e}. Check the path and its permissions."
-    )
+    return DataError(f"Cannot list the audio files under {root}: {e}. Check the path and its permissions.")
 
 
 def _apply_bad_policy(bad: dict[str, str], base: Path, skip_bad: bool) -> None:
@@ -462,9 +457,7 @@ def _scan_classes(parent: Path, base: Path) -> dict[str, list[str]]:
     return found
 
 
-def _seeded_split(
-    files: list[str], test_fraction: float, seed: int, cls: str
-) -> tuple[list[str], list[str]]:
+def _seeded_split(files: list[str], test_fraction: float, seed: int, cls: str) -> tuple[list[str], list[str]]:
     """Deterministic split of one class: shuffle the sorted names with a per-class seed."""
     order = sorted(files)
     # A string seed is hashed deterministically (not affected by PYTHONHASHSEED); seeding per

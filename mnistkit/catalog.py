@@ -47,11 +47,7 @@ _LOSSES: list[tuple[str, str, str, dict[str, Param], dict[str, object]]] = [
         "cross_entropy",
         "torch.nn:CrossEntropyLoss",
         "softmax cross-entropy on raw logits (= log_softmax + nll); the last layer stays linear",
-        {
-            "label_smoothing": P(
-                "float", 0.0, "mix targets with the uniform distribution", ge=0, lt=1
-            )
-        },
+        {"label_smoothing": P("float", 0.0, "mix targets with the uniform distribution", ge=0, lt=1)},
         {"expects": "logits"},
     ),
     (

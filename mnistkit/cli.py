@@ -104,32 +104,26 @@ def _esc(text: str) -> str:
 
 @app.callback()
 def main_options(
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")
-    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")] = False,
 ) -> None:
     _state["debug"] = debug
 
 
 @app.command()
 def run(
-    recipe: Annotated[
-        Path | None, typer.Argument(help="Recipe YAML file.", show_default=False)
-    ] = None,
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML file.", show_default=False)] = None,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (must not exist or be empty).")
     ] = None,
-    runs_root: Annotated[
-        Path, typer.Option("--runs", help="Parent folder of run directories.")
-    ] = Path("runs"),
+    runs_root: Annotated[Path, typer.Option("--runs", help="Parent folder of run directories.")] = Path(
+        "runs"
+    ),
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue the run in this run directory.")
     ] = None,
-    progress: Annotated[
-        str | None, typer.Option("--progress", help="auto | rich | plain | none")
-    ] = None,
+    progress: Annotated[str | None, typer.Option("--progress", help="auto | rich | plain | none")] = None,
 ) -> None:
     """Train a recipe: live progress, a row per epoch, everything saved to a run directory."""
 
@@ -152,9 +146,7 @@ def run(
 
         result = run_recipe(
             rec,
-            RunOptions(
-                data_dir=data_dir, out=out, runs_root=runs_root, resume=resume, progress=progress
-            ),
+            RunOptions(data_dir=data_dir, out=out, runs_root=runs_root, resume=resume, progress=progress),
         )
         if result.status == "interrupted":
             raise typer.Exit(130)
@@ -202,9 +194,7 @@ def _problem_for_set(ov: str, key: str) -> Any:
 
 @app.command()
 def validate(
-    recipes: Annotated[
-        list[Path], typer.Argument(help="Recipe files to check.", show_default=False)
-    ],
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe files to check.", show_default=False)],
     set_: SetOpt = None,
     build: Annotated[
         bool,
@@ -278,8 +268,7 @@ def list_(
                 [
                     _usage(
                         f"unknown kind {kind!r}",
-                        (f"did you mean {close}? " if close else "")
-                        + f"choose from {', '.join(kinds)}",
+                        (f"did you mean {close}? " if close else "") + f"choose from {', '.join(kinds)}",
                     )
                 ]
             )
@@ -287,9 +276,7 @@ def list_(
         for name, registry in kinds.items():
             if kind is not None and name != kind:
                 continue
-            table = Table(
-                title=f"{name} — {registry.description}", title_justify="left", show_lines=False
-            )
+            table = Table(title=f"{name} — {registry.description}", title_justify="left", show_lines=False)
             table.add_column("name", style="bold cyan", no_wrap=True)
             table.add_column("description")
             table.add_column("parameters", style="dim")
@@ -321,9 +308,7 @@ def _load_plugin(reg: Any, module: str) -> Any:
     except PluginError as exc:
         return Problem(where, "", str(exc))
     except Exception as exc:  # the plugin's own bug, reported with its type
-        return Problem(
-            where, "", f"plugin {module!r} failed while registering: {type(exc).__name__}: {exc}"
-        )
+        return Problem(where, "", f"plugin {module!r} failed while registering: {type(exc).__name__}: {exc}")
     return None
 
 

@@ -192,9 +192,7 @@ class Prepared:
         return normalize(x, self.x_mul, self.x_add)
 
 
-def normalize_stats(
-    section: DataSection, loaded: LoadedData
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalize_stats(section: DataSection, loaded: LoadedData) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if isinstance(section.normalize, Normalize):
         return tuple(section.normalize.mean), tuple(section.normalize.std)
     if section.normalize == "none":
@@ -227,9 +225,7 @@ def normalize(x: torch.Tensor, mul: torch.Tensor, add: torch.Tensor) -> torch.Te
     return x.mul(mul).add_(add)
 
 
-def to_float(
-    x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], scale: float
-) -> torch.Tensor:
+def to_float(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], scale: float) -> torch.Tensor:
     """Raw tensor [N, C, ...] → normalized float32, exactly as training batches (and predict)."""
     mul, add = affine(mean, std, scale, x.dim(), x.device)
     return normalize(x, mul, add)

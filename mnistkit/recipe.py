@@ -181,9 +181,7 @@ class TrainSection(Section):
 class RecipeBase(Section):
     """One training run. Only `data` and `model` are required."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)] | None = (
-        None
-    )
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)] | None = None
     """Run name (run directories are <name>-<timestamp>); default: the recipe file's name."""
     seed: Annotated[StrictInt, Field(ge=0)] = 0
     """Seeds weights, shuffling and splits: the same seed gives the same run on CPU."""
@@ -265,9 +263,7 @@ def _union(kind: str, entries: list[Entry], key: str) -> Any:
 
 # Per Registries object (weakly: a registry dropped by reset_registries() must not hand its
 # schema to a new registry that happens to reuse its id), then per registry version.
-_MODEL_CACHE: weakref.WeakKeyDictionary[Registries, dict[int, type[RecipeBase]]] = (
-    weakref.WeakKeyDictionary()
-)
+_MODEL_CACHE: weakref.WeakKeyDictionary[Registries, dict[int, type[RecipeBase]]] = weakref.WeakKeyDictionary()
 
 
 def recipe_model(reg: Registries | None = None) -> type[RecipeBase]:
@@ -337,9 +333,7 @@ def load_recipe(
     """Read, override, validate: the one entry point from a YAML file to a Recipe."""
     path = Path(path)
     doc = load_file(path)
-    return validate_document(
-        doc, overrides or [], reg, default_name=path.stem, base_dir=path.parent
-    )
+    return validate_document(doc, overrides or [], reg, default_name=path.stem, base_dir=path.parent)
 
 
 def load_recipe_text(
@@ -647,9 +641,7 @@ def check_recipe(
                 "remove data.features",
             )
         )
-    if isinstance(data.normalize, Normalize) and len(data.normalize.mean) != len(
-        data.normalize.std
-    ):
+    if isinstance(data.normalize, Normalize) and len(data.normalize.mean) != len(data.normalize.std):
         problems.append(
             Problem(
                 where("data", "normalize"),
@@ -703,8 +695,10 @@ def _logits_problem(where: str, field: str, act: str, loss: str, in_list: bool =
     if in_list:
         # A list that ends in an activation is ambiguous (hidden activation before an implied head,
         # or an output activation?), so it is refused rather than guessed.
-        fix = ("Remove it (a list that ends in any other layer gets a linear head to the class "
-               "count added), or use loss: nll.")
+        fix = (
+            "Remove it (a list that ends in any other layer gets a linear head to the class "
+            "count added), or use loss: nll."
+        )
     return Problem(
         where,
         field,

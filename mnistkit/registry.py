@@ -104,10 +104,7 @@ class Entry:
 
     def create(self, *args: Any, **kwargs: Any) -> Any:
         """Instantiate the target with recipe parameters (renamed to target keywords)."""
-        renamed = {
-            (self.params[k].target_name or k) if k in self.params else k: v
-            for k, v in kwargs.items()
-        }
+        renamed = {(self.params[k].target_name or k) if k in self.params else k: v for k, v in kwargs.items()}
         return self.load()(*args, **renamed)
 
 

@@ -126,8 +126,9 @@ class RichReporter(Reporter):
 
     def _row_table(self, header: bool) -> Table:
         # box=None on every table so the header and each row line up column by column.
-        table = Table(show_header=header, show_edge=False, pad_edge=False, box=None,
-                      header_style="bold underline")
+        table = Table(
+            show_header=header, show_edge=False, pad_edge=False, box=None, header_style="bold underline"
+        )
         for key, label, _ in self.keys:
             table.add_column(label, justify="right", min_width=max(len(label), self.WIDTHS.get(key, 9)))
         return table
@@ -141,8 +142,9 @@ class RichReporter(Reporter):
     def epoch_start(self, epoch: int, steps: int) -> None:
         if self.task is not None:
             self.bar.remove_task(self.task)
-        self.task = self.bar.add_task("", total=steps, epoch=epoch, epochs=self.epochs,
-                                      loss=0.0, acc=0.0, rate=0.0)
+        self.task = self.bar.add_task(
+            "", total=steps, epoch=epoch, epochs=self.epochs, loss=0.0, acc=0.0, rate=0.0
+        )
         self.bar.refresh()
 
     def progress(self, step: int, steps: int, loss: float, acc: float, rate: float) -> None:

@@ -68,11 +68,7 @@ def create_run_dir(runs_root: Path, name: str, out: Path | None) -> Path:
 
 def write_recipe(run_dir: Path, resolved: dict[str, Any]) -> Path:
     path = run_dir / "recipe.yaml"
-    text = (
-        "# Fully resolved recipe written by mnistkit: re-run with `mnistkit run "
-        + str(path)
-        + "`\n"
-    )
+    text = "# Fully resolved recipe written by mnistkit: re-run with `mnistkit run " + str(path) + "`\n"
     text += yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
     _atomic_write(path, text)
     return path
@@ -183,9 +179,7 @@ def file_hashes(files: list[Path], limit: int = 200) -> dict[str, str]:
 
 def git_commit(cwd: Path) -> str | None:
     try:
-        res = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
-        )
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     if res.returncode != 0:

@@ -76,12 +76,8 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RunError(
-            "train.device is 'cuda' but no CUDA device is available; use device: auto or cpu"
-        )
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
+        raise RunError("train.device is 'cuda' but no CUDA device is available; use device: auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RunError("train.device is 'mps' but MPS is not available; use device: auto or cpu")
     return torch.device(name)
 
@@ -108,6 +104,20 @@ def configure_device(recipe: Recipe, device: torch.device) -> int:
         # Input shapes are fixed for a whole run: let cuDNN time its conv algorithms once.
         torch.backends.cudnn.benchmark = True
     return threads
+
+
+def _busy_note(threads: int) -> str:
+    """A hint when other jobs load the CPU: torch's threads spin-wait for each other, so one busy
+    core can make a 2-thread step 5-10x slower (measured in docs/performance.md)."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return ""
+    if threads > 1 and load >= threads / 2:
+        return (
+            f"; load average {load:.1f}: if other jobs are running and training is slow, set train.threads: 1"
+        )
+    return ""
 
 
 def load_data(
@@ -256,7 +266,10 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         [
             ("recipe", recipe.name or ""),
             ("run dir", str(run_dir)),
-            ("device", f"{device} ({threads} threads)" if device.type == "cpu" else str(device)),
+            (
+                "device",
+                f"{device} ({threads} threads){_busy_note(threads)}" if device.type == "cpu" else str(device),
+            ),
         ]
     )
     t_data = time.perf_counter()
@@ -313,9 +326,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         if old_epochs != recipe.epochs:
             reporter.message(_schedule_note(recipe, old_epochs, steps))
         if state.epoch >= recipe.epochs:
-            reporter.message(
-                f"nothing to do: the run already has {state.epoch} of {recipe.epochs} epochs"
-            )
+            reporter.message(f"nothing to do: the run already has {state.epoch} of {recipe.epochs} epochs")
 
     compile_seconds = None
     if recipe.train.compile:
@@ -323,9 +334,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         model = torch.compile(model)  # type: ignore[assignment]
         _warm_up(model, data, recipe, device)
         compile_seconds = time.perf_counter() - t0
-        reporter.message(
-            f"compiled the model in {compile_seconds:.1f} s (not counted as training time)"
-        )
+        reporter.message(f"compiled the model in {compile_seconds:.1f} s (not counted as training time)")
 
     rundir.write_recipe(run_dir, resolved_dict(recipe))
     rundir.write_data_info(run_dir, data_info(recipe, data, data_dir))
@@ -387,9 +396,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     reporter.start(recipe.epochs, has_val)
     status = "failed"
     try:
-        state = train_loop(
-            recipe, data, model, loss_fn, optimizer, schedule, state, generator, hooks, device
-        )
+        state = train_loop(recipe, data, model, loss_fn, optimizer, schedule, state, generator, hooks, device)
         status = "interrupted" if state.stop_reason == "interrupted" else "finished"
     except NonFiniteLoss as exc:
         reporter.stop()
@@ -402,9 +409,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         )
         raise
     except BaseException as exc:
-        rundir.write_status(
-            run_dir, status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}"
-        )
+        rundir.write_status(run_dir, status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         reporter.stop()
@@ -598,9 +603,7 @@ def _schedule_note(recipe: Recipe, old_epochs: int | None, steps: int) -> str:
     return head + f"the {name} schedule continues unchanged (it does not depend on the run length)"
 
 
-def _warm_up(
-    model: torch.nn.Module, data: Prepared, recipe: Recipe, device: torch.device
-) -> None:
+def _warm_up(model: torch.nn.Module, data: Prepared, recipe: Recipe, device: torch.device) -> None:
     """Compile every graph training will need, before the clock starts, changing nothing.
 
     One training step (forward + backward) and one evaluation pass per batch size the run will

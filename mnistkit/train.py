@@ -31,9 +31,7 @@ from mnistkit.data import (
 from mnistkit.datatypes import Split
 from mnistkit.recipe import Recipe
 
-PROGRESS_INTERVAL_S = (
-    0.25  # live display refresh: often enough to look alive, rare enough to be free
-)
+PROGRESS_INTERVAL_S = 0.25  # live display refresh: often enough to look alive, rare enough to be free
 
 
 class NonFiniteLoss(Exception):
@@ -69,9 +67,7 @@ class Hooks:
     """Where the loop hands results out: display, metrics file, checkpoints."""
 
     on_epoch_start: Callable[[int, int], None]
-    on_progress: Callable[
-        [int, int, float, float, float], None
-    ]  # step, steps, loss, acc, samples/s
+    on_progress: Callable[[int, int, float, float, float], None]  # step, steps, loss, acc, samples/s
     on_epoch_end: Callable[[dict[str, Any], bool], None]  # row, improved
     save_checkpoint: Callable[[LoopState, bool], None]  # state, is_best
     message: Callable[[str], None]
@@ -160,9 +156,7 @@ def train_loop(
     d, t = recipe.data, recipe.train
     n_train = len(data.train.y)
     steps = num_batches(n_train, d.batch_size, d.drop_last)
-    best_metric = (
-        t.best_metric if t.best_metric != "auto" else ("val_acc" if data.val else "test_acc")
-    )
+    best_metric = t.best_metric if t.best_metric != "auto" else ("val_acc" if data.val else "test_acc")
     stop_metric = target_metric = "val_acc" if data.val else "test_acc"
     es = t.early_stopping
     if es is not None and es.metric != "auto":

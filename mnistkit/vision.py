@@ -213,8 +213,7 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
         raise DataError(
             _corrupt_message(
                 path,
-                f"has {len(data)} bytes of data but its header (dimensions {dims}) "
-                f"announces {expected}",
+                f"has {len(data)} bytes of data but its header (dimensions {dims}) announces {expected}",
             )
         )
     # frombuffer is a zero-copy read-only view; copy once so torch gets a writable array.
@@ -239,9 +238,7 @@ def _read_split(images_path: Path, labels_path: Path) -> Split:
         )
     if len(labels) and int(labels.max()) >= _NUM_CLASSES:
         raise DataError(
-            _corrupt_message(
-                labels_path, f"holds label {int(labels.max())}, expected 0..{_NUM_CLASSES - 1}"
-            )
+            _corrupt_message(labels_path, f"holds label {int(labels.max())}, expected 0..{_NUM_CLASSES - 1}")
         )
     return Split(
         x=torch.from_numpy(images).unsqueeze(1),
@@ -309,8 +306,7 @@ def _not_found_message(
     ]
     if download_error is not None:
         lines.append(
-            f"Downloading {spec.title} from the internet into {download_root} failed: "
-            f"{download_error}"
+            f"Downloading {spec.title} from the internet into {download_root} failed: {download_error}"
         )
     lines += [
         "How to fix it (any one of):",
@@ -362,9 +358,7 @@ def load_mnist_family(name: str, roots: list[Path], download_root: Path | None) 
             _download(name, download_root)
         except Exception as e:  # network, DNS, HTTP, checksum, disk...: all end the same way
             searched.append((raw_dir, "download target"))
-            raise DataError(
-                _not_found_message(name, searched, download_root, _short_reason(e))
-            ) from e
+            raise DataError(_not_found_message(name, searched, download_root, _short_reason(e))) from e
         files, why = _check_dir(raw_dir)
         if files is None:
             searched.append((raw_dir, f"after download: {why}"))

@@ -146,10 +146,16 @@ def _load_text(text: str, source: str) -> Located:
 
 # PyYAML's messages name parser states; these say what usually causes them.
 _SYNTAX_HINTS = (
-    ("expected <block end>", "this line is indented differently from the keys around it; "
-                             "keys of one section must start in the same column"),
-    ("mapping values are not allowed", "a value contains ': ' or a key is missing its newline; "
-                                       "quote the value, or start the nested keys on a new line"),
+    (
+        "expected <block end>",
+        "this line is indented differently from the keys around it; "
+        "keys of one section must start in the same column",
+    ),
+    (
+        "mapping values are not allowed",
+        "a value contains ': ' or a key is missing its newline; "
+        "quote the value, or start the nested keys on a new line",
+    ),
     ("found character '\\t'", "YAML does not allow tabs for indentation; use spaces"),
     ("could not find expected ':'", "a key is missing its ':', or a quote is not closed"),
     ("found undefined alias", "an *alias refers to an &anchor that is not defined above it"),
@@ -192,9 +198,7 @@ def _where(source: str, exc: Exception) -> str:
 _IN_PROGRESS = -1
 
 
-def _expanded_size(
-    node: yaml.Node, memo: dict[int, int], source: str, problems: list[Problem]
-) -> int:
+def _expanded_size(node: yaml.Node, memo: dict[int, int], source: str, problems: list[Problem]) -> int:
     """Number of values after alias expansion, computed without expanding (memoized by node).
 
     Also refuses non-standard tags here, before any constructor can run.
@@ -249,9 +253,7 @@ def _walk(node: yaml.Node, loc: Loc, out: Located, problems: list[Problem]) -> N
             if k.tag == "tag:yaml.org,2002:merge":
                 continue
             if not isinstance(k, yaml.ScalarNode):
-                problems.append(
-                    Problem(_pos(src, k.start_mark), dotted(loc), "keys must be plain names")
-                )
+                problems.append(Problem(_pos(src, k.start_mark), dotted(loc), "keys must be plain names"))
                 continue
             name = k.value
             where = _pos(src, k.start_mark)

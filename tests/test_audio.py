@@ -157,9 +157,7 @@ def test_fsdd_missing_root_is_a_data_error(tmp_path: Path) -> None:
 # --- cache --------------------------------------------------------------------------------------
 
 
-def test_cache_miss_then_hit_then_invalidated(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cache_miss_then_hit_then_invalidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _fake_fsdd(tmp_path / "rec", digits=range(2), takes=range(6))  # 12 files
     cache = tmp_path / "cache"
     counter = _Counter(monkeypatch)

@@ -149,9 +149,7 @@ def test_roots_searched_in_order(tmp_path: Path) -> None:
     assert found is not None and found["train_images"].parent == tmp_path / "b"
 
 
-def test_debian_location_checked_last_for_fashion(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_debian_location_checked_last_for_fashion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     debian = tmp_path / "debian"
     make_dataset(debian, gz=True)
     monkeypatch.setattr(vision, "DEBIAN_FASHION_DIR", debian)
@@ -217,9 +215,7 @@ def test_download_not_allowed_never_touches_torchvision(
         vision.load_mnist_family("mnist", [tmp_path], None)
 
 
-def test_download_failure_becomes_data_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_download_failure_becomes_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torchvision = pytest.importorskip("torchvision")
 
     class FailingKMNIST:
@@ -338,9 +334,7 @@ def test_real_mnist_test_idx_reads(shared_data: Path) -> None:
     folder = shared_data / "mnist-test10k"
     if not (folder / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"no MNIST t10k files in {folder}")
-    split = vision._read_split(
-        folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz"
-    )
+    split = vision._read_split(folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz")
     assert split.x.shape == (10000, 1, 28, 28)
     assert split.y[:3].tolist() == [7, 2, 1]  # the well-known first MNIST test digits
 
