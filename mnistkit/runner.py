@@ -113,7 +113,7 @@ def _busy_note(threads: int) -> str:
         load = os.getloadavg()[0]
     except (OSError, AttributeError):
         return ""
-    if threads > 1 and load >= threads / 2:
+    if threads > 1 and load >= threads:  # a whole core-count of other work: a concurrent job
         return (
             f"; load average {load:.1f}: if other jobs are running and training is slow, set train.threads: 1"
         )
