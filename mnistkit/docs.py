@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from mnistkit.recipe import Section, recipe_model
+from mnistkit.recipe import Section, annotation_members, recipe_model
 from mnistkit.registry import Entry, Registries, Registry
 
 _TAG_KEYS = ("name", "type")  # the key that picks a registry entry: {name: sgd}, {type: linear}
@@ -74,7 +74,7 @@ def _walk(model: type[BaseModel], prefix: str) -> Iterator[Key]:
             doc=_clean(info.description),
             section=section,
             only_section=section is not None
-            and all(_is_model(m) or m is type(None) for m in _members(info.annotation)),
+            and all(_is_model(m) or m is type(None) for m in annotation_members(info.annotation)),
             variants=variants,
             registry=_REGISTRY_OF.get(path.split(".")[-1]) if variants else None,
         )
@@ -92,22 +92,12 @@ _REGISTRY_OF = {
 }
 
 
-def _members(tp: Any) -> list[Any]:
-    """Concrete types of an annotation, through Annotated and unions (None included)."""
-    origin = typing.get_origin(tp)
-    if origin is Annotated:
-        return _members(typing.get_args(tp)[0])
-    if origin in (Union, types.UnionType):
-        return [m for a in typing.get_args(tp) for m in _members(a)]
-    return [tp]
-
-
 def _is_model(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
 def _section_of(tp: Any) -> type[BaseModel] | None:
-    models = [m for m in _members(tp) if _is_model(m)]
+    models = [m for m in annotation_members(tp) if _is_model(m)]
     return models[0] if len(models) == 1 else None
 
 
@@ -124,10 +114,10 @@ def _tag_of(model: type[BaseModel]) -> tuple[str, str] | None:
 
 def _registry_variants(tp: Any, path: str) -> list[Variant] | None:
     """The registry entries a field accepts, or None if it is not a registry field."""
-    members = [m for m in _members(tp) if m is not type(None)]
+    members = [m for m in annotation_members(tp) if m is not type(None)]
     item_prefix = path
     if len(members) == 1 and typing.get_origin(members[0]) is list:  # model.layers
-        members = [m for m in _members(typing.get_args(members[0])[0]) if m is not type(None)]
+        members = [m for m in annotation_members(typing.get_args(members[0])[0]) if m is not type(None)]
         item_prefix = path + "[i]"
     if not members or not all(_is_model(m) and _tag_of(m) for m in members):
         return None
@@ -152,8 +142,8 @@ def _registry_variants(tp: Any, path: str) -> list[Variant] | None:
 def _registry_type(info: FieldInfo, variants: list[Variant]) -> str:
     tag = variants[0].tag
     names = ", ".join(v.name for v in variants)
-    nullable = type(None) in _members(info.annotation)
-    if typing.get_origin(_members(info.annotation)[0]) is list:
+    nullable = type(None) in annotation_members(info.annotation)
+    if typing.get_origin(annotation_members(info.annotation)[0]) is list:
         text = f"list of {{{tag}: ..., <parameters>}}; {tag}: one of {names}"
     else:
         text = f"a {tag}, or {{{tag}: ..., <parameters>}}; one of {names}"

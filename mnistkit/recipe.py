@@ -450,13 +450,13 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _unwrap(tp: Any) -> list[Any]:
+def annotation_members(tp: Any) -> list[Any]:
     """Concrete member types of an annotation (through Annotated, Optional, Union)."""
     origin = typing.get_origin(tp)
     if origin is Annotated:
-        return _unwrap(typing.get_args(tp)[0])
+        return annotation_members(typing.get_args(tp)[0])
     if origin in (Union, types.UnionType):
-        return [m for a in typing.get_args(tp) for m in _unwrap(a)]
+        return [m for a in typing.get_args(tp) for m in annotation_members(a)]
     return [tp]
 
 
@@ -466,7 +466,7 @@ def _models_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[type[BaseMode
     for part in loc:
         nxt: list[Any] = []
         for tp in candidates:
-            for m in _unwrap(tp):
+            for m in annotation_members(tp):
                 if isinstance(m, type) and issubclass(m, BaseModel):
                     if part in m.model_fields:
                         nxt.append(m.model_fields[part].annotation)
@@ -479,7 +479,12 @@ def _models_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[type[BaseMode
                 elif typing.get_origin(m) is list and isinstance(part, int):
                     nxt.append(typing.get_args(m)[0])
         candidates = nxt
-    return [m for tp in candidates for m in _unwrap(tp) if isinstance(m, type) and issubclass(m, BaseModel)]
+    return [
+        m
+        for tp in candidates
+        for m in annotation_members(tp)
+        if isinstance(m, type) and issubclass(m, BaseModel)
+    ]
 
 
 def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
