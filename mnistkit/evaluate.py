@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mnistkit.errors import RunError
+from mnistkit.rundir import atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -257,7 +257,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: Path | None 
     # re-running eval replaces its own outputs and never touches anything else.
     json_path = run_dir / f"eval-{checkpoint}.json"
     png_path = run_dir / f"eval-{checkpoint}-confusion.png"
-    _atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
     plot_confusion(
         cm,
         data.classes,
@@ -266,12 +266,6 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: Path | None 
     )
     result["saved"] = [str(json_path), str(png_path)]
     return result
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def print_eval(result: dict[str, Any], console: Any) -> None:

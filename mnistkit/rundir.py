@@ -70,7 +70,7 @@ def write_recipe(run_dir: Path, resolved: dict[str, Any]) -> Path:
     path = run_dir / "recipe.yaml"
     text = "# Fully resolved recipe written by mnistkit: re-run with `mnistkit run " + str(path) + "`\n"
     text += yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
-    _atomic_write(path, text)
+    atomic_write_text(path, text)
     return path
 
 
@@ -82,7 +82,7 @@ def read_recipe_dict(run_dir: Path) -> dict[str, Any]:
         raise RunError(f"{run_dir}: not a run directory (no recipe.yaml)") from None
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -105,7 +105,7 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]], has_val: bool) -> P
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k)) for k in cols})
-    _atomic_write(path, "".join(lines))
+    atomic_write_text(path, "".join(lines))
     return path
 
 
@@ -143,7 +143,7 @@ def write_status(run_dir: Path, **fields: Any) -> None:
         except json.JSONDecodeError:
             current = {}
     current.update(fields)
-    _atomic_write(path, json.dumps(current, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(current, indent=2, default=str) + "\n")
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -212,14 +212,14 @@ def write_env(
         "data_files": file_hashes(files),
     }
     path = run_dir / "env.json"
-    _atomic_write(path, json.dumps(env, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(env, indent=2) + "\n")
     return path
 
 
 def write_data_info(run_dir: Path, info: dict[str, Any]) -> Path:
     """data.json: how inputs were preprocessed in training (read by ``mnistkit predict``)."""
     path = run_dir / "data.json"
-    _atomic_write(path, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(info, indent=2) + "\n")
     return path
 
 
