@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check mnistkit tests bench
 
 docs: $(STAMP)
-	$(VENV)/bin/python -m mnistkit.docs > docs/recipe.md
+	$(VENV)/bin/python -m mnistkit.recipe.reference > docs/recipe.md
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/train_speed.py

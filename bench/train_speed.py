@@ -7,7 +7,7 @@ One run of this script measures, on the same Fashion-MNIST files and the same hy
   (a) the tutorial's loop: a torchvision FashionMNIST dataset with ToTensor + Normalize applied per
       sample, a DataLoader (batch 64, shuffle, no workers), loss.item() every step;
   (b) a bare in-memory loop: one pre-normalized float tensor indexed by a fresh permutation;
-  (c) mnistkit's trainer through the code path ``mnistkit run`` uses (mnistkit.runner.run), with
+  (c) mnistkit's trainer through the code path ``mnistkit run`` uses (mnistkit.session.run), with
       the Rich progress display on and really rendering (to a file, as if it were a terminal);
   (c0) the same with ``--progress none``, to put a number on the display's cost.
 
@@ -262,8 +262,8 @@ def child_mnistkit(args: argparse.Namespace, ch: Channel, recipe_path: Path, pro
     (before the loop starts its clock), and its progress method is timed, which is all the work
     the display does inside a timed epoch.
     """
-    import mnistkit.runner as runner
-    from mnistkit.recipe import load_recipe
+    import mnistkit.session as runner
+    from mnistkit.recipe.schema import load_recipe
 
     overrides = ["data.dataset=fashion_mnist"]
     if args.epochs_override:

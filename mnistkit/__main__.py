@@ -1,3 +1,3 @@
-from mnistkit.cli import main
+from mnistkit.cli.app import main
 
 main()

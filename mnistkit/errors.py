@@ -56,3 +56,7 @@ def dotted(loc: tuple[object, ...]) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out
+
+
+class DataError(Exception):
+    """User-facing data problem: what was looked for, where, and how to fix it."""

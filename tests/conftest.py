@@ -74,7 +74,7 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> CliRunner:
         if prelude is None:
             cmd = [sys.executable, "-m", "mnistkit", *map(str, args)]
         else:  # code to run first in the same process (e.g. to point a constant elsewhere)
-            code = f"{prelude}\nfrom mnistkit.cli import main\nmain()"
+            code = f"{prelude}\nfrom mnistkit.cli.app import main\nmain()"
             cmd = [sys.executable, "-c", code, *map(str, args)]
         return subprocess.run(
             cmd,

@@ -1,4 +1,4 @@
-"""Tests for mnistkit.audio: log-mel features, FSDD/audio-folder loading, cache, bad files."""
+"""Tests for mnistkit.data.audio: log-mel features, FSDD/audio-folder loading, cache, bad files."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mnistkit import audio
-from mnistkit.audio import LogMelSpec, load_audio_folder, load_fsdd, log_mel
-from mnistkit.datatypes import DataError
+from mnistkit.data import audio
+from mnistkit.data.audio import LogMelSpec, load_audio_folder, load_fsdd, log_mel
+from mnistkit.errors import DataError
 
 # Small settings keep the tests fast; the feature code path is the same as for the defaults.
 SPEC = LogMelSpec(sample_rate=8000, n_fft=512, hop_length=128, n_mels=32, frames=16)
@@ -203,7 +203,7 @@ def test_unusable_cache_file_is_recomputed(
     (cached,) = cache.glob("fsdd-*.npz")
     cached.write_bytes(b"garbage, not a zip")
     counter = _Counter(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="mnistkit.audio"):
+    with caplog.at_level(logging.WARNING, logger="mnistkit.data.audio"):
         data = load_fsdd(root, SPEC, cache, skip_bad=False)
     assert counter.calls == 3 and len(data.train.y) + len(data.test.y) == 3
     assert "ignoring unusable feature cache" in caplog.text
@@ -229,7 +229,7 @@ def test_corrupt_files_raise_naming_all_or_are_skipped(
     assert "data.skip_bad_files: true" in msg
 
     counter = _Counter(monkeypatch)  # the failed run still cached the good files' features
-    with caplog.at_level(logging.WARNING, logger="mnistkit.audio"):
+    with caplog.at_level(logging.WARNING, logger="mnistkit.data.audio"):
         data = load_fsdd(root, SPEC, cache, skip_bad=True)
     assert counter.calls == 0
     assert len(data.train.y) + len(data.test.y) == 12 and len(data.files) == 12

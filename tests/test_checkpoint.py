@@ -1,4 +1,4 @@
-"""Tests for mnistkit.checkpoint: atomic writes, crash safety, safe loads, scheduler states."""
+"""Tests for mnistkit.training.checkpoint: atomic writes, crash safety, safe loads, scheduler states."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch.optim import SGD, AdamW, lr_scheduler
 
-from mnistkit.checkpoint import (
+from mnistkit.errors import RunError
+from mnistkit.training.checkpoint import (
     CRASH_ENV,
     load_checkpoint,
     plain_scheduler_state,
     save_checkpoint,
 )
-from mnistkit.errors import RunError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def _trained(optimizer_cls: type, sched_fn: Any, steps: int = 3) -> tuple[Any, A
 
 
 class _Mult:
-    """A callable object lr lambda, like mnistkit.schedules uses."""
+    """A callable object lr lambda, like mnistkit.build.schedules uses."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -236,7 +236,7 @@ def test_kill_9_mid_write_leaves_previous_checkpoint(tmp_path: Path) -> None:
         f"""
         import os, torch
         from pathlib import Path
-        from mnistkit.checkpoint import save_checkpoint
+        from mnistkit.training.checkpoint import save_checkpoint
         path = Path({str(path)!r})
         torch.manual_seed(0)
         save_checkpoint(path, {{"epoch": 1, "w": torch.arange(50000.0)}})

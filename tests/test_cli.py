@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from mnistkit.docs import fields_text, recipe_reference_md
-from mnistkit.recipe import load_recipe, resolved_dict
+from mnistkit.recipe.reference import fields_text, recipe_reference_md
+from mnistkit.recipe.schema import load_recipe, resolved_dict
 from mnistkit.registry import registries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ def test_documented_defaults_are_the_real_defaults() -> None:
 def test_docs_recipe_md_is_generated_and_current() -> None:
     path = REPO / "docs" / "recipe.md"
     assert path.read_text(encoding="utf-8") == recipe_reference_md(), (
-        "docs/recipe.md is out of date: run `python -m mnistkit.docs > docs/recipe.md`"
+        "docs/recipe.md is out of date: run `python -m mnistkit.recipe.reference > docs/recipe.md`"
     )
 
 

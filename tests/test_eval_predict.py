@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mnistkit.cli import app
-from mnistkit.rundir import read_data_info, read_metrics
+from mnistkit.cli.app import app
+from mnistkit.runs.directory import read_data_info, read_metrics
 
 
 def invoke(*args: Any) -> Any:
@@ -117,11 +117,11 @@ def test_eval_reproduces_the_runs_test_metrics(fashion_run: Path, fashion_dir: P
 def test_predict_png_of_a_test_image_returns_its_label(
     fashion_run: Path, fashion_dir: Path, tmp_path: Path
 ) -> None:
-    from mnistkit.evaluate import load_run_recipe, predict_split
-    from mnistkit.predict import load_predictor
+    from mnistkit.data.loading import load_data
+    from mnistkit.data.vision import load_mnist_family
+    from mnistkit.evaluation.evaluate import load_run_recipe, predict_split
+    from mnistkit.evaluation.predict import load_predictor
     from mnistkit.registry import registries
-    from mnistkit.runner import load_data
-    from mnistkit.vision import load_mnist_family
 
     # What the model says about the prepared (training-pipeline) test tensors.
     predictor = load_predictor(fashion_run, "best")
@@ -162,7 +162,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def digits_pngs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int]]:
-    from mnistkit.vision import load_sklearn_digits
+    from mnistkit.data.vision import load_sklearn_digits
 
     test = load_sklearn_digits().test
     out = tmp_path_factory.mktemp("pngs")
@@ -188,10 +188,10 @@ def test_every_run_writes_plots_and_data_json(digits_run: Path) -> None:
 def test_predict_matches_the_model_on_prepared_test_data(
     digits_run: Path, digits_pngs: list[tuple[Path, int]]
 ) -> None:
-    from mnistkit.evaluate import load_run_recipe, predict_split
-    from mnistkit.predict import load_predictor
+    from mnistkit.data.loading import load_data
+    from mnistkit.evaluation.evaluate import load_run_recipe, predict_split
+    from mnistkit.evaluation.predict import load_predictor
     from mnistkit.registry import registries
-    from mnistkit.runner import load_data
 
     predictor = load_predictor(digits_run, "last")
     data = load_data(load_run_recipe(digits_run), registries(), None, torch.device("cpu"))
@@ -306,10 +306,10 @@ def test_predict_wav_with_the_runs_log_mel_features(tmp_path: Path, monkeypatch:
     assert info is not None and info["kind"] == "audio" and info["in_shape"] == [1, 16, 16]
     assert info["features"]["n_mels"] == 16
 
-    from mnistkit.evaluate import load_run_recipe, predict_split
-    from mnistkit.predict import load_predictor
+    from mnistkit.data.loading import load_data
+    from mnistkit.evaluation.evaluate import load_run_recipe, predict_split
+    from mnistkit.evaluation.predict import load_predictor
     from mnistkit.registry import registries
-    from mnistkit.runner import load_data
 
     data = load_data(load_run_recipe(run), registries(), None, torch.device("cpu"))
     probs, _ = predict_split(load_predictor(run, "best").model, data.test, 100)

@@ -16,10 +16,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from mnistkit import runner
-from mnistkit.data import (
+import mnistkit.session as runner
+from mnistkit.data.batches import (
     Prepared,
-    Split,
     dataloader_batches,
     epoch_order,
     make_dataloader,
@@ -27,8 +26,9 @@ from mnistkit.data import (
     num_batches,
     to_float,
 )
-from mnistkit.recipe import load_recipe_text
-from mnistkit.runner import RunOptions
+from mnistkit.data.types import Split
+from mnistkit.recipe.schema import load_recipe_text
+from mnistkit.session import RunOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,9 +153,10 @@ def test_training_batches_are_normalized_like_the_test_set() -> None:
 
 def test_prepare_keeps_training_pixels_raw_and_test_pixels_normalized(tmp_path: Path) -> None:
     recipe = load_recipe_text(TINY)
+    from mnistkit.data.loading import load_data
     from mnistkit.registry import registries
 
-    data = runner.load_data(recipe, registries(), None, torch.device("cpu"))
+    data = load_data(recipe, registries(), None, torch.device("cpu"))
     assert data.train.x.dtype == torch.uint8  # 4x smaller than float32 (docs/performance.md)
     assert data.test.x.dtype == torch.float32
     assert abs(float(data.test.x.mean())) < 0.5  # normalized: roughly zero mean
@@ -195,8 +196,8 @@ def test_target_accuracy_stops_the_run_early(tmp_path: Path) -> None:
 
 
 def test_mlp5_fast_recipe_is_the_tutorial_network() -> None:
-    from mnistkit.build import model_layer_specs
-    from mnistkit.recipe import load_recipe
+    from mnistkit.build.components import model_layer_specs
+    from mnistkit.recipe.schema import load_recipe
     from mnistkit.registry import registries
 
     fast = load_recipe(REPO / "recipes" / "mlp5-fast.yaml")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from mnistkit.errors import RecipeError
-from mnistkit.recipe import load_recipe, recipe_model
+from mnistkit.recipe.schema import load_recipe, recipe_model
 
 INVALID = Path(__file__).resolve().parent / "invalid"
 FILES = sorted(INVALID.glob("*.yaml"))

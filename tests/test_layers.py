@@ -1,5 +1,5 @@
 """Layer vocabulary: every layer type builds, runs forward/backward, and its static shape function
-(mnistkit.shapes, pure Python) agrees with the real module's output shape."""
+(mnistkit.layers.shapes, pure Python) agrees with the real module's output shape."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from mnistkit import shapes
-from mnistkit.layers import build_layer, build_layers
+from mnistkit.layers import shapes
+from mnistkit.layers.modules import build_layer, build_layers
+from mnistkit.layers.shapes import ShapeError, infer
 from mnistkit.registry import registries
-from mnistkit.shapes import ShapeError, infer
 
 REG = registries()
 

@@ -1,4 +1,4 @@
-"""Tests for mnistkit.metrics against sklearn.metrics."""
+"""Tests for mnistkit.evaluation.metrics against sklearn.metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mnistkit.metrics import confusion_matrix, per_class_report
+from mnistkit.evaluation.metrics import confusion_matrix, per_class_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,7 @@ def test_report_checks_class_names() -> None:
 
 def test_module_does_not_import_torch_or_matplotlib() -> None:
     code = (
-        "import sys, mnistkit.metrics; "
+        "import sys, mnistkit.evaluation.metrics; "
         "print(any(m in sys.modules for m in ('torch', 'matplotlib', 'sklearn')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""Tests for mnistkit.plots: each function writes a real PNG for small synthetic inputs."""
+"""Tests for mnistkit.evaluation.plots: each function writes a real PNG for small synthetic inputs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistkit import plots
+from mnistkit.evaluation import plots
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,10 +123,10 @@ def test_plot_worst_checks_lengths(tmp_path: Path) -> None:
 
 def test_importing_plots_does_not_import_matplotlib_or_change_backend() -> None:
     code = (
-        "import sys, mnistkit.plots; assert 'matplotlib' not in sys.modules; "
+        "import sys, mnistkit.evaluation.plots; assert 'matplotlib' not in sys.modules; "
         "import matplotlib; matplotlib.use('svg'); "
         "from pathlib import Path; import tempfile; "
-        "mnistkit.plots.plot_curves([], Path(tempfile.mkdtemp()) / 'c.png'); "
+        "mnistkit.evaluation.plots.plot_curves([], Path(tempfile.mkdtemp()) / 'c.png'); "
         "print(matplotlib.get_backend())"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

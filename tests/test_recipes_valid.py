@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from mnistkit.build import build_loss, build_model, build_optimizer, build_schedule
-from mnistkit.recipe import Recipe, load_recipe
-from mnistkit.registry import Registries, registries
+from mnistkit.build.components import build_loss, build_model, build_optimizer, build_schedule
+from mnistkit.recipe.schema import Recipe, load_recipe
+from mnistkit.registry import registries
+from mnistkit.registry.core import Registries
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

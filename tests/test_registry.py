@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from mnistkit.catalog import register_builtins
 from mnistkit.errors import RecipeError
-from mnistkit.recipe import load_recipe, load_recipe_text, recipe_model
+from mnistkit.recipe.schema import load_recipe, load_recipe_text, recipe_model
 from mnistkit.registry import (
     ENTRY_POINT_GROUP,
     Entry,
@@ -32,6 +31,7 @@ from mnistkit.registry import (
     registries,
     reset_registries,
 )
+from mnistkit.registry.builtins import register_builtins
 
 REPO = Path(__file__).resolve().parents[1]
 EMPTY = inspect.Parameter.empty
@@ -105,7 +105,7 @@ def _keyword_only(sig: inspect.Signature, skip: set[str]) -> dict[str, inspect.P
 @pytest.mark.parametrize("kind,name", entries("schedulers"))
 def test_scheduler_declarations_match_factories(kind: str, name: str) -> None:
     entry = BUILTINS.schedulers.get(name)
-    assert entry.target.startswith("mnistkit.schedules:")
+    assert entry.target.startswith("mnistkit.build.schedules:")
     sig = inspect.signature(entry.load())
     first = next(iter(sig.parameters.values()))
     assert first.name == "optimizer" and first.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -247,7 +247,7 @@ def test_registering_imports_nothing() -> None:
 _NO_TORCH = """
 import sys
 sys.argv = ["mnistkit", *sys.argv[1:]]
-from mnistkit.cli import main
+from mnistkit.cli.app import main
 try:
     main()
 except SystemExit as exc:
@@ -302,7 +302,7 @@ PLUGIN = '''
 import torch
 from torch import nn
 
-from mnistkit.registry import Param
+from mnistkit.registry.core import Param
 
 
 class Square(nn.Module):
@@ -403,7 +403,7 @@ def test_lazy_plugin_targets_in_a_sibling_module(tmp_path: Path) -> None:
     assert res.stderr.splitlines()[-1] == "exit 0 torch-imported False", res.stderr
 
     # Training imports the sibling module from the recipe's folder when the model is built.
-    from mnistkit import runner
+    import mnistkit.session as runner
 
     result = runner.run(load_recipe(recipe_path), runner.RunOptions(out=tmp_path / "run", progress="none"))
     assert result.status == "finished" and len(result.rows) == 1
@@ -494,7 +494,7 @@ def test_broken_plugins_are_recipe_errors(tmp_path: Path, body: str, message: st
 
 
 NAMES_ONLY_PLUGIN = """
-from mnistkit.registry import Param
+from mnistkit.registry.core import Param
 
 
 def register(reg):

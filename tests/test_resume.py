@@ -26,10 +26,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mnistkit.checkpoint import CRASH_ENV, load_checkpoint
-from mnistkit.cli import app
-from mnistkit.rundir import read_metrics, read_status
-from mnistkit.runs import run_info
+from mnistkit.cli.app import app
+from mnistkit.runs.directory import read_metrics, read_status
+from mnistkit.runs.listing import run_info
+from mnistkit.training.checkpoint import CRASH_ENV, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 HOOK_ENVS = ("MNISTKIT_KILL_AT", "MNISTKIT_NAN_AT", CRASH_ENV)
@@ -401,8 +401,8 @@ def test_schedulers_change_the_learning_rate(tmp_path: Path, scheduler: str, che
 
 
 def test_plateau_scheduler_steps_on_its_metric() -> None:
-    from mnistkit.build import build_schedule
-    from mnistkit.recipe import load_recipe_text
+    from mnistkit.build.components import build_schedule
+    from mnistkit.recipe.schema import load_recipe_text
     from mnistkit.registry import registries
 
     recipe = load_recipe_text(PLAIN, overrides=["scheduler={name: plateau, patience: 0, factor: 0.5}"])

@@ -21,9 +21,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mnistkit.cli import app
-from mnistkit.rundir import write_metrics
-from mnistkit.runs import effective_status, flatten, recipe_diff, run_info
+from mnistkit.cli.app import app
+from mnistkit.runs.directory import write_metrics
+from mnistkit.runs.listing import effective_status, flatten, recipe_diff, run_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -263,7 +263,7 @@ def test_env_json_is_written_and_sane(tmp_path: Path) -> None:
 def test_cli_start_up_does_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import mnistkit.cli, mnistkit.cli_runs, mnistkit.runs\n"
+        "import mnistkit.cli.app, mnistkit.cli.run_commands, mnistkit.runs.listing\n"
         "heavy = [m for m in ('torch', 'numpy', 'matplotlib', 'PIL') if m in sys.modules]\n"
         "print(heavy)\n"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mnistkit.errors import RecipeError
-from mnistkit.recipe import load_recipe_text
+from mnistkit.recipe.schema import load_recipe_text
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -160,8 +160,8 @@ def test_audio_input_shape_follows_the_feature_settings() -> None:
 
 
 def test_set_override_is_named_as_the_location() -> None:
-    from mnistkit.recipe import validate_document
-    from mnistkit.yamlio import load_text
+    from mnistkit.recipe.schema import validate_document
+    from mnistkit.recipe.yamlio import load_text
 
     doc = load_text(WRONG_IN_FEATURES.replace("in_features: 3136, ", ""), "r.yaml")
     with pytest.raises(RecipeError) as exc:
@@ -201,7 +201,7 @@ def test_validate_does_not_import_torch(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import sys
-        from mnistkit.cli import app
+        from mnistkit.cli.app import app
         try:
             app(["validate", *sys.argv[1:]])
         except SystemExit as exc:
@@ -222,7 +222,7 @@ def _cli_in_process(*args: str | Path) -> tuple[int, str, str]:
     """The CLI in this process (torch is already imported here: much faster than a subprocess)."""
     from typer.testing import CliRunner
 
-    from mnistkit.cli import app
+    from mnistkit.cli.app import app
 
     r = CliRunner().invoke(app, [str(a) for a in args])
     return r.exit_code, r.stdout, r.stderr

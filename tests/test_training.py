@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from mnistkit import runner
-from mnistkit.build import model_layer_specs
+import mnistkit.session as runner
+from mnistkit.build.components import model_layer_specs
 from mnistkit.errors import RecipeError
-from mnistkit.recipe import load_recipe, load_recipe_text
+from mnistkit.recipe.schema import load_recipe, load_recipe_text
 from mnistkit.registry import registries
-from mnistkit.runner import RunOptions, RunResult
+from mnistkit.session import RunOptions, RunResult
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,7 +208,7 @@ def test_fashion_mnist_end_to_end(cli, shared_data: Path, tmp_path: Path) -> Non
     assert any("train-images-idx3-ubyte" in f for f in env["data_files"]), env["data_files"]
 
 
-NO_DEBIAN = "import pathlib, mnistkit.vision as v; v.DEBIAN_FASHION_DIR = pathlib.Path('/nonexistent')"
+NO_DEBIAN = "import pathlib, mnistkit.data.vision as v; v.DEBIAN_FASHION_DIR = pathlib.Path('/nonexistent')"
 
 
 def test_missing_data_explains_where_it_looked_and_how_to_fix(cli, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for mnistkit.vision: IDX discovery/reading, download handling, sklearn digits."""
+"""Tests for mnistkit.data.vision: IDX discovery/reading, download handling, sklearn digits."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnistkit import vision
-from mnistkit.datatypes import DataError
+from mnistkit.data import vision
+from mnistkit.errors import DataError
 
 FILES = vision.IDX_FILES
 
@@ -375,5 +375,5 @@ def test_sklearn_digits_split_is_a_partition() -> None:
 
 
 def test_datatypes_does_not_import_torch() -> None:
-    code = "import sys, mnistkit.datatypes; assert 'torch' not in sys.modules"
+    code = "import sys, mnistkit.data.types; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,6 +1,6 @@
 """Recipes are untrusted data: the YAML reader must refuse anything that is not plain data, fast.
 
-Checked at the lowest level (``mnistkit.yamlio``) and through ``load_recipe``: oversized files,
+Checked at the lowest level (``mnistkit.recipe.yamlio``) and through ``load_recipe``: oversized files,
 application tags (no constructor may run), alias bombs, recursive aliases, absurd nesting,
 several documents, empty files; while the ordinary YAML features recipes use (anchors, merge
 keys, an explicit ``---``) keep working.
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from mnistkit.errors import RecipeError
-from mnistkit.recipe import load_recipe, load_recipe_text
-from mnistkit.yamlio import MAX_BYTES, load_file, load_text
+from mnistkit.recipe.schema import load_recipe, load_recipe_text
+from mnistkit.recipe.yamlio import MAX_BYTES, load_file, load_text
 
 MINIMAL = "data: {dataset: digits}\nmodel: {hidden: [8]}\n"
 

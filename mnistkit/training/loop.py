@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnistkit.build import Schedule
-from mnistkit.data import (
+from mnistkit.build.components import Schedule
+from mnistkit.data.batches import (
     Prepared,
     dataloader_batches,
     epoch_order,
@@ -28,8 +28,8 @@ from mnistkit.data import (
     memory_batches,
     num_batches,
 )
-from mnistkit.datatypes import Split
-from mnistkit.recipe import Recipe
+from mnistkit.data.types import Split
+from mnistkit.recipe.schema import Recipe
 
 PROGRESS_INTERVAL_S = 0.25  # live display refresh: often enough to look alive, rare enough to be free
 

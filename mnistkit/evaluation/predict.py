@@ -10,7 +10,7 @@ every file is preprocessed exactly as the training data was, from what the run r
   garments on a black background: give images the same way round, or pass ``invert=True``
   (``--invert``) for dark-on-light drawings.
 * audio (WAV, FLAC, OGG) for audio runs: decoded at the run's sample rate and turned into the
-  same log-mel features (:func:`mnistkit.audio.log_mel`) with the run's feature settings.
+  same log-mel features (:func:`mnistkit.data.audio.log_mel`) with the run's feature settings.
 
 Every file is read before the model runs; files that cannot be read are reported together, by
 name, as a :class:`RunError`.
@@ -44,7 +44,7 @@ class Predictor:
 def load_predictor(run_dir: Path, checkpoint: str = "best") -> Predictor:
     import torch
 
-    from mnistkit.evaluate import (
+    from mnistkit.evaluation.evaluate import (
         checkpoint_when,
         load_run_checkpoint,
         load_run_recipe,
@@ -67,9 +67,9 @@ def _data_info(run_dir: Path, recipe: Any) -> dict[str, Any]:
     """data.json, or (runs written before it existed) the same facts from the dataset itself."""
     import torch
 
-    from mnistkit import rundir
+    from mnistkit.data.loading import data_info, load_data
     from mnistkit.registry import registries
-    from mnistkit.runner import data_info, load_data
+    from mnistkit.runs import directory as rundir
 
     info = rundir.read_data_info(run_dir)
     if info is not None:
@@ -90,7 +90,7 @@ def image_tensor(path: Path, info: dict[str, Any], invert: bool = False) -> torc
     import torch
     from PIL import Image
 
-    from mnistkit.data import to_float
+    from mnistkit.data.batches import to_float
 
     channels, height, width = (int(n) for n in info["in_shape"])
     if channels not in (1, 3):
@@ -121,8 +121,8 @@ def audio_tensor(path: Path, info: dict[str, Any]) -> torch.Tensor:
     """One audio file as log-mel features ``[1, 1, n_mels, frames]``, normalized as in training."""
     import torch
 
-    from mnistkit.audio import LogMelSpec, log_mel, read_audio
-    from mnistkit.data import to_float
+    from mnistkit.data.audio import LogMelSpec, log_mel, read_audio
+    from mnistkit.data.batches import to_float
 
     feats = dict(info.get("features") or {})
     feats.pop("type", None)

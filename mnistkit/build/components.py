@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnistkit.layers import LayerInfo, Shape, build_layers
-from mnistkit.recipe import Recipe
-from mnistkit.registry import Registries
-from mnistkit.shapes import layer_specs
+from mnistkit.layers.shapes import LayerInfo
+from mnistkit.layers.modules import Shape, build_layers
+from mnistkit.recipe.schema import Recipe
+from mnistkit.registry.core import Registries
+from mnistkit.recipe.model_check import layer_specs
 
 
 def spec_params(spec: Any) -> dict[str, Any]:
@@ -30,7 +31,7 @@ def spec_params(spec: Any) -> dict[str, Any]:
 def model_layer_specs(recipe: Recipe, num_classes: int, reg: Registries) -> list[dict[str, Any]]:
     """The model as an explicit layer list; the MLP shorthand expands to the same vocabulary.
 
-    The expansion lives in :func:`mnistkit.shapes.layer_specs` (torch-free) so that
+    The expansion lives in :func:`mnistkit.recipe.model_check.layer_specs` (torch-free) so that
     ``mnistkit validate`` checks exactly the list that is built here.
     """
     return [ls.spec for ls in layer_specs(recipe, num_classes, reg)]

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistkit.datatypes import DataError, LoadedData, Split
+from mnistkit.data.types import LoadedData, Split
+from mnistkit.errors import DataError
 
 __all__ = [
     "DataError",

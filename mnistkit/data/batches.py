@@ -1,159 +1,26 @@
-"""Data: find and load a dataset (registry targets below), prepare it once, serve batches.
+"""Preparing loaded data for the loop and serving batches.
 
-Datasets that fit in memory (the MNIST family, cached audio features) are decoded once into one
-tensor, placed on the training device once, and batched by indexing with a fresh permutation every
-epoch: the same semantics as a shuffled DataLoader (every sample once per epoch, last partial batch
-kept unless ``drop_last``), without per-sample Python. Training batches are normalized as they are
-served (uint8 stays uint8 in memory; see :class:`Prepared`). ``data.loader: dataloader`` keeps the
-classic DataLoader path for comparison or for data that does not fit.
-
-A dataset loader is any callable ``f(ctx: DataContext) -> LoadedData`` registered in the dataset
-registry; plugins add their own the same way.
+Datasets that fit in memory are decoded once into one tensor, placed on the training device once,
+and batched by indexing with a fresh permutation every epoch: the same semantics as a shuffled
+DataLoader (every sample once per epoch, last partial batch kept unless ``drop_last``), without
+per-sample Python. Training batches are normalized as they are served (uint8 stays uint8 in
+memory; see :class:`Prepared`). ``data.loader: dataloader`` keeps the classic DataLoader path.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from mnistkit.datatypes import DataError, LoadedData, Split
-from mnistkit.recipe import DataSection, Normalize
-
-ENV_DATA = "MNISTKIT_DATA"
-ENV_CACHE = "MNISTKIT_CACHE"
+from mnistkit.data.types import LoadedData, Split
+from mnistkit.recipe.sections import DataSection, Normalize
 
 
-def user_cache_dir() -> Path:
-    """Where downloads and feature caches go by default ($MNISTKIT_CACHE overrides)."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
-    from platformdirs import user_cache_dir as _ucd
-
-    return Path(_ucd("mnistkit"))
-
-
-@dataclass
-class DataContext:
-    """What a dataset loader gets: where to look, whether it may download, where to cache."""
-
-    section: DataSection
-    roots: list[Path]  # searched in order
-    download_root: Path | None  # None: downloading is not allowed
-    cache_dir: Path
-    seed: int = 0
-    progress: Callable[[str, int, int], None] | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def data_roots(section: DataSection, data_dir: str | Path | None) -> list[Path]:
-    """Search order: --data-dir, the recipe's data.root, $MNISTKIT_DATA, the user cache."""
-    roots: list[Path] = []
-    for cand in (data_dir, section.root, os.environ.get(ENV_DATA), user_cache_dir() / "data"):
-        if cand:
-            p = Path(cand).expanduser()
-            if p not in roots:
-                roots.append(p)
-    return roots
-
-
-# ----------------------------------------------------------------------- dataset registry targets
-def _vision(name: str, ctx: DataContext) -> LoadedData:
-    from mnistkit.vision import load_mnist_family
-
-    return load_mnist_family(name, ctx.roots, ctx.download_root)
-
-
-def mnist(ctx: DataContext) -> LoadedData:
-    return _vision("mnist", ctx)
-
-
-def fashion_mnist(ctx: DataContext) -> LoadedData:
-    return _vision("fashion_mnist", ctx)
-
-
-def kmnist(ctx: DataContext) -> LoadedData:
-    return _vision("kmnist", ctx)
-
-
-def digits(ctx: DataContext) -> LoadedData:
-    from mnistkit.vision import load_sklearn_digits
-
-    return load_sklearn_digits()
-
-
-def _audio_spec(ctx: DataContext):  # noqa: ANN202
-    from mnistkit.audio import LogMelSpec
-
-    f = ctx.section.features
-    assert f is not None  # filled in by recipe checks for audio datasets
-    return LogMelSpec(
-        sample_rate=f.sample_rate,
-        n_fft=f.n_fft,
-        hop_length=f.hop_length,
-        n_mels=f.n_mels,
-        frames=f.frames,
-        fmax=f.fmax,
-    )
-
-
-def _progress(ctx: DataContext) -> Callable[[int, int], None] | None:
-    if ctx.progress is None:
-        return None
-    report = ctx.progress
-    return lambda done, total: report("extracting features", done, total)
-
-
-def _find_audio_root(ctx: DataContext, names: tuple[str, ...]) -> Path:
-    tried: list[str] = []
-    for root in ctx.roots:
-        for sub in names:
-            cand = root / sub if sub else root
-            tried.append(str(cand))
-            if cand.is_dir() and (any(cand.glob("*.wav")) or any(cand.glob("*/*.wav"))):
-                return cand
-    raise DataError(
-        f"dataset {ctx.section.dataset!r}: no folder of WAV files found. Looked in:\n  "
-        + "\n  ".join(tried)
-        + "\nFix: pass --data-dir DIR (the folder with the recordings, or its parent), set "
-        "data.root in the recipe, or set MNISTKIT_DATA."
-    )
-
-
-def fsdd(ctx: DataContext) -> LoadedData:
-    from mnistkit.audio import load_fsdd
-
-    root = _find_audio_root(ctx, ("", "recordings", "fsdd/recordings", "fsdd"))
-    return load_fsdd(
-        root,
-        _audio_spec(ctx),
-        ctx.cache_dir / "features",
-        ctx.section.skip_bad_files,
-        progress=_progress(ctx),
-    )
-
-
-def audio_folder(ctx: DataContext) -> LoadedData:
-    from mnistkit.audio import load_audio_folder
-
-    root = _find_audio_root(ctx, ("",))
-    return load_audio_folder(
-        root,
-        _audio_spec(ctx),
-        ctx.cache_dir / "features",
-        ctx.section.skip_bad_files,
-        test_fraction=ctx.section.test_fraction,
-        seed=ctx.seed,
-        progress=_progress(ctx),
-    )
-
-
-# ---------------------------------------------------------------------------------- preparation
 @dataclass
 class Prepared:
     """The data on the training device, plus what the model needs to know.

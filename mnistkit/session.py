@@ -8,7 +8,7 @@ Test hooks (environment variables, read once per run, no cost when unset; see do
 * ``MNISTKIT_KILL_AT=E:S[:SIG]`` sends signal SIG (default KILL; e.g. INT for a Ctrl-C) to this
   process during training step S of epoch E (both 1-based), after that step's forward pass.
 * ``MNISTKIT_NAN_AT=E:S`` makes the loss of step S of epoch E NaN.
-* ``MNISTKIT_CRASH_DURING_CHECKPOINT=NAME[:N]`` (mnistkit.checkpoint): SIGKILL halfway through
+* ``MNISTKIT_CRASH_DURING_CHECKPOINT=NAME[:N]`` (mnistkit.training.checkpoint): SIGKILL halfway through
   writing checkpoint NAME (its N-th write).
 """
 
@@ -23,16 +23,18 @@ from typing import Any
 
 import torch
 
-from mnistkit import rundir
-from mnistkit.build import build_loss, build_model, build_optimizer, build_schedule
-from mnistkit.data import DataContext, Prepared, data_roots, num_batches, prepare, user_cache_dir
-from mnistkit.datatypes import DataError
+from mnistkit.build.components import build_loss, build_model, build_optimizer, build_schedule
+from mnistkit.data.batches import Prepared, num_batches
+from mnistkit.data.loading import data_info, load_data
 from mnistkit.errors import RunError
-from mnistkit.layers import ShapeError
-from mnistkit.recipe import Recipe, resolved_dict
-from mnistkit.registry import Registries, registries
-from mnistkit.report import Reporter, duration, make_reporter
-from mnistkit.train import (
+from mnistkit.layers.shapes import ShapeError
+from mnistkit.recipe.schema import Recipe, resolved_dict
+from mnistkit.registry import registries
+from mnistkit.runs import directory as rundir
+from mnistkit.runs.directory import recorded_data_dir
+from mnistkit.tracking.console import Reporter, duration, make_reporter
+from mnistkit.training.device import _busy_note, configure_device, resolve_device
+from mnistkit.training.loop import (
     Hooks,
     LoopState,
     NonFiniteLoss,
@@ -66,91 +68,6 @@ class RunResult:
     train_seconds: float
     best: float | None
     best_epoch: int | None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RunError("train.device is 'cuda' but no CUDA device is available; use device: auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RunError("train.device is 'mps' but MPS is not available; use device: auto or cpu")
-    return torch.device(name)
-
-
-def default_threads() -> int:
-    # One intra-op thread per core we may run on. Measured on the 2-core dev machine (mlp5,
-    # batch 64, docs/performance.md): 2 threads 1.6 s/epoch, 1 thread 2.2 s. More threads than
-    # cores only adds contention, and torch's own default can count hyperthreads or the whole
-    # host inside a container. (The inter-op pool is left alone: eager training never uses it.)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def configure_device(recipe: Recipe, device: torch.device) -> int:
-    threads = recipe.train.threads or default_threads()
-    torch.set_num_threads(threads)
-    if device.type == "cuda":
-        # TF32 tensor cores for fp32 matmuls and convolutions: several times the fp32 rate for a
-        # 10-bit mantissa in the products, which these classifiers do not notice.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        # Input shapes are fixed for a whole run: let cuDNN time its conv algorithms once.
-        torch.backends.cudnn.benchmark = True
-    return threads
-
-
-def _busy_note(threads: int) -> str:
-    """A hint when other jobs load the CPU: torch's threads spin-wait for each other, so one busy
-    core can make a 2-thread step 5-10x slower (measured in docs/performance.md)."""
-    try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return ""
-    if threads > 1 and load >= threads:  # a whole core-count of other work: a concurrent job
-        return (
-            f"; load average {load:.1f}: if other jobs are running and training is slow, set train.threads: 1"
-        )
-    return ""
-
-
-def load_data(
-    recipe: Recipe,
-    reg: Registries,
-    data_dir: Path | None,
-    device: torch.device,
-    reporter: Reporter | None = None,
-) -> Prepared:
-    entry = reg.datasets.get(recipe.data.dataset)
-    roots = data_roots(recipe.data, data_dir)
-    may_download = recipe.data.download and entry.meta.get("download", False)
-    last = [0.0]
-
-    def progress(what: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if reporter is not None and (now - last[0] > 2 or done == total):
-            last[0] = now
-            reporter.message(f"  {what}: {done}/{total}")
-
-    ctx = DataContext(
-        section=recipe.data,
-        roots=roots,
-        download_root=roots[0] if may_download else None,
-        cache_dir=user_cache_dir(),
-        seed=recipe.seed,
-        progress=progress,
-    )
-    try:
-        loaded = entry.load()(ctx)
-    except DataError as exc:
-        raise RunError(str(exc)) from None
-    return prepare(loaded, recipe.data, recipe.seed, device)
 
 
 def checkpoint_state(
@@ -190,7 +107,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _plain_sched_state(scheduler: Any) -> dict[str, Any] | None:
-    from mnistkit.checkpoint import plain_scheduler_state
+    from mnistkit.training.checkpoint import plain_scheduler_state
 
     return None if scheduler is None else plain_scheduler_state(scheduler)
 
@@ -236,7 +153,7 @@ def restore(
 
 def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     """Train ``recipe``; write everything to a new run directory (or continue ``opts.resume``)."""
-    from mnistkit.checkpoint import load_checkpoint, save_checkpoint
+    from mnistkit.training.checkpoint import load_checkpoint, save_checkpoint
 
     reg = registries()
     device = resolve_device(recipe.train.device)
@@ -471,34 +388,6 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     )
 
 
-def data_info(recipe: Recipe, data: Prepared, data_dir: Path | None = None) -> dict[str, Any]:
-    """What predict needs to preprocess a file exactly as training did (written to data.json).
-
-    Also the ``--data-dir`` the run was given, so ``--resume`` and ``eval`` find the data again
-    without it.
-    """
-    features = recipe.data.features
-    return {
-        "dataset": recipe.data.dataset,
-        "kind": "audio" if features is not None else "image",
-        "classes": [str(c) for c in data.classes],
-        "in_shape": [int(n) for n in data.in_shape],
-        # x = (raw * scale - mean) / std, per channel; images are uint8 0..255 before scaling
-        "scale": float(data.scale),
-        "mean": [float(m) for m in data.mean],
-        "std": [float(s) for s in data.std],
-        "features": features.model_dump(mode="json") if features is not None else None,
-        "source": data.source,
-        "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
-    }
-
-
-def recorded_data_dir(run_dir: Path) -> Path | None:
-    """The ``--data-dir`` recorded in a run's data.json, if any."""
-    info = rundir.read_data_info(run_dir) or {}
-    return Path(info["data_dir"]) if info.get("data_dir") else None
-
-
 class _TestHookLoss(torch.nn.Module):
     """The loss, plus the MNISTKIT_KILL_AT / MNISTKIT_NAN_AT test hooks (see the module doc).
 
@@ -649,7 +538,7 @@ def _write_plots(
     reporter: Reporter,
 ) -> None:
     try:
-        from mnistkit.evaluate import write_run_plots
+        from mnistkit.evaluation.evaluate import write_run_plots
     except ImportError:
         return
     try:

@@ -1,7 +1,7 @@
 """Command line: ``mnistkit run | validate | list | schema | fields | eval | predict | runs | compare``.
 
 Start-up stays instant: this module imports neither torch nor anything that does; commands that
-train or evaluate import :mod:`mnistkit.runner` (and torch) only when they run.
+train or evaluate import :mod:`mnistkit.session` (and torch) only when they run.
 Exit codes: 0 ok, 1 runtime failure (missing data, bad checkpoint), 2 invalid recipe or usage,
 130 interrupted by Ctrl-C.
 """
@@ -128,7 +128,7 @@ def run(
     """Train a recipe: live progress, a row per epoch, everything saved to a run directory."""
 
     def body() -> None:
-        from mnistkit.recipe import load_recipe
+        from mnistkit.recipe.schema import load_recipe
 
         if resume is not None and recipe is not None:
             raise RecipeError([_usage("give either a recipe or --resume RUN_DIR, not both")])
@@ -141,8 +141,8 @@ def run(
         else:
             assert recipe is not None
             rec = load_recipe(recipe, set_ or [])
-        from mnistkit.runner import RunOptions
-        from mnistkit.runner import run as run_recipe
+        from mnistkit.session import RunOptions
+        from mnistkit.session import run as run_recipe
 
         result = run_recipe(
             rec,
@@ -165,7 +165,7 @@ RESUMABLE = (
 
 
 def _resume_recipe(run_dir: Path, overrides: list[str]) -> Any:
-    from mnistkit.recipe import load_recipe
+    from mnistkit.recipe.schema import load_recipe
 
     if not (run_dir / "recipe.yaml").exists():
         raise RunError(f"--resume {run_dir}: not a run directory (no recipe.yaml)")
@@ -208,20 +208,20 @@ def validate(
     """Check recipes without training: every problem of every file, with file:line:column."""
 
     def body() -> None:
-        from mnistkit.recipe import load_recipe
+        from mnistkit.recipe.schema import load_recipe
 
         failed = 0
         con = _stderr()
         for path in recipes:
             try:
                 rec = load_recipe(path, set_ or [])
+                from mnistkit.recipe.model_check import static_notes
                 from mnistkit.registry import registries
-                from mnistkit.shapes import static_notes
 
                 for note in static_notes(rec, registries()):
                     con.print(f"note {path}: {_esc(note)}", style="dim")
                 if build:
-                    from mnistkit.shapes import dry_run
+                    from mnistkit.build.dry_run import dry_run
 
                     dry_run(rec, path)
                 typer.echo(f"ok {path}")
@@ -253,7 +253,8 @@ def list_(
         from rich.console import Console
         from rich.table import Table
 
-        from mnistkit.registry import did_you_mean, registries
+        from mnistkit.registry import registries
+        from mnistkit.registry.core import did_you_mean
 
         reg = registries()
         if plugin and str(Path.cwd()) not in sys.path:
@@ -293,7 +294,7 @@ def list_(
 def _load_plugin(reg: Any, module: str) -> Any:
     """Load one ``--plugin`` module; a Problem naming it if that fails, else None."""
     from mnistkit.errors import Problem
-    from mnistkit.registry import PluginError
+    from mnistkit.registry.core import PluginError
 
     where = f"--plugin {module}"
     try:
@@ -323,7 +324,7 @@ def schema() -> None:
     """Print the recipe JSON Schema (for editor autocompletion: yaml-language-server)."""
 
     def body() -> None:
-        from mnistkit.recipe import recipe_model
+        from mnistkit.recipe.schema import recipe_model
 
         typer.echo(json.dumps(recipe_model().model_json_schema(), indent=2))
 
@@ -335,7 +336,7 @@ def fields() -> None:
     """Every recipe key with its type, default and documentation (what --set accepts)."""
 
     def body() -> None:
-        from mnistkit.docs import fields_text
+        from mnistkit.recipe.reference import fields_text
 
         typer.echo(fields_text())
 
@@ -345,7 +346,7 @@ def fields() -> None:
 def _register_more() -> None:
     """Commands from issue-sized modules that live in their own files."""
     try:
-        from mnistkit import cli_runs
+        from mnistkit.cli import run_commands as cli_runs
     except ImportError:
         return
     cli_runs.register(app, guarded)

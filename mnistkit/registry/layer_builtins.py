@@ -2,8 +2,8 @@
 
 Every layer type ``name`` has two targets, both found by name (this list is the only list):
 
-* the builder ``mnistkit.layers:<name>``, ``f(in_shape, **params) -> (module, out_shape)``;
-* the shape function ``mnistkit.shapes:<name>``, ``f(in_shape, **params) -> out_shape``, pure
+* the builder ``mnistkit.layers.modules:<name>``, ``f(in_shape, **params) -> (module, out_shape)``;
+* the shape function ``mnistkit.layers.shapes:<name>``, ``f(in_shape, **params) -> out_shape``, pure
   Python, used by ``mnistkit validate`` (no torch) and by the builder itself.
 
 ``in_shape`` is the per-sample input shape (no batch dimension): images ``(C, H, W)``, sequences
@@ -15,7 +15,7 @@ checked against what reaches the layer. Every registered activation is also a la
 
 from __future__ import annotations
 
-from mnistkit.registry import Param, Registries
+from mnistkit.registry.core import Param, Registries
 
 P = Param
 
@@ -141,4 +141,6 @@ _LAYERS: list[tuple[str, str, dict[str, Param]]] = [
 
 def register_layers(reg: Registries) -> None:
     for name, desc, params in _LAYERS:
-        reg.layers.register(name, f"mnistkit.layers:{name}", desc, params, shape=f"mnistkit.shapes:{name}")
+        reg.layers.register(
+            name, f"mnistkit.layers.modules:{name}", desc, params, shape=f"mnistkit.layers.shapes:{name}"
+        )

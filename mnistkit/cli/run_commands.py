@@ -1,6 +1,6 @@
 """Commands that work on finished (or running) runs: ``eval``, ``predict``, ``runs``, ``compare``.
 
-Registered onto the main app by :func:`register` (called from :mod:`mnistkit.cli`). Like the
+Registered onto the main app by :func:`register` (called from :mod:`mnistkit.cli.app`). Like the
 rest of the CLI, nothing heavy is imported here: ``eval`` and ``predict`` import torch inside
 their bodies; ``runs`` and ``compare`` never do.
 """
@@ -61,7 +61,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
         The model is rebuilt from the run's recipe.yaml and the checkpoint's weights."""
 
         def body() -> None:
-            from mnistkit.evaluate import evaluate_run, print_eval
+            from mnistkit.evaluation.evaluate import evaluate_run, print_eval
 
             result = evaluate_run(run_dir, checkpoint.value, data_dir)
             print_eval(result, _console())
@@ -99,7 +99,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
         give images that way round, or pass --invert."""
 
         def body() -> None:
-            from mnistkit.predict import predict_files, print_predictions
+            from mnistkit.evaluation.predict import predict_files, print_predictions
 
             result = predict_files(run_dir, list(files), checkpoint.value, top, invert)
             if as_json:
@@ -118,7 +118,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
         """List runs: name, start, epochs done/planned, best metric, training time, status."""
 
         def body() -> None:
-            from mnistkit.runs import format_metric, format_seconds, format_started, scan_runs
+            from mnistkit.runs.listing import format_metric, format_seconds, format_started, scan_runs
 
             infos = scan_runs(root)
             con = _console()
@@ -172,9 +172,9 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
             from rich.markup import escape
             from rich.table import Table
 
-            from mnistkit import rundir
             from mnistkit.errors import RunError
-            from mnistkit.runs import is_run_dir, metric_columns, recipe_diff, side_by_side
+            from mnistkit.runs import directory as rundir
+            from mnistkit.runs.listing import is_run_dir, metric_columns, recipe_diff, side_by_side
 
             for d in (run_a, run_b):
                 if not is_run_dir(d):
@@ -220,7 +220,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
             con.print(m)
             for label, d in (("A", run_a), ("B", run_b)):
                 st = rundir.read_status(d)
-                from mnistkit.runs import effective_status
+                from mnistkit.runs.listing import effective_status
 
                 con.print(f"{label}: {escape(str(d))}  status {escape(effective_status(st))}")
 

@@ -3,36 +3,25 @@
 Each builder is ``f(in_shape, **params) -> (module, out_shape)``: ``in_shape`` is the per-sample
 shape (no batch dimension) coming out of the previous layer, so a builder infers the sizes a person
 would not choose (``in_features``, ``in_channels``, ``input_size``, ``num_features``). Every builder
-first calls its pure-Python twin in :mod:`mnistkit.shapes`, which checks the input and computes the
+first calls its pure-Python twin in :mod:`mnistkit.layers.shapes`, which checks the input and computes the
 output shape: ``mnistkit validate`` (no torch) and the real build report the same errors, in the
 same words.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from mnistkit import shapes as S
-from mnistkit.registry import Registries
-from mnistkit.shapes import IntOrPair, Shape, ShapeError
+from mnistkit.layers import shapes as S
+from mnistkit.layers.shapes import IntOrPair, LayerInfo, Shape, ShapeError
+from mnistkit.registry.core import Registries
 
 __all__ = ["LayerInfo", "Shape", "ShapeError", "build_layer", "build_layers"]
 
 Built = tuple[nn.Module, Shape]
-
-
-@dataclass
-class LayerInfo:
-    """One built layer, for the model summary."""
-
-    index: int
-    type: str
-    out_shape: Shape
-    params: int
 
 
 # ------------------------------------------------------------------------------ modules

@@ -32,7 +32,3 @@ class LoadedData:
     std: tuple[float, ...]
     files: list[Path]
     source: str
-
-
-class DataError(Exception):
-    """User-facing data problem: what was looked for, where, and how to fix it."""

@@ -16,7 +16,7 @@ Two datasets:
 
 Features of all files are stored in one ``.npz`` per (dataset, files, feature settings) under
 ``cache_dir``; see :func:`_cache_key` for what invalidates it. librosa, soundfile and torch are
-imported lazily so ``import mnistkit.audio`` (e.g. to validate a recipe) stays cheap.
+imported lazily so ``import mnistkit.data.audio`` (e.g. to validate a recipe) stays cheap.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistkit.datatypes import DataError, LoadedData, Split
+from mnistkit.data.types import LoadedData, Split
+from mnistkit.errors import DataError
 
-log = logging.getLogger("mnistkit.audio")
+log = logging.getLogger("mnistkit.data.audio")
 
 # Bump whenever log_mel() or the file decoding changes its output: it is part of the cache key,
 # so old caches are then ignored instead of silently feeding stale features.

@@ -256,3 +256,9 @@ def run_process_alive(pid: Any) -> bool:
     except OSError:
         return True  # no /proc (macOS) or not ours to read: trust the pid
     return not cmdline or b"python" in cmdline or b"mnistkit" in cmdline
+
+
+def recorded_data_dir(run_dir: Path) -> Path | None:
+    """The ``--data-dir`` recorded in a run's data.json, if any."""
+    info = read_data_info(run_dir) or {}
+    return Path(info["data_dir"]) if info.get("data_dir") else None

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistkit.errors import RunError
-from mnistkit.rundir import atomic_write_text
+from mnistkit.runs.directory import atomic_write_text
 
 if TYPE_CHECKING:
     import torch
 
-    from mnistkit.data import Prepared
-    from mnistkit.datatypes import Split
-    from mnistkit.recipe import Recipe
+    from mnistkit.data.batches import Prepared
+    from mnistkit.data.types import Split
+    from mnistkit.recipe.schema import Recipe
 
 CHECKPOINTS = ("best", "last")
 WORST_SHOWN = 15  # examples in plots/worst.png
@@ -51,7 +51,7 @@ def predict_split(
     """
     import torch
 
-    from mnistkit.data import eval_batches
+    from mnistkit.data.batches import eval_batches
 
     was_training = model.training
     model.eval()
@@ -100,8 +100,8 @@ def write_run_plots(
     recipe: Recipe,
 ) -> list[Path]:
     """curves.png, confusion.png and worst.png of a finished run, under ``run_dir/plots``."""
-    from mnistkit.metrics import confusion_matrix
-    from mnistkit.plots import plot_confusion, plot_curves, plot_worst
+    from mnistkit.evaluation.metrics import confusion_matrix
+    from mnistkit.evaluation.plots import plot_confusion, plot_curves, plot_worst
 
     out = Path(run_dir) / "plots"
     name = recipe.name or Path(run_dir).name
@@ -154,7 +154,7 @@ def checkpoint_when(ckpt: dict[str, Any]) -> str:
 
 
 def load_run_recipe(run_dir: Path) -> Recipe:
-    from mnistkit.recipe import load_recipe
+    from mnistkit.recipe.schema import load_recipe
 
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file():
@@ -164,7 +164,7 @@ def load_run_recipe(run_dir: Path) -> Recipe:
 
 def load_run_checkpoint(run_dir: Path, checkpoint: str) -> tuple[dict[str, Any], Path]:
     """The checkpoint's state (weights_only: refuses files that could run code)."""
-    from mnistkit.checkpoint import load_checkpoint
+    from mnistkit.training.checkpoint import load_checkpoint
 
     path = checkpoint_path(run_dir, checkpoint)
     if not path.exists() and (Path(run_dir) / "recipe.yaml").is_file():
@@ -188,8 +188,8 @@ def rebuild_model(
     device: torch.device,
 ) -> torch.nn.Module:
     """The recipe's model with the checkpoint's weights, in eval mode on ``device``."""
-    from mnistkit.build import build_model
-    from mnistkit.layers import ShapeError
+    from mnistkit.build.components import build_model
+    from mnistkit.layers.shapes import ShapeError
     from mnistkit.registry import registries
 
     try:
@@ -213,11 +213,13 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: Path | None 
     Returns the report (what the JSON holds). The checkpoint is loaded first, so a refused or
     corrupt file fails before any data is read.
     """
-    from mnistkit.build import build_loss
-    from mnistkit.metrics import confusion_matrix, per_class_report
-    from mnistkit.plots import plot_confusion
+    from mnistkit.build.components import build_loss
+    from mnistkit.data.loading import load_data
+    from mnistkit.evaluation.metrics import confusion_matrix, per_class_report
+    from mnistkit.evaluation.plots import plot_confusion
     from mnistkit.registry import registries
-    from mnistkit.runner import configure_device, load_data, recorded_data_dir, resolve_device
+    from mnistkit.runs.directory import recorded_data_dir
+    from mnistkit.training.device import configure_device, resolve_device
 
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file():

@@ -9,7 +9,7 @@ without editing mnistkit, see docs/extending.md.
 
 from __future__ import annotations
 
-from mnistkit.registry import REQUIRED, Param, Registries
+from mnistkit.registry.core import REQUIRED, Param, Registries
 
 P = Param
 
@@ -125,17 +125,17 @@ _OPTIMIZERS: list[tuple[str, str, str, dict[str, Param]]] = [
     ),
 ]
 
-# --- schedulers (targets are factories in mnistkit.schedules; see that module) -----------------
+# --- schedulers (targets are factories in mnistkit.build.schedules; see that module) -----------------
 _SCHEDULERS: list[tuple[str, str, str, dict[str, Param]]] = [
     (
         "constant",
-        "mnistkit.schedules:constant",
+        "mnistkit.build.schedules:constant",
         "keep the optimizer's learning rate (optionally after a linear warm-up)",
         {"warmup_epochs": P("float", 0.0, "linear warm-up length in epochs", ge=0)},
     ),
     (
         "step",
-        "mnistkit.schedules:step",
+        "mnistkit.build.schedules:step",
         "multiply the learning rate by gamma every step_size epochs",
         {
             "step_size": P("int", 1, "epochs between decays", ge=1),
@@ -144,7 +144,7 @@ _SCHEDULERS: list[tuple[str, str, str, dict[str, Param]]] = [
     ),
     (
         "cosine",
-        "mnistkit.schedules:cosine",
+        "mnistkit.build.schedules:cosine",
         "linear warm-up, then cosine decay to min_lr_ratio * lr, updated every batch",
         {
             "warmup_epochs": P("float", 0.0, "linear warm-up length in epochs", ge=0),
@@ -153,7 +153,7 @@ _SCHEDULERS: list[tuple[str, str, str, dict[str, Param]]] = [
     ),
     (
         "onecycle",
-        "mnistkit.schedules:onecycle",
+        "mnistkit.build.schedules:onecycle",
         "Smith's 1cycle: warm up to max_lr, then anneal far below it, updated every batch",
         {
             "max_lr": P("float", REQUIRED, "peak learning rate", gt=0),
@@ -166,7 +166,7 @@ _SCHEDULERS: list[tuple[str, str, str, dict[str, Param]]] = [
     ),
     (
         "plateau",
-        "mnistkit.schedules:plateau",
+        "mnistkit.build.schedules:plateau",
         "multiply the lr by factor when the monitored metric stops improving",
         {
             "factor": P("float", 0.1, "decay factor", gt=0, lt=1),
@@ -188,37 +188,37 @@ _MNIST_LIKE = {"shape": (1, 28, 28), "num_classes": 10, "kind": "image"}
 _DATASETS: list[tuple[str, str, str, dict[str, object]]] = [
     (
         "mnist",
-        "mnistkit.data:mnist",
+        "mnistkit.data.sources:mnist",
         "MNIST handwritten digits, 60k train / 10k test, 28x28 grey (torchvision files)",
         {**_MNIST_LIKE, "download": True},
     ),
     (
         "fashion_mnist",
-        "mnistkit.data:fashion_mnist",
+        "mnistkit.data.sources:fashion_mnist",
         "Fashion-MNIST clothing, 60k train / 10k test, 28x28 grey (also Debian's copy)",
         {**_MNIST_LIKE, "download": True},
     ),
     (
         "kmnist",
-        "mnistkit.data:kmnist",
+        "mnistkit.data.sources:kmnist",
         "Kuzushiji-MNIST cursive Japanese, 60k train / 10k test, 28x28 grey",
         {**_MNIST_LIKE, "download": True},
     ),
     (
         "digits",
-        "mnistkit.data:digits",
+        "mnistkit.data.sources:digits",
         "scikit-learn's bundled 8x8 digits (1,797 images): no files, no network, seconds",
         {"shape": (1, 8, 8), "num_classes": 10, "kind": "image", "download": False},
     ),
     (
         "fsdd",
-        "mnistkit.data:fsdd",
+        "mnistkit.data.sources:fsdd",
         "Free Spoken Digit Dataset: folder of {digit}_{speaker}_{index}.wav, official split",
         {"shape": None, "num_classes": 10, "kind": "audio", "download": False},
     ),
     (
         "audio_folder",
-        "mnistkit.data:audio_folder",
+        "mnistkit.data.sources:audio_folder",
         "any folder of audio files with one sub-folder per class",
         {"shape": None, "num_classes": None, "kind": "audio", "download": False},
     ),
@@ -237,6 +237,6 @@ def register_builtins(reg: Registries) -> None:
         reg.schedulers.register(name, target, desc, params)
     for name, target, desc, meta in _DATASETS:
         reg.datasets.register(name, target, desc, **meta)
-    from mnistkit.layer_catalog import register_layers
+    from mnistkit.registry.layer_builtins import register_layers
 
     register_layers(reg)

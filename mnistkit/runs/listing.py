@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnistkit import rundir
+from mnistkit.runs import directory as rundir
 from mnistkit.errors import RunError
 
 STATUSES = ("finished", "interrupted", "failed", "running")

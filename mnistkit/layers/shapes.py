@@ -7,8 +7,8 @@ Shapes are per sample, without the batch dimension: images ``(C, H, W)``, sequen
 Each built-in layer type has a function here, ``f(in_shape, **params) -> out_shape``, that raises
 :class:`ShapeError` with a sentence (what the layer expects, what it gets, how to fix it). The
 layer catalog points every built-in entry at its function through the entry's ``shape`` meta
-(``"mnistkit.shapes:conv2d"``), so there is one list of layer types, the catalog. The torch
-builders in :mod:`mnistkit.layers` call the same functions for their output shape and their
+(``"mnistkit.layers.shapes:conv2d"``), so there is one list of layer types, the catalog. The torch
+builders in :mod:`mnistkit.layers.modules` call the same functions for their output shape and their
 checks: validation and building cannot disagree, and ``tests/test_layers.py`` checks the
 arithmetic against real forward passes. A plugin layer without a ``shape`` function stops static
 inference at that layer (with a note); ``mnistkit validate --build`` (:func:`dry_run`) still
@@ -23,23 +23,12 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mnistkit.errors import Problem, RecipeError, dotted
-from mnistkit.recipe import OUTPUT_ONLY, LogMel
-from mnistkit.registry import Registries
-
-if TYPE_CHECKING:
-    from mnistkit.layers import LayerInfo
-    from mnistkit.recipe import RecipeBase
+from mnistkit.registry.core import Registries
 
 Shape = tuple[int, ...]
 IntOrPair = int | tuple[int, int]
-
-#: Class count used to build the head when the dataset does not declare one (audio_folder):
-#: only for shape checks; the real run takes it from the data.
-PLACEHOLDER_CLASSES = 2
 
 _TO_SEQUENCE_HINT = (
     "to_sequence turns a (channels, freq, time) map into a (time, channels*freq) sequence by "
@@ -479,78 +468,14 @@ def attention_pool(in_shape: Shape, *, hidden_size: int = 64, in_features: int |
     return (in_shape[1],)
 
 
-# ----------------------------------------------------------------------- the model's layer list
 @dataclass(frozen=True)
-class LayerSpec:
-    """One layer of the model as built: ``{type: ..., **params}`` plus where the recipe says so."""
+class LayerInfo:
+    """One built layer, for the model summary."""
 
-    spec: dict[str, Any]
-    loc: tuple[Any, ...]  # path in the recipe document, for file:line:col
-    field: str  # dotted field name for messages, "model.layers[3]"
-
-    def at(self, param: str | None) -> tuple[tuple[Any, ...], str]:
-        """(loc, field) of one of this layer's parameters, when the recipe wrote the layer."""
-        written = len(self.loc) == 3 and self.loc[:2] == ("model", "layers")
-        if param is None or not written:
-            return self.loc, self.field
-        return (*self.loc, param), f"{self.field}.{param}"
-
-
-def layer_specs(recipe: RecipeBase, num_classes: int, reg: Registries) -> list[LayerSpec]:
-    """The model as an explicit layer list; the MLP shorthand expands to the same vocabulary."""
-    m = recipe.model
-    expects = reg.losses.get(recipe.loss.name).meta.get("expects", "logits")
-    out: list[LayerSpec] = []
-    if m.layers is not None:
-        for i, layer in enumerate(m.layers):
-            loc = ("model", "layers", i)
-            out.append(LayerSpec(layer.model_dump(), loc, dotted(loc)))
-        # The classifier head: a final linear to num_classes unless the list already ends in a
-        # linear (its width is checked against the class count) or an output activation, so
-        # recipes need not know the class count.
-        last = out[-1].spec["type"]
-        if last != "linear" and last not in OUTPUT_ONLY:
-            head = {"type": "linear", "out_features": num_classes, "bias": True}
-            out.append(LayerSpec(head, ("model", "layers"), "model.layers (classifier head)"))
-    else:
-        act = m.activation.model_dump()
-        act_name = act.pop("name")
-        out.append(LayerSpec({"type": "flatten"}, ("model", "hidden"), "model.hidden"))
-        for j, width in enumerate(m.hidden or []):
-            loc = ("model", "hidden", j)
-            out.append(LayerSpec({"type": "linear", "out_features": width, "bias": True}, loc, dotted(loc)))
-            out.append(LayerSpec({"type": act_name, **act}, ("model", "activation"), "model.activation"))
-            if m.dropout > 0:
-                out.append(
-                    LayerSpec({"type": "dropout", "p": m.dropout}, ("model", "dropout"), "model.dropout")
-                )
-        # No activation after the last linear: cross_entropy needs raw logits.
-        head = {"type": "linear", "out_features": num_classes, "bias": True}
-        out.append(LayerSpec(head, ("model", "hidden"), "model.hidden (classifier head)"))
-        if m.output_activation and m.output_activation != "log_softmax":
-            loc = ("model", "output_activation")
-            out.append(LayerSpec({"type": m.output_activation}, loc, dotted(loc)))
-    if expects == "log_probs" and out[-1].spec["type"] != "log_softmax":
-        # nll needs log-probabilities
-        out.append(LayerSpec({"type": "log_softmax"}, ("loss",), "loss (log_softmax for nll)"))
-    return out
-
-
-def input_shape(recipe: RecipeBase, reg: Registries) -> Shape | None:
-    """Per-sample input shape from the dataset declaration, or None when it declares none.
-
-    Image datasets declare ``shape`` in their registry meta; audio datasets give
-    ``(1, n_mels, frames)`` from ``data.features`` (one log-mel map per clip).
-    """
-    meta = reg.datasets.get(recipe.data.dataset).meta
-    if meta.get("shape"):
-        return tuple(int(n) for n in meta["shape"])
-    if meta.get("kind") == "audio":
-        f = recipe.data.features
-        if f is None:
-            f = LogMel()
-        return (1, f.n_mels, f.frames)
-    return None
+    index: int
+    type: str
+    out_shape: Shape
+    params: int
 
 
 def _resolve(target: str | Callable[..., Shape]) -> Callable[..., Shape]:
@@ -614,202 +539,3 @@ def infer(specs: list[dict[str, Any]], in_shape: Shape, reg: Registries) -> Infe
             return result
         result.shapes.append(shape)
     return result
-
-
-Where = Callable[[tuple[Any, ...], bool], str]
-
-
-def check_model(recipe: RecipeBase, reg: Registries, where: Where) -> tuple[list[Problem], list[str]]:
-    """Static shape check of the recipe's model: (problems, notes). Called by check_recipe.
-
-    ``where(loc, key)`` turns a document path into ``file:line:col``. Notes say what could not be
-    checked statically (no input shape, a plugin layer without a shape function).
-    """
-    in_shape = input_shape(recipe, reg)
-    if in_shape is None:
-        return [], [
-            f"dataset {recipe.data.dataset!r} declares no input shape: layer shapes are checked "
-            "when the model is built (mnistkit validate --build, or at the start of a run)"
-        ]
-    declared = reg.datasets.get(recipe.data.dataset).meta.get("num_classes")
-    layers = layer_specs(recipe, declared or PLACEHOLDER_CLASSES, reg)
-    result = infer([ls.spec for ls in layers], in_shape, reg)
-    if result.error is not None:
-        idx = result.error.index or 0
-        ls = layers[idx]
-        loc, field = ls.at(result.error.param)
-        return [Problem(where(loc, False), field, result.error.message, result.error.hint)], []
-    if result.skipped_at is not None:
-        i = result.skipped_at
-        kind = layers[i].spec["type"]
-        return [], [
-            f"layer {i} ({kind}) has no shape function: shapes from layer {i} on are checked by "
-            "`mnistkit validate --build` (or at the start of a run)"
-        ]
-    out = result.shapes[-1]
-    if declared is not None and out != (declared,):
-        ls = layers[-1]
-        return [Problem(where(ls.loc, False), ls.field, *_output_mismatch(out, declared, recipe))], []
-    return [], []
-
-
-def _output_mismatch(out: Shape, num_classes: int, recipe: RecipeBase) -> tuple[str, str]:
-    n = len(out)
-    if n == 1:
-        return (
-            f"the model outputs {out[0]} values per sample, but {recipe.data.dataset} has "
-            f"{num_classes} classes",
-            f"set the last linear layer's out_features to {num_classes} (or leave that layer "
-            "out: a list that does not end in a linear gets a classifier head appended)",
-        )
-    return (
-        f"the model outputs shape {fmt(out)} per sample; a classifier needs ({num_classes},)",
-        "reduce to one vector per sample before the classifier: flatten, adaptive_avgpool2d + "
-        "flatten, attention_pool, or an lstm/gru with return: last",
-    )
-
-
-def static_notes(recipe: RecipeBase, reg: Registries) -> list[str]:
-    """What static validation could not check for ``recipe`` (for ``mnistkit validate``)."""
-    if recipe.model.layers is None and recipe.model.hidden is None:
-        return []
-    return check_model(recipe, reg, lambda loc, key: "")[1]
-
-
-# ----------------------------------------------------------------------------- --build
-def dry_run(recipe: RecipeBase, path: str | Path | None = None) -> list[LayerInfo]:
-    """Build the real model and push a zero batch of 2 through it (eval mode, no gradients).
-
-    Everything static inference cannot see (plugin layers, torch's own checks) shows up here;
-    a failure becomes a :class:`RecipeError` naming the layer, its input shape and its line in
-    ``path``, not a stack trace. Returns the built layers (for a summary).
-    """
-    import torch
-
-    from mnistkit.layers import build_layer
-    from mnistkit.registry import registries
-
-    reg = registries()
-    doc = _located(path)
-
-    def problem(ls: LayerSpec | None, message: str, hint: str = "", param: str | None = None) -> RecipeError:
-        loc, field = ls.at(param) if ls is not None else (("model",), "model")
-        return RecipeError([Problem(_where(doc, loc, path), field, message, hint)])
-
-    in_shape = input_shape(recipe, reg)
-    if in_shape is None:
-        raise RecipeError(
-            [
-                Problem(
-                    _where(doc, ("data", "dataset"), path),
-                    "data.dataset",
-                    f"dataset {recipe.data.dataset!r} declares no input shape, so --build "
-                    "cannot make a batch for it",
-                    "the plugin should register the dataset with shape=(C, H, W) meta",
-                )
-            ]
-        )
-    declared = reg.datasets.get(recipe.data.dataset).meta.get("num_classes")
-    layers = layer_specs(recipe, declared or PLACEHOLDER_CLASSES, reg)
-
-    # Build layer by layer (same code as build_layers) to know which one fails.
-    torch.manual_seed(recipe.seed)
-    modules: list[torch.nn.Module] = []
-    claimed: list[Shape] = []
-    infos: list[LayerInfo] = []
-    shape = tuple(in_shape)
-    from mnistkit.layers import LayerInfo as _LayerInfo
-
-    for i, ls in enumerate(layers):
-        kind = ls.spec["type"]
-        try:
-            module, out = build_layer(ls.spec, shape, reg)
-        except ShapeError as exc:
-            raise problem(ls, exc.at(i, kind).message, exc.hint, exc.param) from None
-        except Exception as exc:  # torch's own argument checks, or a plugin builder's bug
-            raise problem(
-                ls,
-                f"layer {i} ({kind}): cannot be built for input {fmt(shape)}: "
-                f"{type(exc).__name__}: {_first_line(exc)}",
-            ) from None
-        modules.append(module)
-        claimed.append(tuple(out))
-        infos.append(_LayerInfo(i, kind, tuple(out), sum(p.numel() for p in module.parameters())))
-        shape = tuple(out)
-
-    model = torch.nn.Sequential(*modules).eval()
-    inputs: dict[int, Shape] = {}
-    current: list[int] = [-1]
-
-    def pre_hook(idx: int) -> Callable[..., None]:
-        def hook(_m: Any, args: tuple[Any, ...]) -> None:
-            current[0] = idx
-            inputs[idx] = tuple(args[0].shape[1:])
-
-        return hook
-
-    def post_hook(idx: int) -> Callable[..., None]:
-        # A builder (e.g. a plugin's) whose declared out_shape is not what its module produces
-        # misleads every later layer and the summary: stop at the layer that lies.
-        def hook(_m: Any, _args: tuple[Any, ...], out: Any) -> None:
-            real = tuple(out.shape[1:])
-            if real != claimed[idx]:
-                raise _Mismatch(claimed[idx], real)
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(pre_hook(i)) for i, m in enumerate(model)]
-    handles += [m.register_forward_hook(post_hook(i)) for i, m in enumerate(model)]
-    try:
-        with torch.no_grad():
-            y = model(torch.zeros((2, *in_shape)))
-    except _Mismatch as exc:
-        i = current[0]
-        raise problem(
-            layers[i],
-            f"layer {i} ({layers[i].spec['type']}): its builder says it outputs "
-            f"{fmt(exc.claimed)}, the forward pass gives {fmt(exc.real)}",
-            "the layer's builder computes its out_shape wrongly",
-        ) from None
-    except Exception as exc:
-        i = current[0]
-        ls = layers[i] if i >= 0 else None
-        kind = ls.spec["type"] if ls else "?"
-        raise problem(
-            ls,
-            f"layer {i} ({kind}): forward pass failed on input {fmt(inputs.get(i, in_shape))} "
-            f"(batch of 2): {type(exc).__name__}: {_first_line(exc)}",
-        ) from None
-    finally:
-        for h in handles:
-            h.remove()
-    if declared is not None and tuple(y.shape[1:]) != (declared,):
-        raise problem(layers[-1], *_output_mismatch(tuple(y.shape[1:]), declared, recipe))
-    return infos
-
-
-class _Mismatch(Exception):
-    def __init__(self, claimed: Shape, real: Shape) -> None:
-        self.claimed, self.real = claimed, real
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
-
-
-def _located(path: str | Path | None) -> Any:
-    if path is None:
-        return None
-    from mnistkit.yamlio import load_file
-
-    try:
-        return load_file(Path(path))
-    except RecipeError:
-        return None  # it loaded a moment ago; positions are a nicety, not a requirement
-
-
-def _where(doc: Any, loc: tuple[Any, ...], path: str | Path | None) -> str:
-    if doc is not None:
-        return str(doc.where(loc))
-    return str(path) if path is not None else "<recipe>"

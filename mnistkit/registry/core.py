@@ -6,7 +6,7 @@ description, and the parameters the entry accepts with their types and ranges. T
 is generated from these declarations, so validation needs no torch either.
 
 Nothing registers itself on import. The built-in entries are added by
-:func:`mnistkit.catalog.register_builtins` when :func:`registries` is first called; users add
+:func:`mnistkit.registry.builtins.register_builtins` when :func:`registries` is first called; users add
 their own through a plugin module (``plugins:`` in a recipe, or the ``mnistkit.plugins``
 entry-point group) whose ``register(reg)`` function is called explicitly.
 """
@@ -220,33 +220,3 @@ class Registries:
 
 class PluginError(Exception):
     """A plugin that cannot be imported or does not follow the plugin protocol."""
-
-
-_REGISTRIES: Registries | None = None
-ENTRY_POINT_GROUP = "mnistkit.plugins"
-
-
-def registries() -> Registries:
-    """The process-wide registries: built-ins plus installed entry-point plugins."""
-    global _REGISTRIES
-    if _REGISTRIES is None:
-        from mnistkit.catalog import register_builtins
-
-        reg = Registries()
-        register_builtins(reg)
-        _load_entry_points(reg)
-        _REGISTRIES = reg
-    return _REGISTRIES
-
-
-def reset_registries() -> None:
-    """Forget plugins (tests use this to start from the built-ins)."""
-    global _REGISTRIES
-    _REGISTRIES = None
-
-
-def _load_entry_points(reg: Registries) -> None:
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        reg.load_plugin(ep.value.partition(":")[0])

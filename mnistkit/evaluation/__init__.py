@@ -1,0 +1,1 @@
+"""Trained runs: ``eval``, ``predict``, classification metrics and plots."""

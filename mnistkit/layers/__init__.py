@@ -1,0 +1,1 @@
+"""Model layers: torch-free shape arithmetic (``shapes``) and the torch modules (``modules``)."""

@@ -1,0 +1,181 @@
+"""The recipe's sections as pydantic models: every field, its default and its docstring.
+
+Defaults live in these field declarations and nowhere else; each field's docstring is its
+documentation (JSON Schema, ``docs/recipe.md`` and ``mnistkit fields`` are generated from it).
+Registry-backed keys (``loss``, ``optimizer``, ``scheduler``, ``model.activation``, ``model.layers``,
+``data.dataset``) are typed ``Any`` here; :mod:`mnistkit.recipe.schema` generates their real types
+from the registries.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+PosInt = Annotated[StrictInt, Field(ge=1)]
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, docstrings are documentation."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class Normalize(Section):
+    """Explicit normalization: x = (pixel/255 - mean) / std, one value per channel."""
+
+    mean: list[float] = Field(min_length=1)
+    """Per-channel mean of the [0, 1]-scaled inputs."""
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    """Per-channel standard deviation (> 0)."""
+
+
+class LogMel(Section):
+    """Log-mel spectrogram features for audio datasets, computed once with librosa and cached."""
+
+    type: Literal["log_mel"] = "log_mel"
+    """Feature kind (only log_mel for now)."""
+    sample_rate: PosInt = 8000
+    """Audio is resampled to this rate (Hz) on load. FSDD is recorded at 8 kHz."""
+    n_fft: PosInt = 2048
+    """FFT window length in samples (the tutorial's 2048)."""
+    hop_length: PosInt = 512
+    """Samples between successive frames (the tutorial's 512)."""
+    n_mels: PosInt = 128
+    """Number of mel bands: the feature map's height."""
+    frames: PosInt = 32
+    """Clips are padded or cropped to this many frames: the feature map's width."""
+    fmax: Annotated[float, Field(gt=0)] | None = None
+    """Highest mel band edge in Hz (default: sample_rate / 2)."""
+
+
+class DataSection(Section):
+    """Where the examples come from and how they are batched."""
+
+    dataset: str
+    """Registry name of the dataset (see `mnistkit list datasets`)."""
+    root: str | None = None
+    """Folder with the dataset's files. Overridden by --data-dir; else $MNISTKIT_DATA; else a
+    per-user cache folder."""
+    download: StrictBool = True
+    """Download the dataset if its files are not found (only datasets that support it)."""
+    batch_size: PosInt = 64
+    """Training examples per optimizer step."""
+    eval_batch_size: PosInt = 1000
+    """Examples per forward pass during evaluation: large, since no gradients are kept."""
+    shuffle: StrictBool = True
+    """Visit the training set in a fresh random order every epoch."""
+    drop_last: StrictBool = False
+    """Drop the last partial training batch of each epoch (default keeps it: every sample is seen
+    once per epoch)."""
+    limit: PosInt | None = None
+    """Use only the first N training examples (quick runs and tests)."""
+    test_limit: PosInt | None = None
+    """Use only the first N test examples."""
+    val_split: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Fraction of the training set held out (seeded) as a validation set, evaluated every epoch."""
+    normalize: Literal["auto", "none"] | Normalize = "auto"
+    """'auto' uses the dataset's own mean/std (MNIST: 0.1307/0.3081), 'none' only scales to
+    [0, 1], or give {mean: [...], std: [...]}."""
+    loader: Literal["memory", "dataloader"] = "memory"
+    """'memory': decode once into one tensor on the training device and batch by indexing (fast).
+    'dataloader': torch DataLoader over the same tensors with workers (for data that does not fit
+    in memory, or to compare)."""
+    num_workers: Annotated[StrictInt, Field(ge=0)] | None = None
+    """DataLoader worker processes (loader: dataloader); default 0: for tensors already in memory
+    workers only add inter-process copies (docs/performance.md)."""
+    features: LogMel | None = None
+    """Audio feature extraction (audio datasets only; defaults apply when omitted)."""
+    skip_bad_files: StrictBool = False
+    """Audio: skip unreadable files (they are listed) instead of stopping before training."""
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    """audio_folder without train/ and test/ sub-folders: fraction of each class put in the test
+    set (seeded, by file name)."""
+
+
+class ModelSection(Section):
+    """The network: either the MLP shorthand (hidden + activation) or a list of layers."""
+
+    hidden: list[PosInt] | None = Field(default=None, min_length=1)
+    """MLP shorthand: widths of the hidden layers; input size and class count come from the
+    dataset. [512, 256, 128, 64] is the tutorial's 784-512-256-128-64-10 network."""
+    activation: Any = "relu"
+    """Activation after every hidden layer (MLP shorthand): a name or {name: ..., params}."""
+    output_activation: str | None = None
+    """Activation after the last layer. Leave unset with cross_entropy (it needs raw logits);
+    with nll, log_softmax is appended automatically."""
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """MLP shorthand: dropout probability after every hidden activation."""
+    layers: list[Any] | None = Field(default=None, min_length=1)
+    """Explicit layer list, [{type: conv2d, out_channels: 32, kernel_size: 3}, ...]. Sizes that
+    follow from the input (in_features, in_channels, input_size) are inferred."""
+
+
+class EarlyStopping(Section):
+    """Stop when the monitored metric has not improved for `patience` epochs."""
+
+    patience: PosInt = 3
+    """Epochs without improvement before stopping."""
+    metric: Literal["auto", "train_loss", "test_loss", "test_acc", "val_loss", "val_acc"] = "auto"
+    """Metric to monitor; 'auto': val_loss with a validation split, else test_loss."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """'auto': max for accuracies, min for losses."""
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+    """Smallest change that counts as an improvement."""
+
+
+class TrainSection(Section):
+    """How the loop runs: device, precision, stopping rules, checkpoints, display."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """'auto' picks CUDA, then MPS, then CPU."""
+    threads: PosInt | None = None
+    """CPU threads for torch; default: the number of physical cores available."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast for forward passes (CUDA; on CPU only if supported). Weights stay fp32."""
+    compile: StrictBool = False
+    """torch.compile the model; compile time is reported apart from training time."""
+    target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Stop as soon as test (or validation) accuracy reaches this fraction, e.g. 0.88."""
+    grad_clip: Annotated[float, Field(gt=0)] | None = None
+    """Clip the global gradient norm to this value."""
+    early_stopping: EarlyStopping | None = None
+    """Stop when a metric stops improving (see EarlyStopping)."""
+    best_metric: Literal["auto", "test_acc", "test_loss", "val_acc", "val_loss"] = "auto"
+    """Metric that picks the `best` checkpoint; 'auto': val_acc with a validation split, else
+    test_acc."""
+    checkpoint: StrictBool = True
+    """Write `last` and `best` checkpoints to the run directory (needed for --resume)."""
+    tensorboard: StrictBool = False
+    """Also log metrics to TensorBoard (run directory / tb); needs the tensorboard package."""
+    plots: StrictBool = True
+    """Write PNG plots (curves, confusion matrix, worst mistakes) at the end of the run."""
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+    """'auto': live Rich display on a terminal, plain lines otherwise (CI logs)."""
+
+
+class RecipeBase(Section):
+    """One training run. Only `data` and `model` are required."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)] | None = None
+    """Run name (run directories are <name>-<timestamp>); default: the recipe file's name."""
+    seed: Annotated[StrictInt, Field(ge=0)] = 0
+    """Seeds weights, shuffling and splits: the same seed gives the same run on CPU."""
+    plugins: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = []
+    """Python modules whose register(reg) function adds activations, layers, optimizers, losses
+    or datasets (imported from the recipe's folder or sys.path)."""
+    data: DataSection
+    """Dataset, batching and preprocessing."""
+    model: ModelSection
+    """The network."""
+    loss: Any = "cross_entropy"
+    """Training objective: a name or {name: ..., params}; see `mnistkit list losses`."""
+    optimizer: Any = "adam"
+    """Optimizer and its parameters, e.g. {name: sgd, lr: 0.01, momentum: 0.5}."""
+    scheduler: Any = None
+    """Learning-rate schedule, e.g. {name: onecycle, max_lr: 0.1}; default: constant lr."""
+    epochs: PosInt = 10
+    """Passes over the training set."""
+    train: TrainSection = TrainSection()
+    """Loop options."""

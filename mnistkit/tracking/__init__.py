@@ -1,0 +1,1 @@
+"""Trackers: consumers of the training loop's hooks (the live console display)."""

@@ -1,0 +1,1 @@
+"""Training: the one loop (``loop``), checkpoints (``checkpoint``) and the device set-up."""

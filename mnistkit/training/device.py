@@ -1,0 +1,62 @@
+"""The training device and its threads: which device, how many CPU threads, GPU math settings."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from mnistkit.errors import RunError
+from mnistkit.recipe.sections import RecipeBase
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("train.device is 'cuda' but no CUDA device is available; use device: auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RunError("train.device is 'mps' but MPS is not available; use device: auto or cpu")
+    return torch.device(name)
+
+
+def default_threads() -> int:
+    # One intra-op thread per core we may run on. Measured on the 2-core dev machine (mlp5,
+    # batch 64, docs/performance.md): 2 threads 1.6 s/epoch, 1 thread 2.2 s. More threads than
+    # cores only adds contention, and torch's own default can count hyperthreads or the whole
+    # host inside a container. (The inter-op pool is left alone: eager training never uses it.)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_device(recipe: RecipeBase, device: torch.device) -> int:
+    threads = recipe.train.threads or default_threads()
+    torch.set_num_threads(threads)
+    if device.type == "cuda":
+        # TF32 tensor cores for fp32 matmuls and convolutions: several times the fp32 rate for a
+        # 10-bit mantissa in the products, which these classifiers do not notice.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        # Input shapes are fixed for a whole run: let cuDNN time its conv algorithms once.
+        torch.backends.cudnn.benchmark = True
+    return threads
+
+
+def _busy_note(threads: int) -> str:
+    """A hint when other jobs load the CPU: torch's threads spin-wait for each other, so one busy
+    core can make a 2-thread step 5-10x slower (measured in docs/performance.md)."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return ""
+    if threads > 1 and load >= threads:  # a whole core-count of other work: a concurrent job
+        return (
+            f"; load average {load:.1f}: if other jobs are running and training is slow, set train.threads: 1"
+        )
+    return ""
