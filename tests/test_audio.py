@@ -300,3 +300,28 @@ def test_audio_folder_errors(tmp_path: Path) -> None:
         load_audio_folder(root, SPEC, None, skip_bad=False)
     data = load_audio_folder(root, SPEC, None, skip_bad=True)
     assert len(data.train.y) + len(data.test.y) == 4
+
+
+@pytest.mark.parametrize("layout", ["train_test", "flac_only"])
+def test_audio_folder_root_is_found_for_every_documented_layout(tmp_path: Path, layout: str) -> None:
+    """`data.root`/--data-dir pointing at a train/+test/ folder, or at FLAC/OGG-only class folders,
+    is the dataset root (it was rejected: the search looked for *.wav one level deep only)."""
+    from mnistkit.data.sources import DataContext, audio_folder
+    from mnistkit.recipe.schema import load_recipe_text
+
+    root = tmp_path / "ds"
+    if layout == "train_test":
+        _two_class_folder(root / "train", n=3)
+        _sine(root / "test" / "low" / "t0.wav", 210)
+        _sine(root / "test" / "high" / "t1.wav", 2600)
+    else:
+        for i in range(3):
+            _sine(root / "low" / f"l{i}.flac", 200 + 5 * i)
+            _sine(root / "high" / f"h{i}.ogg", 2500 + 5 * i)
+    recipe = load_recipe_text(
+        "data: {dataset: audio_folder, test_fraction: 0.34}\nmodel: {hidden: [8]}\n", "af.yaml"
+    )
+    ctx = DataContext(section=recipe.data, roots=[root], download_root=None, cache_dir=tmp_path / "c", seed=0)
+    data = audio_folder(ctx)
+    assert data.classes == ["high", "low"]
+    assert len(data.train.y) + len(data.test.y) == (6 if layout == "flac_only" else 8)

@@ -107,16 +107,27 @@ def _progress(ctx: DataContext) -> Callable[[int, int], None] | None:
     return lambda done, total: report("extracting features", done, total)
 
 
+def _holds_audio(folder: Path) -> bool:
+    """Audio files directly in ``folder``, in class sub-folders, or in train/ and test/ class folders."""
+    from mnistkit.data.audio import AUDIO_EXTENSIONS
+
+    return any(
+        f.suffix.lower() in AUDIO_EXTENSIONS
+        for pattern in ("*", "*/*", "*/*/*")
+        for f in folder.glob(pattern)
+    )
+
+
 def _find_audio_root(ctx: DataContext, names: tuple[str, ...]) -> Path:
     tried: list[str] = []
     for root in ctx.roots:
         for sub in names:
             cand = root / sub if sub else root
             tried.append(str(cand))
-            if cand.is_dir() and (any(cand.glob("*.wav")) or any(cand.glob("*/*.wav"))):
+            if cand.is_dir() and _holds_audio(cand):
                 return cand
     raise DataError(
-        f"dataset {ctx.section.dataset!r}: no folder of WAV files found. Looked in:\n  "
+        f"dataset {ctx.section.dataset!r}: no folder of audio files (.wav, .flac, .ogg) found. Looked in:\n  "
         + "\n  ".join(tried)
         + "\nFix: pass --data-dir DIR (the folder with the recordings, or its parent), set "
         "data.root in the recipe, or set MNISTKIT_DATA."
