@@ -107,7 +107,11 @@ def _load_text(text: str, source: str) -> Located:
         msg = exc.problem or str(exc)
         ctx = f" ({exc.context})" if exc.context else ""
         raise RecipeError(
-            [Problem(_where(source, exc), "", f"YAML syntax error: {msg}{ctx}", _syntax_hint(msg))]
+            [
+                Problem(
+                    _where(source, exc), "", f"YAML syntax error: {msg}{ctx}", _syntax_hint(msg, exc, source)
+                )
+            ]
         ) from None
     except yaml.YAMLError as exc:
         raise RecipeError([Problem(source, "", f"YAML error: {exc}")]) from None
@@ -162,8 +166,28 @@ _SYNTAX_HINTS = (
 )
 
 
-def _syntax_hint(msg: str) -> str:
-    return next((hint for key, hint in _SYNTAX_HINTS if key in msg), "")
+_OPENERS = {"flow sequence": "[", "flow mapping": "{"}
+
+
+def _syntax_hint(msg: str, exc: yaml.MarkedYAMLError | None = None, source: str = "") -> str:
+    """What usually causes ``msg``; for an unclosed ``[``/``{`` also where it was opened.
+
+    The parser only gives up at the next token it cannot use (often the next line), so the
+    place that needs the fix is the context mark: the bracket that was never closed.
+    """
+    hint = next((hint for key, hint in _SYNTAX_HINTS if key in msg), "")
+    where_opened = ""
+    if exc is not None and exc.context_mark is not None and exc.problem_mark is not None:
+        ctx, cm, pm = exc.context or "", exc.context_mark, exc.problem_mark
+        if (cm.line, cm.column) != (pm.line, pm.column):
+            opener = next((o for what, o in _OPENERS.items() if what in ctx), None)
+            started = (
+                f"the {opener!r} opened at {_pos(source, cm)}"
+                if opener
+                else f"{ctx.removeprefix('while ')} started at {_pos(source, cm)}"
+            )
+            where_opened = f"{started} is not closed" if opener else started
+    return "; ".join(part for part in (where_opened, hint) if part)
 
 
 def load_file(path: Path) -> Located:
