@@ -97,3 +97,14 @@ def test_mlp5_is_the_tutorial_network() -> None:
     assert recipe.data.batch_size == 64 and recipe.data.shuffle is True
     assert recipe.epochs == 10
     assert recipe.scheduler is None  # constant learning rate, as in the tutorial
+
+
+@pytest.mark.parametrize(
+    ("stem", "name"),
+    [("_draft", "draft"), ("my draft (2)", "my-draft-2"), ("...", "run"), ("-x-", "x"), ("mlp5", "mlp5")],
+)
+def test_run_name_from_any_file_name_is_valid(tmp_path: Path, stem: str, name: str) -> None:
+    """A recipe file called `_draft.yaml` validates (it failed on `name` at 1:1, a key never written)."""
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text("data: {dataset: digits}\nmodel: {hidden: [8]}\n")
+    assert load_recipe(path).name == name

@@ -185,6 +185,14 @@ def load_recipe_text(
     return validate_document(load_text(text, source), overrides or [], reg, default_name="run")
 
 
+def default_run_name(stem: str) -> str:
+    """A valid run name from a recipe file's name: ``_draft`` -> ``draft``, ``my draft (2)`` ->
+    ``my-draft-2``; ``run`` when nothing usable is left (the pattern of ``RecipeBase.name``)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-")
+    name = re.sub(r"^[^A-Za-z0-9]+", "", name)  # must start with a letter or digit
+    return name[:80].rstrip("-") or "run"
+
+
 def validate_document(
     doc: Located,
     overrides: list[str],
@@ -209,7 +217,7 @@ def validate_document(
     cls = recipe_model(reg)
     data = dict(doc.data)
     if data.get("name") is None:
-        data["name"] = re.sub(r"[^A-Za-z0-9_.-]", "-", default_name) or "run"
+        data["name"] = default_run_name(default_name)
     try:
         recipe = cls.model_validate(data)
     except ValidationError as exc:
