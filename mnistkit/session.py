@@ -253,7 +253,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         compile_seconds = time.perf_counter() - t0
         reporter.message(f"compiled the model in {compile_seconds:.1f} s (not counted as training time)")
 
-    rundir.write_recipe(run_dir, resolved_dict(recipe))
+    rundir.write_recipe(run_dir, resolved_dict(recipe, reg))
     rundir.write_data_info(run_dir, data_info(recipe, data, data_dir))
     rundir.write_env(
         run_dir,

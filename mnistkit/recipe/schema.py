@@ -41,7 +41,7 @@ from mnistkit.recipe.sections import (
 )
 from mnistkit.recipe.yamlio import Located, apply_overrides, load_file, load_text
 from mnistkit.registry import registries as _registries
-from mnistkit.registry.core import REQUIRED, Entry, Param, PluginError, Registries, Registry
+from mnistkit.registry.core import REQUIRED, Entry, Param, PluginError, Registries
 from mnistkit.registry.core import did_you_mean as _dym
 
 # --------------------------------------------------------------------------- generated schema
@@ -480,8 +480,49 @@ def check_recipe(
                 )
             )
 
+    if m.layers is not None:
+        for key in MLP_ONLY:
+            if key in m.model_fields_set:
+                problems.append(
+                    Problem(
+                        where("model", key, key=True),
+                        f"model.{key}",
+                        f"model.{key} applies to the MLP shorthand (model.hidden) and would be "
+                        "ignored next to model.layers",
+                        "put it in the layer list instead, e.g. {type: relu} or {type: dropout, p: 0.2} "
+                        "between layers, or remove the key",
+                    )
+                )
+
     kind = reg.datasets.get(recipe.data.dataset).meta.get("kind")
     data = recipe.data
+    if data.num_workers is not None and data.loader == "memory":
+        problems.append(
+            Problem(
+                where("data", "num_workers", key=True),
+                "data.num_workers",
+                "num_workers applies to loader: dataloader; the memory loader has no workers",
+                "set data.loader: dataloader, or remove num_workers",
+            )
+        )
+    reads = _dataset_reads(recipe, reg)
+    if reads is not None:
+        for key in DATASET_OPTIONS:
+            if key in data.model_fields_set and key not in reads:
+                problems.append(
+                    Problem(
+                        where("data", key, key=True),
+                        f"data.{key}",
+                        f"dataset {data.dataset!r} does not use data.{key}: it would be ignored",
+                        "remove the key (datasets that use it: "
+                        + ", ".join(
+                            n
+                            for n in reg.datasets.names()
+                            if key in (reg.datasets.get(n).meta.get("reads") or ())
+                        )
+                        + ")",
+                    )
+                )
     if kind == "audio" and data.features is None:
         data = data.model_copy(update={"features": LogMel()})
     if kind != "audio" and data.features is not None:
@@ -560,10 +601,39 @@ def _logits_problem(where: str, field: str, act: str, loss: str, in_list: bool =
     )
 
 
-def resolved_dict(recipe: RecipeBase) -> dict[str, Any]:
-    """The fully resolved recipe as plain data (every default spelled out), re-runnable as is."""
-    return recipe.model_dump(mode="json")
+def resolved_dict(recipe: RecipeBase, reg: Registries | None = None) -> dict[str, Any]:
+    """The fully resolved recipe as plain data (every default spelled out), re-runnable as is.
+
+    Keys that do not apply to this recipe are left out rather than spelled out, because writing
+    them is an error (:func:`check_recipe`): the MLP shorthand's ``activation``/``dropout`` next
+    to ``model.layers``, and data options the dataset declares it does not read.
+    """
+    out = recipe.model_dump(mode="json")
+    if recipe.model.layers is not None:
+        for key in MLP_ONLY:
+            out["model"].pop(key, None)
+    reads = _dataset_reads(recipe, reg or _registries())
+    if reads is not None:
+        for key in DATASET_OPTIONS:
+            if key not in reads:
+                out["data"].pop(key, None)
+    return out
 
 
-def registry_for(reg: Registries, kind: str) -> Registry:
-    return reg.by_kind()[kind]
+#: Model keys that belong to the MLP shorthand (``model.hidden``) only.
+MLP_ONLY = ("activation", "dropout")
+#: Data keys only some dataset loaders read; each dataset declares the ones it reads
+#: (``reads`` meta in its registry entry; a plugin dataset without it is not checked).
+DATASET_OPTIONS = ("skip_bad_files", "test_fraction")
+
+
+def _readers(reg: Registries, key: str) -> list[str]:
+    return [n for n in reg.datasets.names() if key in (reg.datasets.get(n).meta.get("reads") or ())]
+
+
+def _dataset_reads(recipe: RecipeBase, reg: Registries) -> tuple[str, ...] | None:
+    name = recipe.data.dataset
+    if name not in reg.datasets:
+        return None
+    reads = reg.datasets.get(name).meta.get("reads")
+    return None if reads is None else tuple(reads)

@@ -184,7 +184,9 @@ _SCHEDULERS: list[tuple[str, str, str, dict[str, Param]]] = [
 
 
 # --- datasets ---------------------------------------------------------------------------------
-_MNIST_LIKE = {"shape": (1, 28, 28), "num_classes": 10, "kind": "image"}
+# `reads`: the optional data keys (DATASET_OPTIONS in recipe/schema.py) the loader uses; a key it does
+# not read is an error in a recipe rather than silently ignored.
+_MNIST_LIKE = {"shape": (1, 28, 28), "num_classes": 10, "kind": "image", "reads": ()}
 _DATASETS: list[tuple[str, str, str, dict[str, object]]] = [
     (
         "mnist",
@@ -208,19 +210,25 @@ _DATASETS: list[tuple[str, str, str, dict[str, object]]] = [
         "digits",
         "mnistkit.data.sources:digits",
         "scikit-learn's bundled 8x8 digits (1,797 images): no files, no network, seconds",
-        {"shape": (1, 8, 8), "num_classes": 10, "kind": "image", "download": False},
+        {"shape": (1, 8, 8), "num_classes": 10, "kind": "image", "download": False, "reads": ()},
     ),
     (
         "fsdd",
         "mnistkit.data.sources:fsdd",
         "Free Spoken Digit Dataset: folder of {digit}_{speaker}_{index}.wav, official split",
-        {"shape": None, "num_classes": 10, "kind": "audio", "download": False},
+        {"shape": None, "num_classes": 10, "kind": "audio", "download": False, "reads": ("skip_bad_files",)},
     ),
     (
         "audio_folder",
         "mnistkit.data.sources:audio_folder",
         "any folder of audio files with one sub-folder per class",
-        {"shape": None, "num_classes": None, "kind": "audio", "download": False},
+        {
+            "shape": None,
+            "num_classes": None,
+            "kind": "audio",
+            "download": False,
+            "reads": ("skip_bad_files", "test_fraction"),
+        },
     ),
 ]
 
