@@ -205,3 +205,22 @@ def test_debug_shows_the_traceback_of_an_internal_error(cli, tmp_path: Path) -> 
     assert res.returncode == 1
     assert "Traceback (most recent call last)" in res.stderr
     assert f'{module}.py", line' in res.stderr and "RuntimeError: kaput" in res.stderr
+
+
+def test_run_commands_that_cannot_be_imported_fail_loudly(cli) -> None:
+    """An ImportError in the run commands' module made eval/predict/runs/compare vanish silently."""
+    res = cli("--help", prelude="import sys; sys.modules['mnistkit.cli.run_commands'] = None")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "could not be loaded" in res.stderr and "eval, predict, runs" in res.stderr
+    assert "Traceback" not in res.stderr
+    ok = cli("--help")
+    assert ok.returncode == 0 and "predict" in ok.stdout
+
+
+@pytest.mark.parametrize("flag", ["--out", "--runs"])
+def test_out_or_runs_with_resume_is_refused(cli, tmp_path: Path, flag: str) -> None:
+    """--out/--runs were accepted with --resume and silently ignored (the run continues in place)."""
+    res = cli("run", "--resume", tmp_path / "some-run", flag, tmp_path / "elsewhere")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"{flag} cannot be used with --resume" in res.stderr
+    assert not (tmp_path / "elsewhere").exists()

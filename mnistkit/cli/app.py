@@ -117,9 +117,9 @@ def run(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (must not exist or be empty).")
     ] = None,
-    runs_root: Annotated[Path, typer.Option("--runs", help="Parent folder of run directories.")] = Path(
-        "runs"
-    ),
+    runs_root: Annotated[
+        Path | None, typer.Option("--runs", help="Parent folder of run directories (default: runs).")
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue the run in this run directory.")
     ] = None,
@@ -134,6 +134,17 @@ def run(
             raise RecipeError([_usage("give either a recipe or --resume RUN_DIR, not both")])
         if resume is None and recipe is None:
             raise RecipeError([_usage("missing recipe: mnistkit run RECIPE.yaml (or --resume RUN_DIR)")])
+        if resume is not None and (out is not None or runs_root is not None):
+            flag = "--out" if out is not None else "--runs"
+            raise RecipeError(
+                [
+                    _usage(
+                        f"{flag} cannot be used with --resume: a resumed run continues in its own "
+                        f"directory ({resume})",
+                        "drop the option; to start a new run elsewhere, run the recipe with --out",
+                    )
+                ]
+            )
         if progress is not None and progress not in ("auto", "rich", "plain", "none"):
             raise RecipeError([_usage(f"--progress {progress!r}: use auto, rich, plain or none")])
         if resume is not None:
@@ -146,7 +157,13 @@ def run(
 
         result = run_recipe(
             rec,
-            RunOptions(data_dir=data_dir, out=out, runs_root=runs_root, resume=resume, progress=progress),
+            RunOptions(
+                data_dir=data_dir,
+                out=out,
+                runs_root=runs_root or Path("runs"),
+                resume=resume,
+                progress=progress,
+            ),
         )
         if result.status == "interrupted":
             raise typer.Exit(130)
@@ -343,19 +360,31 @@ def fields() -> None:
     guarded(body)
 
 
-def _register_more() -> None:
-    """Commands from issue-sized modules that live in their own files."""
+def _register_more() -> str | None:
+    """Commands that live in their own module; the reason when they cannot be loaded.
+
+    A broken install must not make ``eval``, ``predict``, ``runs`` and ``compare`` vanish from
+    the CLI without a word: :func:`main` reports it and exits 1.
+    """
     try:
-        from mnistkit.cli import run_commands as cli_runs
-    except ImportError:
-        return
-    cli_runs.register(app, guarded)
+        from mnistkit.cli import run_commands
+    except ImportError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    run_commands.register(app, guarded)
+    return None
 
 
-_register_more()
+_BROKEN = _register_more()
 
 
 def main() -> None:
+    if _BROKEN is not None:
+        _stderr().print(
+            f"[red]error[/red] mnistkit is not installed completely: the commands eval, predict, runs "
+            f"and compare could not be loaded ({_esc(_BROKEN)})\n    reinstall: pip install -e . "
+            "(or rerun make setup)"
+        )
+        raise SystemExit(1)
     app()
 
 
