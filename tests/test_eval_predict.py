@@ -324,3 +324,22 @@ def test_predict_wav_with_the_runs_log_mel_features(tmp_path: Path, monkeypatch:
     Image.new("L", (16, 16)).save(png)
     res = invoke("predict", run, png)
     assert res.exit_code == 1 and "trained on audio" in res.output
+
+
+def test_dark_background_hint_follows_the_pixels_not_the_normalization() -> None:
+    """With `normalize: none` the normalization mean is 0, which claimed every dataset was
+    light-on-dark; the hint must follow the training pixels' own mean (data.json pixel_mean)."""
+    from mnistkit.evaluation.predict import _trained_dark
+
+    none = {"mean": [0.0], "std": [1.0]}
+    assert _trained_dark({**none, "pixel_mean": [0.13]})  # MNIST-like: white strokes on black
+    assert not _trained_dark({**none, "pixel_mean": [0.86]})  # dark strokes on white paper
+    assert not _trained_dark(none)  # an old run dir without pixel_mean: no guess
+    assert _trained_dark({"mean": [0.1307], "std": [0.3081]})  # old run dir, normalize: auto
+
+
+def test_data_json_records_the_pixel_mean_whatever_the_normalization(tmp_path: Path) -> None:
+    run = train(tmp_path, DIGITS, "data.normalize=none", "epochs=1")
+    info = json.loads((run / "data.json").read_text())
+    assert info["mean"] == [0.0] and info["std"] == [1.0]
+    assert 0.2 < info["pixel_mean"][0] < 0.4  # the 8x8 digits: light strokes on a dark background

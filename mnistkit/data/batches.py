@@ -47,6 +47,9 @@ class Prepared:
     files: list[Path]
     x_mul: torch.Tensor | None = None  # inputs(x) = x * x_mul + x_add, per channel, on the device
     x_add: torch.Tensor | None = None
+    # the training data's own per-channel mean in [0, 1], whatever data.normalize says (predict
+    # uses it to tell light-on-dark datasets from dark-on-light ones)
+    pixel_mean: tuple[float, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -140,6 +143,7 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
         files=list(loaded.files),
         x_mul=mul,
         x_add=add,
+        pixel_mean=tuple(float(m) for m in loaded.mean),
     )
 
 

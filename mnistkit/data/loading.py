@@ -73,6 +73,7 @@ def data_info(recipe: RecipeBase, data: Prepared, data_dir: Path | None = None) 
         # x = (raw * scale - mean) / std, per channel; images are uint8 0..255 before scaling
         "scale": float(data.scale),
         "mean": [float(m) for m in data.mean],
+        "pixel_mean": [float(m) for m in data.pixel_mean],
         "std": [float(s) for s in data.std],
         "features": features.model_dump(mode="json") if features is not None else None,
         "source": data.source,

@@ -200,7 +200,7 @@ def predict_files(
         probs = torch.softmax(pred.model(x).float(), dim=1).numpy()
     classes = list(info["classes"])
     k = min(top, len(classes))
-    light_background = info.get("kind") == "image" and float(np.mean(info["mean"])) < DARK_BACKGROUND_MEAN
+    light_background = info.get("kind") == "image" and _trained_dark(info)
     out = []
     for f, p, xi in zip(files, probs, x, strict=True):
         order = np.argsort(-p, kind="stable")[:k]
@@ -223,6 +223,22 @@ def predict_files(
         "dataset": info["dataset"],
         "predictions": out,
     }
+
+
+def _trained_dark(info: dict[str, Any]) -> bool:
+    """Whether the training images were mostly dark (light strokes on a dark background).
+
+    Judged on the training pixels' own mean (``pixel_mean`` in data.json), never on the
+    normalization constants: with ``normalize: none`` those are 0/1 whatever the images look like.
+    Run directories from before ``pixel_mean`` was recorded fall back to the normalization mean
+    unless it is the identity.
+    """
+    means = info.get("pixel_mean")
+    if not means:
+        if list(info.get("mean", [])) == [0.0] and list(info.get("std", [])) == [1.0]:
+            return False  # normalize: none, and no record of the pixels: say nothing rather than guess
+        means = info["mean"]
+    return float(np.mean(means)) < DARK_BACKGROUND_MEAN
 
 
 def _light_border(x: torch.Tensor, info: dict[str, Any]) -> bool:
