@@ -1,0 +1,1 @@
+"""Recipe -> torch objects: ``components`` asks the registries for model, loss, optimizer and schedule."""

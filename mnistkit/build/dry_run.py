@@ -1,0 +1,154 @@
+"""``mnistkit validate --build``: build the real model and push a zero batch through it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mnistkit.errors import Problem, RecipeError
+from mnistkit.layers.shapes import LayerInfo, Shape, ShapeError, fmt
+from mnistkit.recipe.model_check import (
+    PLACEHOLDER_CLASSES,
+    LayerSpec,
+    _output_mismatch,
+    input_shape,
+    layer_specs,
+)
+from mnistkit.recipe.sections import RecipeBase
+
+
+def dry_run(recipe: RecipeBase, path: str | Path | None = None) -> list[LayerInfo]:
+    """Build the real model and push a zero batch of 2 through it (eval mode, no gradients).
+
+    Everything static inference cannot see (plugin layers, torch's own checks) shows up here;
+    a failure becomes a :class:`RecipeError` naming the layer, its input shape and its line in
+    ``path``, not a stack trace. Returns the built layers (for a summary).
+    """
+    import torch
+
+    from mnistkit.layers.modules import build_layer
+    from mnistkit.registry import registries
+
+    reg = registries()
+    doc = _located(path)
+
+    def problem(ls: LayerSpec | None, message: str, hint: str = "", param: str | None = None) -> RecipeError:
+        loc, field = ls.at(param) if ls is not None else (("model",), "model")
+        return RecipeError([Problem(_where(doc, loc, path), field, message, hint)])
+
+    in_shape = input_shape(recipe, reg)
+    if in_shape is None:
+        raise RecipeError(
+            [
+                Problem(
+                    _where(doc, ("data", "dataset"), path),
+                    "data.dataset",
+                    f"dataset {recipe.data.dataset!r} declares no input shape, so --build "
+                    "cannot make a batch for it",
+                    "the plugin should register the dataset with shape=(C, H, W) meta",
+                )
+            ]
+        )
+    declared = reg.datasets.get(recipe.data.dataset).meta.get("num_classes")
+    layers = layer_specs(recipe, declared or PLACEHOLDER_CLASSES, reg)
+
+    # Build layer by layer (same code as build_layers) to know which one fails.
+    torch.manual_seed(recipe.seed)
+    modules: list[torch.nn.Module] = []
+    claimed: list[Shape] = []
+    infos: list[LayerInfo] = []
+    shape = tuple(in_shape)
+    for i, ls in enumerate(layers):
+        kind = ls.spec["type"]
+        try:
+            module, out = build_layer(ls.spec, shape, reg)
+        except ShapeError as exc:
+            raise problem(ls, exc.at(i, kind).message, exc.hint, exc.param) from None
+        except Exception as exc:  # torch's own argument checks, or a plugin builder's bug
+            raise problem(
+                ls,
+                f"layer {i} ({kind}): cannot be built for input {fmt(shape)}: "
+                f"{type(exc).__name__}: {_first_line(exc)}",
+            ) from None
+        modules.append(module)
+        claimed.append(tuple(out))
+        infos.append(LayerInfo(i, kind, tuple(out), sum(p.numel() for p in module.parameters())))
+        shape = tuple(out)
+
+    model = torch.nn.Sequential(*modules).eval()
+    inputs: dict[int, Shape] = {}
+    current: list[int] = [-1]
+
+    def pre_hook(idx: int) -> Callable[..., None]:
+        def hook(_m: Any, args: tuple[Any, ...]) -> None:
+            current[0] = idx
+            inputs[idx] = tuple(args[0].shape[1:])
+
+        return hook
+
+    def post_hook(idx: int) -> Callable[..., None]:
+        # A builder (e.g. a plugin's) whose declared out_shape is not what its module produces
+        # misleads every later layer and the summary: stop at the layer that lies.
+        def hook(_m: Any, _args: tuple[Any, ...], out: Any) -> None:
+            real = tuple(out.shape[1:])
+            if real != claimed[idx]:
+                raise _Mismatch(claimed[idx], real)
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(pre_hook(i)) for i, m in enumerate(model)]
+    handles += [m.register_forward_hook(post_hook(i)) for i, m in enumerate(model)]
+    try:
+        with torch.no_grad():
+            y = model(torch.zeros((2, *in_shape)))
+    except _Mismatch as exc:
+        i = current[0]
+        raise problem(
+            layers[i],
+            f"layer {i} ({layers[i].spec['type']}): its builder says it outputs "
+            f"{fmt(exc.claimed)}, the forward pass gives {fmt(exc.real)}",
+            "the layer's builder computes its out_shape wrongly",
+        ) from None
+    except Exception as exc:
+        i = current[0]
+        ls = layers[i] if i >= 0 else None
+        kind = ls.spec["type"] if ls else "?"
+        raise problem(
+            ls,
+            f"layer {i} ({kind}): forward pass failed on input {fmt(inputs.get(i, in_shape))} "
+            f"(batch of 2): {type(exc).__name__}: {_first_line(exc)}",
+        ) from None
+    finally:
+        for h in handles:
+            h.remove()
+    if declared is not None and tuple(y.shape[1:]) != (declared,):
+        raise problem(layers[-1], *_output_mismatch(tuple(y.shape[1:]), declared, recipe))
+    return infos
+
+
+class _Mismatch(Exception):
+    def __init__(self, claimed: Shape, real: Shape) -> None:
+        self.claimed, self.real = claimed, real
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _located(path: str | Path | None) -> Any:
+    if path is None:
+        return None
+    from mnistkit.recipe.yamlio import load_file
+
+    try:
+        return load_file(Path(path))
+    except RecipeError:
+        return None  # it loaded a moment ago; positions are a nicety, not a requirement
+
+
+def _where(doc: Any, loc: tuple[Any, ...], path: str | Path | None) -> str:
+    if doc is not None:
+        return str(doc.where(loc))
+    return str(path) if path is not None else "<recipe>"
