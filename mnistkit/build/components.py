@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnistkit.layers.shapes import LayerInfo
 from mnistkit.layers.modules import Shape, build_layers
+from mnistkit.layers.shapes import LayerInfo
+from mnistkit.recipe.model_check import layer_specs
 from mnistkit.recipe.schema import Recipe
 from mnistkit.registry.core import Registries
-from mnistkit.recipe.model_check import layer_specs
 
 
 def spec_params(spec: Any) -> dict[str, Any]:

@@ -102,9 +102,23 @@ def _esc(text: str) -> str:
     return escape(text)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from mnistkit import __version__
+
+        print(f"mnistkit {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print mnistkit's version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
     _state["debug"] = debug
 
@@ -380,12 +394,89 @@ _BROKEN = _register_more()
 def main() -> None:
     if _BROKEN is not None:
         _stderr().print(
-            f"[red]error[/red] mnistkit is not installed completely: the commands eval, predict, runs "
+            f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs "
             f"and compare could not be loaded ({_esc(_BROKEN)})\n    reinstall: pip install -e . "
             "(or rerun make setup)"
         )
         raise SystemExit(1)
-    app()
+    NoArgsIsHelpError, _, UsageError = _parser_errors()
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `mnistkit` or a command without its arguments: the help
+        print(exc.ctx.get_help() if exc.ctx else str(exc))
+        raise SystemExit(exc.exit_code) from None
+    except UsageError as exc:
+        # The command-line parser's own errors, in the same style as every other mnistkit error
+        # (not a box), with the fix where we can guess it.
+        _stderr().print(f"[bold red]error:[/] {_esc(exc.format_message())}")
+        hint = _usage_hint(exc)
+        if hint:
+            _stderr().print(f"    {_esc(hint)}")
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        _stderr().print("interrupted")
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _usage_hint(exc: Exception) -> str:
+    """A suggestion for a usage error: recipe keys given as options, --debug after the command."""
+    _, NoSuchOption, _ = _parser_errors()
+    ctx = getattr(exc, "ctx", None)
+    sub = ctx.info_name if ctx is not None and ctx.parent is not None else ""
+    cmd = f"mnistkit {sub}".strip()
+    if isinstance(exc, NoSuchOption):
+        name = exc.option_name
+        if name == "--debug":
+            return f"--debug is a global option: put it before the command: mnistkit --debug {sub} ..."
+        key = _recipe_key_for_option(name)
+        if key is not None:
+            value = _value_after(name) or "VALUE"
+            return f"recipe values are changed with --set: --set {key}={value} (see mnistkit fields)"
+        if exc.possibilities:
+            return ""  # the parser's message already lists them
+    return f"see {cmd} --help"
+
+
+def _value_after(option: str) -> str | None:
+    """The value the user wrote after ``option`` on the command line (``--epochs 3`` -> ``3``)."""
+    import sys
+
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            return args[i + 1]
+        if arg.startswith(option + "="):
+            return arg.partition("=")[2]
+    return None
+
+
+def _parser_errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    """(NoArgsIsHelpError, NoSuchOption, UsageError) of the click that typer runs on: recent
+    typer releases vendor it as ``typer._click``, older ones use the click package."""
+    try:
+        from typer._click.exceptions import NoArgsIsHelpError, NoSuchOption, UsageError
+    except ImportError:  # typer < 0.20: the click package
+        from click.exceptions import NoArgsIsHelpError, NoSuchOption, UsageError  # type: ignore[no-redef]
+    return NoArgsIsHelpError, NoSuchOption, UsageError
+
+
+def _recipe_key_for_option(option: str) -> str | None:
+    """``--epochs`` -> ``epochs``, ``--batch-size`` -> ``data.batch_size``, ``--lr`` -> ``optimizer.lr``."""
+    from pydantic import BaseModel
+
+    from mnistkit.recipe.sections import RecipeBase
+
+    word = option.lstrip("-").replace("-", "_")
+    if word in ("lr", "momentum", "weight_decay"):
+        return f"optimizer.{word}"
+    if word in RecipeBase.model_fields:
+        return word
+    for section, info in RecipeBase.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and word in ann.model_fields:
+            return f"{section}.{word}"
+    return None
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnistkit.runs import directory as rundir
 from mnistkit.errors import RunError
+from mnistkit.runs import directory as rundir
 
 STATUSES = ("finished", "interrupted", "failed", "running")
 
