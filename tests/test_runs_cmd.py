@@ -271,3 +271,23 @@ def test_cli_start_up_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_git_commit_is_dirty_only_for_changes_to_tracked_files(tmp_path: Path) -> None:
+    """`env.json` said +dirty when the repo only had untracked files (git describe --dirty does not)."""
+    import subprocess
+
+    from mnistkit.runs.directory import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("a")
+    git("add", "a.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
+    assert re.fullmatch(r"[0-9a-f]{40}", git_commit(tmp_path) or "")
+    (tmp_path / "recipe.schema.json").write_text("{}")  # untracked: still clean
+    assert not (git_commit(tmp_path) or "").endswith("+dirty")
+    (tmp_path / "a.txt").write_text("changed")  # a tracked change: dirty
+    assert (git_commit(tmp_path) or "").endswith("+dirty")

@@ -184,8 +184,14 @@ def git_commit(cwd: Path) -> str | None:
         return None
     if res.returncode != 0:
         return None
+    # git's own convention (`git describe --dirty`): changes to tracked files make it dirty;
+    # untracked files (a generated schema, a new recipe) do not.
     dirty = subprocess.run(
-        ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=5
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=5,
     )
     return res.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
