@@ -364,6 +364,11 @@ def _problem(err: Any, doc: Located, cls: type[BaseModel]) -> Problem:
     if kind == "extra_forbidden":
         allowed = _allowed_keys(cls, loc[:-1])
         close = _dym(str(loc[-1]), allowed)
+        if close is None:  # a real key at another level (indentation), e.g. batch_size at the top
+            elsewhere = [k for k in _section_keys(RecipeBase) if k.rsplit(".", 1)[-1] == str(loc[-1])]
+            if elsewhere:
+                close = " or ".join(repr(k) for k in elsewhere)
+                close += " (it belongs in another section: check its indentation)"
         hint = (f"did you mean {close}? " if close else "") + f"allowed keys: {', '.join(allowed)}"
         return Problem(doc.where(path, key=True), field, f"unknown key {path[-1]!r}", hint)
     if kind == "union_tag_invalid":
@@ -396,6 +401,18 @@ def _problem(err: Any, doc: Located, cls: type[BaseModel]) -> Problem:
     if not isinstance(got, dict | list) or len(repr(got)) < 60:
         msg += f" (got {got!r})"
     return Problem(doc.where(path), field, msg, _field_doc(cls, loc))
+
+
+def _section_keys(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of the recipe's sections (``data.batch_size``, ``train.early_stopping.patience``)."""
+    out: list[str] = []
+    for name, info in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        out.append(key)
+        for member in annotation_members(info.annotation):
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                out += _section_keys(member, f"{key}.")
+    return out
 
 
 def _field_doc(cls: type[BaseModel], loc: tuple[Any, ...]) -> str:

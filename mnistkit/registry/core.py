@@ -123,9 +123,54 @@ class UnknownName(KeyError):
         return msg + f" (known: {', '.join(self.known)})"
 
 
+#: What users of other tools write for a name mnistkit spells differently (suggested by meaning,
+#: where spelling alone finds nothing close): Keras/TF/PyTorch-Lightning vocabulary.
+SYNONYMS: dict[str, str] = {
+    "gpu": "cuda",
+    "cuda:0": "cuda",
+    "dense": "linear",
+    "fc": "linear",
+    "fully_connected": "linear",
+    "conv": "conv2d",
+    "convolution": "conv2d",
+    "maxpool": "maxpool2d",
+    "max_pool": "maxpool2d",
+    "avgpool": "avgpool2d",
+    "batchnorm": "batchnorm2d",
+    "batch_norm": "batchnorm2d",
+    "bn": "batchnorm2d",
+    "rnn": "lstm",
+    "crossentropy": "cross_entropy",
+    "categorical_crossentropy": "cross_entropy",
+    "sparse_categorical_crossentropy": "cross_entropy",
+    "ce": "cross_entropy",
+    "nllloss": "nll",
+    "leakyrelu": "leaky_relu",
+    "swish": "silu",
+    "float32": "fp32",
+    "bfloat16": "bf16",
+    "cosine_annealing": "cosine",
+    "one_cycle": "onecycle",
+    "reduce_on_plateau": "plateau",
+    "reducelronplateau": "plateau",
+}
+
+
 def did_you_mean(word: str, candidates: list[str] | tuple[str, ...]) -> str | None:
-    """``'relu'`` or ``'relu' or 'elu'`` for the candidates closest to ``word``, else None."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=2, cutoff=0.6)
+    """``'relu'`` or ``'relu' or 'elu'`` for the candidates closest to ``word``, else None.
+
+    Case is ignored (``ReLU`` -> ``'relu'``), and a word from another tool's vocabulary is
+    answered by meaning (``gpu`` -> ``'cuda'``, ``dense`` -> ``'linear'``, see :data:`SYNONYMS`).
+    """
+    names = [str(c) for c in candidates]
+    key = str(word).strip().lower().replace("-", "_")
+    by_case = [c for c in names if c.lower() == key]
+    if by_case:
+        return repr(by_case[0])
+    meant = SYNONYMS.get(key) or SYNONYMS.get(key.replace("_", ""))
+    if meant in names:
+        return repr(meant)
+    close = difflib.get_close_matches(str(word), names, n=2, cutoff=0.6)
     return " or ".join(repr(c) for c in close) or None
 
 
