@@ -37,6 +37,26 @@ def shared_data() -> Path:
     return path
 
 
+#: What each real dataset folder must hold for the tests that use it: the data files themselves,
+#: not only the folder (a failed download can leave an empty folder behind).
+REAL_DATASETS = {
+    "fashion-mnist": ("train-images-idx3-ubyte*", "t10k-images-idx3-ubyte*", "t10k-labels-idx1-ubyte*"),
+    "fsdd/recordings": ("*.wav",),
+    "mnist-test10k": ("t10k-images-idx3-ubyte*", "t10k-labels-idx1-ubyte*"),
+}
+
+
+def real_dataset(shared_data: Path, name: str) -> Path:
+    """``shared_data/name`` when its data files are there (see REAL_DATASETS); skips otherwise."""
+    folder = shared_data / name
+    missing = [p for p in REAL_DATASETS[name] if not any(folder.glob(p))]
+    if missing:
+        pytest.skip(
+            f"real data {name} not found in {folder} (missing {', '.join(missing)}): set {ENV_TEST_DATA}"
+        )
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _fresh_registries() -> Iterator[None]:
     """Every test starts from the built-in registries (no plugin leaks between tests)."""

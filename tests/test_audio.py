@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import real_dataset
 
 from mnistkit.data import audio
 from mnistkit.data.audio import LogMelSpec, load_audio_folder, load_fsdd, log_mel
@@ -23,10 +24,7 @@ SPEC = LogMelSpec(sample_rate=8000, n_fft=512, hop_length=128, n_mels=32, frames
 @pytest.fixture
 def fsdd_recordings(shared_data: Path) -> Path:
     """The real FSDD recordings (the data folder comes from tests/conftest.py)."""
-    path = shared_data / "fsdd" / "recordings"
-    if not path.is_dir():
-        pytest.skip(f"real FSDD recordings not found at {path} (set MNISTKIT_TEST_DATA to the data dir)")
-    return path
+    return real_dataset(shared_data, "fsdd/recordings")
 
 
 def _sine(path: Path, freq: float, sr: int = 8000, seconds: float = 0.5) -> Path:

@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
+from conftest import real_dataset
 
 RECIPE = """\
 name: fsdd-e2e
@@ -48,9 +48,7 @@ def _subset(recordings: Path, dest: Path) -> int:
 
 
 def test_small_fsdd_run_end_to_end(shared_data: Path, cli, tmp_path: Path) -> None:  # noqa: ANN001
-    recordings = shared_data / "fsdd" / "recordings"
-    if not recordings.is_dir():
-        pytest.skip(f"FSDD recordings not found at {recordings}")
+    recordings = real_dataset(shared_data, "fsdd/recordings")
     n = _subset(recordings, tmp_path / "fsdd")
     assert n == 100
     recipe = tmp_path / "fsdd-e2e.yaml"

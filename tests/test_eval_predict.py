@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import real_dataset
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -68,10 +69,7 @@ train: {progress: none, threads: 1}
 
 @pytest.fixture(scope="module")
 def fashion_dir(shared_data: Path) -> Path:
-    path = shared_data / "fashion-mnist"
-    if not path.is_dir():
-        pytest.skip(f"no Fashion-MNIST at {path}")
-    return path
+    return real_dataset(shared_data, "fashion-mnist")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import real_dataset
 
 import mnistkit.session as runner
 from mnistkit.build.components import model_layer_specs
@@ -169,9 +170,7 @@ def test_empty_out_directory_is_used(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------ real data
 def test_fashion_mnist_end_to_end(cli, shared_data: Path, tmp_path: Path) -> None:
-    fashion = shared_data / "fashion-mnist"
-    if not fashion.is_dir():
-        pytest.skip(f"no fashion-mnist/ in {shared_data}")
+    fashion = real_dataset(shared_data, "fashion-mnist")
     out = tmp_path / "fashion"
     res = cli(
         "run",

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import real_dataset
 
 from mnistkit.data import vision
 from mnistkit.errors import DataError
@@ -331,9 +332,7 @@ def test_real_parent_folder_does_not_mix_datasets(shared_data: Path) -> None:
 
 
 def test_real_mnist_test_idx_reads(shared_data: Path) -> None:
-    folder = shared_data / "mnist-test10k"
-    if not (folder / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"no MNIST t10k files in {folder}")
+    folder = real_dataset(shared_data, "mnist-test10k")
     split = vision._read_split(folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz")
     assert split.x.shape == (10000, 1, 28, 28)
     assert split.y[:3].tolist() == [7, 2, 1]  # the well-known first MNIST test digits
@@ -377,3 +376,42 @@ def test_sklearn_digits_split_is_a_partition() -> None:
 def test_datatypes_does_not_import_torch() -> None:
     code = "import sys, mnistkit.data.types; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_mistyped_data_dir_is_never_created_as_a_download_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--data-dir ../shared/data/fashion-mnist` on a user's clone made the download create that
+    folder (and the tests then found a data folder without data). Downloads go to an existing
+    folder of the user's, else the per-user cache."""
+    torchvision = pytest.importorskip("torchvision")
+    import torch
+
+    from mnistkit.data.loading import load_data
+    from mnistkit.recipe.schema import load_recipe_text
+    from mnistkit.registry import registries
+
+    targets: list[Path] = []
+
+    class FakeFashion:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            targets.append(Path(root))
+            raw = Path(root) / "FashionMNIST" / "raw"
+            if not raw.is_dir():
+                make_dataset(raw, n_train=4, n_test=2)
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashion)
+    monkeypatch.setenv("MNISTKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MNISTKIT_DATA", raising=False)
+    recipe = load_recipe_text("data: {dataset: fashion_mnist}\nmodel: {hidden: [4]}\n", "f.yaml")
+    typo = tmp_path / "shared" / "data" / "fashion-mnist"
+    load_data(recipe, registries(), typo, torch.device("cpu"))
+    assert not typo.exists() and not (tmp_path / "shared").exists()
+    assert targets and all(t == tmp_path / "cache" / "data" for t in targets)
+
+    mine = tmp_path / "mine"  # an existing folder of the user's is a fine download target
+    mine.mkdir()
+    monkeypatch.setenv("MNISTKIT_CACHE", str(tmp_path / "cache2"))  # no earlier download to reuse
+    targets.clear()
+    load_data(recipe, registries(), mine, torch.device("cpu"))
+    assert targets and all(t == mine for t in targets)

@@ -25,6 +25,16 @@ class Messages(Protocol):
     def message(self, text: str) -> None: ...
 
 
+def download_root(roots: list[Path]) -> Path:
+    """Where a missing dataset is downloaded: the first of the user's folders (--data-dir,
+    data.root, $MNISTKIT_DATA) that exists, else the per-user cache (the last root).
+
+    A folder that does not exist is never created as a download target: a mistyped --data-dir
+    would otherwise become a new folder full of downloaded files.
+    """
+    return next((r for r in roots[:-1] if r.is_dir()), roots[-1])
+
+
 def load_data(
     recipe: RecipeBase,
     reg: Registries,
@@ -46,7 +56,7 @@ def load_data(
     ctx = DataContext(
         section=recipe.data,
         roots=roots,
-        download_root=roots[0] if may_download else None,
+        download_root=download_root(roots) if may_download else None,
         cache_dir=user_cache_dir(),
         seed=recipe.seed,
         progress=progress,
