@@ -251,3 +251,34 @@ def test_parser_errors_share_the_error_style_and_point_at_the_fix(cli, args: lis
     assert res.stderr.startswith("error: No such option")
     assert hint in res.stderr
     assert "╭" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_show_prints_the_resolved_recipe_which_runs_as_is(cli, tmp_path: Path) -> None:
+    res = cli("show", "recipes/mlp5.yaml", "--set", "optimizer.lr=0.05", "--set", "epochs=2")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("# recipes/mlp5.yaml, resolved --set optimizer.lr=0.05 --set epochs=2\n")
+    shown = yaml.safe_load(res.stdout)
+    assert shown["optimizer"] == {**shown["optimizer"], "name": "sgd", "lr": 0.05, "momentum": 0.5}
+    assert shown["epochs"] == 2 and shown["data"]["batch_size"] == 64  # defaults spelled out
+    again = tmp_path / "shown.yaml"
+    again.write_text(res.stdout)
+    assert resolved_dict(load_recipe(again)) == {**shown, "name": "mlp5"}
+    bad = cli("show", "recipes/mlp5.yaml", "--set", "optimizer.lr=-1")
+    assert bad.returncode == 2 and "optimizer.lr" in bad.stderr
+
+
+def test_cache_lists_and_clears_features_but_keeps_downloads_unless_asked(cli, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "features").mkdir(parents=True)
+    (cache / "features" / "fsdd-abc.npz").write_bytes(b"x" * 2048)
+    (cache / "data" / "FashionMNIST" / "raw").mkdir(parents=True)
+    (cache / "data" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"y" * 10)
+    env = {"MNISTKIT_CACHE": str(cache)}
+    listed = cli("cache", env=env)
+    assert listed.returncode == 0 and str(cache) in listed.stdout
+    assert re.search(r"features\s+1 files\s+2\.0 KB", listed.stdout), listed.stdout
+    cleared = cli("cache", "clear", env=env)
+    assert cleared.returncode == 0 and "removed" in cleared.stdout
+    assert not (cache / "features").exists() and (cache / "data").exists()
+    cli("cache", "clear", "--downloads", env=env)
+    assert not (cache / "data").exists()

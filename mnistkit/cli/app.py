@@ -374,6 +374,68 @@ def fields() -> None:
     guarded(body)
 
 
+@app.command()
+def show(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)],
+    set_: SetOpt = None,
+) -> None:
+    """Print the fully resolved recipe, every default spelled out, without training."""
+
+    def body() -> None:
+        import yaml
+
+        from mnistkit.recipe.schema import load_recipe, resolved_dict
+
+        rec = load_recipe(recipe, set_ or [])
+        header = f"# {recipe}, resolved" + ("".join(f" --set {s}" for s in set_ or [])) + "\n"
+        typer.echo(header + yaml.safe_dump(resolved_dict(rec), sort_keys=False), nl=False)
+
+    guarded(body)
+
+
+cache_app = typer.Typer(
+    help="See and clear the per-user cache (downloads, decoded features).", no_args_is_help=False
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.callback(invoke_without_command=True)
+def cache(ctx: typer.Context) -> None:
+    """List the cache folders ($MNISTKIT_CACHE) with their size; `mnistkit cache clear` empties them."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    def body() -> None:
+        from mnistkit.data.cache import KINDS, cache_entries, human_size, user_cache_dir
+
+        typer.echo(f"cache: {user_cache_dir()}")
+        for e in cache_entries():
+            typer.echo(f"  {e.kind:<9} {e.files:>6} files {human_size(e.bytes):>9}  {KINDS[e.kind][0]}")
+
+    guarded(body)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    downloads: Annotated[
+        bool, typer.Option("--downloads", help="Also remove downloaded datasets (data/).")
+    ] = False,
+) -> None:
+    """Remove decoded features (recomputed on the next run); with --downloads also the downloads."""
+
+    def body() -> None:
+        from mnistkit.data.cache import KINDS, clear_cache, human_size
+
+        kinds = [k for k, (_, default) in KINDS.items() if default or downloads]
+        removed = clear_cache(kinds)
+        if not removed:
+            typer.echo("nothing to clear")
+        for e in removed:
+            typer.echo(f"removed {e.path} ({e.files} files, {human_size(e.bytes)})")
+
+    guarded(body)
+
+
 def _register_more() -> str | None:
     """Commands that live in their own module; the reason when they cannot be loaded.
 

@@ -19,21 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mnistkit.data.cache import user_cache_dir
 from mnistkit.data.types import LoadedData
 from mnistkit.errors import DataError
 from mnistkit.recipe.sections import DataSection
 
 ENV_DATA = "MNISTKIT_DATA"
-ENV_CACHE = "MNISTKIT_CACHE"
-
-
-def user_cache_dir() -> Path:
-    """Where downloads and feature caches go by default ($MNISTKIT_CACHE overrides)."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
-    from platformdirs import user_cache_dir as _ucd
-
-    return Path(_ucd("mnistkit"))
 
 
 @dataclass

@@ -1,0 +1,71 @@
+"""The per-user cache: what is in it, and clearing it (``mnistkit cache``).
+
+``$MNISTKIT_CACHE`` (default: the platform's user cache folder, e.g. ``~/.cache/mnistkit``) holds
+``data/`` (datasets downloaded by torchvision) and ``features/`` (decoded audio features and
+images, one ``.npz`` per dataset and parameter set). Features are recomputed when missing, so
+clearing them only costs time; downloads are kept unless asked for, because re-downloading needs
+the network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_CACHE = "MNISTKIT_CACHE"
+
+
+def user_cache_dir() -> Path:
+    """Where downloads and feature caches go by default ($MNISTKIT_CACHE overrides)."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    from platformdirs import user_cache_dir as _ucd
+
+    return Path(_ucd("mnistkit"))
+
+
+#: Cache folders, what they hold, and whether `mnistkit cache clear` removes them by default.
+KINDS: dict[str, tuple[str, bool]] = {
+    "features": ("decoded features and images (recomputed on the next run)", True),
+    "data": ("downloaded datasets (downloaded again only with network access)", False),
+}
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    kind: str
+    path: Path
+    files: int
+    bytes: int
+
+
+def cache_entries(root: Path | None = None) -> list[CacheEntry]:
+    """Each cache folder under ``root`` (default: the user cache) with its file count and size."""
+    root = root or user_cache_dir()
+    out = []
+    for kind in KINDS:
+        folder = root / kind
+        files = [f for f in folder.rglob("*") if f.is_file()] if folder.is_dir() else []
+        out.append(CacheEntry(kind, folder, len(files), sum(f.stat().st_size for f in files)))
+    return out
+
+
+def clear_cache(kinds: list[str], root: Path | None = None) -> list[CacheEntry]:
+    """Remove the given cache folders; returns what was removed."""
+    removed = []
+    for entry in cache_entries(root):
+        if entry.kind in kinds and entry.path.is_dir():
+            shutil.rmtree(entry.path)
+            removed.append(entry)
+    return removed
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
