@@ -282,3 +282,33 @@ def test_cache_lists_and_clears_features_but_keeps_downloads_unless_asked(cli, t
     assert not (cache / "features").exists() and (cache / "data").exists()
     cli("cache", "clear", "--downloads", env=env)
     assert not (cache / "data").exists()
+
+
+def test_set_expands_a_bare_name_to_set_a_key_inside_it(cli, tmp_path: Path) -> None:
+    """Every key `mnistkit fields` lists can be set: `loss: cross_entropy` written as a bare name
+    (or left to its default) took no `--set loss.label_smoothing=...` before."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {dataset: digits}\nmodel: {hidden: [8]}\nloss: cross_entropy\n")
+    res = cli("show", recipe, "--set", "loss.label_smoothing=0.1", "--set", "optimizer.lr=0.01")
+    assert res.returncode == 0, res.stderr
+    shown = yaml.safe_load(res.stdout)
+    assert shown["loss"] == {"name": "cross_entropy", "label_smoothing": 0.1}
+    assert shown["optimizer"]["name"] == "adam" and shown["optimizer"]["lr"] == 0.01  # the default optimizer
+    nothing = cli("validate", recipe, "--set", "scheduler.max_lr=0.1")  # no default scheduler to expand
+    assert nothing.returncode == 2
+    assert "--set scheduler.max_lr=0.1: scheduler: missing key 'name'" in nothing.stderr
+
+
+@pytest.mark.parametrize(
+    ("arg", "message", "hint"),
+    [
+        ("epochs=", "--set epochs=: epochs: no value given", "write null to unset a key"),
+        ("model.hidden=[64, 32", "is not valid YAML: expected ',' or ']'", "the '[' is not closed"),
+    ],
+)
+def test_set_value_problems_are_one_readable_line(cli, arg: str, message: str, hint: str) -> None:
+    res = cli("validate", "recipes/quickstart.yaml", "--set", arg)
+    assert res.returncode == 2
+    first, second = res.stderr.splitlines()[:2]
+    assert message in first and hint in second
+    assert "<unicode string>" not in res.stderr and "^" not in res.stderr

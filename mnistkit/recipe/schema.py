@@ -185,6 +185,16 @@ def load_recipe_text(
     return validate_document(load_text(text, source), overrides or [], reg, default_name="run")
 
 
+#: Keys a recipe may write as a bare registry name (``loss: cross_entropy``) or as a mapping with
+#: parameters; ``--set loss.label_smoothing=0.1`` expands the bare name. Values: the default name.
+SHORTHAND: dict[tuple[str, ...], str | None] = {
+    ("loss",): RecipeBase.model_fields["loss"].default,
+    ("optimizer",): RecipeBase.model_fields["optimizer"].default,
+    ("scheduler",): RecipeBase.model_fields["scheduler"].default,
+    ("model", "activation"): ModelSection.model_fields["activation"].default,
+}
+
+
 def default_run_name(stem: str) -> str:
     """A valid run name from a recipe file's name: ``_draft`` -> ``draft``, ``my draft (2)`` ->
     ``my-draft-2``; ``run`` when nothing usable is left (the pattern of ``RecipeBase.name``)."""
@@ -201,7 +211,7 @@ def validate_document(
     default_name: str = "run",
     base_dir: Path | None = None,
 ) -> RecipeBase:
-    apply_overrides(doc, overrides)
+    apply_overrides(doc, overrides, SHORTHAND)
     if not isinstance(doc.data, dict):
         raise RecipeError(
             [

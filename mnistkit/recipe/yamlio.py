@@ -222,6 +222,19 @@ def _where(source: str, exc: Exception) -> str:
 _IN_PROGRESS = -1
 
 
+def _override_yaml_error(raw: str, exc: yaml.YAMLError) -> tuple[str, str]:
+    """One readable line for a --set value that is not YAML (not the parser's multi-line dump)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at column {mark.column + 1}" if mark is not None else ""
+    hint = "quote the whole argument for the shell: --set 'KEY=[1, 2]'"
+    ctx = getattr(exc, "context", None) or ""
+    for what, opener in (("flow sequence", "["), ("flow mapping", "{")):
+        if what in ctx:
+            hint = f"the {opener!r} is not closed; " + hint
+    return f"value {raw!r} is not valid YAML: {problem}{where}", hint
+
+
 def _expanded_size(node: yaml.Node, memo: dict[int, int], source: str, problems: list[Problem]) -> int:
     """Number of values after alias expansion, computed without expanding (memoized by node).
 
@@ -296,21 +309,40 @@ def _walk(node: yaml.Node, loc: Loc, out: Located, problems: list[Problem]) -> N
             _walk(v, (*loc, name), out, problems)
 
 
-def apply_overrides(doc: Located, overrides: list[str]) -> None:
-    """Apply ``--set a.b.c=value`` arguments in place; values are parsed as YAML scalars/lists."""
+def apply_overrides(
+    doc: Located, overrides: list[str], shorthand: dict[tuple[Any, ...], str | None] | None = None
+) -> None:
+    """Apply ``--set a.b.c=value`` arguments in place; values are parsed as YAML scalars/lists.
+
+    ``shorthand`` maps the keys that may be written as a bare name (``loss: cross_entropy``) to
+    their default name: setting a key inside one (``--set loss.label_smoothing=0.1``) expands it
+    to ``{name: cross_entropy, label_smoothing: 0.1}``, whether the file wrote the name or left
+    the key to its default.
+    """
     problems: list[Problem] = []
     if not isinstance(doc.data, dict):
         return
+    shorthand = shorthand or {}
     for arg in overrides:
         label = f"--set {arg}"
         path, eq, raw = arg.partition("=")
         if not eq or not path.strip():
             problems.append(Problem(label, "", "expected KEY=VALUE, e.g. --set optimizer.lr=0.1"))
             continue
+        if not raw.strip():
+            problems.append(
+                Problem(
+                    label,
+                    path.strip(),
+                    "no value given",
+                    f"e.g. --set {path.strip()}=VALUE; write null to unset a key",
+                )
+            )
+            continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            problems.append(Problem(label, path, f"value is not valid YAML: {exc}"))
+            problems.append(Problem(label, path.strip(), *_override_yaml_error(raw, exc)))
             continue
         parts: list[Any] = [int(p) if p.isdigit() else p for p in path.strip().split(".")]
         target: Any = doc.data
@@ -318,7 +350,13 @@ def apply_overrides(doc: Located, overrides: list[str]) -> None:
         for i, part in enumerate(parts[:-1]):
             if isinstance(target, dict):
                 nxt = target.get(part)
-                if nxt is None:
+                here = tuple(parts[: i + 1])
+                if nxt is None and here not in doc.values:  # created by this --set: it is the place
+                    doc.keys[here] = doc.values[here] = label
+                if here in shorthand and (nxt is None or isinstance(nxt, str)):
+                    name = nxt if isinstance(nxt, str) else shorthand[here]
+                    nxt = target[part] = {"name": name} if name is not None else {}
+                elif nxt is None:
                     nxt = target[part] = {}
                 target = nxt
             elif isinstance(target, list) and isinstance(part, int) and part < len(target):
