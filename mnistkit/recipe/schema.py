@@ -172,8 +172,88 @@ def load_recipe(
 ) -> RecipeBase:
     """Read, override, validate: the one entry point from a YAML file to a Recipe."""
     path = Path(path)
-    doc = load_file(path)
+    doc = load_with_bases(path)
     return validate_document(doc, overrides or [], reg, default_name=path.stem, base_dir=path.parent)
+
+
+def load_with_bases(path: Path, _chain: tuple[Path, ...] = ()) -> Located:
+    """Load a recipe file and, if it names a ``base:``, the recipes it builds on, merged.
+
+    The base path is relative to the file that names it. Mappings merge key by key, deepest
+    first; anything else (a list, a number, a name) replaces the base's value. A registry
+    mapping whose ``name`` changes (``optimizer: {name: adam}`` over ``{name: sgd, momentum: 0.5}``)
+    replaces the base's mapping instead of merging into it, since the old parameters belong to
+    the old name. Every value keeps the position of the file that wrote it; cycles are refused.
+    """
+    doc = load_file(path)
+    if not isinstance(doc.data, dict) or "base" not in doc.data:
+        return doc
+    ref = doc.data["base"]
+    where = doc.where(("base",))
+    if not isinstance(ref, str) or not ref.strip():
+        raise RecipeError([Problem(where, "base", "base must be a recipe file name", "e.g. base: mlp5.yaml")])
+    here = path.resolve()
+    base_path = path.parent / ref  # as the user would write it (messages), resolved for the cycle check
+    chain = (*_chain, here)
+    if base_path.resolve() in chain:
+        again = base_path.resolve()
+        names = " -> ".join(p.name for p in (*chain[chain.index(again) :], again))
+        raise RecipeError([Problem(where, "base", f"recipes build on each other in a cycle: {names}")])
+    if not base_path.is_file():
+        near = _dym(ref, sorted(p.name for p in path.parent.glob("*.y*ml") if p.resolve() != here))
+        raise RecipeError(
+            [
+                Problem(
+                    where,
+                    "base",
+                    f"base recipe {ref!r} not found (looked for {base_path.resolve()})",
+                    (f"did you mean {near}? " if near else "")
+                    + "the path is relative to the recipe that names it",
+                )
+            ]
+        )
+    return merge_located(load_with_bases(base_path, chain), doc)
+
+
+def merge_located(base: Located, child: Located) -> Located:
+    """``child`` over ``base`` (see :func:`load_with_bases`); positions from the file that wrote each."""
+    # The run name belongs to the file: a recipe built on mlp5.yaml is not named mlp5.
+    inherited = {k: v for k, v in base.data.items() if k != "name"}
+    data = _deep_merge(inherited, {k: v for k, v in child.data.items() if k != "base"})
+    keys = {k: v for k, v in base.keys.items() if k[:1] != ("name",)}
+    values = {k: v for k, v in base.values.items() if k[:1] != ("name",)}
+    for loc in [loc for loc in child.values if loc and loc[0] != "base"]:
+        if not _merges_into(base.data, child.data, loc):  # replaced: the base's positions below go
+            for table in (keys, values):
+                for k in [k for k in table if len(k) > len(loc) and k[: len(loc)] == loc]:
+                    del table[k]
+    for src, dst in ((child.keys, keys), (child.values, values)):
+        dst.update({k: v for k, v in src.items() if not (k and k[0] == "base")})
+    return Located(data=data, source=child.source, keys=keys, values=values)
+
+
+def _replaces(a: Any, b: Any) -> bool:
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return True
+    return "name" in a and "name" in b and a["name"] != b["name"]
+
+
+def _deep_merge(a: Any, b: Any) -> Any:
+    if _replaces(a, b):
+        return b
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(a[k], v) if k in a else v
+    return out
+
+
+def _merges_into(base: Any, child: Any, loc: tuple[Any, ...]) -> bool:
+    """Whether the child's value at ``loc`` merges into the base's (both mappings, same name)."""
+    for part in loc:
+        if not (isinstance(base, dict) and isinstance(child, dict) and part in base and part in child):
+            return False
+        base, child = base[part], child[part]
+    return not _replaces(base, child)
 
 
 def load_recipe_text(
@@ -636,6 +716,7 @@ def resolved_dict(recipe: RecipeBase, reg: Registries | None = None) -> dict[str
     to ``model.layers``, and data options the dataset declares it does not read.
     """
     out = recipe.model_dump(mode="json")
+    out.pop("base", None)  # resolved: complete in itself, whatever it was built on
     if recipe.model.layers is not None:
         for key in MLP_ONLY:
             out["model"].pop(key, None)

@@ -158,6 +158,10 @@ class TrainSection(Section):
 class RecipeBase(Section):
     """One training run. Only `data` and `model` are required."""
 
+    base: str | None = None
+    """A recipe file this one builds on (path relative to this file): its keys are merged
+    under this file's, mappings key by key, anything else replaced. Chains are allowed, cycles
+    are not."""
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)] | None = None
     """Run name (run directories are <name>-<timestamp>); default: the recipe file's name."""
     seed: Annotated[StrictInt, Field(ge=0)] = 0
