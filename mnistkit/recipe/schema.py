@@ -311,11 +311,31 @@ def validate_document(
     try:
         recipe = cls.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError([_problem(err, doc, cls) for err in exc.errors()]) from None
+        problems = [_problem(err, doc, cls) for err in exc.errors()]
+        raise RecipeError(problems + _checks_on_what_validated(exc, data, cls, reg, doc)) from None
     recipe, problems = check_recipe(recipe, reg, doc)
     if problems:
         raise RecipeError(problems)
     return recipe
+
+
+def _checks_on_what_validated(
+    exc: ValidationError, data: dict[str, Any], cls: type[RecipeBase], reg: Registries, doc: Located
+) -> list[Problem]:
+    """The cross-field problems among the sections that did validate, reported with the schema
+    errors instead of after they are fixed (all mistakes at once).
+
+    Every top-level key with a schema error falls back to its default; if the rest validates,
+    the cross-field rules run on it and their problems about the untouched keys are kept.
+    """
+    bad = {err["loc"][0] for err in exc.errors() if err["loc"]}
+    if not bad or any(cls.model_fields[k].is_required() for k in bad if k in cls.model_fields):
+        return []  # a required section (data, model) is broken: nothing sound to check against
+    try:
+        partial = cls.model_validate({k: v for k, v in data.items() if k not in bad})
+    except ValidationError:
+        return []
+    return [p for p in check_recipe(partial, reg, doc)[1] if p.field.split(".")[0].split("[")[0] not in bad]
 
 
 def _load_plugins(doc: Located, reg: Registries, base_dir: Path | None) -> None:
