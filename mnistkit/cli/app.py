@@ -29,6 +29,33 @@ app = typer.Typer(
 
 _state: dict[str, bool] = {"debug": False}
 
+
+def _help_shows_words_not_types() -> None:
+    """Recent typer releases print a Python type beside every option in --help (``<bool>`` for
+    flags, ``<path>``); users read the metavars set below (DIR, RUN_DIR, MODE) and nothing for
+    a flag. Older releases have no such column and are left as they are."""
+    try:
+        from typer.core import TyperArgument, TyperOption
+    except ImportError:  # pragma: no cover - typer without its own core module
+        return
+    for cls in (TyperOption, TyperArgument):
+        shown = getattr(cls, "display_type_rich", None)
+        if shown is None or getattr(shown, "_mnistkit", False):
+            continue
+
+        def display(self: Any, ctx: Any, _shown: Any = shown) -> str | None:
+            if getattr(self, "is_flag", False) or getattr(self, "count", False):
+                return None
+            if isinstance(self, TyperArgument):  # its name column already shows the metavar
+                return None
+            return self.metavar if self.metavar is not None else _shown(self, ctx)
+
+        display._mnistkit = True  # type: ignore[attr-defined]
+        cls.display_type_rich = display  # type: ignore[method-assign]
+
+
+_help_shows_words_not_types()
+
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -44,6 +71,7 @@ DataDirOpt = Annotated[
         "--data-dir",
         "-d",
         help="Folder with the dataset files (beats data.root and $MNISTKIT_DATA).",
+        metavar="DIR",
     ),
 ]
 
@@ -125,19 +153,26 @@ def main_options(
 
 @app.command()
 def run(
-    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML file.", show_default=False)] = None,
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML file.", show_default=False, metavar="RECIPE")
+    ] = None,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run directory (must not exist or be empty).")
+        Path | None,
+        typer.Option("--out", "-o", help="Run directory (must not exist or be empty).", metavar="DIR"),
     ] = None,
     runs_root: Annotated[
-        Path | None, typer.Option("--runs", help="Parent folder of run directories (default: runs).")
+        Path | None,
+        typer.Option("--runs", help="Parent folder of run directories (default: runs).", metavar="DIR"),
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue the run in this run directory.")
+        Path | None,
+        typer.Option("--resume", help="Continue the run in this run directory.", metavar="RUN_DIR"),
     ] = None,
-    progress: Annotated[str | None, typer.Option("--progress", help="auto | rich | plain | none")] = None,
+    progress: Annotated[
+        str | None, typer.Option("--progress", help="auto | rich | plain | none", metavar="MODE")
+    ] = None,
 ) -> None:
     """Train a recipe: live progress, a row per epoch, everything saved to a run directory."""
 
@@ -225,7 +260,9 @@ def _problem_for_set(ov: str, key: str) -> Any:
 
 @app.command()
 def validate(
-    recipes: Annotated[list[Path], typer.Argument(help="Recipe files to check.", show_default=False)],
+    recipes: Annotated[
+        list[Path], typer.Argument(help="Recipe files to check.", show_default=False, metavar="RECIPE")
+    ],
     set_: SetOpt = None,
     build: Annotated[
         bool,
@@ -272,10 +309,12 @@ LIST_KINDS = ("activations", "losses", "optimizers", "schedulers", "datasets", "
 @app.command("list")
 def list_(
     kind: Annotated[
-        str | None, typer.Argument(help=f"One of: {', '.join(LIST_KINDS)}.", show_default=False)
+        str | None,
+        typer.Argument(help=f"One of: {', '.join(LIST_KINDS)}.", show_default=False, metavar="KIND"),
     ] = None,
     plugin: Annotated[
-        list[str] | None, typer.Option("--plugin", "-p", help="Also load this plugin module.")
+        list[str] | None,
+        typer.Option("--plugin", "-p", help="Also load this plugin module.", metavar="MODULE"),
     ] = None,
 ) -> None:
     """Names a recipe may use, with what they do and their parameters."""
@@ -376,7 +415,7 @@ def fields() -> None:
 
 @app.command()
 def show(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)],
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False, metavar="RECIPE")],
     set_: SetOpt = None,
 ) -> None:
     """Print the fully resolved recipe, every default spelled out, without training."""
