@@ -312,3 +312,10 @@ def test_set_value_problems_are_one_readable_line(cli, arg: str, message: str, h
     first, second = res.stderr.splitlines()[:2]
     assert message in first and hint in second
     assert "<unicode string>" not in res.stderr and "^" not in res.stderr
+
+
+def test_set_into_a_missing_list_item_names_the_set_and_the_list_length(cli) -> None:
+    res = cli("validate", "recipes/cnn.yaml", "--set", "model.layers.20.p=0.1")
+    assert res.returncode == 2
+    assert res.stderr.startswith("error --set model.layers.20.p=0.1: model.layers.20: no item 20")
+    assert "recipes/cnn.yaml:" not in res.stderr  # the --set is the cause, not the file

@@ -362,13 +362,12 @@ def apply_overrides(
             elif isinstance(target, list) and isinstance(part, int) and part < len(target):
                 target = target[part]
             else:
-                problems.append(
-                    Problem(
-                        label,
-                        ".".join(map(str, parts[: i + 1])),
-                        "cannot set a key inside this value",
-                    )
-                )
+                where = ".".join(map(str, parts[: i + 1]))
+                if isinstance(target, list):
+                    what = f"{'.'.join(map(str, parts[:i]))} has {len(target)} items (0 to {len(target) - 1})"
+                    problems.append(Problem(label, where, f"no item {part}: {what}"))
+                else:
+                    problems.append(Problem(label, where, "cannot set a key inside this value"))
                 ok = False
                 break
         if not ok:
