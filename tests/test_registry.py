@@ -117,38 +117,6 @@ def test_scheduler_declarations_match_factories(kind: str, name: str) -> None:
     check_params_against(entry, sig)
 
 
-@pytest.mark.parametrize("kind,name", entries("layers"))
-def test_layer_declarations_match_builders(kind: str, name: str) -> None:
-    entry = BUILTINS.layers.get(name)
-    sig = inspect.signature(entry.load())
-    params = list(sig.parameters.values())
-    assert params and params[0].name == "in_shape", f"{name}: builder must take in_shape first"
-    assert params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-    rest = params[1:]
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in rest), (
-        f"{name}: parameters after in_shape must be keyword-only: {sig}"
-    )
-    declared = {p.target_name or n for n, p in entry.params.items()}
-    assert {p.name for p in rest} == declared, f"{name}: builder {sig} vs declared {declared}"
-    check_params_against(entry, sig)
-
-
-@pytest.mark.parametrize("kind,name", entries("layers"))
-def test_layer_shape_functions_match_declarations(kind: str, name: str) -> None:
-    # `mnistkit validate` follows shapes with the entry's pure-Python shape function (no torch):
-    # it must accept exactly the parameters the builder does.
-    entry = BUILTINS.layers.get(name)
-    if "shape" not in entry.meta:
-        pytest.skip(f"{name} has no shape function (checked only by validate --build)")
-    shape_fn = Entry(name, entry.meta["shape"], "").load()
-    sig = inspect.signature(shape_fn)
-    params = list(sig.parameters.values())
-    assert params[0].name == "in_shape"
-    assert {p.name for p in params[1:]} == {p.target_name or n for n, p in entry.params.items()}
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
-    check_params_against(entry, sig)
-
-
 def test_layer_and_activation_names_do_not_collide() -> None:
     # Every activation is also a layer type; a layer with the same name would be unreachable.
     assert not set(BUILTINS.layers.names()) & set(BUILTINS.activations.names())

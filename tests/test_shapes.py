@@ -249,9 +249,15 @@ def liar(in_shape):
     return nn.Identity(), (in_shape[0] // 2,)
 
 
+def crash(in_shape, **params):
+    # A builder with a bug (or torch refusing its arguments): raises while building.
+    raise ValueError(f"cannot use width {in_shape[-1]}\\nsecond line")
+
+
 def register(reg):
     reg.layers.register("five_in", "shapes_test_plugin:five_in", "linear from 5 features")
     reg.layers.register("liar", "shapes_test_plugin:liar", "claims the wrong output shape")
+    reg.layers.register("crash", "shapes_test_plugin:crash", "raises while building")
 '''
 
 
@@ -276,3 +282,20 @@ def test_build_catches_what_static_inference_cannot_see(tmp_path: Path) -> None:
         "the forward pass gives (784,)"
     ) in err
     assert "2 of 2 recipe(s) invalid" in err
+
+
+def test_build_names_the_layer_whose_builder_raises(tmp_path: Path) -> None:
+    (tmp_path / "shapes_test_plugin.py").write_text(PLUGIN)
+    text = (
+        "plugins: [shapes_test_plugin]\ndata: {dataset: mnist}\nmodel:\n  layers:\n"
+        "    - {type: flatten}\n    - {type: linear, out_features: 12}\n    - {type: crash}\n"
+    )
+    path = _write(tmp_path, "crash.yaml", text)
+    code, out, err = _cli_in_process("validate", "--build", path)
+    assert code == 2
+    assert "Traceback" not in err
+    assert (
+        f"{path}:7:7: model.layers[2]: layer 2 (crash): cannot be built for input (12,): "
+        "ValueError: cannot use width 12"
+    ) in err
+    assert "second line" not in err

@@ -27,7 +27,7 @@ def dry_run(recipe: RecipeBase, path: str | Path | None = None) -> list[LayerInf
     """
     import torch
 
-    from mnistkit.layers.modules import build_layer
+    from mnistkit.layers.modules import iter_layers
     from mnistkit.registry import registries
 
     reg = registries()
@@ -53,30 +53,26 @@ def dry_run(recipe: RecipeBase, path: str | Path | None = None) -> list[LayerInf
     declared = reg.datasets.get(recipe.data.dataset).meta.get("num_classes")
     layers = layer_specs(recipe, declared or PLACEHOLDER_CLASSES, reg)
 
-    # Build layer by layer (same code as build_layers) to know which one fails.
+    # The one building loop (iter_layers); the layer after the last one it yields is the one that failed.
     torch.manual_seed(recipe.seed)
-    modules: list[torch.nn.Module] = []
-    claimed: list[Shape] = []
-    infos: list[LayerInfo] = []
-    shape = tuple(in_shape)
-    for i, ls in enumerate(layers):
-        kind = ls.spec["type"]
-        try:
-            module, out = build_layer(ls.spec, shape, reg)
-        except ShapeError as exc:
-            raise problem(ls, exc.at(i, kind).message, exc.hint, exc.param) from None
-        except Exception as exc:  # torch's own argument checks, or a plugin builder's bug
-            raise problem(
-                ls,
-                f"layer {i} ({kind}): cannot be built for input {fmt(shape)}: "
-                f"{type(exc).__name__}: {_first_line(exc)}",
-            ) from None
-        modules.append(module)
-        claimed.append(tuple(out))
-        infos.append(LayerInfo(i, kind, tuple(out), sum(p.numel() for p in module.parameters())))
-        shape = tuple(out)
+    built: list[tuple[torch.nn.Module, LayerInfo]] = []
+    try:
+        for module, info in iter_layers([ls.spec for ls in layers], in_shape, reg):
+            built.append((module, info))
+    except ShapeError as exc:
+        raise problem(layers[exc.index or 0], exc.message, exc.hint, exc.param) from None
+    except Exception as exc:  # torch's own argument checks, or a plugin builder's bug
+        i = len(built)
+        shape = built[-1][1].out_shape if built else tuple(in_shape)
+        raise problem(
+            layers[i],
+            f"layer {i} ({layers[i].spec['type']}): cannot be built for input {fmt(shape)}: "
+            f"{type(exc).__name__}: {_first_line(exc)}",
+        ) from None
+    infos = [info for _, info in built]
+    claimed = [info.out_shape for info in infos]
 
-    model = torch.nn.Sequential(*modules).eval()
+    model = torch.nn.Sequential(*(m for m, _ in built)).eval()
     inputs: dict[int, Shape] = {}
     current: list[int] = [-1]
 

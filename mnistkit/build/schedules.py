@@ -103,5 +103,4 @@ def plateau(
     sched = lr_scheduler.ReduceLROnPlateau(
         optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr
     )
-    sched.metric_name = metric  # type: ignore[attr-defined]
     return sched, "metric"

@@ -2,24 +2,29 @@
 
 Each builder is ``f(in_shape, **params) -> (module, out_shape)``: ``in_shape`` is the per-sample
 shape (no batch dimension) coming out of the previous layer, so a builder infers the sizes a person
-would not choose (``in_features``, ``in_channels``, ``input_size``, ``num_features``). Every builder
-first calls its pure-Python twin in :mod:`mnistkit.layers.shapes`, which checks the input and computes the
-output shape: ``mnistkit validate`` (no torch) and the real build report the same errors, in the
-same words.
+would not choose (``in_features``, ``in_channels``, ``input_size``, ``num_features``); ``params``
+holds every parameter the layer's declaration lists (:mod:`mnistkit.registry.layer_builtins`),
+defaults filled in and renamed by ``target_name`` (:meth:`mnistkit.registry.core.Entry.arguments`),
+so builders repeat no names or defaults. Every builder first calls its pure-Python twin in
+:mod:`mnistkit.layers.shapes`, which checks the input and computes the output shape: ``mnistkit
+validate`` (no torch) and the real build report the same errors, in the same words.
+:func:`iter_layers` is the one loop that builds a layer list (runs, ``eval``/``predict`` and
+``validate --build`` all go through it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from mnistkit.layers import shapes as S
-from mnistkit.layers.shapes import IntOrPair, LayerInfo, Shape, ShapeError
+from mnistkit.layers.shapes import LayerInfo, Shape, ShapeError
 from mnistkit.registry.core import Registries
 
-__all__ = ["LayerInfo", "Shape", "ShapeError", "build_layer", "build_layers"]
+__all__ = ["LayerInfo", "Shape", "ShapeError", "build_layer", "build_layers", "iter_layers"]
 
 Built = tuple[nn.Module, Shape]
 
@@ -102,202 +107,68 @@ class AttentionPool(nn.Module):
 
 
 # ----------------------------------------------------------------------------- builders
-def linear(in_shape: Shape, *, out_features: int, bias: bool = True, in_features: int | None = None) -> Built:
-    out = S.linear(in_shape, out_features=out_features, bias=bias, in_features=in_features)
-    return nn.Linear(in_shape[-1], out_features, bias=bias), out
+# Called as f(in_shape, **p) like the shape functions, with the same ``p``: every declared
+# parameter (mnistkit.registry.layer_builtins), defaults filled in, renamed by target_name. Where
+# the recipe's names are torch's, ``p`` goes to the torch class as is, less the inferred sizes.
 
 
-def flatten(in_shape: Shape) -> Built:
-    return nn.Flatten(), S.flatten(in_shape)
+def _torch(p: dict[str, Any], *inferred: str) -> dict[str, Any]:
+    """``p`` without the sizes inferred from ``in_shape`` (torch takes those positionally)."""
+    return {k: v for k, v in p.items() if k not in inferred}
 
 
-def dropout(in_shape: Shape, *, p: float = 0.5) -> Built:
-    return nn.Dropout(p), S.dropout(in_shape, p=p)
+def _torch_builder(
+    cls: Callable[..., nn.Module], shape_fn: Callable[..., Shape], inferred: str = "", axis: int = 0
+) -> Callable[..., Built]:
+    """The builder of a layer whose recipe keywords are the torch class's own: ``cls(**p)``, or
+    ``cls(in_shape[axis], **p)`` less ``inferred`` when torch needs a size the recipe infers."""
+
+    def build(in_shape: Shape, **p: Any) -> Built:
+        out = shape_fn(in_shape, **p)  # checks first: the same sentence as `mnistkit validate`
+        if not inferred:
+            return cls(**p), out
+        return cls(in_shape[axis], **_torch(p, inferred)), out
+
+    return build
 
 
-def softmax(in_shape: Shape) -> Built:
-    return nn.Softmax(dim=-1), S.softmax(in_shape)
+linear = _torch_builder(nn.Linear, S.linear, "in_features", axis=-1)
+conv1d = _torch_builder(nn.Conv1d, S.conv1d, "in_channels")
+conv2d = _torch_builder(nn.Conv2d, S.conv2d, "in_channels")
+batchnorm1d = _torch_builder(nn.BatchNorm1d, S.batchnorm1d, "num_features")
+batchnorm2d = _torch_builder(nn.BatchNorm2d, S.batchnorm2d, "num_features")
+maxpool1d = _torch_builder(nn.MaxPool1d, S.maxpool1d)
+maxpool2d = _torch_builder(nn.MaxPool2d, S.maxpool2d)
+avgpool1d = _torch_builder(nn.AvgPool1d, S.avgpool1d)
+avgpool2d = _torch_builder(nn.AvgPool2d, S.avgpool2d)
+adaptive_avgpool1d = _torch_builder(nn.AdaptiveAvgPool1d, S.adaptive_avgpool1d)
+adaptive_avgpool2d = _torch_builder(nn.AdaptiveAvgPool2d, S.adaptive_avgpool2d)
+flatten = _torch_builder(nn.Flatten, S.flatten)
+dropout = _torch_builder(nn.Dropout, S.dropout)
+to_sequence = _torch_builder(ToSequence, S.to_sequence)
 
 
-def log_softmax(in_shape: Shape) -> Built:
-    return nn.LogSoftmax(dim=-1), S.log_softmax(in_shape)
+def softmax(in_shape: Shape, **p: Any) -> Built:
+    return nn.Softmax(dim=-1), S.softmax(in_shape, **p)
 
 
-def conv1d(
-    in_shape: Shape,
-    *,
-    out_channels: int,
-    kernel_size: int,
-    stride: int = 1,
-    padding: int = 0,
-    dilation: int = 1,
-    groups: int = 1,
-    bias: bool = True,
-    in_channels: int | None = None,
-) -> Built:
-    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
-    out = S.conv1d(
-        in_shape, out_channels=out_channels, kernel_size=kernel_size, in_channels=in_channels, **kw
-    )
-    return nn.Conv1d(in_shape[0], out_channels, kernel_size, **kw), out
+def log_softmax(in_shape: Shape, **p: Any) -> Built:
+    return nn.LogSoftmax(dim=-1), S.log_softmax(in_shape, **p)
 
 
-def conv2d(
-    in_shape: Shape,
-    *,
-    out_channels: int,
-    kernel_size: IntOrPair,
-    stride: IntOrPair = 1,
-    padding: IntOrPair = 0,
-    dilation: IntOrPair = 1,
-    groups: int = 1,
-    bias: bool = True,
-    in_channels: int | None = None,
-) -> Built:
-    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
-    out = S.conv2d(
-        in_shape, out_channels=out_channels, kernel_size=kernel_size, in_channels=in_channels, **kw
-    )
-    return nn.Conv2d(in_shape[0], out_channels, kernel_size, **kw), out  # type: ignore[arg-type]
+def lstm(in_shape: Shape, **p: Any) -> Built:
+    out = S.lstm(in_shape, **p)
+    return LSTM(in_shape[-1], return_last=p["return_"] == "last", **_torch(p, "input_size", "return_")), out
 
 
-def batchnorm1d(
-    in_shape: Shape,
-    *,
-    eps: float = 1e-5,
-    momentum: float = 0.1,
-    affine: bool = True,
-    num_features: int | None = None,
-) -> Built:
-    out = S.batchnorm1d(in_shape, eps=eps, momentum=momentum, affine=affine, num_features=num_features)
-    return nn.BatchNorm1d(in_shape[0], eps=eps, momentum=momentum, affine=affine), out
+def gru(in_shape: Shape, **p: Any) -> Built:
+    out = S.gru(in_shape, **p)
+    return GRU(in_shape[-1], return_last=p["return_"] == "last", **_torch(p, "input_size", "return_")), out
 
 
-def batchnorm2d(
-    in_shape: Shape,
-    *,
-    eps: float = 1e-5,
-    momentum: float = 0.1,
-    affine: bool = True,
-    num_features: int | None = None,
-) -> Built:
-    out = S.batchnorm2d(in_shape, eps=eps, momentum=momentum, affine=affine, num_features=num_features)
-    return nn.BatchNorm2d(in_shape[0], eps=eps, momentum=momentum, affine=affine), out
-
-
-def maxpool1d(
-    in_shape: Shape,
-    *,
-    kernel_size: int,
-    stride: int | None = None,
-    padding: int = 0,
-    dilation: int = 1,
-    ceil_mode: bool = False,
-) -> Built:
-    kw = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
-    return nn.MaxPool1d(**kw), S.maxpool1d(in_shape, **kw)  # type: ignore[arg-type]
-
-
-def maxpool2d(
-    in_shape: Shape,
-    *,
-    kernel_size: IntOrPair,
-    stride: IntOrPair | None = None,
-    padding: IntOrPair = 0,
-    dilation: IntOrPair = 1,
-    ceil_mode: bool = False,
-) -> Built:
-    kw = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
-    return nn.MaxPool2d(**kw), S.maxpool2d(in_shape, **kw)  # type: ignore[arg-type]
-
-
-def avgpool1d(
-    in_shape: Shape,
-    *,
-    kernel_size: int,
-    stride: int | None = None,
-    padding: int = 0,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-) -> Built:
-    kw = dict(
-        kernel_size=kernel_size,
-        stride=stride,
-        padding=padding,
-        ceil_mode=ceil_mode,
-        count_include_pad=count_include_pad,
-    )
-    return nn.AvgPool1d(**kw), S.avgpool1d(in_shape, **kw)  # type: ignore[arg-type]
-
-
-def avgpool2d(
-    in_shape: Shape,
-    *,
-    kernel_size: IntOrPair,
-    stride: IntOrPair | None = None,
-    padding: IntOrPair = 0,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-) -> Built:
-    kw = dict(
-        kernel_size=kernel_size,
-        stride=stride,
-        padding=padding,
-        ceil_mode=ceil_mode,
-        count_include_pad=count_include_pad,
-    )
-    return nn.AvgPool2d(**kw), S.avgpool2d(in_shape, **kw)  # type: ignore[arg-type]
-
-
-def adaptive_avgpool1d(in_shape: Shape, *, output_size: int) -> Built:
-    out = S.adaptive_avgpool1d(in_shape, output_size=output_size)
-    return nn.AdaptiveAvgPool1d(output_size), out
-
-
-def adaptive_avgpool2d(in_shape: Shape, *, output_size: IntOrPair) -> Built:
-    out = S.adaptive_avgpool2d(in_shape, output_size=output_size)
-    return nn.AdaptiveAvgPool2d(output_size), out
-
-
-def to_sequence(in_shape: Shape) -> Built:
-    return ToSequence(), S.to_sequence(in_shape)
-
-
-def lstm(
-    in_shape: Shape,
-    *,
-    hidden_size: int,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    dropout: float = 0.0,
-    return_: str = "sequence",
-    bias: bool = True,
-    input_size: int | None = None,
-) -> Built:
-    kw = dict(num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, bias=bias)
-    out = S.lstm(in_shape, hidden_size=hidden_size, return_=return_, input_size=input_size, **kw)
-    return LSTM(in_shape[-1], hidden_size, return_last=return_ == "last", **kw), out
-
-
-def gru(
-    in_shape: Shape,
-    *,
-    hidden_size: int,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    dropout: float = 0.0,
-    return_: str = "sequence",
-    bias: bool = True,
-    input_size: int | None = None,
-) -> Built:
-    kw = dict(num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, bias=bias)
-    out = S.gru(in_shape, hidden_size=hidden_size, return_=return_, input_size=input_size, **kw)
-    return GRU(in_shape[-1], hidden_size, return_last=return_ == "last", **kw), out
-
-
-def attention_pool(in_shape: Shape, *, hidden_size: int = 64, in_features: int | None = None) -> Built:
-    out = S.attention_pool(in_shape, hidden_size=hidden_size, in_features=in_features)
-    return AttentionPool(in_shape[-1], hidden_size), out
+def attention_pool(in_shape: Shape, **p: Any) -> Built:
+    out = S.attention_pool(in_shape, **p)
+    return AttentionPool(in_shape[-1], p["hidden_size"]), out
 
 
 # ------------------------------------------------------------------------------- assembly
@@ -311,22 +182,32 @@ def build_layer(spec: dict[str, Any], in_shape: Shape, reg: Registries) -> Built
     return module, tuple(out)
 
 
-def build_layers(
+def iter_layers(
     specs: list[dict[str, Any]], in_shape: Shape, reg: Registries
-) -> tuple[nn.Sequential, list[LayerInfo]]:
-    """Build ``specs`` (``{type: ..., **params}`` dicts) in order, tracking the shape.
+) -> Iterator[tuple[nn.Module, LayerInfo]]:
+    """Build ``specs`` (``{type: ..., **params}`` dicts) in order, tracking the shape: the one loop.
 
-    Raises ShapeError("layer 4 (linear): expects ...") naming the failing layer.
+    Yields each module with its :class:`LayerInfo`, so a caller that must name a failing layer
+    (:func:`mnistkit.build.dry_run.dry_run`) knows it: the layer after the last one yielded. A
+    :class:`ShapeError` comes out prefixed with the layer (``layer 4 (linear): expects ...``);
+    anything else a builder raises comes out unchanged.
     """
-    modules: list[nn.Module] = []
-    infos: list[LayerInfo] = []
     shape = tuple(in_shape)
     for i, spec in enumerate(specs):
         try:
             module, out = build_layer(spec, shape, reg)
         except ShapeError as exc:
             raise exc.at(i, spec["type"]) from None
-        modules.append(module)
-        infos.append(LayerInfo(i, spec["type"], out, sum(p.numel() for p in module.parameters())))
+        yield module, LayerInfo(i, spec["type"], out, sum(p.numel() for p in module.parameters()))
         shape = out
-    return nn.Sequential(*modules), infos
+
+
+def build_layers(
+    specs: list[dict[str, Any]], in_shape: Shape, reg: Registries
+) -> tuple[nn.Sequential, list[LayerInfo]]:
+    """The layers of :func:`iter_layers` as one ``nn.Sequential``, with the summary rows.
+
+    Raises ShapeError("layer 4 (linear): expects ...") naming the failing layer.
+    """
+    built = list(iter_layers(specs, in_shape, reg))
+    return nn.Sequential(*(m for m, _ in built)), [info for _, info in built]

@@ -5,13 +5,14 @@ Shapes are per sample, without the batch dimension: images ``(C, H, W)``, sequen
 ``batchnorm1d`` and the 1-d pools read ``(C, L)`` as torch does.
 
 Each built-in layer type has a function here, ``f(in_shape, **params) -> out_shape``, that raises
-:class:`ShapeError` with a sentence (what the layer expects, what it gets, how to fix it). The
+:class:`ShapeError` with a sentence (what the layer expects, what it gets, how to fix it);
+``params`` is what the builder gets too: every declared parameter, defaults filled in. The
 layer catalog points every built-in entry at its function through the entry's ``shape`` meta
 (``"mnistkit.layers.shapes:conv2d"``), so there is one list of layer types, the catalog. The torch
 builders in :mod:`mnistkit.layers.modules` call the same functions for their output shape and their
 checks: validation and building cannot disagree, and ``tests/test_layers.py`` checks the
 arithmetic against real forward passes. A plugin layer without a ``shape`` function stops static
-inference at that layer (with a note); ``mnistkit validate --build`` (:func:`dry_run`) still
+inference at that layer (with a note); ``mnistkit validate --build`` (``build.dry_run``) still
 checks it with a real forward pass.
 
 Nothing here imports torch at module level: ``mnistkit validate`` must stay torch-free.
@@ -19,13 +20,12 @@ Nothing here imports torch at module level: ``mnistkit validate`` must stay torc
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mnistkit.registry.core import Registries
+from mnistkit.registry.core import Registries, load_target
 
 Shape = tuple[int, ...]
 IntOrPair = int | tuple[int, int]
@@ -79,15 +79,6 @@ def _pair(v: IntOrPair) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _what(shape: Shape) -> str:
-    """Name what a shape looks like, to help the reader of an error see the mismatch."""
-    return {
-        1: "a flat vector",
-        2: "a (time, features) sequence or (channels, length) map",
-        3: "a (channels, height, width) image/feature map",
-    }.get(len(shape), f"a rank-{len(shape)} tensor")
-
-
 def _explicit(name: str, declared: int | None, actual: int, unit: str) -> None:
     """An explicit ``in_features``-like param must agree with the size that reaches the layer."""
     if declared is not None and declared != actual:
@@ -99,24 +90,32 @@ def _explicit(name: str, declared: int | None, actual: int, unit: str) -> None:
         )
 
 
-def _need_image(shape: Shape, layer: str) -> None:
-    if len(shape) == 3:
+#: rank -> (the input it reads, its spatial axes, the layer suffix): 2-d and 1-d maps.
+_MAPS = {
+    3: ("(channels, height, width)", "height and width", "2d"),
+    2: ("(channels, length)", "length axis", "1d"),
+}
+
+
+def _need_map(shape: Shape, layer: str, rank: int) -> None:
+    """``shape`` must be a 2-d map (rank 3) or a 1-d map (rank 2) for ``layer``; else say which fits."""
+    if len(shape) == rank:
         return
-    fix = {
-        1: f"{layer} must come before flatten (a flat vector has no height and width)",
-        2: f"for (channels, length) inputs use the 1-d layer ({layer[:-2]}1d)",
-    }.get(len(shape), "")
-    raise ShapeError(f"expects a (channels, height, width) input, gets {fmt(shape)}" + _semi(fix))
+    fix = ""
+    if len(shape) == 1:
+        fix = f"{layer} must come before flatten (a flat vector has no {_MAPS[rank][1]})"
+    elif len(shape) in _MAPS:
+        what, _, suffix = _MAPS[len(shape)]
+        fix = f"for {what} inputs use the {suffix[0]}-d layer ({layer[:-2]}{suffix})"
+    raise ShapeError(f"expects a {_MAPS[rank][0]} input, gets {fmt(shape)}" + _semi(fix))
+
+
+def _need_image(shape: Shape, layer: str) -> None:
+    _need_map(shape, layer, 3)
 
 
 def _need_map1d(shape: Shape, layer: str) -> None:
-    if len(shape) == 2:
-        return
-    fix = {
-        1: f"{layer} must come before flatten (a flat vector has no length axis)",
-        3: f"for (channels, height, width) inputs use the 2-d layer ({layer[:-2]}2d)",
-    }.get(len(shape), "")
-    raise ShapeError(f"expects a (channels, length) input, gets {fmt(shape)}" + _semi(fix))
+    _need_map(shape, layer, 2)
 
 
 def _semi(text: str) -> str:
@@ -168,10 +167,11 @@ def _windows(
     )
 
 
-def _pool_padding(kernel: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...]) -> None:
-    # torch refuses padding over half the (dilated) window: that window could see only padding.
-    for k, p, d in zip(kernel, padding, dilation, strict=True):
-        if p > (d * (k - 1) + 1) // 2:
+def _pool_padding(kernel: tuple[int, ...], padding: tuple[int, ...]) -> None:
+    # torch refuses padding over half the window; half the *undilated* kernel_size, also for a
+    # dilated max pool (found by the random-parameter test against real forward passes).
+    for k, p in zip(kernel, padding, strict=True):
+        if p > k // 2:
             raise ShapeError(
                 f"padding {p} is more than half of kernel_size {k}",
                 "pooling padding may be at most half the window",
@@ -180,10 +180,12 @@ def _pool_padding(kernel: tuple[int, ...], padding: tuple[int, ...], dilation: t
 
 
 # ----------------------------------------------------------------------- shape functions
-# One per built-in layer type; keyword names are the builders' (after target_name renaming).
+# One per built-in layer type, called as f(in_shape, **p): ``p`` holds every parameter the layer's
+# declaration (mnistkit.registry.layer_builtins) lists, defaults filled in, keys renamed by
+# target_name. Names and defaults are written there only.
 
 
-def linear(in_shape: Shape, *, out_features: int, bias: bool = True, in_features: int | None = None) -> Shape:
+def linear(in_shape: Shape, **p: Any) -> Shape:
     # Like nn.Linear, a (time, features) sequence is transformed step by step; a map is not
     # accepted because flattening it is a decision the recipe should make visibly.
     if len(in_shape) not in (1, 2):
@@ -193,43 +195,29 @@ def linear(in_shape: Shape, *, out_features: int, bias: bool = True, in_features
             "a (channels, height, width) map must be flattened (or pooled: "
             "{type: adaptive_avgpool2d, output_size: 1} then flatten) before a linear layer",
         )
-    _explicit("in_features", in_features, in_shape[-1], "inputs")
-    return (*in_shape[:-1], out_features)
+    _explicit("in_features", p["in_features"], in_shape[-1], "inputs")
+    return (*in_shape[:-1], p["out_features"])
 
 
-def flatten(in_shape: Shape) -> Shape:
+def flatten(in_shape: Shape, **p: Any) -> Shape:
     return (math.prod(in_shape),)
 
 
-def dropout(in_shape: Shape, *, p: float = 0.5) -> Shape:
+def same_shape(in_shape: Shape, **p: Any) -> Shape:
+    """Elementwise layers (dropout, softmax, log_softmax, every activation) keep the shape."""
     return tuple(in_shape)
 
 
-def softmax(in_shape: Shape) -> Shape:
-    return tuple(in_shape)
+dropout = softmax = log_softmax = same_shape
 
 
-def log_softmax(in_shape: Shape) -> Shape:
-    return tuple(in_shape)
-
-
-def _conv(
-    in_shape: Shape,
-    dims: int,
-    out_channels: int,
-    kernel_size: IntOrPair,
-    stride: IntOrPair,
-    padding: IntOrPair,
-    dilation: IntOrPair,
-    groups: int,
-    in_channels: int | None,
-) -> Shape:
+def _conv(in_shape: Shape, dims: int, p: dict[str, Any]) -> Shape:
     as_tuple: Callable[[IntOrPair], tuple[int, ...]] = (
         (lambda v: (int(v),)) if dims == 1 else _pair  # type: ignore[arg-type]
     )
-    channels = in_shape[0]
-    _explicit("in_channels", in_channels, channels, "input channels")
-    for what, n in (("input channels", channels), ("out_channels", out_channels)):
+    channels, groups = in_shape[0], p["groups"]
+    _explicit("in_channels", p["in_channels"], channels, "input channels")
+    for what, n in (("input channels", channels), ("out_channels", p["out_channels"])):
         if n % groups:
             raise ShapeError(
                 f"{what} {n} is not divisible by groups {groups}",
@@ -238,151 +226,83 @@ def _conv(
             )
     spatial = _windows(
         in_shape,
-        as_tuple(kernel_size),
-        as_tuple(stride),
-        as_tuple(padding),
-        as_tuple(dilation),
+        as_tuple(p["kernel_size"]),
+        as_tuple(p["stride"]),
+        as_tuple(p["padding"]),
+        as_tuple(p["dilation"]),
     )
-    return (out_channels, *spatial)
+    return (p["out_channels"], *spatial)
 
 
-def conv1d(
-    in_shape: Shape,
-    *,
-    out_channels: int,
-    kernel_size: int,
-    stride: int = 1,
-    padding: int = 0,
-    dilation: int = 1,
-    groups: int = 1,
-    bias: bool = True,
-    in_channels: int | None = None,
-) -> Shape:
+def conv1d(in_shape: Shape, **p: Any) -> Shape:
     _need_map1d(in_shape, "conv1d")
-    return _conv(in_shape, 1, out_channels, kernel_size, stride, padding, dilation, groups, in_channels)
+    return _conv(in_shape, 1, p)
 
 
-def conv2d(
-    in_shape: Shape,
-    *,
-    out_channels: int,
-    kernel_size: IntOrPair,
-    stride: IntOrPair = 1,
-    padding: IntOrPair = 0,
-    dilation: IntOrPair = 1,
-    groups: int = 1,
-    bias: bool = True,
-    in_channels: int | None = None,
-) -> Shape:
+def conv2d(in_shape: Shape, **p: Any) -> Shape:
     _need_image(in_shape, "conv2d")
-    return _conv(in_shape, 2, out_channels, kernel_size, stride, padding, dilation, groups, in_channels)
+    return _conv(in_shape, 2, p)
 
 
-def batchnorm1d(
-    in_shape: Shape,
-    *,
-    eps: float = 1e-5,
-    momentum: float = 0.1,
-    affine: bool = True,
-    num_features: int | None = None,
-) -> Shape:
+def batchnorm1d(in_shape: Shape, **p: Any) -> Shape:
     if len(in_shape) not in (1, 2):
         raise ShapeError(
             f"expects (features,) or (channels, length), gets {fmt(in_shape)}"
             + _semi("use batchnorm2d for (channels, height, width) maps" if len(in_shape) == 3 else "")
         )
-    _explicit("num_features", num_features, in_shape[0], "features/channels")
+    _explicit("num_features", p["num_features"], in_shape[0], "features/channels")
     return tuple(in_shape)
 
 
-def batchnorm2d(
-    in_shape: Shape,
-    *,
-    eps: float = 1e-5,
-    momentum: float = 0.1,
-    affine: bool = True,
-    num_features: int | None = None,
-) -> Shape:
+def batchnorm2d(in_shape: Shape, **p: Any) -> Shape:
     _need_image(in_shape, "batchnorm2d")
-    _explicit("num_features", num_features, in_shape[0], "channels")
+    _explicit("num_features", p["num_features"], in_shape[0], "channels")
     return tuple(in_shape)
 
 
-def maxpool1d(
-    in_shape: Shape,
-    *,
-    kernel_size: int,
-    stride: int | None = None,
-    padding: int = 0,
-    dilation: int = 1,
-    ceil_mode: bool = False,
-) -> Shape:
-    _need_map1d(in_shape, "maxpool1d")
-    k, s = (kernel_size,), (stride or kernel_size,)
-    _pool_padding(k, (padding,), (dilation,))
-    return (in_shape[0], *_windows(in_shape, k, s, (padding,), (dilation,), ceil_mode))
+def _pool(in_shape: Shape, layer: str, p: dict[str, Any]) -> Shape:
+    """Max and average pools, 1-d and 2-d (average pools have no ``dilation``: 1)."""
+    if layer.endswith("1d"):
+        _need_map1d(in_shape, layer)
+        as_tuple: Callable[[IntOrPair], tuple[int, ...]] = lambda v: (int(v),)  # type: ignore[arg-type]  # noqa: E731
+    else:
+        _need_image(in_shape, layer)
+        as_tuple = _pair
+    k = as_tuple(p["kernel_size"])
+    s = as_tuple(p["stride"]) if p["stride"] is not None else k
+    pad = as_tuple(p["padding"])
+    d = as_tuple(p["dilation"]) if "dilation" in p else (1,) * len(k)  # average pools: none
+    _pool_padding(k, pad)
+    return (in_shape[0], *_windows(in_shape, k, s, pad, d, p["ceil_mode"]))
 
 
-def maxpool2d(
-    in_shape: Shape,
-    *,
-    kernel_size: IntOrPair,
-    stride: IntOrPair | None = None,
-    padding: IntOrPair = 0,
-    dilation: IntOrPair = 1,
-    ceil_mode: bool = False,
-) -> Shape:
-    _need_image(in_shape, "maxpool2d")
-    k = _pair(kernel_size)
-    s = _pair(stride) if stride is not None else k
-    p, d = _pair(padding), _pair(dilation)
-    _pool_padding(k, p, d)
-    return (in_shape[0], *_windows(in_shape, k, s, p, d, ceil_mode))
+def maxpool1d(in_shape: Shape, **p: Any) -> Shape:
+    return _pool(in_shape, "maxpool1d", p)
 
 
-def avgpool1d(
-    in_shape: Shape,
-    *,
-    kernel_size: int,
-    stride: int | None = None,
-    padding: int = 0,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-) -> Shape:
-    _need_map1d(in_shape, "avgpool1d")
-    k, s = (kernel_size,), (stride or kernel_size,)
-    _pool_padding(k, (padding,), (1,))
-    return (in_shape[0], *_windows(in_shape, k, s, (padding,), (1,), ceil_mode))
+def maxpool2d(in_shape: Shape, **p: Any) -> Shape:
+    return _pool(in_shape, "maxpool2d", p)
 
 
-def avgpool2d(
-    in_shape: Shape,
-    *,
-    kernel_size: IntOrPair,
-    stride: IntOrPair | None = None,
-    padding: IntOrPair = 0,
-    ceil_mode: bool = False,
-    count_include_pad: bool = True,
-) -> Shape:
-    _need_image(in_shape, "avgpool2d")
-    k = _pair(kernel_size)
-    s = _pair(stride) if stride is not None else k
-    p = _pair(padding)
-    _pool_padding(k, p, (1, 1))
-    return (in_shape[0], *_windows(in_shape, k, s, p, (1, 1), ceil_mode))
+def avgpool1d(in_shape: Shape, **p: Any) -> Shape:
+    return _pool(in_shape, "avgpool1d", p)
 
 
-def adaptive_avgpool1d(in_shape: Shape, *, output_size: int) -> Shape:
+def avgpool2d(in_shape: Shape, **p: Any) -> Shape:
+    return _pool(in_shape, "avgpool2d", p)
+
+
+def adaptive_avgpool1d(in_shape: Shape, **p: Any) -> Shape:
     _need_map1d(in_shape, "adaptive_avgpool1d")
-    return (in_shape[0], output_size)
+    return (in_shape[0], p["output_size"])
 
 
-def adaptive_avgpool2d(in_shape: Shape, *, output_size: IntOrPair) -> Shape:
+def adaptive_avgpool2d(in_shape: Shape, **p: Any) -> Shape:
     _need_image(in_shape, "adaptive_avgpool2d")
-    return (in_shape[0], *_pair(output_size))
+    return (in_shape[0], *_pair(p["output_size"]))
 
 
-def to_sequence(in_shape: Shape) -> Shape:
+def to_sequence(in_shape: Shape, **p: Any) -> Shape:
     """``(C, F, T)`` → ``(T, C*F)``; ``(C, T)`` → ``(T, C)``: the last axis is time."""
     if len(in_shape) == 3:
         c, f, t = in_shape
@@ -396,16 +316,7 @@ def to_sequence(in_shape: Shape) -> Shape:
     )
 
 
-def _rnn(
-    kind: str,
-    in_shape: Shape,
-    hidden_size: int,
-    num_layers: int,
-    bidirectional: bool,
-    dropout: float,
-    return_: str,
-    input_size: int | None,
-) -> Shape:
+def _rnn(kind: str, in_shape: Shape, p: dict[str, Any]) -> Shape:
     if len(in_shape) == 3:
         raise ShapeError(
             f"expects a (time, features) sequence, gets {fmt(in_shape)}; add {{type: to_sequence}} before it",
@@ -416,47 +327,27 @@ def _rnn(
             f"expects a (time, features) sequence, gets {fmt(in_shape)}; a flat vector has no time axis",
             "feed it a sequence: e.g. conv layers then {type: to_sequence}",
         )
-    _explicit("input_size", input_size, in_shape[1], "features per step")
-    if dropout > 0 and num_layers == 1:
+    _explicit("input_size", p["input_size"], in_shape[1], "features per step")
+    if p["dropout"] > 0 and p["num_layers"] == 1:
         # torch only warns; the setting would silently do nothing, so it is an error here.
         raise ShapeError(
-            f"dropout {dropout:g} applies between stacked {kind} layers, and num_layers is 1",
+            f"dropout {p['dropout']:g} applies between stacked {kind} layers, and num_layers is 1",
             "set num_layers >= 2, or remove dropout here and add {type: dropout} after the layer",
             param="dropout",
         )
-    width = hidden_size * (2 if bidirectional else 1)
-    return (in_shape[0], width) if return_ == "sequence" else (width,)
+    width = p["hidden_size"] * (2 if p["bidirectional"] else 1)
+    return (in_shape[0], width) if p["return_"] == "sequence" else (width,)
 
 
-def lstm(
-    in_shape: Shape,
-    *,
-    hidden_size: int,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    dropout: float = 0.0,
-    return_: str = "sequence",
-    bias: bool = True,
-    input_size: int | None = None,
-) -> Shape:
-    return _rnn("lstm", in_shape, hidden_size, num_layers, bidirectional, dropout, return_, input_size)
+def lstm(in_shape: Shape, **p: Any) -> Shape:
+    return _rnn("lstm", in_shape, p)
 
 
-def gru(
-    in_shape: Shape,
-    *,
-    hidden_size: int,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    dropout: float = 0.0,
-    return_: str = "sequence",
-    bias: bool = True,
-    input_size: int | None = None,
-) -> Shape:
-    return _rnn("gru", in_shape, hidden_size, num_layers, bidirectional, dropout, return_, input_size)
+def gru(in_shape: Shape, **p: Any) -> Shape:
+    return _rnn("gru", in_shape, p)
 
 
-def attention_pool(in_shape: Shape, *, hidden_size: int = 64, in_features: int | None = None) -> Shape:
+def attention_pool(in_shape: Shape, **p: Any) -> Shape:
     if len(in_shape) != 2:
         fix = (
             "add {type: to_sequence} (and usually an lstm/gru) before it"
@@ -464,7 +355,7 @@ def attention_pool(in_shape: Shape, *, hidden_size: int = 64, in_features: int |
             else "it pools over time: put it after an lstm/gru with return: sequence"
         )
         raise ShapeError(f"expects a (time, features) sequence, gets {fmt(in_shape)}; {fix}")
-    _explicit("in_features", in_features, in_shape[1], "features per step")
+    _explicit("in_features", p["in_features"], in_shape[1], "features per step")
     return (in_shape[1],)
 
 
@@ -478,36 +369,22 @@ class LayerInfo:
     params: int
 
 
-def _resolve(target: str | Callable[..., Shape]) -> Callable[..., Shape]:
-    if callable(target):
-        return target
-    module, _, attr = target.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj  # type: ignore[no-any-return]
-
-
 def layer_params(spec: dict[str, Any], reg: Registries) -> dict[str, Any]:
-    """A spec's parameters renamed to the keywords of its builder/shape function."""
+    """What a layer's builder and shape function receive: every declared parameter, the spec's
+    value or else the declared default, renamed by ``target_name`` (see ``Entry.arguments``)."""
     params = {k: v for k, v in spec.items() if k != "type"}
     kind = spec["type"]
     if kind in reg.activations or kind not in reg.layers:
-        return params
-    declared = reg.layers.get(kind).params
-    return {(declared[k].target_name or k) if k in declared else k: v for k, v in params.items()}
+        return params  # activations: Registry.create renames; unknown: reg.layers.get says so
+    return reg.layers.get(kind).arguments(params)
 
 
 def shape_function(kind: str, reg: Registries) -> Callable[..., Shape] | None:
     """The static shape function of a layer type; None when it has none (some plugin layers)."""
     if kind in reg.activations:
-        return _same_shape  # activations are elementwise
+        return same_shape  # activations are elementwise
     target = reg.layers.get(kind).meta.get("shape")
-    return _resolve(target) if target else None
-
-
-def _same_shape(in_shape: Shape, **_: Any) -> Shape:
-    return tuple(in_shape)
+    return load_target(target) if target else None
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,18 +94,39 @@ class Entry:
 
     def load(self) -> Callable[..., Any]:
         """Import and return the target (a class or factory)."""
-        if callable(self.target):
-            return self.target
-        module, _, attr = self.target.partition(":")
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return load_target(self.target)
+
+    def renamed(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Recipe keys renamed to the target's keywords (``target_name``); undeclared keys kept."""
+        return {(self.params[k].target_name or k) if k in self.params else k: v for k, v in given.items()}
+
+    def arguments(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Every declared parameter, ``given`` or else its declared default, renamed for the target.
+
+        This is how layer builders and shape functions are called: the declaration is the one
+        place that holds the names and defaults, so the targets repeat neither.
+        """
+        missing = [k for k, p in self.params.items() if p.required and k not in given]
+        if missing:
+            # What Python itself would raise for a missing keyword-only argument.
+            raise TypeError(f"{self.name}: missing required parameter(s) {', '.join(missing)}")
+        filled = {k: p.default for k, p in self.params.items() if k not in given}
+        return self.renamed({**given, **filled})
 
     def create(self, *args: Any, **kwargs: Any) -> Any:
         """Instantiate the target with recipe parameters (renamed to target keywords)."""
-        renamed = {(self.params[k].target_name or k) if k in self.params else k: v for k, v in kwargs.items()}
-        return self.load()(*args, **renamed)
+        return self.load()(*args, **self.renamed(kwargs))
+
+
+def load_target(target: str | Callable[..., Any]) -> Callable[..., Any]:
+    """A ``"module:attr.attr"`` target imported (a callable is returned as is)."""
+    if callable(target):
+        return target
+    module, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[no-any-return]
 
 
 class UnknownName(KeyError):

@@ -1,10 +1,14 @@
-"""Built-in layer types for ``model.layers`` (declared as data; builders live in layers.py).
+"""Built-in layer types for ``model.layers``, declared as data: the one place for their parameters.
 
 Every layer type ``name`` has two targets, both found by name (this list is the only list):
 
 * the builder ``mnistkit.layers.modules:<name>``, ``f(in_shape, **params) -> (module, out_shape)``;
 * the shape function ``mnistkit.layers.shapes:<name>``, ``f(in_shape, **params) -> out_shape``, pure
   Python, used by ``mnistkit validate`` (no torch) and by the builder itself.
+
+Both receive ``params`` filled from the declarations below (every parameter, the recipe's value or
+the default written here, renamed by ``target_name``: ``Entry.arguments``), so names, defaults and
+bounds are written here only; the targets read ``params["stride"]`` and repeat none of them.
 
 ``in_shape`` is the per-sample input shape (no batch dimension): images ``(C, H, W)``, sequences
 ``(T, F)``, flat ``(F,)``. Sizes a person would not choose (``in_features``, ``in_channels``,
@@ -68,7 +72,7 @@ def _rnn(kind: str) -> dict[str, Param]:
         "num_layers": P("int", 1, "stacked recurrent layers", ge=1),
         "bidirectional": P("bool", False, "also read the sequence backwards (output width x2)"),
         "dropout": P("float", 0.0, "dropout between stacked layers (needs num_layers >= 2)", ge=0, lt=1),
-        # `return` is a Python keyword, so the builder's keyword is `return_`.
+        # `return` is a Python keyword: builders and shape functions read it as params["return_"].
         "return": P(
             "str",
             "sequence",
