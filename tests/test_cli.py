@@ -319,3 +319,12 @@ def test_set_into_a_missing_list_item_names_the_set_and_the_list_length(cli) -> 
     assert res.returncode == 2
     assert res.stderr.startswith("error --set model.layers.20.p=0.1: model.layers.20: no item 20")
     assert "recipes/cnn.yaml:" not in res.stderr  # the --set is the cause, not the file
+
+
+def test_validate_states_the_model_size_it_infers(cli) -> None:
+    """The count is static (no torch): the tutorial MLP is 784*512+512 + ... + 64*10+10 = 575,050."""
+    res = cli("validate", "recipes/mlp5.yaml", "--set", "model.hidden=[2000000000]")
+    assert res.returncode == 0, res.stderr
+    assert "(1,590,000,000,010 parameters, 6,360.0 GB of float32 weights)" in res.stdout
+    tutorial = cli("validate", "recipes/mlp5.yaml")
+    assert "ok recipes/mlp5.yaml (575,050 parameters, 2.3 MB of float32 weights)" in tutorial.stdout

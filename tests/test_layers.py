@@ -146,6 +146,10 @@ def test_static_shapes_match_real_forward_passes_for_declared_parameters(entry: 
         with torch.no_grad():
             y = module.eval()(torch.randn(2, *in_shape))
         assert tuple(y.shape) == (2, *out_shape), f"{spec} on {in_shape}: static says {out_shape}"
+        real = sum(p.numel() for p in module.parameters())
+        assert static.parameters == real, (
+            f"{spec} on {in_shape}: static count {static.parameters}, torch {real}"
+        )
     assert accepted >= 5, f"{entry.name}: only {accepted} of 60 random parameter sets were valid"
 
 

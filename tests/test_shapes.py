@@ -299,3 +299,17 @@ def test_build_names_the_layer_whose_builder_raises(tmp_path: Path) -> None:
         "ValueError: cannot use width 12"
     ) in err
     assert "second line" not in err
+
+
+def test_build_blames_a_layer_written_by_set_on_that_set(tmp_path: Path) -> None:
+    """`validate --build` mapped errors to the file's lines even for a layer a --set replaced."""
+    (tmp_path / "shapes_test_plugin.py").write_text(PLUGIN)
+    text = (
+        "plugins: [shapes_test_plugin]\ndata: {dataset: mnist}\nmodel:\n  layers:\n"
+        "    - {type: flatten}\n    - {type: linear, out_features: 12}\n    - {type: relu}\n"
+    )
+    path = _write(tmp_path, "ok.yaml", text)
+    code, out, err = _cli_in_process("validate", "--build", path, "--set", "model.layers.2={type: crash}")
+    assert code == 2
+    assert "--set model.layers.2={type: crash}: model.layers[2]: layer 2 (crash): cannot be built" in err
+    assert f"{path}:7" not in err

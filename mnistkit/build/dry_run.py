@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from mnistkit.errors import Problem, RecipeError
@@ -16,14 +15,16 @@ from mnistkit.recipe.model_check import (
     layer_specs,
 )
 from mnistkit.recipe.sections import RecipeBase
+from mnistkit.recipe.yamlio import Located
 
 
-def dry_run(recipe: RecipeBase, path: str | Path | None = None) -> list[LayerInfo]:
+def dry_run(recipe: RecipeBase, doc: Located | None = None) -> list[LayerInfo]:
     """Build the real model and push a zero batch of 2 through it (eval mode, no gradients).
 
     Everything static inference cannot see (plugin layers, torch's own checks) shows up here;
     a failure becomes a :class:`RecipeError` naming the layer, its input shape and its line in
-    ``path``, not a stack trace. Returns the built layers (for a summary).
+    ``doc`` (the recipe as loaded, ``--set`` overrides applied, so a layer an override wrote is
+    blamed on that ``--set``), not a stack trace. Returns the built layers (for a summary).
     """
     import torch
 
@@ -31,18 +32,17 @@ def dry_run(recipe: RecipeBase, path: str | Path | None = None) -> list[LayerInf
     from mnistkit.registry import registries
 
     reg = registries()
-    doc = _located(path)
 
     def problem(ls: LayerSpec | None, message: str, hint: str = "", param: str | None = None) -> RecipeError:
         loc, field = ls.at(param) if ls is not None else (("model",), "model")
-        return RecipeError([Problem(_where(doc, loc, path), field, message, hint)])
+        return RecipeError([Problem(_where(doc, loc), field, message, hint)])
 
     in_shape = input_shape(recipe, reg)
     if in_shape is None:
         raise RecipeError(
             [
                 Problem(
-                    _where(doc, ("data", "dataset"), path),
+                    _where(doc, ("data", "dataset")),
                     "data.dataset",
                     f"dataset {recipe.data.dataset!r} declares no input shape, so --build "
                     "cannot make a batch for it",
@@ -133,18 +133,5 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _located(path: str | Path | None) -> Any:
-    if path is None:
-        return None
-    from mnistkit.recipe.yamlio import load_file
-
-    try:
-        return load_file(Path(path))
-    except RecipeError:
-        return None  # it loaded a moment ago; positions are a nicety, not a requirement
-
-
-def _where(doc: Any, loc: tuple[Any, ...], path: str | Path | None) -> str:
-    if doc is not None:
-        return str(doc.where(loc))
-    return str(path) if path is not None else "<recipe>"
+def _where(doc: Located | None, loc: tuple[Any, ...]) -> str:
+    return str(doc.where(loc)) if doc is not None else "<recipe>"

@@ -276,23 +276,24 @@ def validate(
     """Check recipes without training: every problem of every file, with file:line:column."""
 
     def body() -> None:
-        from mnistkit.recipe.schema import load_recipe
+        from mnistkit.recipe.model_check import describe_size, model_size, static_notes
+        from mnistkit.recipe.schema import load_document, validate_document
+        from mnistkit.registry import registries
 
         failed = 0
         con = _stderr()
         for path in recipes:
             try:
-                rec = load_recipe(path, set_ or [])
-                from mnistkit.recipe.model_check import static_notes
-                from mnistkit.registry import registries
-
+                doc = load_document(path, set_ or [])
+                rec = validate_document(doc, [], default_name=path.stem, base_dir=path.parent)
                 for note in static_notes(rec, registries()):
                     con.print(f"note {path}: {_esc(note)}", style="dim")
                 if build:
                     from mnistkit.build.dry_run import dry_run
 
-                    dry_run(rec, path)
-                typer.echo(f"ok {path}")
+                    dry_run(rec, doc)
+                size = model_size(rec, registries())
+                typer.echo(f"ok {path}" + (f" ({describe_size(size)})" if size is not None else ""))
             except RecipeError as exc:
                 failed += 1
                 print_problems(exc)  # and go on: every file is checked

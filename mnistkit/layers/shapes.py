@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mnistkit.registry.core import Registries, load_target
@@ -359,6 +359,72 @@ def attention_pool(in_shape: Shape, **p: Any) -> Shape:
     return (in_shape[1],)
 
 
+# ------------------------------------------------------------------ learnable parameter counts
+# f(in_shape, **p) -> int, for the layer types that have weights (the others have none); the same
+# ``p`` as the shape functions. They let `validate` state a model's size without torch, and `run`
+# refuse a model whose weights cannot fit before any data is loaded. Checked against torch's
+# ``numel`` of the built modules by tests/test_layers.py.
+
+
+def weights_linear(in_shape: Shape, **p: Any) -> int:
+    return in_shape[-1] * p["out_features"] + (p["out_features"] if p["bias"] else 0)
+
+
+def _weights_conv(in_shape: Shape, dims: int, p: dict[str, Any]) -> int:
+    kernel = (int(p["kernel_size"]),) if dims == 1 else _pair(p["kernel_size"])
+    per_out = (in_shape[0] // p["groups"]) * math.prod(kernel)
+    return p["out_channels"] * per_out + (p["out_channels"] if p["bias"] else 0)
+
+
+def weights_conv1d(in_shape: Shape, **p: Any) -> int:
+    return _weights_conv(in_shape, 1, p)
+
+
+def weights_conv2d(in_shape: Shape, **p: Any) -> int:
+    return _weights_conv(in_shape, 2, p)
+
+
+def weights_batchnorm1d(in_shape: Shape, **p: Any) -> int:
+    return 2 * in_shape[0] if p["affine"] else 0  # running mean/var are buffers, not weights
+
+
+weights_batchnorm2d = weights_batchnorm1d
+
+
+def _weights_rnn(gates: int, in_shape: Shape, p: dict[str, Any]) -> int:
+    h, dirs = p["hidden_size"], 2 if p["bidirectional"] else 1
+    total = 0
+    for layer in range(p["num_layers"]):
+        inputs = in_shape[-1] if layer == 0 else h * dirs
+        per_direction = gates * h * (inputs + h) + (2 * gates * h if p["bias"] else 0)
+        total += dirs * per_direction
+    return total
+
+
+def weights_lstm(in_shape: Shape, **p: Any) -> int:
+    return _weights_rnn(4, in_shape, p)
+
+
+def weights_gru(in_shape: Shape, **p: Any) -> int:
+    return _weights_rnn(3, in_shape, p)
+
+
+def weights_attention_pool(in_shape: Shape, **p: Any) -> int:
+    f, h = in_shape[-1], p["hidden_size"]
+    return f * h + h + h + 1  # Linear(F -> hidden) and Linear(hidden -> 1)
+
+
+def weight_function(kind: str, reg: Registries) -> Callable[..., int] | None:
+    """A layer type's parameter counter; None for a plugin layer that declares none (unknown)."""
+    if kind in reg.activations:
+        return lambda in_shape, **p: 0
+    entry = reg.layers.get(kind)
+    target = entry.meta.get("weights")
+    if target is not None:
+        return load_target(target) if target else (lambda in_shape, **p: 0)
+    return None
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """One built layer, for the model summary."""
@@ -394,6 +460,14 @@ class Inference:
     shapes: list[Shape]
     error: ShapeError | None = None
     skipped_at: int | None = None  # first layer without a shape function
+    weights: list[int | None] = field(default_factory=list)  # per layer; None: not known statically
+
+    @property
+    def parameters(self) -> int | None:
+        """Learnable parameters of the whole model; None when a layer's count is unknown."""
+        if self.error is not None or self.skipped_at is not None or None in self.weights:
+            return None
+        return sum(w for w in self.weights if w is not None)
 
 
 def infer(specs: list[dict[str, Any]], in_shape: Shape, reg: Registries) -> Inference:
@@ -407,7 +481,10 @@ def infer(specs: list[dict[str, Any]], in_shape: Shape, reg: Registries) -> Infe
             result.skipped_at = i
             return result
         try:
-            shape = tuple(fn(shape, **layer_params(spec, reg)))
+            params = layer_params(spec, reg)
+            count = weight_function(kind, reg)
+            result.weights.append(count(shape, **params) if count is not None else None)
+            shape = tuple(fn(shape, **params))
         except ShapeError as exc:
             result.error = exc.at(i, kind)
             return result

@@ -152,6 +152,25 @@ def _output_mismatch(out: Shape, num_classes: int, recipe: RecipeBase) -> tuple[
     )
 
 
+def model_size(recipe: RecipeBase, reg: Registries) -> int | None:
+    """The model's learnable parameters, counted without torch; None when a layer's count (or
+    the input shape) is not known statically. With a dataset that declares no class count the
+    head is counted for 2 classes, so the figure is a lower bound there."""
+    in_shape = input_shape(recipe, reg)
+    if in_shape is None:
+        return None
+    declared = reg.datasets.get(recipe.data.dataset).meta.get("num_classes")
+    layers = layer_specs(recipe, declared or PLACEHOLDER_CLASSES, reg)
+    return infer([ls.spec for ls in layers], in_shape, reg).parameters
+
+
+def describe_size(parameters: int) -> str:
+    """``575,050 parameters, 2.3 MB of float32 weights``."""
+    mb = parameters * 4 / 1e6
+    size = f"{mb:,.1f} MB" if mb < 1000 else f"{mb / 1000:,.1f} GB"
+    return f"{parameters:,} parameters, {size} of float32 weights"
+
+
 def static_notes(recipe: RecipeBase, reg: Registries) -> list[str]:
     """What static validation could not check for ``recipe`` (for ``mnistkit validate``)."""
     if recipe.model.layers is None and recipe.model.hidden is None:

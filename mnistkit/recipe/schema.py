@@ -172,8 +172,15 @@ def load_recipe(
 ) -> RecipeBase:
     """Read, override, validate: the one entry point from a YAML file to a Recipe."""
     path = Path(path)
-    doc = load_with_bases(path)
-    return validate_document(doc, overrides or [], reg, default_name=path.stem, base_dir=path.parent)
+    doc = load_document(path, overrides)
+    return validate_document(doc, [], reg, default_name=path.stem, base_dir=path.parent)
+
+
+def load_document(path: str | Path, overrides: list[str] | None = None) -> Located:
+    """The recipe file as data with positions: its bases merged, ``--set`` overrides applied."""
+    doc = load_with_bases(Path(path))
+    apply_overrides(doc, overrides or [], SHORTHAND)
+    return doc
 
 
 def load_with_bases(path: Path, _chain: tuple[Path, ...] = ()) -> Located:

@@ -143,8 +143,18 @@ _LAYERS: list[tuple[str, str, dict[str, Param]]] = [
 ]
 
 
+#: Layer types with learnable parameters; each has a counter ``mnistkit.layers.shapes:weights_<name>``
+#: (the other built-ins have none: their count is 0, declared as ``weights=""``).
+_WEIGHTED = {"linear", "conv1d", "conv2d", "batchnorm1d", "batchnorm2d", "lstm", "gru", "attention_pool"}
+
+
 def register_layers(reg: Registries) -> None:
     for name, desc, params in _LAYERS:
         reg.layers.register(
-            name, f"mnistkit.layers.modules:{name}", desc, params, shape=f"mnistkit.layers.shapes:{name}"
+            name,
+            f"mnistkit.layers.modules:{name}",
+            desc,
+            params,
+            shape=f"mnistkit.layers.shapes:{name}",
+            weights=f"mnistkit.layers.shapes:weights_{name}" if name in _WEIGHTED else "",
         )
