@@ -228,6 +228,53 @@ def test_predict_table_invert_resize_and_alpha(
     assert "big.jpg" in res.output and "alpha.png" in res.output and "probability" in res.output
 
 
+def test_predict_treats_transparent_pixels_as_the_black_background(
+    digits_run: Path, digits_pngs: list[tuple[Path, int]], tmp_path: Path
+) -> None:
+    # A light digit drawn on a transparent canvas whose hidden colour is white (what drawing
+    # programs export): only the alpha channel carries the digit. Ignoring transparency would
+    # read an all-white image.
+    src = digits_pngs[0][0]
+    grey = Image.open(src).convert("L")
+    white = Image.new("L", grey.size, 255)
+    rgba = tmp_path / "alpha.png"
+    Image.merge("RGBA", (white, white, white, grey)).save(rgba)
+    la = tmp_path / "alpha-la.png"  # grey + alpha
+    Image.merge("LA", (white, grey)).save(la)
+    base = predict_json(digits_run, src, "--top", "10")["predictions"][0]
+    for f in (rgba, la):
+        got = predict_json(digits_run, f, "--top", "10")["predictions"][0]
+        assert got["index"] == base["index"]
+        want = {t["class"]: t["probability"] for t in base["top"]}
+        assert {t["class"]: t["probability"] for t in got["top"]} == pytest.approx(want, abs=1e-4), f.name
+    from mnistkit.predict import image_tensor
+
+    info = read_data_info(digits_run)
+    assert torch.allclose(image_tensor(rgba, info), image_tensor(src, info), atol=1e-2)
+
+
+def test_predict_resizes_a_larger_image_to_the_runs_input_size(
+    digits_run: Path, digits_pngs: list[tuple[Path, int]], tmp_path: Path
+) -> None:
+    from mnistkit.predict import image_tensor
+
+    info = read_data_info(digits_run)
+    agree = 0
+    for src, _ in digits_pngs:
+        small = np.asarray(Image.open(src).convert("L"))
+        big = tmp_path / f"big-{src.name}"  # every pixel a 10x10 block
+        Image.fromarray(small).resize((80, 80), Image.Resampling.NEAREST).save(big)
+        x_small, x_big = image_tensor(src, info), image_tensor(big, info)
+        assert x_big.shape == x_small.shape == (1, 1, 8, 8)
+        # Back to the 8x8 digit, up to the blur of bilinear down-sampling.
+        diff = (x_big - x_small).abs() * info["std"][0] * 255  # in grey levels
+        assert float(diff.mean()) < 30, float(diff.mean())
+        a = predict_json(digits_run, src)["predictions"][0]["index"]
+        b = predict_json(digits_run, big)["predictions"][0]["index"]
+        agree += a == b
+    assert agree >= len(digits_pngs) - 1
+
+
 def test_predict_names_every_unreadable_file(digits_run: Path, digits_pngs: Any, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"\x89PNG but not really")
