@@ -272,11 +272,38 @@ def test_crash_hook_only_fires_for_its_file_name(tmp_path: Path, monkeypatch: py
     assert load_checkpoint(tmp_path / "best.pt") == {"epoch": 1}
 
 
-def test_write_failure_is_run_error_and_leaves_no_tmp(tmp_path: Path) -> None:
+def test_write_failure_is_run_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(RunError, match="cannot write checkpoint"):
         save_checkpoint(blocker / "last.pt", {"epoch": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_failure_after_the_tmp_was_written_removes_it(tmp_path: Path) -> None:
+    # The temp file is complete, then the rename onto "last.pt" fails (a folder is in the way).
+    (tmp_path / "last.pt").mkdir()
+    with pytest.raises(RunError, match="cannot write checkpoint"):
+        save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert (tmp_path / "last.pt").is_dir()
+
+
+def test_interrupt_while_writing_removes_the_tmp_and_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1})
+
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while the new file is being flushed
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert load_checkpoint(path) == {"epoch": 1}
 
 
 def test_refuses_to_write_state_a_safe_load_would_refuse(tmp_path: Path) -> None:
