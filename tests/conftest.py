@@ -8,6 +8,7 @@ Real data (Fashion-MNIST, FSDD, ...) lives outside the repository. Tests find it
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -69,6 +70,30 @@ def _fresh_registries() -> Iterator[None]:
 
 CliRunner = Callable[..., subprocess.CompletedProcess]
 
+# Address-space cap for children fed a resource bomb: `mnistkit validate` needs ~200 MiB (it never
+# imports torch); a bomb that gets through then fails fast with MemoryError instead of taking
+# the machine's memory. Used with a timeout, so one that spins instead of allocating fails too.
+BOMB_MEMORY_MB = 512
+BOMB_TIMEOUT_S = 60
+
+
+def memory_limit(mb: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that caps the child's address space (RLIMIT_AS) at ``mb`` MiB."""
+
+    def apply() -> None:
+        limit = mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def hermetic_env(cache: Path) -> dict[str, str]:
+    """os.environ without $MNISTKIT_DATA, with this checkout first on PYTHONPATH, a fresh cache."""
+    env = {k: v for k, v in os.environ.items() if k != "MNISTKIT_DATA"}
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env.update({"MNISTKIT_CACHE": str(cache), "PYTHONPATH": pythonpath})
+    return env
+
 
 @pytest.fixture
 def cli(tmp_path_factory: pytest.TempPathFactory) -> CliRunner:
@@ -86,10 +111,9 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> CliRunner:
         env: dict[str, str] | None = None,
         timeout: float = 120,
         prelude: str | None = None,
+        bounded: bool = False,
     ) -> subprocess.CompletedProcess:
-        full_env = {k: v for k, v in os.environ.items() if k != "MNISTKIT_DATA"}
-        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        full_env.update({"MNISTKIT_CACHE": str(cache), "PYTHONPATH": pythonpath})
+        full_env = hermetic_env(cache)
         full_env.update(env or {})
         if prelude is None:
             cmd = [sys.executable, "-m", "mnistkit", *map(str, args)]
@@ -102,7 +126,33 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> CliRunner:
             env=full_env,
             capture_output=True,
             text=True,
-            timeout=timeout,
+            # bounded: for resource bombs, capped memory and a short timeout (see BOMB_MEMORY_MB).
+            timeout=min(timeout, BOMB_TIMEOUT_S) if bounded else timeout,
+            preexec_fn=memory_limit(BOMB_MEMORY_MB) if bounded else None,
         )
+
+    return run
+
+
+@pytest.fixture
+def bounded_python(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subprocess.CompletedProcess]:
+    """Run Python ``code`` in a child with :data:`BOMB_MEMORY_MB` of address space and a
+    :data:`BOMB_TIMEOUT_S` timeout (for resource-bomb tests: a regression fails the test instead
+    of exhausting the machine). Returns the CompletedProcess; a timeout fails the test."""
+    cache = tmp_path_factory.mktemp("cache")
+
+    def run(code: str, *args: str | Path) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(
+                [sys.executable, "-c", code, *map(str, args)],
+                cwd=REPO,
+                env=hermetic_env(cache),
+                capture_output=True,
+                text=True,
+                timeout=BOMB_TIMEOUT_S,
+                preexec_fn=memory_limit(BOMB_MEMORY_MB),
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running after {BOMB_TIMEOUT_S} s (a resource bomb got through?)")
 
     return run

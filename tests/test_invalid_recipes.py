@@ -8,6 +8,8 @@ comment lines at the top of the file)::
     # expect-problems: 8                        (default: one problem per expect line)
     # forbid-line: pwned                        (no output line may be exactly this)
     # refuse-within-seconds: 1                  (in-process load_recipe must fail this fast)
+    # resource-bomb                             (load only in a child with capped memory and a
+                                                 timeout: a regression then fails, not the machine)
 
 An ``expect`` line means: stderr has ``error FILE:LINE:COL: MESSAGE...`` for that file, at exactly
 that line and column, with MESSAGE at the start of the problem text. ``{file}`` in a message
@@ -16,6 +18,7 @@ stands for the file's name. A new invalid case is a new file; no test code chang
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -46,6 +49,7 @@ class Spec:
     problems: int | None = None
     forbid_lines: list[str] = field(default_factory=list)
     within_s: float | None = None
+    bomb: bool = False
 
 
 def parse_header(path: Path) -> Spec:
@@ -65,6 +69,8 @@ def parse_header(path: Path) -> Spec:
             spec.forbid_lines.append(line.removeprefix("# forbid-line: "))
         elif line.startswith("# refuse-within-seconds: "):
             spec.within_s = float(line.removeprefix("# refuse-within-seconds: "))
+        elif line == "# resource-bomb":
+            spec.bomb = True
         elif line.startswith("# expect"):
             raise AssertionError(f"{path.name}: malformed header line {line!r}")
     assert spec.expects, f"{path.name}: no '# expect: LINE:COL message' header line"
@@ -109,7 +115,7 @@ def test_the_folder_covers_the_documented_cases() -> None:
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_cli_reports_the_expected_problems(path: Path, cli) -> None:
     spec = parse_header(path)
-    res = cli("validate", path.name, cwd=INVALID)
+    res = cli("validate", path.name, cwd=INVALID, bounded=spec.bomb)
     output = res.stdout + res.stderr
     assert res.returncode == 2, output
     assert "Traceback" not in output and "internal error" not in output, output
@@ -130,15 +136,39 @@ def test_cli_reports_the_expected_problems(path: Path, cli) -> None:
         assert forbidden not in output.splitlines(), output
 
 
+LOAD_IN_CHILD = """\
+import json, sys, time
+from mnistkit.errors import RecipeError
+from mnistkit.recipe import load_recipe, recipe_model
+
+recipe_model()
+start = time.perf_counter()
+try:
+    load_recipe(sys.argv[1])
+except RecipeError as exc:
+    wheres = [p.where for p in exc.problems]
+    print(json.dumps({"seconds": time.perf_counter() - start, "wheres": wheres}))
+else:
+    print(json.dumps({"accepted": True}))
+"""
+
+
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
-def test_load_recipe_raises_recipe_error_with_positions(path: Path) -> None:
+def test_load_recipe_raises_recipe_error_with_positions(path: Path, bounded_python) -> None:
     spec = parse_header(path)
-    recipe_model()  # build the schema first: only the refusal itself is timed
-    start = time.perf_counter()
-    with pytest.raises(RecipeError) as info:
-        load_recipe(path)
-    elapsed = time.perf_counter() - start
-    wheres = [p.where for p in info.value.problems]
+    if spec.bomb:  # the same check in a child with capped memory and a timeout
+        res = bounded_python(LOAD_IN_CHILD, path)
+        assert res.returncode == 0, f"the child failed (a bomb expanded?):\n{res.stderr[-2000:]}"
+        out = json.loads(res.stdout)
+        assert "accepted" not in out, f"{path.name} was accepted"
+        wheres, elapsed = out["wheres"], out["seconds"]
+    else:
+        recipe_model()  # build the schema first: only the refusal itself is timed
+        start = time.perf_counter()
+        with pytest.raises(RecipeError) as info:
+            load_recipe(path)
+        elapsed = time.perf_counter() - start
+        wheres = [p.where for p in info.value.problems]
     for exp in spec.expects:
         assert f"{path}:{exp.loc}" in wheres, (exp, wheres)
     if spec.within_s is not None:
