@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import mnistkit.train as loop
-from mnistkit.checkpoint import load_checkpoint
-from mnistkit.cli import app
-from mnistkit.rundir import read_metrics, read_status
-from mnistkit.runs import run_info
+import mnistkit.training.loop as loop
+from mnistkit.cli.app import app
+from mnistkit.runs.directory import read_metrics, read_status
+from mnistkit.runs.listing import run_info
+from mnistkit.training.checkpoint import load_checkpoint
 
 TEST_N = 50  # data.test_limit: how the scripted evaluate tells the test split from validation
 # 128 training images / 64 = 2 steps per epoch: the weights change, the run takes ~0.1 s/epoch.
@@ -198,4 +198,3 @@ def test_predict_loads_the_checkpoint_asked_for(loss_run: Path, tmp_path: Path) 
         assert (out["checkpoint"], out["checkpoint_when"]) == (checkpoint, f"after epoch {epoch}")
         probs[checkpoint] = {t["class"]: t["probability"] for t in out["predictions"][0]["top"]}
     assert probs["last"] != probs["best"]  # two epochs of training apart: different weights
-

@@ -142,7 +142,8 @@ def _documented_value(text: str) -> Any:
 
 def test_documented_defaults_are_the_real_defaults() -> None:
     # Compare what `mnistkit fields` documents with what a recipe that leaves the key out gets.
-    from mnistkit.recipe import LogMel, load_recipe_text
+    from mnistkit.recipe.schema import load_recipe_text
+    from mnistkit.recipe.sections import LogMel
 
     plain, params = documented_defaults()
     real = _flatten(resolved_dict(load_recipe_text(MINIMAL, "minimal.yaml")))

@@ -247,7 +247,7 @@ def test_predict_treats_transparent_pixels_as_the_black_background(
         assert got["index"] == base["index"]
         want = {t["class"]: t["probability"] for t in base["top"]}
         assert {t["class"]: t["probability"] for t in got["top"]} == pytest.approx(want, abs=1e-4), f.name
-    from mnistkit.predict import image_tensor
+    from mnistkit.evaluation.predict import image_tensor
 
     info = read_data_info(digits_run)
     assert torch.allclose(image_tensor(rgba, info), image_tensor(src, info), atol=1e-2)
@@ -256,7 +256,7 @@ def test_predict_treats_transparent_pixels_as_the_black_background(
 def test_predict_resizes_a_larger_image_to_the_runs_input_size(
     digits_run: Path, digits_pngs: list[tuple[Path, int]], tmp_path: Path
 ) -> None:
-    from mnistkit.predict import image_tensor
+    from mnistkit.evaluation.predict import image_tensor
 
     info = read_data_info(digits_run)
     agree = 0

@@ -139,7 +139,7 @@ def test_cli_reports_the_expected_problems(path: Path, cli) -> None:
 LOAD_IN_CHILD = """\
 import json, sys, time
 from mnistkit.errors import RecipeError
-from mnistkit.recipe import load_recipe, recipe_model
+from mnistkit.recipe.schema import load_recipe, recipe_model
 
 recipe_model()
 start = time.perf_counter()

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import torch.utils.data
 
-from mnistkit import runner
-from mnistkit.recipe import load_recipe_text
-from mnistkit.runner import RunOptions
+from mnistkit import session
+from mnistkit.recipe.schema import load_recipe_text
+from mnistkit.session import RunOptions
 
 TINY = """\
 name: loader-path
@@ -45,6 +45,6 @@ def test_the_loader_asked_for_is_the_loader_used(
 
     monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", watched)
     recipe = load_recipe_text(TINY, "tiny.yaml", [f"data.loader={loader}", "data.num_workers=0"])
-    result = runner.run(recipe, RunOptions(out=tmp_path / "run", progress="none"))
+    result = session.run(recipe, RunOptions(out=tmp_path / "run", progress="none"))
     assert len(result.rows) == 2
     assert served == epochs_served

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mnistkit.recipe import load_recipe, resolved_dict
+from mnistkit.recipe.schema import load_recipe, resolved_dict
 
 REPO = Path(__file__).resolve().parents[1]
 MLP5 = REPO / "recipes" / "mlp5.yaml"  # optimizer: {name: sgd, lr: 0.01, momentum: 0.5} at lines 13-16

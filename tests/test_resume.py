@@ -424,8 +424,8 @@ def test_plateau_scheduler_steps_on_its_metric() -> None:
 def test_plateau_scheduler_follows_its_metric_direction(
     metric: str, values: tuple[float, ...], lrs: tuple[float, ...]
 ) -> None:
-    from mnistkit.build import build_schedule
-    from mnistkit.recipe import load_recipe_text
+    from mnistkit.build.components import build_schedule
+    from mnistkit.recipe.schema import load_recipe_text
     from mnistkit.registry import registries
 
     recipe = load_recipe_text(

@@ -120,8 +120,8 @@ def _mapping_bomb(levels: int = 9) -> str:
 REFUSE_IN_CHILD = """\
 import json, sys, time
 from mnistkit.errors import RecipeError
-from mnistkit.recipe import load_recipe_text, recipe_model
-from mnistkit.yamlio import load_text
+from mnistkit.recipe.schema import load_recipe_text, recipe_model
+from mnistkit.recipe.yamlio import load_text
 
 load = {"load_text": load_text, "load_recipe_text": load_recipe_text}[sys.argv[1]]
 recipe_model()  # build the schema first: only the refusal itself is timed
@@ -142,7 +142,9 @@ def test_alias_bomb_refused_fast(bomb, loader: str, bounded_python) -> None:
     text = bomb()
     assert len(text) < 1000  # tiny on disk, 9**9 values once expanded
     res = bounded_python(REFUSE_IN_CHILD, loader, text)
-    assert res.returncode == 0, f"the child failed (MemoryError: the bomb was expanded?):\n{res.stderr[-2000:]}"
+    assert res.returncode == 0, (
+        f"the child failed (MemoryError: the bomb was expanded?):\n{res.stderr[-2000:]}"
+    )
     out = json.loads(res.stdout)
     assert "accepted" not in out
     [msg] = out["problems"]
