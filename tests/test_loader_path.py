@@ -44,7 +44,8 @@ def test_the_loader_asked_for_is_the_loader_used(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", watched)
-    recipe = load_recipe_text(TINY, "tiny.yaml", [f"data.loader={loader}", "data.num_workers=0"])
+    sets = [f"data.loader={loader}"] + (["data.num_workers=0"] if loader == "dataloader" else [])
+    recipe = load_recipe_text(TINY, "tiny.yaml", sets)
     result = session.run(recipe, RunOptions(out=tmp_path / "run", progress="none"))
     assert len(result.rows) == 2
     assert served == epochs_served
