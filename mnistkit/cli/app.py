@@ -1,4 +1,5 @@
-"""Command line: ``mnistkit run | validate | list | schema | fields | eval | predict | runs | compare``.
+"""Command line: ``mnistkit run | validate | list | schema | fields | eval | predict | runs | compare``,
+``export``.
 
 Start-up stays instant: this module imports neither torch nor anything that does; commands that
 train or evaluate import :mod:`mnistkit.session` (and torch) only when they run.
@@ -479,14 +480,15 @@ def cache_clear(
 def _register_more() -> str | None:
     """Commands that live in their own module; the reason when they cannot be loaded.
 
-    A broken install must not make ``eval``, ``predict``, ``runs`` and ``compare`` vanish from
+    A broken install must not make ``eval``, ``predict``, ``runs``, ``compare`` and ``export`` vanish from
     the CLI without a word: :func:`main` reports it and exits 1.
     """
     try:
-        from mnistkit.cli import run_commands
+        from mnistkit.cli import export_command, run_commands
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
     run_commands.register(app, guarded)
+    export_command.register(app, guarded)
     return None
 
 
@@ -496,8 +498,8 @@ _BROKEN = _register_more()
 def main() -> None:
     if _BROKEN is not None:
         _stderr().print(
-            f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs "
-            f"and compare could not be loaded ({_esc(_BROKEN)})\n    reinstall: pip install -e . "
+            f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs, "
+            f"compare and export could not be loaded ({_esc(_BROKEN)})\n    reinstall: pip install -e . "
             "(or rerun make setup)"
         )
         raise SystemExit(1)

@@ -30,6 +30,10 @@ CheckpointOpt = Annotated[
     ),
 ]
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory.", show_default=False)]
+RunOrModelArg = Annotated[
+    Path,
+    typer.Argument(help="A run directory, or a model.onnx written by `mnistkit export`.", show_default=False),
+]
 
 
 def _console(stderr: bool = False) -> Any:
@@ -43,7 +47,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
 
     @app.command("eval")
     def eval_(
-        run_dir: RunDirArg,
+        run_dir: RunOrModelArg,
         checkpoint: CheckpointOpt = Checkpoint.best,
         data_dir: Annotated[
             Path | None,
@@ -58,9 +62,18 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
 
         Prints loss, accuracy, per-class precision, recall and F1, and the confusion matrix.
         Saves them as RUN_DIR/eval-CHECKPOINT.json and RUN_DIR/eval-CHECKPOINT-confusion.png.
-        The model is rebuilt from the run's recipe.yaml and the checkpoint's weights."""
+        The model is rebuilt from the run's recipe.yaml and the checkpoint's weights.
+        Given a model.onnx instead, runs it in ONNX Runtime on the same test set and compares
+        its accuracy with the checkpoint's (nothing is saved)."""
 
         def body() -> None:
+            from mnistkit.export.runtime import is_onnx_path
+
+            if is_onnx_path(run_dir):
+                from mnistkit.export.evaluate import evaluate_onnx, print_onnx_eval
+
+                print_onnx_eval(evaluate_onnx(run_dir, data_dir), _console())
+                return
             from mnistkit.evaluation.evaluate import evaluate_run, print_eval
 
             result = evaluate_run(run_dir, checkpoint.value, data_dir)
@@ -70,7 +83,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
 
     @app.command()
     def predict(
-        run_dir: RunDirArg,
+        run_dir: RunOrModelArg,
         files: Annotated[
             list[Path],
             typer.Argument(
@@ -96,12 +109,17 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
         Images are converted to grey, resized to the run's input size (e.g. 28x28) and
         normalized exactly as in training.
         MNIST-family data is a light digit or garment on a black background:
-        give images that way round, or pass --invert."""
+        give images that way round, or pass --invert.
+        Given a model.onnx from `mnistkit export`, runs it in ONNX Runtime without torch."""
 
         def body() -> None:
             from mnistkit.evaluation.predict import predict_files, print_predictions
+            from mnistkit.export.runtime import is_onnx_path, predict_onnx
 
-            result = predict_files(run_dir, list(files), checkpoint.value, top, invert)
+            if is_onnx_path(run_dir):  # --checkpoint is the one the model was exported from
+                result = predict_onnx(run_dir, list(files), top, invert)
+            else:
+                result = predict_files(run_dir, list(files), checkpoint.value, top, invert)
             if as_json:
                 typer.echo(json.dumps(result, indent=2))
             else:

@@ -101,6 +101,17 @@ def to_float(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], s
     return normalize(x, mul, add)
 
 
+def raw_test_split(loaded: LoadedData, section: DataSection) -> Split:
+    """The test split as the dataset stores it (uint8 pixels, raw features), ``test_limit`` applied.
+
+    What an exported model (mnistkit.export) is evaluated on: it normalizes inside its graph.
+    """
+    sx, sy = loaded.test.x, loaded.test.y
+    if section.test_limit:
+        sx, sy = sx[: section.test_limit], sy[: section.test_limit]
+    return Split(sx, sy)
+
+
 def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.device) -> Prepared:
     """Limit, split off validation (seeded), move to the device once; normalize test/val once.
 
@@ -121,9 +132,7 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
         vi, ti = perm[:n_val].sort().values, perm[n_val:].sort().values
         val = Split(tx[vi], ty[vi])
         tx, ty = tx[ti], ty[ti]
-    sx, sy = loaded.test.x, loaded.test.y
-    if section.test_limit:
-        sx, sy = sx[: section.test_limit], sy[: section.test_limit]
+    test = raw_test_split(loaded, section)
     mul, add = affine(mean, std, scale, tx.dim(), device)
 
     def put(split: Split) -> Split:
@@ -132,7 +141,7 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
     train_device = device if section.loader == "memory" else torch.device("cpu")
     return Prepared(
         train=Split(tx.to(train_device), ty.to(torch.int64).to(train_device)),
-        test=put(Split(sx, sy)),
+        test=put(test),
         val=put(val) if val is not None else None,
         classes=list(loaded.classes),
         in_shape=tuple(loaded.train.x.shape[1:]),

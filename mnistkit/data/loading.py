@@ -14,6 +14,7 @@ import torch
 
 from mnistkit.data.batches import Prepared, prepare
 from mnistkit.data.sources import DataContext, data_roots, user_cache_dir
+from mnistkit.data.types import LoadedData
 from mnistkit.errors import DataError, RunError
 from mnistkit.recipe.sections import RecipeBase
 from mnistkit.registry.core import Registries
@@ -42,6 +43,13 @@ def load_data(
     device: torch.device,
     reporter: Messages | None = None,
 ) -> Prepared:
+    return prepare(load_dataset(recipe, reg, data_dir, reporter), recipe.data, recipe.seed, device)
+
+
+def load_dataset(
+    recipe: RecipeBase, reg: Registries, data_dir: Path | None, reporter: Messages | None = None
+) -> LoadedData:
+    """The recipe's dataset as its loader returns it: raw, not yet limited, split or normalized."""
     entry = reg.datasets.get(recipe.data.dataset)
     roots = data_roots(recipe.data, data_dir)
     may_download = recipe.data.download and entry.meta.get("download", False)
@@ -62,10 +70,9 @@ def load_data(
         progress=progress,
     )
     try:
-        loaded = entry.load()(ctx)
+        return entry.load()(ctx)
     except DataError as exc:
         raise RunError(str(exc)) from None
-    return prepare(loaded, recipe.data, recipe.seed, device)
 
 
 def data_info(recipe: RecipeBase, data: Prepared, data_dir: Path | None = None) -> dict[str, Any]:

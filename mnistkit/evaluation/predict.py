@@ -56,14 +56,14 @@ def load_predictor(run_dir: Path, checkpoint: str = "best") -> Predictor:
         raise RunError(f"{run_dir}: not a run directory (no recipe.yaml)")
     ckpt, ckpt_file = load_run_checkpoint(run_dir, checkpoint)
     recipe = load_run_recipe(run_dir)
-    info = _data_info(run_dir, recipe)
+    info = run_data_info(run_dir, recipe)
     model = rebuild_model(
         recipe, tuple(info["in_shape"]), len(info["classes"]), ckpt, ckpt_file, torch.device("cpu")
     )
     return Predictor(model, info, checkpoint, checkpoint_when(ckpt))
 
 
-def _data_info(run_dir: Path, recipe: Any) -> dict[str, Any]:
+def run_data_info(run_dir: Path, recipe: Any) -> dict[str, Any]:
     """data.json, or (runs written before it existed) the same facts from the dataset itself."""
     import torch
 
@@ -85,12 +85,24 @@ def _data_info(run_dir: Path, recipe: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- inputs
-def image_tensor(path: Path, info: dict[str, Any], invert: bool = False) -> torch.Tensor:
-    """One image file as the normalized float tensor ``[1, C, H, W]`` the model was trained on."""
-    import torch
-    from PIL import Image
+# The readers below return the raw arrays a run stores (uint8 pixels, float32 log-mel features):
+# numpy only, no torch, so ``mnistkit predict model.onnx`` (mnistkit.export.runtime) reads files
+# with exactly this code and never imports torch. Normalization is applied by to_float for a run
+# directory, and inside the graph for an exported model.
+def input_scale(info: dict[str, Any]) -> float:
+    """The raw-value factor of ``(raw * scale - mean) / std`` for files given to predict.
 
-    from mnistkit.data.batches import to_float
+    uint8 datasets were scaled by 1/255 in training; other image data are taken to be [0, 1]
+    (their files are still 8-bit images, so 1/255 here too). Audio features: the run's scale.
+    """
+    if info.get("kind") == "audio":
+        return float(info["scale"])
+    return float(info["scale"]) if float(info["scale"]) != 1.0 else 1 / 255
+
+
+def image_array(path: Path, info: dict[str, Any], invert: bool = False) -> np.ndarray:
+    """One image file as the uint8 array ``[C, H, W]`` (0-255) the run's dataset stores."""
+    from PIL import Image
 
     channels, height, width = (int(n) for n in info["in_shape"])
     if channels not in (1, 3):
@@ -111,18 +123,12 @@ def image_tensor(path: Path, info: dict[str, Any], invert: bool = False) -> torc
     arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
     if invert:
         arr = 255 - arr
-    x = torch.from_numpy(np.array(arr, dtype=np.uint8))[None]  # uint8 [1, C, H, W], as in training
-    # uint8 datasets were scaled by 1/255 in training; other image data are taken to be [0, 1].
-    scale = float(info["scale"]) if float(info["scale"]) != 1.0 else 1 / 255
-    return to_float(x, tuple(info["mean"]), tuple(info["std"]), scale)
+    return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
-def audio_tensor(path: Path, info: dict[str, Any]) -> torch.Tensor:
-    """One audio file as log-mel features ``[1, 1, n_mels, frames]``, normalized as in training."""
-    import torch
-
+def audio_array(path: Path, info: dict[str, Any]) -> np.ndarray:
+    """One audio file as its log-mel features ``float32 [1, n_mels, frames]`` (not normalized)."""
     from mnistkit.data.audio import LogMelSpec, log_mel, read_audio
-    from mnistkit.data.batches import to_float
 
     feats = dict(info.get("features") or {})
     feats.pop("type", None)
@@ -132,8 +138,7 @@ def audio_tensor(path: Path, info: dict[str, Any]) -> torch.Tensor:
         s = log_mel(y, spec)
     except Exception as exc:  # soundfile/librosa errors, empty or non-finite audio
         raise RunError(f"{path}: cannot read it as audio ({_reason(exc)})") from None
-    x = torch.from_numpy(s)[None, None]
-    return to_float(x, tuple(info["mean"]), tuple(info["std"]), float(info["scale"]))
+    return np.ascontiguousarray(s[None], dtype=np.float32)
 
 
 def _reason(exc: BaseException) -> str:
@@ -143,7 +148,8 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def file_tensor(path: Path, info: dict[str, Any], invert: bool = False) -> torch.Tensor:
+def file_array(path: Path, info: dict[str, Any], invert: bool = False) -> np.ndarray:
+    """One file as the run's raw input ``[C, ...]``: an image for image runs, audio for audio runs."""
     path = Path(path)
     is_audio_file = path.suffix.lower() in AUDIO_SUFFIXES
     if not path.exists():
@@ -156,12 +162,36 @@ def file_tensor(path: Path, info: dict[str, Any], invert: bool = False) -> torch
                 f"{path}: this run was trained on audio ({info['dataset']}); give "
                 f"{'/'.join(AUDIO_SUFFIXES)} files"
             )
-        return audio_tensor(path, info)
+        return audio_array(path, info)
     if is_audio_file:
         raise RunError(
             f"{path}: this run was trained on images ({info['dataset']}); give image files (PNG, JPG, ...)"
         )
-    return image_tensor(path, info, invert)
+    return image_array(path, info, invert)
+
+
+def read_files(files: list[Path], info: dict[str, Any], invert: bool = False) -> np.ndarray:
+    """Every file as one raw batch ``[N, C, ...]``; unreadable files are reported together."""
+    arrays, problems = [], []
+    for f in files:
+        try:
+            arrays.append(file_array(Path(f), info, invert))
+        except RunError as exc:
+            problems.append(str(exc))
+    if problems:
+        head = "cannot read " + ("this file" if len(problems) == 1 else f"{len(problems)} files")
+        raise RunError(head + ":\n  " + "\n  ".join(problems))
+    return np.stack(arrays)
+
+
+def file_tensor(path: Path, info: dict[str, Any], invert: bool = False) -> torch.Tensor:
+    """One file as the normalized float tensor ``[1, C, ...]`` the model was trained on."""
+    import torch
+
+    from mnistkit.data.batches import to_float
+
+    x = torch.from_numpy(file_array(path, info, invert))[None]
+    return to_float(x, tuple(info["mean"]), tuple(info["std"]), input_scale(info))
 
 
 # ---------------------------------------------------------------------------------- predict
@@ -180,29 +210,45 @@ def predict_files(
     """
     import torch
 
+    from mnistkit.data.batches import to_float
+
+    check_predict_args(files, top)
+    pred = load_predictor(run_dir, checkpoint)
+    info = pred.info
+    raw = read_files(files, info, invert)
+    x = to_float(torch.from_numpy(raw), tuple(info["mean"]), tuple(info["std"]), input_scale(info))
+    with torch.inference_mode():
+        probs = torch.softmax(pred.model(x).float(), dim=1).numpy()
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint": pred.checkpoint,
+        "checkpoint_when": pred.checkpoint_when,
+        "dataset": info["dataset"],
+        "predictions": prediction_items(files, probs, raw, info, top, invert),
+    }
+
+
+def check_predict_args(files: list[Path], top: int) -> None:
     if top < 1:
         raise RunError(f"--top {top}: must be at least 1")
     if not files:
         raise RunError("no files given: mnistkit predict RUN_DIR FILE...")
-    pred = load_predictor(run_dir, checkpoint)
-    info = pred.info
-    inputs, problems = [], []
-    for f in files:
-        try:
-            inputs.append(file_tensor(Path(f), info, invert))
-        except RunError as exc:
-            problems.append(str(exc))
-    if problems:
-        head = "cannot read " + ("this file" if len(problems) == 1 else f"{len(problems)} files")
-        raise RunError(head + ":\n  " + "\n  ".join(problems))
-    x = torch.cat(inputs)
-    with torch.inference_mode():
-        probs = torch.softmax(pred.model(x).float(), dim=1).numpy()
+
+
+def prediction_items(
+    files: list[Path],
+    probs: np.ndarray,
+    raw: np.ndarray,
+    info: dict[str, Any],
+    top: int,
+    invert: bool,
+) -> list[dict[str, Any]]:
+    """One entry per file from the class probabilities ``[N, classes]`` and the raw inputs."""
     classes = list(info["classes"])
     k = min(top, len(classes))
     light_background = info.get("kind") == "image" and _trained_dark(info)
     out = []
-    for f, p, xi in zip(files, probs, x, strict=True):
+    for f, p, xi in zip(files, probs, raw, strict=True):
         order = np.argsort(-p, kind="stable")[:k]
         item: dict[str, Any] = {
             "file": str(f),
@@ -216,13 +262,7 @@ def predict_files(
                 "is --invert wrong here?" if invert else "try --invert"
             )
         out.append(item)
-    return {
-        "run_dir": str(run_dir),
-        "checkpoint": pred.checkpoint,
-        "checkpoint_when": pred.checkpoint_when,
-        "dataset": info["dataset"],
-        "predictions": out,
-    }
+    return out
 
 
 def _trained_dark(info: dict[str, Any]) -> bool:
@@ -241,12 +281,10 @@ def _trained_dark(info: dict[str, Any]) -> bool:
     return float(np.mean(means)) < DARK_BACKGROUND_MEAN
 
 
-def _light_border(x: torch.Tensor, info: dict[str, Any]) -> bool:
-    """Whether a normalized image's outermost pixels (its background) are light on average."""
-    mean = np.asarray(info["mean"], dtype=np.float64).reshape(-1, 1, 1)
-    std = np.asarray(info["std"], dtype=np.float64).reshape(-1, 1, 1)
-    raw = x.double().numpy() * std + mean  # back to [0, 1]
-    border = np.concatenate([raw[:, 0, :], raw[:, -1, :], raw[:, 1:-1, 0], raw[:, 1:-1, -1]], axis=1)
+def _light_border(raw: np.ndarray, info: dict[str, Any]) -> bool:
+    """Whether a raw image's outermost pixels (its background) are light on average."""
+    x = raw.astype(np.float64) * input_scale(info)  # [0, 1]
+    border = np.concatenate([x[:, 0, :], x[:, -1, :], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)
     return float(border.mean()) > 0.5
 
 
@@ -257,7 +295,9 @@ def print_predictions(result: dict[str, Any], console: Any, err_console: Any) ->
     preds = result["predictions"]
     k = max((len(p["top"]) for p in preds), default=1)
     table = Table(
-        title=f"{result['run_dir']} {result['checkpoint']}.pt ({result['checkpoint_when']})",
+        title=f"{result['model']} (exported from {result['checkpoint']}.pt, {result['checkpoint_when']})"
+        if "model" in result  # predict model.onnx (mnistkit.export.runtime)
+        else f"{result['run_dir']} {result['checkpoint']}.pt ({result['checkpoint_when']})",
         title_justify="left",
         show_edge=False,
         pad_edge=False,
