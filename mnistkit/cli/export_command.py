@@ -76,7 +76,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
 
             v = result["verification"]
             con = _console()
-            shape = "x".join(str(n) for n in result["input_shape"])
+            shape = ", ".join(str(n) for n in result["input_shape"])
             con.print(
                 f"exported {escape(result['recipe_name'])} {result['checkpoint']}.pt "
                 f"({escape(result['checkpoint_when'])}) to ONNX opset {result['onnx_opset']}, "

@@ -75,8 +75,12 @@ def check_out(out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunError(f"--out {out}: cannot create the folder {out.parent} ({exc.strerror})") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise RunError(f"--out {out}: the folder {out.parent} is not writable")
+    probe = out.parent / f".{out.name}.probe-{os.getpid()}"
+    try:  # really try: permissions, read-only file systems and quotas all show up here
+        probe.open("wb").close()
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"--out {out}: cannot write in {out.parent} ({exc.strerror or exc})") from None
 
 
 def _is_our_export(out: Path, path: Path) -> bool:
