@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from mnistkit.cli import app
+from mnistkit.cli.app import app
 from mnistkit.export import metadata
-from mnistkit.rundir import read_metrics
+from mnistkit.runs.directory import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,8 +63,8 @@ def predict_json(*args: Any) -> dict[str, Any]:
 def assert_matches_torch(model_path: Path, run: Path, x: torch.Tensor) -> None:
     """ONNX Runtime on raw inputs vs the run's torch model on the same inputs normalized as in
     training, at batch sizes 1 and 7: logits within the tolerance, identical argmax."""
-    from mnistkit.data import to_float
-    from mnistkit.predict import input_scale, load_predictor
+    from mnistkit.data.batches import to_float
+    from mnistkit.evaluation.predict import input_scale, load_predictor
 
     pred = load_predictor(run, "best")
     info = pred.info
@@ -93,10 +93,10 @@ def assert_same_predictions(a: dict[str, Any], b: dict[str, Any]) -> None:
 # ------------------------------------------------------------------ every shipped recipe
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "recipes").glob("*.yaml")))
 def test_every_shipped_recipes_model_exports_and_matches_torch(name: str) -> None:
-    from mnistkit.build import build_model
-    from mnistkit.data import affine
+    from mnistkit.build.components import build_model
+    from mnistkit.data.batches import affine
     from mnistkit.export.onnx_export import ExportModule, _export, verify
-    from mnistkit.recipe import load_recipe
+    from mnistkit.recipe.schema import load_recipe
     from mnistkit.registry import registries
 
     recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
@@ -151,7 +151,7 @@ def digits_export(digits_run: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def digits_test() -> Any:
-    from mnistkit.vision import load_sklearn_digits
+    from mnistkit.data.vision import load_sklearn_digits
 
     return load_sklearn_digits().test
 
@@ -240,7 +240,7 @@ def test_predict_onnx_equals_predict_run_dir(
 def test_eval_onnx_gives_the_checkpoints_accuracy(
     digits_run: Path, digits_export: dict[str, Any], digits_test: Any
 ) -> None:
-    from mnistkit.evaluate import evaluate_run
+    from mnistkit.evaluation.evaluate import evaluate_run
     from mnistkit.export.evaluate import evaluate_onnx
 
     result = evaluate_onnx(digits_run / "export" / "model.onnx")
@@ -336,7 +336,7 @@ def test_export_to_a_read_only_folder(
 
 
 def test_atomic_write_bytes_leaves_nothing_on_failure(tmp_path: Path) -> None:
-    from mnistkit.rundir import atomic_write_bytes
+    from mnistkit.runs.directory import atomic_write_bytes
 
     target = tmp_path / "model.onnx"
     target.mkdir()  # os.replace of a file over a non-empty folder fails
@@ -456,9 +456,9 @@ def test_audio_cnn_bilstm_attention_exports_predicts_and_evaluates(
     assert result["features"]["n_mels"] == 16 and result["features"]["frames"] == 16
     model = run / "export" / "model.onnx"
 
-    from mnistkit.evaluate import load_run_recipe
+    from mnistkit.data.loading import load_dataset
+    from mnistkit.evaluation.evaluate import load_run_recipe
     from mnistkit.registry import registries
-    from mnistkit.runner import load_dataset
 
     loaded = load_dataset(load_run_recipe(run), registries(), None)
     x = torch.cat([loaded.test.x, loaded.train.x])[:7]
@@ -494,7 +494,7 @@ def test_exported_mlp_accuracy_on_fashion_equals_the_checkpoints(shared_data: Pa
         meta = export(run, "--checkpoint", checkpoint, "--out", out)
         res = invoke("eval", out, "--data-dir", fashion)
         assert res.exit_code == 0, res.output
-        from mnistkit.evaluate import evaluate_run
+        from mnistkit.evaluation.evaluate import evaluate_run
         from mnistkit.export.evaluate import evaluate_onnx
 
         onnx_result = evaluate_onnx(out, fashion)
