@@ -123,7 +123,7 @@ def image_array(path: Path, info: dict[str, Any], invert: bool = False) -> np.nd
     arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
     if invert:
         arr = 255 - arr
-    return np.ascontiguousarray(arr, dtype=np.uint8)
+    return np.array(arr, dtype=np.uint8)  # a writable copy (Pillow's buffer is read-only)
 
 
 def audio_array(path: Path, info: dict[str, Any]) -> np.ndarray:
@@ -138,7 +138,7 @@ def audio_array(path: Path, info: dict[str, Any]) -> np.ndarray:
         s = log_mel(y, spec)
     except Exception as exc:  # soundfile/librosa errors, empty or non-finite audio
         raise RunError(f"{path}: cannot read it as audio ({_reason(exc)})") from None
-    return np.ascontiguousarray(s[None], dtype=np.float32)
+    return np.array(s[None], dtype=np.float32)
 
 
 def _reason(exc: BaseException) -> str:
