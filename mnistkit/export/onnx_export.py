@@ -59,8 +59,12 @@ def json_path(out: Path) -> Path:
     return out.with_suffix(".json")
 
 
-def check_out(out: Path) -> None:
-    """Refuse an --out that cannot or must not be written, before any work is done."""
+def check_out(out: Path) -> list[Path]:
+    """Refuse an --out that cannot or must not be written, before any work is done.
+
+    Creates the missing folders of ``out`` and returns them (deepest first), for
+    :func:`remove_empty` to take back if the export fails.
+    """
     if out.suffix.lower() != ".onnx":
         raise RunError(f"--out {out}: give a file name ending in .onnx")
     if out.is_dir():
@@ -71,23 +75,41 @@ def check_out(out: Path) -> None:
                 f"--out {out}: {path} already exists and was not written by mnistkit export; "
                 "it is left alone: choose another --out or remove it"
             )
+    created = []
+    for folder in [out.parent, *out.parent.parents]:
+        if folder.exists():
+            break
+        created.append(folder)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        remove_empty(created)
         raise RunError(f"--out {out}: cannot create the folder {out.parent} ({exc.strerror})") from None
     probe = out.parent / f".{out.name}.probe-{os.getpid()}"
     try:  # really try: permissions, read-only file systems and quotas all show up here
         probe.open("wb").close()
         probe.unlink()
     except OSError as exc:
+        remove_empty(created)
         raise RunError(f"--out {out}: cannot write in {out.parent} ({exc.strerror or exc})") from None
+    return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove folders this export created (deepest first), as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _is_our_export(out: Path, path: Path) -> bool:
     """Whether an existing file at ``path`` is an earlier export (replaced by a new one)."""
     try:
         if path.suffix.lower() == ".json":
-            return "mnistkit_export_format" in json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(data, dict) and "mnistkit_export_format" in data
         import onnx
 
         model = onnx.load(str(path), load_external_data=False)
@@ -105,6 +127,25 @@ def export_run(
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, Any]:
     """Export, verify, write. Returns model.json's content plus ``"saved": [paths]``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run directory")
+    if not (run_dir / "recipe.yaml").is_file():
+        raise RunError(f"{run_dir}: not a run directory (no recipe.yaml)")
+    if not (tolerance >= 0 and math.isfinite(tolerance)):
+        raise RunError(f"--tolerance {tolerance}: must be a finite number >= 0")
+    out = Path(out) if out is not None else default_out(run_dir)
+    created = check_out(out)
+    try:
+        return _export_run(run_dir, checkpoint, out, opset, data_dir, tolerance)
+    except BaseException:
+        remove_empty(created)  # nothing left behind, not even the export/ folder
+        raise
+
+
+def _export_run(
+    run_dir: Path, checkpoint: str, out: Path, opset: int | None, data_dir: Path | None, tolerance: float
+) -> dict[str, Any]:
     from mnistkit.data.batches import affine, raw_test_split
     from mnistkit.data.loading import load_dataset
     from mnistkit.evaluation.evaluate import (
@@ -117,16 +158,6 @@ def export_run(
     from mnistkit.recipe.schema import resolved_dict
     from mnistkit.registry import registries
     from mnistkit.runs.directory import recorded_data_dir
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no such run directory")
-    if not (run_dir / "recipe.yaml").is_file():
-        raise RunError(f"{run_dir}: not a run directory (no recipe.yaml)")
-    if not (tolerance >= 0 and math.isfinite(tolerance)):
-        raise RunError(f"--tolerance {tolerance}: must be a finite number >= 0")
-    out = Path(out) if out is not None else default_out(run_dir)
-    check_out(out)
 
     ckpt, ckpt_file = load_run_checkpoint(run_dir, checkpoint)
     recipe = load_run_recipe(run_dir)
@@ -156,7 +187,10 @@ def export_run(
     if tuple(x.shape[1:]) != in_shape:
         raise RunError(f"the test data's shape {tuple(x.shape[1:])} is not the run's input {in_shape}")
 
-    proto = _export(module, x[:2], opset)
+    if len(x) == 0:
+        raise RunError(f"{recipe.data.dataset}: the test split is empty; nothing to verify the export on")
+    # An example batch of 2: with 1, torch.export would specialize the batch axis to size 1.
+    proto = _export(module, x[:2] if len(x) >= 2 else x.expand(2, *x.shape[1:]).contiguous(), opset)
     actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and actual_opset != opset:
         raise RunError(
