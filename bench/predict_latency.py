@@ -175,7 +175,7 @@ def main() -> None:
             "recipe": meta["recipe_name"],
             "dataset": meta["dataset"],
             "input": meta["input_shape"],
-            "onnx_bytes": model.stat().st_size if model.exists() else None,
+            "onnx_bytes": meta["bytes"],
         },
         "cold_start_s": {
             k: {"median": statistics.median(v), "min": min(v), "n": len(v), "torch_imported": torch_seen[k]}
