@@ -32,6 +32,8 @@ from mnistkit.errors import RunError
 from mnistkit.export import metadata
 from mnistkit.export.metadata import DEFAULT_TOLERANCE
 
+# The oldest opset torch 2.14's dynamo exporter writes itself; older ones are converted afterwards.
+NATIVE_OPSET = 18
 VERIFY_SAMPLES = 256  # real test samples run through both torch and ONNX Runtime at export
 
 
@@ -272,8 +274,14 @@ def _export(module: torch.nn.Module, example: torch.Tensor, opset: int | None) -
             onnx.checker.check_model(proto)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        hint = ""
+        if opset is not None and opset < NATIVE_OPSET:
+            hint = (
+                f"\n  torch's exporter writes opset {NATIVE_OPSET} and later itself; older ones go "
+                f"through ONNX's version converter, which failed on this model: try --opset {NATIVE_OPSET}"
+            )
         raise RunError(
-            f"torch.onnx.export failed: {type(exc).__name__}: {first}"
+            f"torch.onnx.export failed: {type(exc).__name__}: {first}{hint}"
             + (f"\n  exporter output:\n  {log.getvalue().strip()[-2000:]}" if log.getvalue().strip() else "")
         ) from None
     finally:
