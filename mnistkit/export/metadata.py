@@ -29,6 +29,7 @@ ENTRIES: dict[str, str] = {
     "input_kind": "image or audio",
     "normalization": "applied INSIDE the graph: x = (input * scale - mean) / std per channel",
     "features": "audio: the log-mel settings the input must be computed with (JSON); else null",
+    "pixel_mean": "the training images' mean per channel in [0, 1] (dark or light background), or null",
     "outputs": "logits [batch, classes] (raw model outputs) and probabilities (their softmax)",
     "dataset": "the dataset the run was trained on",
     "recipe_name": "the recipe's name",
@@ -103,4 +104,5 @@ def data_info(meta: dict[str, Any]) -> dict[str, Any]:
         "mean": [float(m) for m in norm["mean"]],
         "std": [float(s) for s in norm["std"]],
         "features": meta["features"],
+        "pixel_mean": meta["pixel_mean"],
     }

@@ -165,7 +165,7 @@ def _export_run(
     recipe = load_run_recipe(run_dir)
     info = run_data_info(run_dir, recipe)
     in_shape = tuple(int(n) for n in info["in_shape"])
-    kind = info.get("kind", "image")
+    kind = info["kind"]
     model = rebuild_model(recipe, in_shape, len(info["classes"]), ckpt, ckpt_file, torch.device("cpu"))
     scale = input_scale(info)
     mul, add = affine(tuple(info["mean"]), tuple(info["std"]), scale, len(in_shape) + 1)
@@ -200,8 +200,9 @@ def _export_run(
             f"instead (it cannot convert this model to {opset}); use --opset {actual_opset} or later"
         )
 
-    rows = [r for r in ckpt.get("rows") or [] if r.get("epoch") == ckpt.get("epoch")]
-    test_acc = rows[-1].get("test_acc") if rows and not ckpt.get("step") else None
+    # The metrics row of the checkpoint's epoch (none for a mid-epoch Ctrl-C checkpoint).
+    rows = [r for r in ckpt["rows"] if r["epoch"] == ckpt["epoch"]] if not ckpt["step"] else []
+    test_acc = rows[-1]["test_acc"] if rows else None
     meta: dict[str, Any] = {
         "mnistkit_export_format": metadata.FORMAT,
         "classes": [str(c) for c in info["classes"]],
@@ -216,14 +217,15 @@ def _export_run(
             "formula": "(input * scale - mean) / std, per channel",
             "inside_graph": True,
         },
-        "features": info.get("features"),
+        "features": info["features"],
+        "pixel_mean": info.get("pixel_mean"),  # absent in runs from before it was recorded
         "outputs": list(metadata.OUTPUT_NAMES),
         "dataset": info["dataset"],
         "recipe_name": recipe.name or run_dir.name,
         "recipe": resolved_dict(recipe),
         "run_dir": str(run_dir.resolve()),
         "checkpoint": checkpoint,
-        "checkpoint_epoch": int(ckpt.get("epoch", 0)),
+        "checkpoint_epoch": int(ckpt["epoch"]),
         "checkpoint_when": checkpoint_when(ckpt),
         "checkpoint_test_accuracy": float(test_acc) if test_acc is not None else None,
         "mnistkit_version": __version__,
