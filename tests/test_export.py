@@ -232,6 +232,7 @@ def test_predict_onnx_equals_predict_run_dir(
         b = predict_json(model, *digit_pngs, *extra)
         assert_same_predictions(a, b)
         assert b["model"] == str(model) and b["checkpoint"] == "best" and b["dataset"] == "digits"
+        assert any("note" in p for p in b["predictions"])  # light.png: the background hint, in both
     res = invoke("predict", model, *digit_pngs[:2])
     assert res.exit_code == 0, res.output
     assert "model.onnx (exported from best.pt" in res.output
