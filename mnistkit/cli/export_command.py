@@ -29,12 +29,16 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
                 "--out",
                 "-o",
                 help="The .onnx file to write (default RUN_DIR/export/model.onnx); model.json beside it.",
+                metavar="FILE.onnx",
             ),
         ] = None,
         opset: Annotated[
             int | None,
             typer.Option(
-                "--opset", min=1, help="ONNX operator set (default: the exporter's, 20 in torch 2.14)."
+                "--opset",
+                min=1,
+                help="ONNX operator set (default: the exporter's, 20 in torch 2.14).",
+                metavar="N",
             ),
         ] = None,
         data_dir: Annotated[
@@ -44,6 +48,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
                 "-d",
                 help="Folder with the dataset files, for the verification on test samples "
                 "(default: the run's own --data-dir, if any).",
+                metavar="DIR",
             ),
         ] = None,
         tolerance: Annotated[
@@ -51,6 +56,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
             typer.Option(
                 "--tolerance",
                 help="Largest |logit difference| between ONNX Runtime and torch that passes verification.",
+                metavar="T",
             ),
         ] = DEFAULT_TOLERANCE,
         as_json: Annotated[
@@ -59,11 +65,12 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
     ) -> None:
         """Export a run's model to ONNX, with its input normalization and class names inside.
 
-        Images go in as uint8 [N, C, H, W] (0-255), audio as float32 log-mel [N, 1, n_mels,
-        frames]; outputs are logits and probabilities, batch size free. The export is checked
-        against torch in ONNX Runtime on real test samples before it is written (exit 1 if the
-        logits differ by more than --tolerance). Run it with `mnistkit predict model.onnx FILE...`
-        (no torch needed) or any ONNX runtime: see docs/export.md."""
+        Images go in as uint8 [N, C, H, W] (0-255), audio as float32 log-mel
+        [N, 1, n_mels, frames]; outputs: logits and probabilities, any batch size.
+        Before writing, ONNX Runtime is checked against torch on real test samples
+        (exit 1 if the logits differ by more than --tolerance). Run the model with
+        `mnistkit predict model.onnx FILE...` (no torch) or any ONNX runtime:
+        see docs/export.md."""
 
         def body() -> None:
             from mnistkit.export.onnx_export import export_run
