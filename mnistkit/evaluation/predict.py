@@ -186,12 +186,21 @@ def read_files(files: list[Path], info: dict[str, Any], invert: bool = False) ->
 
 def file_tensor(path: Path, info: dict[str, Any], invert: bool = False) -> torch.Tensor:
     """One file as the normalized float tensor ``[1, C, ...]`` the model was trained on."""
+    return normalized(file_array(path, info, invert)[None], info)
+
+
+def image_tensor(path: Path, info: dict[str, Any], invert: bool = False) -> torch.Tensor:
+    """One image file as the normalized float tensor ``[1, C, H, W]`` the model was trained on."""
+    return normalized(image_array(path, info, invert)[None], info)
+
+
+def normalized(raw: np.ndarray, info: dict[str, Any]) -> torch.Tensor:
+    """A raw batch ``[N, C, ...]`` normalized exactly as training batches (:func:`to_float`)."""
     import torch
 
     from mnistkit.data.batches import to_float
 
-    x = torch.from_numpy(file_array(path, info, invert))[None]
-    return to_float(x, tuple(info["mean"]), tuple(info["std"]), input_scale(info))
+    return to_float(torch.from_numpy(raw), tuple(info["mean"]), tuple(info["std"]), input_scale(info))
 
 
 # ---------------------------------------------------------------------------------- predict
@@ -210,13 +219,11 @@ def predict_files(
     """
     import torch
 
-    from mnistkit.data.batches import to_float
-
     check_predict_args(files, top)
     pred = load_predictor(run_dir, checkpoint)
     info = pred.info
     raw = read_files(files, info, invert)
-    x = to_float(torch.from_numpy(raw), tuple(info["mean"]), tuple(info["std"]), input_scale(info))
+    x = normalized(raw, info)
     with torch.inference_mode():
         probs = torch.softmax(pred.model(x).float(), dim=1).numpy()
     return {
