@@ -30,8 +30,7 @@ from mnistkit.errors import RunError
 from mnistkit.layers.shapes import ShapeError
 from mnistkit.recipe.schema import Recipe, resolved_dict
 from mnistkit.registry import registries
-from mnistkit.runs import directory as rundir
-from mnistkit.runs.directory import recorded_data_dir
+from mnistkit.runs.directory import RunDir, run_process_alive
 from mnistkit.tracking.console import Reporter, duration, make_reporter
 from mnistkit.training.device import _busy_note, configure_device, resolve_device
 from mnistkit.training.loop import (
@@ -166,18 +165,19 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     resume_ckpt: dict[str, Any] | None = None
     previous: dict[str, Any] = {}
     if opts.resume is not None:
-        previous = rundir.read_status(opts.resume)
+        previous = RunDir(opts.resume).read_status()
         pid = previous.get("pid")
-        if previous.get("status") == "running" and pid != os.getpid() and rundir.run_process_alive(pid):
+        if previous.get("status") == "running" and pid != os.getpid() and run_process_alive(pid):
             raise RunError(
                 f"--resume {opts.resume}: that run is still running (process {pid}); "
                 "stop it first (Ctrl-C saves a checkpoint), then resume"
             )
-        resume_ckpt = load_checkpoint(opts.resume / "last.pt")
+        resume_ckpt = load_checkpoint(RunDir(opts.resume).checkpoint_path("last"))
     if resume_ckpt is None:
-        run_dir = rundir.create_run_dir(opts.runs_root, recipe.name or "run", opts.out)
+        run = RunDir.create(opts.runs_root, recipe.name or "run", opts.out)
     else:
-        run_dir = opts.resume  # type: ignore[assignment]
+        run = RunDir(opts.resume)  # type: ignore[arg-type]
+    run_dir = run.path
 
     reporter.header(
         [
@@ -192,11 +192,11 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     t_data = time.perf_counter()
     data_dir = opts.data_dir
     if data_dir is None and resume_ckpt is not None:
-        data_dir = recorded_data_dir(run_dir)  # the --data-dir the run was started with
+        data_dir = run.recorded_data_dir()  # the --data-dir the run was started with
     try:
         data = load_data(recipe, reg, data_dir, device, reporter)
     except BaseException:
-        if resume_ckpt is None and not any(run_dir.iterdir()):
+        if resume_ckpt is None and run.is_empty():
             run_dir.rmdir()  # no data, no run: leave no empty run directory behind
         raise
     n_val = len(data.val.y) if data.val is not None else 0
@@ -253,10 +253,9 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         compile_seconds = time.perf_counter() - t0
         reporter.message(f"compiled the model in {compile_seconds:.1f} s (not counted as training time)")
 
-    rundir.write_recipe(run_dir, resolved_dict(recipe, reg))
-    rundir.write_data_info(run_dir, data_info(recipe, data, data_dir))
-    rundir.write_env(
-        run_dir,
+    run.write_recipe(resolved_dict(recipe, reg))
+    run.write_data_info(data_info(recipe, data, data_dir))
+    run.write_env(
         device=str(device),
         seed=recipe.seed,
         threads=threads,
@@ -268,8 +267,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     best_metric = recipe.train.best_metric
     if best_metric == "auto":
         best_metric = "val_acc" if has_val else "test_acc"
-    rundir.write_status(
-        run_dir,
+    run.write_status(
         status="running",
         # A resumed run keeps its first start time and lists when it was resumed.
         started=previous.get("started", started),
@@ -291,10 +289,10 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
             # resumed run redoes that epoch and writes best.pt again. The other order could
             # leave a last.pt recording a best epoch whose weights best.pt never received.
             if is_best:
-                save_checkpoint(run_dir / "best.pt", ckpt)
-            save_checkpoint(run_dir / "last.pt", ckpt)
+                save_checkpoint(run.checkpoint_path("best"), ckpt)
+            save_checkpoint(run.checkpoint_path("last"), ckpt)
         # After the checkpoints: metrics.csv never lists an epoch that --resume would redo.
-        rundir.write_metrics(run_dir, st.rows, has_val)
+        run.write_metrics(st.rows, has_val)
 
     tb = _tensorboard(run_dir, state) if recipe.train.tensorboard else None
 
@@ -317,24 +315,21 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         status = "interrupted" if state.stop_reason == "interrupted" else "finished"
     except NonFiniteLoss as exc:
         reporter.stop()
-        rundir.write_status(run_dir, status="failed", ended=time.time(), error=str(exc))
+        run.write_status(status="failed", ended=time.time(), error=str(exc))
         raise RunError(str(exc)) from None
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep the last saved checkpoint
         status = "interrupted"
-        rundir.write_status(
-            run_dir, status=status, ended=time.time(), stop_reason="interrupted (second Ctrl-C)"
-        )
+        run.write_status(status=status, ended=time.time(), stop_reason="interrupted (second Ctrl-C)")
         raise
     except BaseException as exc:
-        rundir.write_status(run_dir, status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}")
+        run.write_status(status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         reporter.stop()
         if tb is not None:
             tb.close()
     train_seconds = sum(r["seconds"] for r in state.rows)
-    rundir.write_status(
-        run_dir,
+    run.write_status(
         status=status,
         ended=time.time(),
         epochs_done=len(state.rows),
@@ -454,7 +449,7 @@ def _tensorboard(run_dir: Path, state: LoopState) -> Any:
     # purge_step: a resumed run drops what a killed process logged after the checkpoint it
     # resumes from, so every epoch appears once.
     return _summary_writer_class()(
-        log_dir=str(run_dir / "tb"), purge_step=state.epoch + 1 if state.epoch else None
+        log_dir=str(RunDir(run_dir).tensorboard_dir), purge_step=state.epoch + 1 if state.epoch else None
     )
 
 

@@ -172,18 +172,15 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
             from rich.markup import escape
             from rich.table import Table
 
-            from mnistkit.errors import RunError
-            from mnistkit.runs import directory as rundir
-            from mnistkit.runs.listing import is_run_dir, metric_columns, recipe_diff, side_by_side
+            from mnistkit.runs.directory import RunDir
+            from mnistkit.runs.listing import metric_columns, recipe_diff, side_by_side
 
-            for d in (run_a, run_b):
-                if not is_run_dir(d):
-                    raise RunError(f"{d}: not a run directory (no recipe.yaml or status.json)")
+            a, b = RunDir.open(run_a), RunDir.open(run_b)
             con = _console()
             a_name, b_name = run_a.name or str(run_a), run_b.name or str(run_b)
             if run_a.resolve() == run_b.resolve():
                 b_name += " (same)"
-            diff = recipe_diff(rundir.read_recipe_dict(run_a), rundir.read_recipe_dict(run_b))
+            diff = recipe_diff(a.read_recipe_dict(), b.read_recipe_dict())
             if diff:
                 t = Table(title="recipe: keys that differ", title_justify="left")
                 t.add_column("key", style="cyan", no_wrap=True)
@@ -195,7 +192,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
             else:
                 con.print("recipe: identical (apart from the name)")
 
-            rows_a, rows_b = rundir.read_metrics(run_a), rundir.read_metrics(run_b)
+            rows_a, rows_b = a.read_metrics(), b.read_metrics()
             cols = metric_columns(rows_a, rows_b)
             m = Table(
                 title=f"metrics per epoch: A = {escape(a_name)}, B = {escape(b_name)}",
@@ -218,11 +215,11 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
                     ]
                 m.add_row(*cells)
             con.print(m)
-            for label, d in (("A", run_a), ("B", run_b)):
-                st = rundir.read_status(d)
-                from mnistkit.runs.listing import effective_status
+            from mnistkit.runs.listing import effective_status
 
-                con.print(f"{label}: {escape(str(d))}  status {escape(effective_status(st))}")
+            for label, d in (("A", a), ("B", b)):
+                st = d.read_status()
+                con.print(f"{label}: {escape(str(d.path))}  status {escape(effective_status(st))}")
 
         guarded(body)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from mnistkit.errors import RunError
 from mnistkit.runs import directory as rundir
+from mnistkit.runs.directory import RunDir
 
 STATUSES = ("finished", "interrupted", "failed", "running")
 
@@ -33,10 +34,6 @@ class RunInfo:
     status: str  # finished / interrupted / failed / failed (killed) / running / unknown
     stop_reason: str | None
     resumable: bool  # last.pt exists and the run is not finished or running
-
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "status.json").is_file() or (path / "recipe.yaml").is_file())
 
 
 def effective_status(status: dict[str, Any]) -> str:
@@ -61,7 +58,7 @@ def best_metric_of(recipe: dict[str, Any], status: dict[str, Any]) -> str | None
 
 def _read_recipe(path: Path) -> dict[str, Any]:
     try:
-        return rundir.read_recipe_dict(path)
+        return RunDir(path).read_recipe_dict()
     except (RunError, OSError, ValueError):
         return {}
     except Exception:  # yaml errors in a hand-edited file: show the run anyway
@@ -69,10 +66,11 @@ def _read_recipe(path: Path) -> dict[str, Any]:
 
 
 def run_info(path: Path) -> RunInfo:
-    status = rundir.read_status(path)
+    run = RunDir(path)
+    status = run.read_status()
     recipe = _read_recipe(path)
     try:
-        rows = rundir.read_metrics(path)
+        rows = run.read_metrics()
     except (OSError, ValueError):
         rows = []
     metric = best_metric_of(recipe, status)
@@ -99,7 +97,7 @@ def run_info(path: Path) -> RunInfo:
         seconds=seconds,
         status=state,
         stop_reason=status.get("stop_reason"),
-        resumable=state not in ("finished", "running") and (path / "last.pt").is_file(),
+        resumable=state not in ("finished", "running") and run.checkpoint_path("last").is_file(),
     )
 
 
@@ -110,7 +108,7 @@ def scan_runs(root: Path) -> list[RunInfo]:
         raise RunError(f"{root}: no such folder (runs are written to runs/ by default)")
     if not root.is_dir():
         raise RunError(f"{root}: not a folder")
-    dirs = [root] if is_run_dir(root) else sorted(p for p in root.iterdir() if is_run_dir(p))
+    dirs = [root] if RunDir.looks_like(root) else sorted(p for p in root.iterdir() if RunDir.looks_like(p))
     infos = [run_info(d) for d in dirs]
     return sorted(infos, key=lambda i: (i.started or 0.0, i.name))
 
