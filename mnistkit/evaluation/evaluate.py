@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistkit.errors import RunError
-from mnistkit.runs.directory import RunDir, atomic_write_text
+from mnistkit.fsutil import atomic_write_text
+from mnistkit.runs.directory import RunDir
 
 if TYPE_CHECKING:
     import torch

@@ -20,7 +20,6 @@ import csv
 import datetime as dt
 import hashlib
 import json
-import os
 import platform
 import subprocess
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mnistkit.errors import RunError
+from mnistkit.fsutil import atomic_write_text, pid_alive
 
 if TYPE_CHECKING:
     from mnistkit.recipe.schema import Recipe
@@ -280,15 +280,6 @@ class RunDir:
         return Path(info["data_dir"]) if info.get("data_dir") else None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _csv_value(v: Any) -> Any:
     if isinstance(v, float):
         return repr(v)  # full precision: reproducibility tests compare files exactly
@@ -336,19 +327,6 @@ def git_commit(cwd: Path) -> str | None:
         timeout=5,
     )
     return res.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def pid_alive(pid: Any) -> bool:
-    """Whether process ``pid`` exists on this machine (False for anything not a positive int)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists, owned by someone else
-    return True
 
 
 def run_process_alive(pid: Any) -> bool:
