@@ -117,14 +117,14 @@ def test_predict_png_of_a_test_image_returns_its_label(
 ) -> None:
     from mnistkit.data.loading import load_data
     from mnistkit.data.vision import load_mnist_family
-    from mnistkit.evaluation.evaluate import predict_split
     from mnistkit.evaluation.predict import load_predictor
     from mnistkit.registry import registries
+    from mnistkit.training.evaluation import evaluate
 
     # What the model says about the prepared (training-pipeline) test tensors.
     predictor = load_predictor(fashion_run, "best")
     data = load_data(RunDir(fashion_run).load_recipe(), registries(), fashion_dir, torch.device("cpu"))
-    probs, _ = predict_split(predictor.model, data.test, 1000)
+    probs = evaluate(predictor.model, data.test, 1000, keep_probs=True).probs
     labels = data.test.y.numpy()
     correct = np.flatnonzero(probs.argmax(1) == labels)[:4]
     assert len(correct) == 4
@@ -187,13 +187,13 @@ def test_predict_matches_the_model_on_prepared_test_data(
     digits_run: Path, digits_pngs: list[tuple[Path, int]]
 ) -> None:
     from mnistkit.data.loading import load_data
-    from mnistkit.evaluation.evaluate import predict_split
     from mnistkit.evaluation.predict import load_predictor
     from mnistkit.registry import registries
+    from mnistkit.training.evaluation import evaluate
 
     predictor = load_predictor(digits_run, "last")
     data = load_data(RunDir(digits_run).load_recipe(), registries(), None, torch.device("cpu"))
-    probs, _ = predict_split(predictor.model, data.test, 1000)
+    probs = evaluate(predictor.model, data.test, 1000, keep_probs=True).probs
     result = predict_json(digits_run, *[p for p, _ in digits_pngs], "--checkpoint", "last", "--top", "3")
     assert result["checkpoint"] == "last" and result["dataset"] == "digits"
     for i, pred in enumerate(result["predictions"]):
@@ -352,12 +352,12 @@ def test_predict_wav_with_the_runs_log_mel_features(tmp_path: Path, monkeypatch:
     assert info["features"]["n_mels"] == 16
 
     from mnistkit.data.loading import load_data
-    from mnistkit.evaluation.evaluate import predict_split
     from mnistkit.evaluation.predict import load_predictor
     from mnistkit.registry import registries
+    from mnistkit.training.evaluation import evaluate
 
     data = load_data(RunDir(run).load_recipe(), registries(), None, torch.device("cpu"))
-    probs, _ = predict_split(load_predictor(run, "best").model, data.test, 100)
+    probs = evaluate(load_predictor(run, "best").model, data.test, 100, keep_probs=True).probs
     by_class = {int(y): probs[i] for i, y in enumerate(data.test.y)}
 
     result = predict_json(run, root / "high" / "0.wav", root / "low" / "5.wav", "--top", "2")
@@ -388,3 +388,15 @@ def test_data_json_records_the_pixel_mean_whatever_the_normalization(tmp_path: P
     info = json.loads((run / "data.json").read_text())
     assert info["mean"] == [0.0] and info["std"] == [1.0]
     assert 0.2 < info["pixel_mean"][0] < 0.4  # the 8x8 digits: light strokes on a dark background
+
+
+def test_eval_reproduces_metrics_csv_for_a_bf16_run(tmp_path: Path) -> None:
+    """`eval` runs the training loop's own evaluation, under the run's bf16 autocast (it ran in
+    fp32 before, so its loss and accuracy differed from metrics.csv's)."""
+    run = train(tmp_path, DIGITS, "train.precision=bf16", "epochs=1")
+    res = invoke("eval", run, "-c", "last")
+    assert res.exit_code == 0, res.output
+    report = json.loads((run / "eval-last.json").read_text())
+    last = RunDir(run).read_metrics()[-1]
+    assert report["accuracy"] == last["test_acc"]
+    assert math.isclose(report["loss"], last["test_loss"], rel_tol=1e-6)

@@ -8,9 +8,10 @@
   checkpoint cannot run code), evaluated on the test split, and the report is written next to
   the checkpoints as ``eval-<checkpoint>.json`` and ``eval-<checkpoint>-confusion.png``.
 
-Evaluation runs in fp32 in large batches, exactly as the training loop's own evaluation, so
-``mnistkit eval --checkpoint last`` of a finished run reproduces the last row of metrics.csv
-(accuracy exactly; the loss to float rounding, as BLAS kernels may round differently).
+Evaluation is the training loop's own (:func:`mnistkit.training.evaluation.evaluate`: large
+batches, the run's precision), so ``mnistkit eval --checkpoint last`` of a finished run
+reproduces the last row of metrics.csv (accuracy exactly; the loss to float rounding, as BLAS
+kernels may round differently), for ``train.precision: bf16`` too.
 """
 
 from __future__ import annotations
@@ -30,49 +31,12 @@ if TYPE_CHECKING:
     import torch
 
     from mnistkit.data.batches import Prepared
-    from mnistkit.data.types import Split
     from mnistkit.recipe.schema import Recipe
 
 WORST_SHOWN = 15  # examples in plots/worst.png
 
 
 # ------------------------------------------------------------------------------ predictions
-def predict_split(
-    model: torch.nn.Module,
-    split: Split,
-    batch_size: int,
-    loss_fn: torch.nn.Module | None = None,
-) -> tuple[np.ndarray, float | None]:
-    """Class probabilities ``[N, C]`` (float32, numpy) and the mean loss per sample.
-
-    The loss is summed as ``mean batch loss * batch size`` in float64, like the training loop's
-    evaluation, so it matches metrics.csv. Probabilities are the softmax of the outputs, which
-    is right for raw logits and for log-probabilities (log_softmax output) alike.
-    """
-    import torch
-
-    from mnistkit.data.batches import eval_batches
-
-    was_training = model.training
-    model.eval()
-    probs: list[torch.Tensor] = []
-    total = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    try:
-        with torch.inference_mode():
-            for xb, yb in eval_batches(split, batch_size):
-                out = model(xb).float()
-                if loss_fn is not None:
-                    total += loss_fn(out, yb).double() * len(yb)
-                probs.append(torch.softmax(out, dim=1).cpu())
-    finally:
-        model.train(was_training)
-    n = len(split.y)
-    if not probs:
-        return np.zeros((0, 0), dtype=np.float32), None
-    loss = total.item() / n if loss_fn is not None and n else None
-    return torch.cat(probs).numpy(), loss
-
-
 def denormalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """Normalized inputs ``[N, C, ...]`` back to the [0, 1] range they had before normalizing."""
     arr = x.detach().float().cpu().numpy()
@@ -108,7 +72,12 @@ def write_run_plots(
     epochs = rows[-1]["epoch"] if rows else 0
     paths = [plot_curves(rows, out / "curves.png", title=f"{name}: learning curves")]
 
-    probs, _ = predict_split(model, data.test, recipe.data.eval_batch_size)
+    from mnistkit.training.evaluation import evaluate
+
+    probs = evaluate(
+        model, data.test, recipe.data.eval_batch_size, precision=recipe.train.precision, keep_probs=True
+    ).probs
+    assert probs is not None
     y = data.test.y.cpu().numpy()
     pred = probs.argmax(1)
     cm = confusion_matrix(y, pred, data.num_classes)
@@ -198,6 +167,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: Path | None 
     from mnistkit.evaluation.plots import plot_confusion
     from mnistkit.registry import registries
     from mnistkit.training.device import configure_device, resolve_device
+    from mnistkit.training.evaluation import evaluate
 
     run = RunDir.open(run_dir)
     ckpt, ckpt_file = load_run_checkpoint(run, checkpoint)
@@ -209,7 +179,16 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: Path | None 
         data_dir = run.recorded_data_dir()  # the --data-dir the run was trained with
     data = load_data(recipe, reg, data_dir, device)
     model = rebuild_model(recipe, data.in_shape, data.num_classes, ckpt, ckpt_file, device)
-    probs, loss = predict_split(model, data.test, recipe.data.eval_batch_size, build_loss(recipe, reg))
+    ev = evaluate(
+        model,
+        data.test,
+        recipe.data.eval_batch_size,
+        precision=recipe.train.precision,
+        loss_fn=build_loss(recipe, reg),
+        keep_probs=True,
+    )
+    probs, loss = ev.probs, ev.loss
+    assert probs is not None
     y = data.test.y.cpu().numpy()
     cm = confusion_matrix(y, probs.argmax(1), data.num_classes)
     report = per_class_report(cm, data.classes)

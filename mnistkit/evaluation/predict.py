@@ -41,6 +41,7 @@ class Predictor:
     info: dict[str, Any]  # data.json
     checkpoint: str
     checkpoint_when: str
+    precision: str  # train.precision: the model is run as it was trained
 
 
 def load_predictor(run_dir: Path, checkpoint: str = "best") -> Predictor:
@@ -56,7 +57,7 @@ def load_predictor(run_dir: Path, checkpoint: str = "best") -> Predictor:
     model = rebuild_model(
         recipe, tuple(info["in_shape"]), len(info["classes"]), ckpt, ckpt_file, torch.device("cpu")
     )
-    return Predictor(model, info, checkpoint, checkpoint_when(ckpt))
+    return Predictor(model, info, checkpoint, checkpoint_when(ckpt), recipe.train.precision)
 
 
 def _data_info(run: RunDir, recipe: Any) -> dict[str, Any]:
@@ -175,6 +176,8 @@ def predict_files(
     """
     import torch
 
+    from mnistkit.training.evaluation import probabilities
+
     if top < 1:
         raise RunError(f"--top {top}: must be at least 1")
     if not files:
@@ -191,8 +194,7 @@ def predict_files(
         head = "cannot read " + ("this file" if len(problems) == 1 else f"{len(problems)} files")
         raise RunError(head + ":\n  " + "\n  ".join(problems))
     x = torch.cat(inputs)
-    with torch.inference_mode():
-        probs = torch.softmax(pred.model(x).float(), dim=1).numpy()
+    probs = probabilities(pred.model, x, len(x), pred.precision)
     classes = list(info["classes"])
     k = min(top, len(classes))
     light_background = info.get("kind") == "image" and _trained_dark(info)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any
 
 import torch
+from torch import nn
 
 from mnistkit.errors import RunError
 from mnistkit.recipe.sections import RecipeBase
@@ -60,3 +63,26 @@ def _busy_note(threads: int) -> str:
             f"; load average {load:.1f}: if other jobs are running and training is slow, set train.threads: 1"
         )
     return ""
+
+
+def autocast_context(precision: str, device: torch.device) -> Any:
+    """bf16 autocast for ``train.precision: bf16``: matmuls and convolutions run in bfloat16
+    (tensor cores on CUDA), weights and the loss stay fp32; bf16 keeps fp32's exponent range, so
+    unlike fp16 no loss scaling is needed."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def uses_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Convolutions on CUDA run fastest in NHWC ("channels_last"): cuDNN's tensor-core kernels
+    want it, and with it no layout transposes are inserted around every conv. On CPU the gain is
+    not established for these sizes, so the layout is left alone there."""
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def match_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    # A no-op unless the model was converted (runner) and the batch is an image batch [N, C, H, W].
+    if channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

@@ -23,13 +23,13 @@ from mnistkit.data.batches import (
     Prepared,
     dataloader_batches,
     epoch_order,
-    eval_batches,
     make_dataloader,
     memory_batches,
     num_batches,
 )
-from mnistkit.data.types import Split
 from mnistkit.recipe.schema import Recipe
+from mnistkit.training.device import autocast_context, match_layout, uses_channels_last
+from mnistkit.training.evaluation import evaluate
 
 PROGRESS_INTERVAL_S = 0.25  # live display refresh: often enough to look alive, rare enough to be free
 
@@ -95,47 +95,6 @@ class StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def autocast_context(precision: str, device: torch.device) -> Any:
-    """bf16 autocast for ``train.precision: bf16``: matmuls and convolutions run in bfloat16
-    (tensor cores on CUDA), weights and the loss stay fp32; bf16 keeps fp32's exponent range, so
-    unlike fp16 no loss scaling is needed."""
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def uses_channels_last(model: nn.Module, device: torch.device) -> bool:
-    """Convolutions on CUDA run fastest in NHWC ("channels_last"): cuDNN's tensor-core kernels
-    want it, and with it no layout transposes are inserted around every conv. On CPU the gain is
-    not established for these sizes, so the layout is left alone there."""
-    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def match_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    # A no-op unless the model was converted (runner) and the batch is an image batch [N, C, H, W].
-    if channels_last and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def evaluate(
-    model: nn.Module, loss_fn: nn.Module, split: Split, batch_size: int, autocast: Any
-) -> tuple[float, float]:
-    """Mean loss per sample and accuracy, in large batches without autograd bookkeeping."""
-    model.eval()
-    channels_last = uses_channels_last(model, split.x.device)
-    total = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
-    with torch.inference_mode(), autocast():
-        for xb, yb in eval_batches(split, batch_size):
-            out = model(match_layout(xb, channels_last))
-            # reduction="sum" semantics without a second loss object: mean * n.
-            total += loss_fn(out.float(), yb).double() * len(yb)
-            correct += (out.argmax(1) == yb).sum()
-    n = max(1, len(split.y))
-    return total.item() / n, correct.item() / n
-
-
 def metric_mode(metric: str) -> str:
     return "max" if metric.endswith("_acc") else "min"
 
@@ -165,9 +124,6 @@ def train_loop(
         stop_metric = "val_loss" if data.val else "test_loss"
     es_mode = (es.mode if es and es.mode != "auto" else metric_mode(stop_metric)) if es else "min"
     es_best: float | None = None
-
-    def autocast() -> Any:
-        return autocast_context(t.precision, device)
 
     # On CPU reading a scalar costs nothing to wait for (measured: 0.4 µs for loss.item() plus
     # isfinite, against a ~1,700 µs step), so non-finite losses are caught at the exact step; on
@@ -205,7 +161,7 @@ def train_loop(
             for step, (raw, yb) in enumerate(batches, start=first):
                 # uint8 → normalized float32 here, per batch (see data.Prepared for why).
                 xb = match_layout(data.inputs(raw), channels_last)
-                with autocast():
+                with autocast_context(t.precision, device):
                     out = model(xb)
                     loss = loss_fn(out.float(), yb)  # fp32 loss under bf16; a no-op in fp32
                 optimizer.zero_grad(set_to_none=True)  # frees grads instead of writing zeros
@@ -251,13 +207,12 @@ def train_loop(
                 "train_loss": train_loss,
                 "train_acc": train_acc,
             }
-            if data.val is not None:
-                row["val_loss"], row["val_acc"] = evaluate(
-                    model, loss_fn, data.val, d.eval_batch_size, autocast
-                )
-            row["test_loss"], row["test_acc"] = evaluate(
-                model, loss_fn, data.test, d.eval_batch_size, autocast
+            splits = (
+                (("val", data.val), ("test", data.test)) if data.val is not None else (("test", data.test),)
             )
+            for prefix, split in splits:
+                ev = evaluate(model, split, d.eval_batch_size, precision=t.precision, loss_fn=loss_fn)
+                row[f"{prefix}_loss"], row[f"{prefix}_acc"] = ev.loss, ev.accuracy
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["seconds"] = train_seconds
             row["samples_per_s"] = seen / max(1e-9, train_seconds)
