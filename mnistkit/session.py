@@ -28,6 +28,7 @@ from mnistkit.data.batches import Prepared, num_batches
 from mnistkit.data.loading import data_info, load_data
 from mnistkit.errors import RunError
 from mnistkit.layers.shapes import ShapeError
+from mnistkit.recipe.metrics import format_metric, run_metrics
 from mnistkit.recipe.schema import Recipe, resolved_dict
 from mnistkit.registry import registries
 from mnistkit.runs.directory import RunDir, run_process_alive
@@ -264,9 +265,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     )
     started = time.time()
     has_val = data.val is not None
-    best_metric = recipe.train.best_metric
-    if best_metric == "auto":
-        best_metric = "val_acc" if has_val else "test_acc"
+    best_metric = run_metrics(recipe).best
     run.write_status(
         status="running",
         # A resumed run keeps its first start time and lists when it was resumed.
@@ -361,10 +360,8 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
             )
         )
     if state.best is not None:
-        metric = recipe.train.best_metric
-        metric = metric if metric != "auto" else ("val_acc" if has_val else "test_acc")
-        shown = f"{state.best:.2%}" if metric.endswith("_acc") else f"{state.best:.4f}"
-        lines.append(("best", f"{metric} {shown} at epoch {state.best_epoch} (best.pt)"))
+        shown = format_metric(best_metric, state.best)
+        lines.append(("best", f"{best_metric} {shown} at epoch {state.best_epoch} (best.pt)"))
     lines.append(("saved", str(run_dir)))
     if status == "interrupted":
         if recipe.train.checkpoint:

@@ -118,7 +118,8 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
         """List runs: name, start, epochs done/planned, best metric, training time, status."""
 
         def body() -> None:
-            from mnistkit.runs.listing import format_metric, format_seconds, format_started, scan_runs
+            from mnistkit.recipe.metrics import format_metric
+            from mnistkit.runs.listing import format_seconds, format_started, scan_runs
 
             infos = scan_runs(root)
             con = _console()
@@ -231,18 +232,17 @@ def _show(v: Any) -> str:
 
 
 def _metric(col: str, v: float | None) -> str:
-    if v is None:
-        return "-"
-    if col.endswith("_acc"):
-        return f"{v:.2%}"
-    if col == "lr":
+    if col == "lr" and v is not None:
         return f"{v:.3g}"
-    return f"{v:.4f}"
+    from mnistkit.recipe.metrics import format_metric
+
+    return format_metric(col, v)
 
 
 def _better(col: str, a: float | None, b: float | None) -> str | None:
     """Which side is better for a loss/accuracy column ('a', 'b' or None)."""
     if a is None or b is None or a == b or col == "lr":
         return None
-    higher = col.endswith("_acc")
-    return "a" if (a > b) == higher else "b"
+    from mnistkit.recipe.metrics import higher_is_better
+
+    return "a" if (a > b) == higher_is_better(col) else "b"

@@ -29,23 +29,10 @@ import yaml
 
 from mnistkit.errors import RunError
 from mnistkit.fsutil import atomic_write_text, pid_alive
+from mnistkit.recipe.metrics import METRIC_COLUMNS
 
 if TYPE_CHECKING:
     from mnistkit.recipe.schema import Recipe
-
-METRIC_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "lr",
-    "seconds",
-    "samples_per_s",
-]
-
 
 NOT_A_RUN_DIR = "not a run directory (no recipe.yaml)"
 CHECKPOINTS = ("best", "last")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistkit.errors import RunError
+from mnistkit.recipe.metrics import COMPARE_COLUMNS, best_metric_name, higher_is_better
 from mnistkit.runs import directory as rundir
 from mnistkit.runs.directory import RunDir
 
@@ -47,13 +48,11 @@ def effective_status(status: dict[str, Any]) -> str:
 
 
 def best_metric_of(recipe: dict[str, Any], status: dict[str, Any]) -> str | None:
+    """status.json's best metric; for a run killed before writing it, its recipe.yaml's."""
     if status.get("best_metric"):
         return str(status["best_metric"])
-    metric = (recipe.get("train") or {}).get("best_metric", "auto")
-    if metric != "auto":
-        return str(metric)
     has_val = float((recipe.get("data") or {}).get("val_split") or 0) > 0
-    return "val_acc" if has_val else "test_acc"
+    return best_metric_name(str((recipe.get("train") or {}).get("best_metric", "auto")), has_val)
 
 
 def _read_recipe(path: Path) -> dict[str, Any]:
@@ -77,7 +76,7 @@ def run_info(path: Path) -> RunInfo:
     best = best_epoch = None
     values = [(r[metric], r["epoch"]) for r in rows if metric and r.get(metric) is not None]
     if values:
-        sign = -1.0 if metric and metric.endswith("_acc") else 1.0  # accuracies: higher is better
+        sign = -1.0 if metric and higher_is_better(metric) else 1.0
         # Among equal values the earliest epoch, as in the training loop (strict improvement).
         best, best_epoch = min(values, key=lambda v: (sign * v[0], v[1]))
     state = effective_status(status)
@@ -117,12 +116,6 @@ def format_started(ts: float | None) -> str:
     if not ts:
         return "-"
     return dt.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M")
-
-
-def format_metric(metric: str | None, value: float | None) -> str:
-    if value is None or metric is None:
-        return "-"
-    return f"{value:.2%}" if metric.endswith("_acc") else f"{value:.4f}"
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -184,9 +177,6 @@ MISSING_TEXT = "(not set)"
 
 def _shown(v: Any) -> Any:
     return MISSING_TEXT if v is _MISSING else v
-
-
-COMPARE_COLUMNS = ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr")
 
 
 def metric_columns(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> list[str]:

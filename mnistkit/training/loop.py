@@ -27,6 +27,7 @@ from mnistkit.data.batches import (
     memory_batches,
     num_batches,
 )
+from mnistkit.recipe.metrics import improves, run_metrics
 from mnistkit.recipe.schema import Recipe
 from mnistkit.training.device import autocast_context, match_layout, uses_channels_last
 from mnistkit.training.evaluation import evaluate
@@ -95,10 +96,6 @@ class StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def metric_mode(metric: str) -> str:
-    return "max" if metric.endswith("_acc") else "min"
-
-
 def train_loop(
     recipe: Recipe,
     data: Prepared,
@@ -115,15 +112,10 @@ def train_loop(
     d, t = recipe.data, recipe.train
     n_train = len(data.train.y)
     steps = num_batches(n_train, d.batch_size, d.drop_last)
-    best_metric = t.best_metric if t.best_metric != "auto" else ("val_acc" if data.val else "test_acc")
-    stop_metric = target_metric = "val_acc" if data.val else "test_acc"
+    metrics = run_metrics(recipe)
+    best_metric, stop_metric, target_metric = metrics.best, metrics.stop, metrics.target
+    es_mode = metrics.stop_mode
     es = t.early_stopping
-    if es is not None and es.metric != "auto":
-        stop_metric = es.metric
-    elif es is not None:
-        stop_metric = "val_loss" if data.val else "test_loss"
-    es_mode = (es.mode if es and es.mode != "auto" else metric_mode(stop_metric)) if es else "min"
-    es_best: float | None = None
 
     # On CPU reading a scalar costs nothing to wait for (measured: 0.4 µs for loss.item() plus
     # isfinite, against a ~1,700 µs step), so non-finite losses are caught at the exact step; on
@@ -220,9 +212,7 @@ def train_loop(
 
             # Best checkpoint by the chosen metric.
             value = row[best_metric]
-            better = state.best is None or (
-                value > state.best if metric_mode(best_metric) == "max" else value < state.best
-            )
+            better = improves(value, state.best, metrics.best_mode)
             if better:
                 state.best, state.best_epoch = value, epoch + 1
             state.rows.append(row)
@@ -230,12 +220,10 @@ def train_loop(
             state.loss_sum, state.correct, state.seen, state.elapsed = 0.0, 0, 0, 0.0
 
             # Early stopping bookkeeping (state survives resume via the checkpoint).
-            if es is not None:
+            if es is not None and stop_metric is not None:
                 v = row[stop_metric]
                 es_best = _best_so_far(state.rows[:-1], stop_metric, es_mode)
-                improved = es_best is None or (
-                    v > es_best + es.min_delta if es_mode == "max" else v < es_best - es.min_delta
-                )
+                improved = improves(v, es_best, es_mode, es.min_delta)
                 state.bad_epochs = 0 if improved else state.bad_epochs + 1
                 if state.bad_epochs >= es.patience:
                     state.stop_reason = (
