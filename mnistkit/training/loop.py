@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,10 +27,12 @@ from mnistkit.data.batches import (
     memory_batches,
     num_batches,
 )
-from mnistkit.recipe.metrics import improves, run_metrics
+from mnistkit.recipe.metrics import run_metrics
 from mnistkit.recipe.schema import Recipe
 from mnistkit.training.device import autocast_context, match_layout, uses_channels_last
 from mnistkit.training.evaluation import evaluate
+from mnistkit.training.rules import judge_epoch
+from mnistkit.training.state import LoopState
 
 PROGRESS_INTERVAL_S = 0.25  # live display refresh: often enough to look alive, rare enough to be free
 
@@ -43,24 +45,6 @@ class NonFiniteLoss(Exception):
             "Lower optimizer.lr, set train.grad_clip, or check the data. "
             "The last good checkpoint is kept."
         )
-
-
-@dataclass
-class LoopState:
-    """Everything needed to continue exactly where a run stopped (saved in checkpoints)."""
-
-    epoch: int = 0  # 0-based epoch in progress (or next to run)
-    step: int = 0  # batches already done in that epoch (non-zero after a Ctrl-C mid-epoch)
-    order: torch.Tensor | None = None  # that epoch's sample order, when step > 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    elapsed: float = 0.0  # training seconds already spent in that epoch
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    best: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0  # early stopping: epochs without improvement
-    stop_reason: str | None = None
 
 
 @dataclass
@@ -113,8 +97,6 @@ def train_loop(
     n_train = len(data.train.y)
     steps = num_batches(n_train, d.batch_size, d.drop_last)
     metrics = run_metrics(recipe)
-    best_metric, stop_metric, target_metric = metrics.best, metrics.stop, metrics.target
-    es_mode = metrics.stop_mode
     es = t.early_stopping
 
     # On CPU reading a scalar costs nothing to wait for (measured: 0.4 µs for loss.item() plus
@@ -210,30 +192,19 @@ def train_loop(
             row["samples_per_s"] = seen / max(1e-9, train_seconds)
             schedule.after_epoch(row)
 
-            # Best checkpoint by the chosen metric.
-            value = row[best_metric]
-            better = improves(value, state.best, metrics.best_mode)
-            if better:
-                state.best, state.best_epoch = value, epoch + 1
             state.rows.append(row)
+            verdict = judge_epoch(
+                state.rows, metrics, state.best, state.best_epoch, state.bad_epochs, es, t.target_accuracy
+            )
+            better = verdict.is_best
+            state.best, state.best_epoch, state.bad_epochs = (
+                verdict.best,
+                verdict.best_epoch,
+                verdict.bad_epochs,
+            )
+            state.stop_reason = verdict.stop_reason
             state.epoch, state.step, state.order = epoch + 1, 0, None
             state.loss_sum, state.correct, state.seen, state.elapsed = 0.0, 0, 0, 0.0
-
-            # Early stopping bookkeeping (state survives resume via the checkpoint).
-            if es is not None and stop_metric is not None:
-                v = row[stop_metric]
-                es_best = _best_so_far(state.rows[:-1], stop_metric, es_mode)
-                improved = improves(v, es_best, es_mode, es.min_delta)
-                state.bad_epochs = 0 if improved else state.bad_epochs + 1
-                if state.bad_epochs >= es.patience:
-                    state.stop_reason = (
-                        f"early stopping: {stop_metric} has not improved for {es.patience} epoch(s)"
-                    )
-            if t.target_accuracy is not None and row[target_metric] >= t.target_accuracy:
-                state.stop_reason = (
-                    f"target reached: {target_metric} {row[target_metric]:.2%} >= "
-                    f"{t.target_accuracy:.2%} after epoch {epoch + 1}"
-                )
             hooks.on_epoch_end(row, better)
             hooks.save_checkpoint(state, better)
             if state.stop_reason:
@@ -243,10 +214,3 @@ def train_loop(
                 return state
     state.stop_reason = state.stop_reason or "finished"
     return state
-
-
-def _best_so_far(rows: list[dict[str, Any]], metric: str, mode: str) -> float | None:
-    values = [r[metric] for r in rows if r.get(metric) is not None]
-    if not values:
-        return None
-    return max(values) if mode == "max" else min(values)
