@@ -249,7 +249,7 @@ def test_predict_treats_transparent_pixels_as_the_black_background(
         assert {t["class"]: t["probability"] for t in got["top"]} == pytest.approx(want, abs=1e-4), f.name
     from mnistkit.evaluation.predict import image_tensor
 
-    info = read_data_info(digits_run)
+    info = RunDir(digits_run).read_data_info()
     assert torch.allclose(image_tensor(rgba, info), image_tensor(src, info), atol=1e-2)
 
 
@@ -258,7 +258,7 @@ def test_predict_resizes_a_larger_image_to_the_runs_input_size(
 ) -> None:
     from mnistkit.evaluation.predict import image_tensor
 
-    info = read_data_info(digits_run)
+    info = RunDir(digits_run).read_data_info()
     agree = 0
     for src, _ in digits_pngs:
         small = np.asarray(Image.open(src).convert("L"))

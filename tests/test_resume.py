@@ -444,7 +444,7 @@ def test_plateau_scheduler_in_a_run_halves_the_lr_exactly_after_epochs_without_i
     tmp_path: Path,
 ) -> None:
     run = _run(tmp_path, "scheduler={name: plateau, metric: test_acc, patience: 0, factor: 0.5}", "epochs=4")
-    rows = read_metrics(run)
+    rows = RunDir(run).read_metrics()
     # What ReduceLROnPlateau (mode max, relative threshold 1e-4, patience 0) must do with the
     # accuracies this run measured: keep the lr after a new best, halve it after any other epoch.
     lr, best, expected = 0.05, -math.inf, []
