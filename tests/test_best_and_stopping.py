@@ -23,6 +23,7 @@ from mnistkit.cli.app import app
 from mnistkit.runs.directory import RunDir
 from mnistkit.runs.listing import run_info
 from mnistkit.training.checkpoint import load_checkpoint
+from mnistkit.training.evaluation import Evaluation
 
 TEST_N = 50  # data.test_limit: how the scripted evaluate tells the test split from validation
 # 128 training images / 64 = 2 steps per epoch: the weights change, the run takes ~0.1 s/epoch.
@@ -50,8 +51,9 @@ def script_metrics(
     """Make the loop's evaluation return these (loss, accuracy) pairs, one per epoch, in order."""
     seqs = {"test": iter(test), "val": iter(val or [])}
 
-    def scripted(model: Any, loss_fn: Any, split: Any, batch_size: int, autocast: Any) -> tuple[float, float]:
-        return next(seqs["test" if len(split.y) == TEST_N else "val"])
+    def scripted(model: Any, split: Any, batch_size: int, **kwargs: Any) -> Evaluation:
+        loss, acc = next(seqs["test" if len(split.y) == TEST_N else "val"])
+        return Evaluation(loss, acc, None)
 
     mp.setattr(loop, "evaluate", scripted)
 
