@@ -20,9 +20,10 @@ from typer.testing import CliRunner
 
 import mnistkit.training.loop as loop
 from mnistkit.cli.app import app
-from mnistkit.runs.directory import read_metrics, read_status
+from mnistkit.runs.directory import RunDir
 from mnistkit.runs.listing import run_info
 from mnistkit.training.checkpoint import load_checkpoint
+from mnistkit.training.evaluation import Evaluation
 
 TEST_N = 50  # data.test_limit: how the scripted evaluate tells the test split from validation
 # 128 training images / 64 = 2 steps per epoch: the weights change, the run takes ~0.1 s/epoch.
@@ -50,8 +51,9 @@ def script_metrics(
     """Make the loop's evaluation return these (loss, accuracy) pairs, one per epoch, in order."""
     seqs = {"test": iter(test), "val": iter(val or [])}
 
-    def scripted(model: Any, loss_fn: Any, split: Any, batch_size: int, autocast: Any) -> tuple[float, float]:
-        return next(seqs["test" if len(split.y) == TEST_N else "val"])
+    def scripted(model: Any, split: Any, batch_size: int, **kwargs: Any) -> Evaluation:
+        loss, acc = next(seqs["test" if len(split.y) == TEST_N else "val"])
+        return Evaluation(loss, acc, None)
 
     mp.setattr(loop, "evaluate", scripted)
 
@@ -88,7 +90,7 @@ def loss_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_best_checkpoint_by_a_loss_is_the_lowest_loss(loss_run: Path) -> None:
-    status = read_status(loss_run)
+    status = RunDir(loss_run).read_status()
     assert (status["best_metric"], status["best"], status["best_epoch"]) == ("test_loss", 0.3, 2)
     assert load_checkpoint(loss_run / "best.pt")["epoch"] == 2
     assert load_checkpoint(loss_run / "last.pt")["epoch"] == 4
@@ -97,7 +99,7 @@ def test_best_checkpoint_by_a_loss_is_the_lowest_loss(loss_run: Path) -> None:
 def test_best_checkpoint_by_accuracy_is_the_highest_accuracy(tmp_path: Path, monkeypatch) -> None:
     script_metrics(monkeypatch, accs(0.5, 0.9, 0.7, 0.6))
     run = train(tmp_path)  # best_metric: auto, no validation split: test_acc
-    status = read_status(run)
+    status = RunDir(run).read_status()
     assert (status["best_metric"], status["best"], status["best_epoch"]) == ("test_acc", 0.9, 2)
     assert load_checkpoint(run / "best.pt")["epoch"] == 2
 
@@ -120,7 +122,7 @@ def test_best_metric_auto_uses_the_validation_split(tmp_path: Path, monkeypatch)
     # Validation accuracy peaks at epoch 2, test accuracy at epoch 4: auto means val_acc.
     script_metrics(monkeypatch, test=accs(0.5, 0.6, 0.7, 0.95), val=accs(0.5, 0.9, 0.6, 0.55))
     run = train(tmp_path, "data.val_split=0.25")
-    status = read_status(run)
+    status = RunDir(run).read_status()
     assert (status["best_metric"], status["best"], status["best_epoch"]) == ("val_acc", 0.9, 2)
     assert load_checkpoint(run / "best.pt")["epoch"] == 2
     info = run_info(run)
@@ -145,8 +147,8 @@ def test_early_stopping_follows_the_metric_direction(
 ) -> None:
     script_metrics(monkeypatch, script)
     run = train(tmp_path, "epochs=6", f"train.early_stopping={{metric: {metric}, patience: 2}}")
-    assert len(read_metrics(run)) == epochs_run
-    reason = read_status(run)["stop_reason"]
+    assert len(RunDir(run).read_metrics()) == epochs_run
+    reason = RunDir(run).read_status()["stop_reason"]
     if epochs_run < 6:
         assert reason == f"early stopping: {metric} has not improved for 2 epoch(s)"
     else:
@@ -159,14 +161,14 @@ def test_resume_keeps_best_and_early_stopping_count(tmp_path: Path, monkeypatch)
     sets = ("train.best_metric=test_loss", "train.early_stopping={metric: test_loss, patience: 3}")
     script_metrics(monkeypatch, losses(0.5, 0.7, 0.8))
     run = train(tmp_path, "epochs=3", *sets)
-    assert read_status(run)["best_epoch"] == 1
+    assert RunDir(run).read_status()["best_epoch"] == 1
     # Resumed for more epochs: epoch 4 is worse than epoch 1 again, the third bad epoch in a
     # row, so it stops there; best stays epoch 1 (a fresh state would stop at epoch 6 and call
     # epoch 4 the best).
     script_metrics(monkeypatch, losses(0.9, 0.95, 0.97, 0.99, 1.0))
     train(tmp_path, "epochs=8", resume=run)
-    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3, 4]
-    status = read_status(run)
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2, 3, 4]
+    status = RunDir(run).read_status()
     assert status["stop_reason"] == "early stopping: test_loss has not improved for 3 epoch(s)"
     assert (status["best"], status["best_epoch"]) == (0.5, 1)
     assert load_checkpoint(run / "best.pt")["epoch"] == 1

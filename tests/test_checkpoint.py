@@ -417,3 +417,40 @@ def test_non_dict_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "list.pt"
     torch.save([1, 2, 3], path)
     assert "not a dict" in str(_exc(path))
+
+
+def test_text_and_plot_writes_are_atomic_and_clean_up_after_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mnistkit.fsutil: the old file survives a writer that fails halfway; no temp file is left."""
+    from mnistkit.evaluation.plots import plot_curves
+    from mnistkit.fsutil import atomic_path, atomic_write_text
+
+    text = tmp_path / "status.json"
+    atomic_write_text(text, "old\n")
+    with pytest.raises(RuntimeError), atomic_path(text) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert text.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
+
+    png = tmp_path / "plots" / "curves.png"
+    png.parent.mkdir()
+    png.write_bytes(b"previous plot")
+    rows = [{"epoch": 1, "train_loss": 0.5, "test_loss": 0.4, "test_acc": 0.9}]
+    from matplotlib.figure import Figure
+
+    real_savefig = Figure.savefig
+
+    def dies_halfway(self: Figure, fname: Any, **kwargs: Any) -> None:
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", dies_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        plot_curves(rows, png)
+    assert png.read_bytes() == b"previous plot"  # savefig wrote to a temp file, not over the plot
+    assert sorted(p.name for p in png.parent.iterdir()) == ["curves.png"]
+    monkeypatch.setattr(Figure, "savefig", real_savefig)
+    plot_curves(rows, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

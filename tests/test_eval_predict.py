@@ -22,7 +22,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mnistkit.cli.app import app
-from mnistkit.runs.directory import read_data_info, read_metrics
+from mnistkit.runs.directory import RunDir
 
 
 def invoke(*args: Any) -> Any:
@@ -80,7 +80,7 @@ def fashion_run(fashion_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_fashion_run_writes_plots(fashion_run: Path) -> None:
     for name in ("curves.png", "confusion.png", "worst.png"):
         assert_png(fashion_run / "plots" / name)
-    info = read_data_info(fashion_run)
+    info = RunDir(fashion_run).read_data_info()
     assert info is not None and info["classes"][0] == "T-shirt/top" and info["in_shape"] == [1, 28, 28]
 
 
@@ -93,7 +93,7 @@ def test_eval_reproduces_the_runs_test_metrics(fashion_run: Path, fashion_dir: P
     for text in ("accuracy", "per class", "confusion matrix", "Ankle boot", "eval-last.json"):
         assert text in res.output
     report = json.loads((fashion_run / "eval-last.json").read_text())
-    last = read_metrics(fashion_run)[-1]
+    last = RunDir(fashion_run).read_metrics()[-1]
     assert report["samples"] == 1000
     assert report["accuracy"] == last["test_acc"]
     assert report["loss"] == pytest.approx(
@@ -117,14 +117,14 @@ def test_predict_png_of_a_test_image_returns_its_label(
 ) -> None:
     from mnistkit.data.loading import load_data
     from mnistkit.data.vision import load_mnist_family
-    from mnistkit.evaluation.evaluate import load_run_recipe, predict_split
     from mnistkit.evaluation.predict import load_predictor
     from mnistkit.registry import registries
+    from mnistkit.training.evaluation import evaluate
 
     # What the model says about the prepared (training-pipeline) test tensors.
     predictor = load_predictor(fashion_run, "best")
-    data = load_data(load_run_recipe(fashion_run), registries(), fashion_dir, torch.device("cpu"))
-    probs, _ = predict_split(predictor.model, data.test, 1000)
+    data = load_data(RunDir(fashion_run).load_recipe(), registries(), fashion_dir, torch.device("cpu"))
+    probs = evaluate(predictor.model, data.test, 1000, keep_probs=True).probs
     labels = data.test.y.numpy()
     correct = np.flatnonzero(probs.argmax(1) == labels)[:4]
     assert len(correct) == 4
@@ -175,7 +175,7 @@ def digits_pngs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, in
 def test_every_run_writes_plots_and_data_json(digits_run: Path) -> None:
     for name in ("curves.png", "confusion.png", "worst.png"):
         assert_png(digits_run / "plots" / name)
-    info = read_data_info(digits_run)
+    info = RunDir(digits_run).read_data_info()
     assert info is not None
     assert info["kind"] == "image" and info["in_shape"] == [1, 8, 8]
     assert info["classes"] == [str(i) for i in range(10)]
@@ -187,13 +187,13 @@ def test_predict_matches_the_model_on_prepared_test_data(
     digits_run: Path, digits_pngs: list[tuple[Path, int]]
 ) -> None:
     from mnistkit.data.loading import load_data
-    from mnistkit.evaluation.evaluate import load_run_recipe, predict_split
     from mnistkit.evaluation.predict import load_predictor
     from mnistkit.registry import registries
+    from mnistkit.training.evaluation import evaluate
 
     predictor = load_predictor(digits_run, "last")
-    data = load_data(load_run_recipe(digits_run), registries(), None, torch.device("cpu"))
-    probs, _ = predict_split(predictor.model, data.test, 1000)
+    data = load_data(RunDir(digits_run).load_recipe(), registries(), None, torch.device("cpu"))
+    probs = evaluate(predictor.model, data.test, 1000, keep_probs=True).probs
     result = predict_json(digits_run, *[p for p, _ in digits_pngs], "--checkpoint", "last", "--top", "3")
     assert result["checkpoint"] == "last" and result["dataset"] == "digits"
     for i, pred in enumerate(result["predictions"]):
@@ -249,7 +249,7 @@ def test_predict_treats_transparent_pixels_as_the_black_background(
         assert {t["class"]: t["probability"] for t in got["top"]} == pytest.approx(want, abs=1e-4), f.name
     from mnistkit.evaluation.predict import image_tensor
 
-    info = read_data_info(digits_run)
+    info = RunDir(digits_run).read_data_info()
     assert torch.allclose(image_tensor(rgba, info), image_tensor(src, info), atol=1e-2)
 
 
@@ -258,7 +258,7 @@ def test_predict_resizes_a_larger_image_to_the_runs_input_size(
 ) -> None:
     from mnistkit.evaluation.predict import image_tensor
 
-    info = read_data_info(digits_run)
+    info = RunDir(digits_run).read_data_info()
     agree = 0
     for src, _ in digits_pngs:
         small = np.asarray(Image.open(src).convert("L"))
@@ -308,7 +308,7 @@ def test_eval_digits_report_and_table(digits_run: Path) -> None:
     res = invoke("eval", digits_run, "-c", "last")
     assert res.exit_code == 0, res.output
     report = json.loads((digits_run / "eval-last.json").read_text())
-    last = read_metrics(digits_run)[-1]
+    last = RunDir(digits_run).read_metrics()[-1]
     assert report["accuracy"] == last["test_acc"]
     assert math.isclose(report["loss"], last["test_loss"], rel_tol=1e-6)
     macro_f1 = np.mean([c["f1"] for c in report["classes"]])
@@ -347,17 +347,17 @@ def test_predict_wav_with_the_runs_log_mel_features(tmp_path: Path, monkeypatch:
         for k in range(6):  # identical clips: every clip of a class has the same features
             _tone(root / name / f"{k}.wav", freq)
     run = train(tmp_path, AUDIO.format(root=root))
-    info = read_data_info(run)
+    info = RunDir(run).read_data_info()
     assert info is not None and info["kind"] == "audio" and info["in_shape"] == [1, 16, 16]
     assert info["features"]["n_mels"] == 16
 
     from mnistkit.data.loading import load_data
-    from mnistkit.evaluation.evaluate import load_run_recipe, predict_split
     from mnistkit.evaluation.predict import load_predictor
     from mnistkit.registry import registries
+    from mnistkit.training.evaluation import evaluate
 
-    data = load_data(load_run_recipe(run), registries(), None, torch.device("cpu"))
-    probs, _ = predict_split(load_predictor(run, "best").model, data.test, 100)
+    data = load_data(RunDir(run).load_recipe(), registries(), None, torch.device("cpu"))
+    probs = evaluate(load_predictor(run, "best").model, data.test, 100, keep_probs=True).probs
     by_class = {int(y): probs[i] for i, y in enumerate(data.test.y)}
 
     result = predict_json(run, root / "high" / "0.wav", root / "low" / "5.wav", "--top", "2")
@@ -388,3 +388,15 @@ def test_data_json_records_the_pixel_mean_whatever_the_normalization(tmp_path: P
     info = json.loads((run / "data.json").read_text())
     assert info["mean"] == [0.0] and info["std"] == [1.0]
     assert 0.2 < info["pixel_mean"][0] < 0.4  # the 8x8 digits: light strokes on a dark background
+
+
+def test_eval_reproduces_metrics_csv_for_a_bf16_run(tmp_path: Path) -> None:
+    """`eval` runs the training loop's own evaluation, under the run's bf16 autocast (it ran in
+    fp32 before, so its loss and accuracy differed from metrics.csv's)."""
+    run = train(tmp_path, DIGITS, "train.precision=bf16", "epochs=1")
+    res = invoke("eval", run, "-c", "last")
+    assert res.exit_code == 0, res.output
+    report = json.loads((run / "eval-last.json").read_text())
+    last = RunDir(run).read_metrics()[-1]
+    assert report["accuracy"] == last["test_acc"]
+    assert math.isclose(report["loss"], last["test_loss"], rel_tol=1e-6)

@@ -27,7 +27,7 @@ import torch
 from typer.testing import CliRunner
 
 from mnistkit.cli.app import app
-from mnistkit.runs.directory import read_metrics, read_status
+from mnistkit.runs.directory import RunDir
 from mnistkit.runs.listing import run_info
 from mnistkit.training.checkpoint import CRASH_ENV, load_checkpoint
 
@@ -87,12 +87,12 @@ def reference(recipe_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     run = tmp_path_factory.mktemp("ref") / "run"
     res = invoke("run", recipe_file, "--out", run)
     assert res.exit_code == 0, res.output
-    assert len(read_metrics(run)) == 3
+    assert len(RunDir(run).read_metrics()) == 3
     return run
 
 
 def metrics(run: Path) -> list[dict[str, Any]]:
-    return [{k: row[k] for k in COMPARED} for row in read_metrics(run)]
+    return [{k: row[k] for k in COMPARED} for row in RunDir(run).read_metrics()]
 
 
 def assert_same_run(reference: Path, run: Path) -> None:
@@ -104,7 +104,7 @@ def assert_same_run(reference: Path, run: Path) -> None:
         assert list(got["model"]) == list(want["model"])
         for key, tensor in want["model"].items():
             assert torch.equal(got["model"][key], tensor), f"{name}: {key} differs"
-    assert read_status(run)["status"] == "finished"
+    assert RunDir(run).read_status()["status"] == "finished"
 
 
 def hermetic_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -167,8 +167,8 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(
     assert proc.returncode == -signal.SIGKILL, output
     # Killed during epoch 2: epoch 1 is on disk; status.json still says running, but its
     # process is gone, which is how `mnistkit runs` shows it.
-    assert len(read_metrics(run)) == 1
-    assert read_status(run)["status"] == "running"
+    assert len(RunDir(run).read_metrics()) == 1
+    assert RunDir(run).read_status()["status"] == "running"
     assert run_info(run).status == "failed (killed)"
     assert run_info(run).resumable
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
@@ -189,7 +189,7 @@ def test_kill_9_while_writing_a_checkpoint_then_resume_matches(
     tmps = list(run.glob(".last.pt.tmp-*"))
     assert len(tmps) == 1  # the half-written file, under its temporary name only
     assert load_checkpoint(run / "last.pt")["epoch"] == 1  # the previous one is intact
-    assert len(read_metrics(run)) == 1  # metrics.csv is written after the checkpoints
+    assert len(RunDir(run).read_metrics()) == 1  # metrics.csv is written after the checkpoints
 
     res = invoke("run", "--resume", run, "--progress", "plain")
     assert res.exit_code == 0, res.output
@@ -225,7 +225,7 @@ def test_ctrl_c_mid_epoch_saves_says_how_to_resume_and_resumes_exactly(
     ckpt = load_checkpoint(run / "last.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (1, 5)  # saved at the next safe point: after step 5
     assert ckpt["order"] is not None and len(ckpt["order"]) == 1438  # that epoch's sample order
-    status = read_status(run)
+    status = RunDir(run).read_status()
     assert status["status"] == "interrupted" and status["stop_reason"] == "interrupted"
     assert run_info(run).status == "interrupted"
 
@@ -233,7 +233,7 @@ def test_ctrl_c_mid_epoch_saves_says_how_to_resume_and_resumes_exactly(
     assert res.exit_code == 0, res.output
     assert "epoch 2, step 6" in res.output
     assert_same_run(reference, run)
-    assert len(read_status(run)["resumed"]) == 1
+    assert len(RunDir(run).read_status()["resumed"]) == 1
 
 
 def test_resume_with_more_epochs_states_what_happens_to_the_schedule(reference: Path, tmp_path: Path) -> None:
@@ -246,7 +246,7 @@ def test_resume_with_more_epochs_states_what_happens_to_the_schedule(reference: 
     rows = metrics(run)
     assert len(rows) == 4 and rows[:3] == metrics(reference)
     assert "epochs: 4" in (run / "recipe.yaml").read_text()
-    assert read_status(run)["epochs"] == 4
+    assert RunDir(run).read_status()["epochs"] == 4
 
 
 def test_resume_refuses_changes_that_would_make_another_run(reference: Path) -> None:
@@ -262,7 +262,7 @@ def test_resume_refuses_a_run_whose_process_is_still_alive(reference: Path, tmp_
     shutil.copytree(reference, run)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        status = read_status(run)
+        status = RunDir(run).read_status()
         status.update(status="running", pid=alive.pid)
         (run / "status.json").write_text(json.dumps(status))
         res = invoke("run", "--resume", run)
@@ -323,12 +323,12 @@ def test_non_finite_loss_names_epoch_and_step_and_keeps_last_good_checkpoint(
     res = invoke("run", recipe_file, "--out", run, "--progress", "plain")
     assert res.exit_code == 1, res.output
     assert "loss became nan at epoch 2, step 3" in res.output
-    status = read_status(run)
+    status = RunDir(run).read_status()
     assert status["status"] == "failed" and "epoch 2, step 3" in status["error"]
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
-    assert len(read_metrics(run)) == 1
+    assert len(RunDir(run).read_metrics()) == 1
 
 
 def test_huge_learning_rate_stops_with_a_message(tmp_path: Path) -> None:
@@ -355,9 +355,9 @@ def _run(tmp_path: Path, *sets: str, name: str = "run") -> Path:
 
 def test_validation_split_adds_val_columns_and_picks_best_by_val_acc(tmp_path: Path) -> None:
     run = _run(tmp_path, "data.val_split=0.2", "epochs=3")
-    rows = read_metrics(run)
+    rows = RunDir(run).read_metrics()
     assert all(r["val_loss"] is not None and r["val_acc"] is not None for r in rows)
-    status = read_status(run)
+    status = RunDir(run).read_status()
     assert status["best_metric"] == "val_acc"
     best = max(rows, key=lambda r: r["val_acc"])  # first of equals, like the loop
     assert status["best_epoch"] == best["epoch"]
@@ -373,8 +373,8 @@ def test_early_stopping_stops_after_patience(tmp_path: Path) -> None:
         "train.early_stopping.metric=train_loss",
         "train.early_stopping.mode=max",
     )
-    assert len(read_metrics(run)) == 3
-    status = read_status(run)
+    assert len(RunDir(run).read_metrics()) == 3
+    status = RunDir(run).read_status()
     assert status["status"] == "finished"
     assert status["stop_reason"].startswith("early stopping: train_loss")
 
@@ -392,7 +392,7 @@ def test_early_stopping_stops_after_patience(tmp_path: Path) -> None:
 )
 def test_schedulers_change_the_learning_rate(tmp_path: Path, scheduler: str, check: Any) -> None:
     run = _run(tmp_path, f"scheduler={scheduler}", "epochs=3")
-    lrs = [r["lr"] for r in read_metrics(run)]
+    lrs = [r["lr"] for r in RunDir(run).read_metrics()]
     assert check(lrs), lrs
 
 
@@ -444,7 +444,7 @@ def test_plateau_scheduler_in_a_run_halves_the_lr_exactly_after_epochs_without_i
     tmp_path: Path,
 ) -> None:
     run = _run(tmp_path, "scheduler={name: plateau, metric: test_acc, patience: 0, factor: 0.5}", "epochs=4")
-    rows = read_metrics(run)
+    rows = RunDir(run).read_metrics()
     # What ReduceLROnPlateau (mode max, relative threshold 1e-4, patience 0) must do with the
     # accuracies this run measured: keep the lr after a new best, halve it after any other epoch.
     lr, best, expected = 0.05, -math.inf, []
@@ -476,7 +476,9 @@ def test_grad_clipping_limits_each_update(tmp_path: Path, monkeypatch: pytest.Mo
     assert calls and set(calls) == {1e-6} and len(calls) == 23  # every step (1,438 / 64)
     free = _run(tmp_path, "epochs=1", name="free")
     # With the update norm capped near zero the model barely moves from chance level.
-    assert read_metrics(clipped)[0]["train_loss"] > 2.0 > read_metrics(free)[0]["train_loss"]
+    assert (
+        RunDir(clipped).read_metrics()[0]["train_loss"] > 2.0 > RunDir(free).read_metrics()[0]["train_loss"]
+    )
 
 
 def test_tensorboard_logs_scalars_per_epoch(tmp_path: Path) -> None:
@@ -490,7 +492,7 @@ def test_tensorboard_logs_scalars_per_epoch(tmp_path: Path) -> None:
     assert {"loss/train", "loss/test", "accuracy/test", "lr"} <= set(tags)
     events = acc.Scalars("accuracy/test")
     assert [e.step for e in events] == [1, 2]
-    assert events[-1].value == pytest.approx(read_metrics(run)[-1]["test_acc"])
+    assert events[-1].value == pytest.approx(RunDir(run).read_metrics()[-1]["test_acc"])
 
 
 def test_tensorboard_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mnistkit.cli.app import app
-from mnistkit.runs.directory import write_metrics
+from mnistkit.runs.directory import RunDir
 from mnistkit.runs.listing import effective_status, flatten, recipe_diff, run_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def make_run(
     recipe = recipe or {"name": name, "epochs": 3, "data": {"dataset": "digits"}}
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
     (run / "status.json").write_text(json.dumps(status), encoding="utf-8")
-    write_metrics(run, rows, has_val=False)
+    RunDir(run).write_metrics(rows, has_val=False)
     if last_pt:
         (run / "last.pt").write_bytes(b"")
     return run
@@ -291,3 +291,23 @@ def test_git_commit_is_dirty_only_for_changes_to_tracked_files(tmp_path: Path) -
     assert not (git_commit(tmp_path) or "").endswith("+dirty")
     (tmp_path / "a.txt").write_text("changed")  # a tracked change: dirty
     assert (git_commit(tmp_path) or "").endswith("+dirty")
+
+
+def test_every_command_names_a_folder_that_is_not_a_run_directory_the_same_way(tmp_path: Path) -> None:
+    """eval, predict, compare and run --resume share RunDir.open: one check, one message."""
+    folder = tmp_path / "not-a-run"
+    folder.mkdir()
+    (folder / "status.json").write_text("{}")  # listed by `runs`, yet no recipe to rebuild from
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    expected = f"{folder}: not a run directory (no recipe.yaml)"
+    for args in (
+        ("eval", folder),
+        ("predict", folder, image),
+        ("compare", folder, folder),
+        ("run", "--resume", folder),
+    ):
+        res = invoke(*args)
+        assert res.exit_code == 1, (args, res.output)
+        assert expected in " ".join(res.output.split()), (args, res.output)
+    assert "--resume " + expected in " ".join(invoke("run", "--resume", folder).output.split())

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch.optim import Optimizer, lr_scheduler
 
+from mnistkit.recipe.metrics import metric_mode
+
 
 class _Multiplier:
     """lr multiplier; LambdaLR saves its __dict__ (plain numbers), so checkpoints stay weights_only-safe."""
@@ -99,7 +101,7 @@ def plateau(
     metric: str = "test_loss",
     min_lr: float = 0.0,
 ) -> tuple[Any, str]:
-    mode = "max" if metric.endswith("_acc") else "min"
+    mode = metric_mode(metric)
     sched = lr_scheduler.ReduceLROnPlateau(
         optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr
     )

@@ -233,10 +233,10 @@ RESUMABLE = (
 
 def _resume_recipe(run_dir: Path, overrides: list[str]) -> Any:
     from mnistkit.recipe.schema import load_recipe
+    from mnistkit.runs.directory import RunDir
 
-    if not (run_dir / "recipe.yaml").exists():
-        raise RunError(f"--resume {run_dir}: not a run directory (no recipe.yaml)")
-    if not (run_dir / "last.pt").exists():
+    run = RunDir.open(run_dir, "--resume")
+    if not run.checkpoint_path("last").exists():
         raise RunError(
             f"--resume {run_dir}: no checkpoint (last.pt) yet: the run stopped before its "
             "first epoch ended, or ran with train.checkpoint: false. Start it again instead."
@@ -245,7 +245,7 @@ def _resume_recipe(run_dir: Path, overrides: list[str]) -> Any:
         key = ov.partition("=")[0].strip()
         if key not in RESUMABLE:
             raise RecipeError([_problem_for_set(ov, key)])
-    return load_recipe(run_dir / "recipe.yaml", overrides)
+    return load_recipe(run.recipe_path, overrides)
 
 
 def _problem_for_set(ov: str, key: str) -> Any:

@@ -7,6 +7,7 @@ their bodies; ``runs`` and ``compare`` never do.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from enum import Enum
@@ -29,10 +30,14 @@ CheckpointOpt = Annotated[
         help="Which checkpoint: best (by train.best_metric) or last (latest epoch or Ctrl-C point).",
     ),
 ]
-RunDirArg = Annotated[Path, typer.Argument(help="A run directory.", show_default=False)]
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory.", show_default=False, metavar="RUN_DIR")]
 RunOrModelArg = Annotated[
     Path,
-    typer.Argument(help="A run directory, or a model.onnx written by `mnistkit export`.", show_default=False),
+    typer.Argument(
+        help="A run directory, or a model.onnx written by `mnistkit export`.",
+        show_default=False,
+        metavar="RUN_DIR|MODEL.onnx",
+    ),
 ]
 
 
@@ -44,205 +49,209 @@ def _console(stderr: bool = False) -> Any:
 
 def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> None:
     """Add eval, predict, runs and compare to ``app``; ``guarded`` maps errors to exit codes."""
+    for name, command in (("eval", eval_), ("predict", predict), ("runs", runs), ("compare", compare)):
+        app.command(name)(_guard(command, guarded))
 
-    @app.command("eval")
-    def eval_(
-        run_dir: RunOrModelArg,
-        checkpoint: CheckpointOpt = Checkpoint.best,
-        data_dir: Annotated[
-            Path | None,
-            typer.Option(
-                "--data-dir",
-                "-d",
-                help="Folder with the dataset files (default: the run's own --data-dir, if any).",
-            ),
-        ] = None,
-    ) -> None:
-        """Evaluate a run's checkpoint on the test set: loss, accuracy, per-class scores.
 
-        Prints loss, accuracy, per-class precision, recall and F1, and the confusion matrix.
-        Saves them as RUN_DIR/eval-CHECKPOINT.json and RUN_DIR/eval-CHECKPOINT-confusion.png.
-        The model is rebuilt from the run's recipe.yaml and the checkpoint's weights.
-        Given a model.onnx instead, runs it in ONNX Runtime on the same test set and compares
-        its accuracy with the checkpoint's (nothing is saved)."""
+def _guard(command: Callable[..., None], guarded: Callable[[Callable[[], Any]], Any]) -> Callable[..., None]:
+    """``command`` run through ``guarded``; its signature and help (what typer reads) unchanged."""
 
-        def body() -> None:
-            from mnistkit.export.runtime import is_onnx_path
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        guarded(lambda: command(*args, **kwargs))
 
-            if is_onnx_path(run_dir):
-                from mnistkit.export.evaluate import evaluate_onnx, print_onnx_eval
+    return run
 
-                print_onnx_eval(evaluate_onnx(run_dir, data_dir), _console())
-                return
-            from mnistkit.evaluation.evaluate import evaluate_run, print_eval
 
-            result = evaluate_run(run_dir, checkpoint.value, data_dir)
-            print_eval(result, _console())
+def eval_(
+    run_dir: RunOrModelArg,
+    checkpoint: CheckpointOpt = Checkpoint.best,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            "-d",
+            help="Folder with the dataset files (default: the run's own --data-dir, if any).",
+        ),
+    ] = None,
+) -> None:
+    """Evaluate a run's checkpoint on the test set: loss, accuracy, per-class scores.
 
-        guarded(body)
+    Prints loss, accuracy, per-class precision, recall and F1, and the confusion matrix.
+    Saves them as RUN_DIR/eval-CHECKPOINT.json and RUN_DIR/eval-CHECKPOINT-confusion.png.
+    The model is rebuilt from the run's recipe.yaml and the checkpoint's weights.
+    Given a model.onnx instead, runs it in ONNX Runtime on the same test set and compares
+    its accuracy with the checkpoint's (nothing is saved)."""
+    from mnistkit.export.runtime import is_onnx_path
 
-    @app.command()
-    def predict(
-        run_dir: RunOrModelArg,
-        files: Annotated[
-            list[Path],
-            typer.Argument(
-                help="Image files (PNG, JPG, ...) or, for audio runs, WAV files.", show_default=False
-            ),
-        ],
-        checkpoint: CheckpointOpt = Checkpoint.best,
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
-        ] = False,
-        top: Annotated[int, typer.Option("--top", "-k", min=1, help="Show the K most probable classes.")] = 1,
-        invert: Annotated[
-            bool,
-            typer.Option(
-                "--invert",
-                help="Invert image brightness first: for dark drawings on a light background "
-                "(MNIST-like training data is light on black).",
-            ),
-        ] = False,
-    ) -> None:
-        """Classify files with a trained run: the class and its probability for each file.
+    if is_onnx_path(run_dir):
+        from mnistkit.export.evaluate import evaluate_onnx, print_onnx_eval
 
-        Images are converted to grey, resized to the run's input size (e.g. 28x28) and
-        normalized exactly as in training.
-        MNIST-family data is a light digit or garment on a black background:
-        give images that way round, or pass --invert.
-        Given a model.onnx from `mnistkit export`, runs it in ONNX Runtime without torch."""
+        print_onnx_eval(evaluate_onnx(run_dir, data_dir), _console())
+        return
+    from mnistkit.evaluation.evaluate import evaluate_run, print_eval
 
-        def body() -> None:
-            from mnistkit.evaluation.predict import predict_files, print_predictions
-            from mnistkit.export.runtime import is_onnx_path, predict_onnx
+    result = evaluate_run(run_dir, checkpoint.value, data_dir)
+    print_eval(result, _console())
 
-            if is_onnx_path(run_dir):  # --checkpoint is the one the model was exported from
-                result = predict_onnx(run_dir, list(files), top, invert)
-            else:
-                result = predict_files(run_dir, list(files), checkpoint.value, top, invert)
-            if as_json:
-                typer.echo(json.dumps(result, indent=2))
-            else:
-                print_predictions(result, _console(), _console(stderr=True))
 
-        guarded(body)
+def predict(
+    run_dir: RunOrModelArg,
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Image files (PNG, JPG, ...) or, for audio runs, WAV files.", show_default=False),
+    ],
+    checkpoint: CheckpointOpt = Checkpoint.best,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
+    ] = False,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Show the K most probable classes.")] = 1,
+    invert: Annotated[
+        bool,
+        typer.Option(
+            "--invert",
+            help="Invert image brightness first: for dark drawings on a light background "
+            "(MNIST-like training data is light on black).",
+        ),
+    ] = False,
+) -> None:
+    """Classify files with a trained run: the class and its probability for each file.
 
-    @app.command()
-    def runs(
-        root: Annotated[
-            Path, typer.Argument(help="Folder holding run directories (or one run directory).")
-        ] = Path("runs"),
-    ) -> None:
-        """List runs: name, start, epochs done/planned, best metric, training time, status."""
+    Images are converted to grey, resized to the run's input size (e.g. 28x28) and
+    normalized exactly as in training.
+    MNIST-family data is a light digit or garment on a black background:
+    give images that way round, or pass --invert.
+    Given a model.onnx from `mnistkit export`, runs it in ONNX Runtime without torch."""
+    from mnistkit.evaluation.predict import predict_files, print_predictions
+    from mnistkit.export.runtime import is_onnx_path, predict_onnx
 
-        def body() -> None:
-            from mnistkit.runs.listing import format_metric, format_seconds, format_started, scan_runs
+    if is_onnx_path(run_dir):  # --checkpoint is the one the model was exported from
+        result = predict_onnx(run_dir, list(files), top, invert)
+    else:
+        result = predict_files(run_dir, list(files), checkpoint.value, top, invert)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        print_predictions(result, _console(), _console(stderr=True))
 
-            infos = scan_runs(root)
-            con = _console()
-            if not infos:
-                con.print(f"no runs in {root}")
-                return
-            from rich.markup import escape
-            from rich.table import Table
 
-            table = Table(title=f"runs in {escape(str(root))}", title_justify="left")
-            for col, justify in (
-                ("name", "left"),
-                ("started", "left"),
-                ("epochs", "right"),
-                ("best", "right"),
-                ("time", "right"),
-                ("status", "left"),
-            ):
-                table.add_column(col, justify=justify, no_wrap=col != "status")  # type: ignore[arg-type]
-            colours = {"finished": "green", "running": "cyan", "interrupted": "yellow"}
-            for i in infos:
-                planned = "?" if i.epochs_planned is None else str(i.epochs_planned)
-                best = format_metric(i.best_metric, i.best)
-                if i.best is not None:
-                    best = f"{i.best_metric} {best} (ep {i.best_epoch})"
-                status = f"[{colours.get(i.status, 'red')}]{escape(i.status)}[/]"
-                if i.status == "finished" and i.stop_reason and i.stop_reason != "finished":
-                    status += f" [dim]({escape(i.stop_reason)})[/]"
-                if i.resumable:
-                    status += " [dim]· --resume[/]"
-                table.add_row(
-                    escape(i.name),
-                    format_started(i.started),
-                    f"{i.epochs_done}/{planned}",
-                    best,
-                    format_seconds(i.seconds),
-                    status,
-                )
-            con.print(table)
+def runs(
+    root: Annotated[
+        Path, typer.Argument(help="Folder holding run directories (or one run directory).")
+    ] = Path("runs"),
+) -> None:
+    """List runs: name, start, epochs done/planned, best metric, training time, status."""
+    from mnistkit.runs.listing import scan_runs
 
-        guarded(body)
+    infos = scan_runs(root)
+    con = _console()
+    if not infos:
+        con.print(f"no runs in {root}")
+        return
+    con.print(_runs_table(infos, root))
 
-    @app.command()
-    def compare(
-        run_a: Annotated[Path, typer.Argument(help="First run directory.", show_default=False)],
-        run_b: Annotated[Path, typer.Argument(help="Second run directory.", show_default=False)],
-    ) -> None:
-        """Two runs side by side: the recipe keys that differ, then the metrics of every epoch."""
 
-        def body() -> None:
-            from rich.markup import escape
-            from rich.table import Table
+def _runs_table(infos: list[Any], root: Path) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
 
-            from mnistkit.errors import RunError
-            from mnistkit.runs import directory as rundir
-            from mnistkit.runs.listing import is_run_dir, metric_columns, recipe_diff, side_by_side
+    from mnistkit.recipe.metrics import format_metric
+    from mnistkit.runs.listing import format_seconds, format_started
 
-            for d in (run_a, run_b):
-                if not is_run_dir(d):
-                    raise RunError(f"{d}: not a run directory (no recipe.yaml or status.json)")
-            con = _console()
-            a_name, b_name = run_a.name or str(run_a), run_b.name or str(run_b)
-            if run_a.resolve() == run_b.resolve():
-                b_name += " (same)"
-            diff = recipe_diff(rundir.read_recipe_dict(run_a), rundir.read_recipe_dict(run_b))
-            if diff:
-                t = Table(title="recipe: keys that differ", title_justify="left")
-                t.add_column("key", style="cyan", no_wrap=True)
-                t.add_column(escape(a_name))
-                t.add_column(escape(b_name))
-                for key, va, vb in diff:
-                    t.add_row(escape(key), escape(_show(va)), escape(_show(vb)))
-                con.print(t)
-            else:
-                con.print("recipe: identical (apart from the name)")
+    table = Table(title=f"runs in {escape(str(root))}", title_justify="left")
+    for col, justify in (
+        ("name", "left"),
+        ("started", "left"),
+        ("epochs", "right"),
+        ("best", "right"),
+        ("time", "right"),
+        ("status", "left"),
+    ):
+        table.add_column(col, justify=justify, no_wrap=col != "status")  # type: ignore[arg-type]
+    colours = {"finished": "green", "running": "cyan", "interrupted": "yellow"}
+    for i in infos:
+        planned = "?" if i.epochs_planned is None else str(i.epochs_planned)
+        best = format_metric(i.best_metric, i.best)
+        if i.best is not None:
+            best = f"{i.best_metric} {best} (ep {i.best_epoch})"
+        status = f"[{colours.get(i.status, 'red')}]{escape(i.status)}[/]"
+        if i.status == "finished" and i.stop_reason and i.stop_reason != "finished":
+            status += f" [dim]({escape(i.stop_reason)})[/]"
+        if i.resumable:
+            status += " [dim]· --resume[/]"
+        table.add_row(
+            escape(i.name),
+            format_started(i.started),
+            f"{i.epochs_done}/{planned}",
+            best,
+            format_seconds(i.seconds),
+            status,
+        )
+    return table
 
-            rows_a, rows_b = rundir.read_metrics(run_a), rundir.read_metrics(run_b)
-            cols = metric_columns(rows_a, rows_b)
-            m = Table(
-                title=f"metrics per epoch: A = {escape(a_name)}, B = {escape(b_name)}",
-                title_justify="left",
-            )
-            m.add_column("epoch", justify="right")
-            for c in cols:
-                m.add_column(f"{c} A", justify="right")
-                m.add_column(f"{c} B", justify="right")
-            for epoch, ra, rb in side_by_side(rows_a, rows_b):
-                cells = [str(epoch)]
-                for c in cols:
-                    va = ra.get(c) if ra else None
-                    vb = rb.get(c) if rb else None
-                    fa, fb = _metric(c, va), _metric(c, vb)
-                    better = _better(c, va, vb)
-                    cells += [
-                        f"[bold]{fa}[/]" if better == "a" else fa,
-                        f"[bold]{fb}[/]" if better == "b" else fb,
-                    ]
-                m.add_row(*cells)
-            con.print(m)
-            for label, d in (("A", run_a), ("B", run_b)):
-                st = rundir.read_status(d)
-                from mnistkit.runs.listing import effective_status
 
-                con.print(f"{label}: {escape(str(d))}  status {escape(effective_status(st))}")
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First run directory.", show_default=False)],
+    run_b: Annotated[Path, typer.Argument(help="Second run directory.", show_default=False)],
+) -> None:
+    """Two runs side by side: the recipe keys that differ, then the metrics of every epoch."""
+    from rich.markup import escape
 
-        guarded(body)
+    from mnistkit.runs.directory import RunDir
+    from mnistkit.runs.listing import effective_status, recipe_diff
+
+    a, b = RunDir.open(run_a), RunDir.open(run_b)
+    con = _console()
+    a_name, b_name = run_a.name or str(run_a), run_b.name or str(run_b)
+    if run_a.resolve() == run_b.resolve():
+        b_name += " (same)"
+    diff = recipe_diff(a.read_recipe_dict(), b.read_recipe_dict())
+    if diff:
+        con.print(_diff_table(diff, a_name, b_name))
+    else:
+        con.print("recipe: identical (apart from the name)")
+    con.print(_metrics_table(a.read_metrics(), b.read_metrics(), a_name, b_name))
+    for label, d in (("A", a), ("B", b)):
+        con.print(f"{label}: {escape(str(d.path))}  status {escape(effective_status(d.read_status()))}")
+
+
+def _diff_table(diff: list[tuple[str, Any, Any]], a_name: str, b_name: str) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title="recipe: keys that differ", title_justify="left")
+    t.add_column("key", style="cyan", no_wrap=True)
+    t.add_column(escape(a_name))
+    t.add_column(escape(b_name))
+    for key, va, vb in diff:
+        t.add_row(escape(key), escape(_show(va)), escape(_show(vb)))
+    return t
+
+
+def _metrics_table(
+    rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], a_name: str, b_name: str
+) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mnistkit.runs.listing import metric_columns, side_by_side
+
+    cols = metric_columns(rows_a, rows_b)
+    m = Table(title=f"metrics per epoch: A = {escape(a_name)}, B = {escape(b_name)}", title_justify="left")
+    m.add_column("epoch", justify="right")
+    for c in cols:
+        m.add_column(f"{c} A", justify="right")
+        m.add_column(f"{c} B", justify="right")
+    for epoch, ra, rb in side_by_side(rows_a, rows_b):
+        cells = [str(epoch)]
+        for c in cols:
+            va = ra.get(c) if ra else None
+            vb = rb.get(c) if rb else None
+            fa, fb = _metric(c, va), _metric(c, vb)
+            better = _better(c, va, vb)
+            cells += [f"[bold]{fa}[/]" if better == "a" else fa, f"[bold]{fb}[/]" if better == "b" else fb]
+        m.add_row(*cells)
+    return m
 
 
 def _show(v: Any) -> str:
@@ -252,18 +261,17 @@ def _show(v: Any) -> str:
 
 
 def _metric(col: str, v: float | None) -> str:
-    if v is None:
-        return "-"
-    if col.endswith("_acc"):
-        return f"{v:.2%}"
-    if col == "lr":
+    if col == "lr" and v is not None:
         return f"{v:.3g}"
-    return f"{v:.4f}"
+    from mnistkit.recipe.metrics import format_metric
+
+    return format_metric(col, v)
 
 
 def _better(col: str, a: float | None, b: float | None) -> str | None:
     """Which side is better for a loss/accuracy column ('a', 'b' or None)."""
     if a is None or b is None or a == b or col == "lr":
         return None
-    higher = col.endswith("_acc")
-    return "a" if (a > b) == higher else "b"
+    from mnistkit.recipe.metrics import higher_is_better
+
+    return "a" if (a > b) == higher_is_better(col) else "b"

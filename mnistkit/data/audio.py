@@ -24,11 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import time
-import uuid
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -38,6 +36,7 @@ import numpy as np
 
 from mnistkit.data.types import LoadedData, Split
 from mnistkit.errors import DataError
+from mnistkit.fsutil import atomic_path
 
 log = logging.getLogger("mnistkit.data.audio")
 
@@ -227,25 +226,16 @@ def _read_cache(path: Path, key: str, rel_names: Sequence[str], spec: LogMelSpec
 
 
 def _write_cache(path: Path, key: str, feats: _Features) -> None:
-    """Atomic: written to a temp file in the same folder, then renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Unique name in the same folder (os.replace is atomic only within one file system); opened
-    # with "xb" rather than mkstemp so the file gets the usual umask permissions, not 0600.
-    tmp = path.parent / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            np.savez(
-                f,
-                key=np.array(key),
-                good=np.array(feats.good, dtype=str),
-                bad=np.array(list(feats.bad), dtype=str),
-                bad_reasons=np.array(list(feats.bad.values()), dtype=str),
-                x=feats.x,
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
-        raise
+    """Atomic (mnistkit.fsutil): a killed extraction never leaves a half-written cache."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            key=np.array(key),
+            good=np.array(feats.good, dtype=str),
+            bad=np.array(list(feats.bad), dtype=str),
+            bad_reasons=np.array(list(feats.bad.values()), dtype=str),
+            x=feats.x,
+        )
 
 
 def _extract(base: Path, rel_names: Sequence[str], spec: LogMelSpec, progress: Progress | None) -> _Features:

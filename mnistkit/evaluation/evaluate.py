@@ -8,9 +8,10 @@
   checkpoint cannot run code), evaluated on the test split, and the report is written next to
   the checkpoints as ``eval-<checkpoint>.json`` and ``eval-<checkpoint>-confusion.png``.
 
-Evaluation runs in fp32 in large batches, exactly as the training loop's own evaluation, so
-``mnistkit eval --checkpoint last`` of a finished run reproduces the last row of metrics.csv
-(accuracy exactly; the loss to float rounding, as BLAS kernels may round differently).
+Evaluation is the training loop's own (:func:`mnistkit.training.evaluation.evaluate`: large
+batches, the run's precision), so ``mnistkit eval --checkpoint last`` of a finished run
+reproduces the last row of metrics.csv (accuracy exactly; the loss to float rounding, as BLAS
+kernels may round differently), for ``train.precision: bf16`` too.
 """
 
 from __future__ import annotations
@@ -23,56 +24,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistkit.errors import RunError
-from mnistkit.runs.directory import atomic_write_text
+from mnistkit.fsutil import atomic_write_text
+from mnistkit.runs.directory import RunDir
 
 if TYPE_CHECKING:
     import torch
 
     from mnistkit.data.batches import Prepared
-    from mnistkit.data.types import Split
     from mnistkit.recipe.schema import Recipe
 
-CHECKPOINTS = ("best", "last")
 WORST_SHOWN = 15  # examples in plots/worst.png
 
 
 # ------------------------------------------------------------------------------ predictions
-def predict_split(
-    model: torch.nn.Module,
-    split: Split,
-    batch_size: int,
-    loss_fn: torch.nn.Module | None = None,
-) -> tuple[np.ndarray, float | None]:
-    """Class probabilities ``[N, C]`` (float32, numpy) and the mean loss per sample.
-
-    The loss is summed as ``mean batch loss * batch size`` in float64, like the training loop's
-    evaluation, so it matches metrics.csv. Probabilities are the softmax of the outputs, which
-    is right for raw logits and for log-probabilities (log_softmax output) alike.
-    """
-    import torch
-
-    from mnistkit.data.batches import eval_batches
-
-    was_training = model.training
-    model.eval()
-    probs: list[torch.Tensor] = []
-    total = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    try:
-        with torch.inference_mode():
-            for xb, yb in eval_batches(split, batch_size):
-                out = model(xb).float()
-                if loss_fn is not None:
-                    total += loss_fn(out, yb).double() * len(yb)
-                probs.append(torch.softmax(out, dim=1).cpu())
-    finally:
-        model.train(was_training)
-    n = len(split.y)
-    if not probs:
-        return np.zeros((0, 0), dtype=np.float32), None
-    loss = total.item() / n if loss_fn is not None and n else None
-    return torch.cat(probs).numpy(), loss
-
-
 def denormalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """Normalized inputs ``[N, C, ...]`` back to the [0, 1] range they had before normalizing."""
     arr = x.detach().float().cpu().numpy()
@@ -103,12 +67,17 @@ def write_run_plots(
     from mnistkit.evaluation.metrics import confusion_matrix
     from mnistkit.evaluation.plots import plot_confusion, plot_curves, plot_worst
 
-    out = Path(run_dir) / "plots"
+    out = RunDir(run_dir).plots_dir
     name = recipe.name or Path(run_dir).name
     epochs = rows[-1]["epoch"] if rows else 0
     paths = [plot_curves(rows, out / "curves.png", title=f"{name}: learning curves")]
 
-    probs, _ = predict_split(model, data.test, recipe.data.eval_batch_size)
+    from mnistkit.training.evaluation import evaluate
+
+    probs = evaluate(
+        model, data.test, recipe.data.eval_batch_size, precision=recipe.train.precision, keep_probs=True
+    ).probs
+    assert probs is not None
     y = data.test.y.cpu().numpy()
     pred = probs.argmax(1)
     cm = confusion_matrix(y, pred, data.num_classes)
@@ -141,38 +110,17 @@ def write_run_plots(
 
 
 # ------------------------------------------------------------------------------ mnistkit eval
-def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
-    if checkpoint not in CHECKPOINTS:
-        raise RunError(f"--checkpoint {checkpoint!r}: use one of {', '.join(CHECKPOINTS)}")
-    return Path(run_dir) / f"{checkpoint}.pt"
-
-
 def checkpoint_when(ckpt: dict[str, Any]) -> str:
     """'after epoch 3', or 'epoch 2, step 40 (mid-epoch)' for a Ctrl-C checkpoint."""
     epoch, step = int(ckpt.get("epoch", 0)), int(ckpt.get("step", 0) or 0)
     return f"after epoch {epoch}" if not step else f"epoch {epoch + 1}, step {step} (mid-epoch)"
 
 
-def load_run_recipe(run_dir: Path) -> Recipe:
-    from mnistkit.recipe.schema import load_recipe
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise RunError(f"{run_dir}: not a run directory (no recipe.yaml)")
-    return load_recipe(run_dir / "recipe.yaml")
-
-
-def load_run_checkpoint(run_dir: Path, checkpoint: str) -> tuple[dict[str, Any], Path]:
+def load_run_checkpoint(run: RunDir, checkpoint: str) -> tuple[dict[str, Any], Path]:
     """The checkpoint's state (weights_only: refuses files that could run code)."""
     from mnistkit.training.checkpoint import load_checkpoint
 
-    path = checkpoint_path(run_dir, checkpoint)
-    if not path.exists() and (Path(run_dir) / "recipe.yaml").is_file():
-        others = [c for c in CHECKPOINTS if c != checkpoint and checkpoint_path(run_dir, c).exists()]
-        raise RunError(
-            f"{path} does not exist: the run has not finished an epoch, or ran with "
-            "train.checkpoint: false" + (f"; try --checkpoint {others[0]}" if others else "")
-        )
+    path = run.existing_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("model"), dict):
         raise RunError(f"{path} has no model weights: it was not written by mnistkit")
@@ -218,27 +166,34 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: Path | None 
     from mnistkit.evaluation.metrics import confusion_matrix, per_class_report
     from mnistkit.evaluation.plots import plot_confusion
     from mnistkit.registry import registries
-    from mnistkit.runs.directory import recorded_data_dir
     from mnistkit.training.device import configure_device, resolve_device
+    from mnistkit.training.evaluation import evaluate
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise RunError(f"{run_dir}: not a run directory (no recipe.yaml)")
-    ckpt, ckpt_file = load_run_checkpoint(run_dir, checkpoint)
-    recipe = load_run_recipe(run_dir)
+    run = RunDir.open(run_dir)
+    ckpt, ckpt_file = load_run_checkpoint(run, checkpoint)
+    recipe = run.load_recipe()
     reg = registries()
     device = resolve_device(recipe.train.device)
     configure_device(recipe, device)
     if data_dir is None:
-        data_dir = recorded_data_dir(run_dir)  # the --data-dir the run was trained with
+        data_dir = run.recorded_data_dir()  # the --data-dir the run was trained with
     data = load_data(recipe, reg, data_dir, device)
     model = rebuild_model(recipe, data.in_shape, data.num_classes, ckpt, ckpt_file, device)
-    probs, loss = predict_split(model, data.test, recipe.data.eval_batch_size, build_loss(recipe, reg))
+    ev = evaluate(
+        model,
+        data.test,
+        recipe.data.eval_batch_size,
+        precision=recipe.train.precision,
+        loss_fn=build_loss(recipe, reg),
+        keep_probs=True,
+    )
+    probs, loss = ev.probs, ev.loss
+    assert probs is not None
     y = data.test.y.cpu().numpy()
     cm = confusion_matrix(y, probs.argmax(1), data.num_classes)
     report = per_class_report(cm, data.classes)
     result: dict[str, Any] = {
-        "run_dir": str(run_dir),
+        "run_dir": str(run.path),
         "checkpoint": checkpoint,
         "checkpoint_file": ckpt_file.name,
         "checkpoint_epoch": int(ckpt.get("epoch", 0)),
@@ -257,14 +212,14 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: Path | None 
     }
     # Inside this run's directory only, under names that say which checkpoint they describe:
     # re-running eval replaces its own outputs and never touches anything else.
-    json_path = run_dir / f"eval-{checkpoint}.json"
-    png_path = run_dir / f"eval-{checkpoint}-confusion.png"
+    json_path = run.eval_json_path(checkpoint)
+    png_path = run.eval_confusion_path(checkpoint)
     atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
     plot_confusion(
         cm,
         data.classes,
         png_path,
-        title=f"{recipe.name or run_dir.name} {checkpoint}.pt ({checkpoint_when(ckpt)})",
+        title=f"{recipe.name or run.name} {checkpoint}.pt ({checkpoint_when(ckpt)})",
     )
     result["saved"] = [str(json_path), str(png_path)]
     return result

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnistkit.fsutil import atomic_path
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -33,9 +35,12 @@ def _figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", format="png")
-    fig.clear()  # drop artists now; the Figure is not in any pyplot registry to close
+    try:
+        # Atomic like every file a run leaves: a killed run never leaves a truncated PNG.
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
+    finally:
+        fig.clear()  # drop artists now; the Figure is not in any pyplot registry to close
     return path
 
 

@@ -29,6 +29,8 @@ from mnistkit.errors import RunError
 if TYPE_CHECKING:
     import torch
 
+    from mnistkit.runs.directory import RunDir
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DARK_BACKGROUND_MEAN = 0.5  # a training set darker than this on average has dark backgrounds
 
@@ -39,46 +41,42 @@ class Predictor:
     info: dict[str, Any]  # data.json
     checkpoint: str
     checkpoint_when: str
+    precision: str  # train.precision: the model is run as it was trained
 
 
 def load_predictor(run_dir: Path, checkpoint: str = "best") -> Predictor:
     import torch
 
-    from mnistkit.evaluation.evaluate import (
-        checkpoint_when,
-        load_run_checkpoint,
-        load_run_recipe,
-        rebuild_model,
-    )
+    from mnistkit.evaluation.evaluate import checkpoint_when, load_run_checkpoint, rebuild_model
+    from mnistkit.runs.directory import RunDir
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise RunError(f"{run_dir}: not a run directory (no recipe.yaml)")
-    ckpt, ckpt_file = load_run_checkpoint(run_dir, checkpoint)
-    recipe = load_run_recipe(run_dir)
-    info = run_data_info(run_dir, recipe)
+    run = RunDir.open(run_dir)
+    ckpt, ckpt_file = load_run_checkpoint(run, checkpoint)
+    recipe = run.load_recipe()
+    info = run_data_info(run, recipe)
     model = rebuild_model(
         recipe, tuple(info["in_shape"]), len(info["classes"]), ckpt, ckpt_file, torch.device("cpu")
     )
-    return Predictor(model, info, checkpoint, checkpoint_when(ckpt))
+    return Predictor(model, info, checkpoint, checkpoint_when(ckpt), recipe.train.precision)
 
 
-def run_data_info(run_dir: Path, recipe: Any) -> dict[str, Any]:
+def run_data_info(run: RunDir | Path, recipe: Any) -> dict[str, Any]:
     """data.json, or (runs written before it existed) the same facts from the dataset itself."""
     import torch
 
     from mnistkit.data.loading import data_info, load_data
     from mnistkit.registry import registries
-    from mnistkit.runs import directory as rundir
+    from mnistkit.runs.directory import RunDir
 
-    info = rundir.read_data_info(run_dir)
+    run = run if isinstance(run, RunDir) else RunDir(Path(run))
+    info = run.read_data_info()
     if info is not None:
         return info
     try:
         data = load_data(recipe, registries(), None, torch.device("cpu"))
     except RunError as exc:
         raise RunError(
-            f"{run_dir}/data.json is missing (the run predates it), and the dataset it would be "
+            f"{run.data_path} is missing (the run predates it), and the dataset it would be "
             f"recomputed from was not found: {exc}"
         ) from None
     return data_info(recipe, data)
@@ -217,15 +215,14 @@ def predict_files(
     "probability"}, ...]}`` (``top`` holds the ``top`` most probable classes, best first), and
     ``"note"`` when an image looks inverted compared with the training data.
     """
-    import torch
+    from mnistkit.training.evaluation import probabilities
 
     check_predict_args(files, top)
     pred = load_predictor(run_dir, checkpoint)
     info = pred.info
     raw = read_files(files, info, invert)
     x = normalized(raw, info)
-    with torch.inference_mode():
-        probs = torch.softmax(pred.model(x).float(), dim=1).numpy()
+    probs = probabilities(pred.model, x, len(x), pred.precision)
     return {
         "run_dir": str(run_dir),
         "checkpoint": pred.checkpoint,

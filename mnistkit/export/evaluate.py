@@ -26,14 +26,14 @@ def evaluate_onnx(model_path: Path, data_dir: Path | None = None) -> dict[str, A
     from mnistkit.export.runtime import load_model
     from mnistkit.recipe.schema import load_recipe_text
     from mnistkit.registry import registries
-    from mnistkit.runs.directory import recorded_data_dir
+    from mnistkit.runs.directory import RunDir
 
     model = load_model(model_path)
     meta = model.meta
     recipe = load_recipe_text(json.dumps(meta["recipe"]), source=f"{model_path} (metadata 'recipe')")
     run_dir = Path(meta["run_dir"])
     if data_dir is None and run_dir.is_dir():
-        data_dir = recorded_data_dir(run_dir)  # the --data-dir the run was trained with, if still here
+        data_dir = RunDir(run_dir).recorded_data_dir()  # the --data-dir the run was trained with, if here
     loaded = load_dataset(recipe, registries(), data_dir)
     test = raw_test_split(loaded, recipe.data)
     x, y = test.x.numpy(), test.y.numpy().astype(np.int64)

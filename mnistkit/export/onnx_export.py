@@ -150,20 +150,16 @@ def _export_run(
 ) -> dict[str, Any]:
     from mnistkit.data.batches import affine, raw_test_split
     from mnistkit.data.loading import load_dataset
-    from mnistkit.evaluation.evaluate import (
-        checkpoint_when,
-        load_run_checkpoint,
-        load_run_recipe,
-        rebuild_model,
-    )
+    from mnistkit.evaluation.evaluate import checkpoint_when, load_run_checkpoint, rebuild_model
     from mnistkit.evaluation.predict import input_scale, run_data_info
     from mnistkit.recipe.schema import resolved_dict
     from mnistkit.registry import registries
-    from mnistkit.runs.directory import recorded_data_dir
+    from mnistkit.runs.directory import RunDir
 
-    ckpt, ckpt_file = load_run_checkpoint(run_dir, checkpoint)
-    recipe = load_run_recipe(run_dir)
-    info = run_data_info(run_dir, recipe)
+    run = RunDir.open(run_dir)
+    ckpt, ckpt_file = load_run_checkpoint(run, checkpoint)
+    recipe = run.load_recipe()
+    info = run_data_info(run, recipe)
     in_shape = tuple(int(n) for n in info["in_shape"])
     kind = info["kind"]
     model = rebuild_model(recipe, in_shape, len(info["classes"]), ckpt, ckpt_file, torch.device("cpu"))
@@ -173,7 +169,7 @@ def _export_run(
 
     # Real test samples, as the dataset stores them: what the graph's input takes.
     try:
-        loaded = load_dataset(recipe, registries(), data_dir or recorded_data_dir(run_dir))
+        loaded = load_dataset(recipe, registries(), data_dir or run.recorded_data_dir())
     except RunError as exc:
         raise RunError(
             f"the export is verified on the run's test data, which was not found: {exc}\n"
@@ -238,7 +234,7 @@ def _export_run(
     _set_metadata(proto, meta)
     data = proto.SerializeToString()
 
-    from mnistkit.runs.directory import atomic_write_bytes
+    from mnistkit.fsutil import atomic_write_bytes
 
     side = json_path(out)
     try:

@@ -20,149 +20,257 @@ import csv
 import datetime as dt
 import hashlib
 import json
-import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mnistkit.errors import RunError
+from mnistkit.fsutil import atomic_write_text, pid_alive
+from mnistkit.recipe.metrics import METRIC_COLUMNS
 
-METRIC_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "lr",
-    "seconds",
-    "samples_per_s",
-]
+if TYPE_CHECKING:
+    from mnistkit.recipe.schema import Recipe
+
+NOT_A_RUN_DIR = "not a run directory (no recipe.yaml)"
+CHECKPOINTS = ("best", "last")
 
 
-def create_run_dir(runs_root: Path, name: str, out: Path | None) -> Path:
-    """A new, empty run directory. An existing non-empty ``--out`` is refused, never reused."""
-    if out is not None:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise RunError(
-                f"--out {out}: already exists and is not empty; mnistkit never overwrites a run. "
-                f"Choose a new folder, or continue that run with --resume {out}"
-            )
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    runs_root.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        cand = runs_root / (f"{name}-{stamp}" + (f"-{n}" if n > 1 else ""))
-        try:
-            cand.mkdir()  # atomic: two runs started in the same second get different folders
-            return cand
-        except FileExistsError:
-            continue
-    raise RunError(f"could not create a new run directory under {runs_root}")
+class RunDir:
+    """One run directory: its file names, and reading and writing what it holds.
 
-
-def write_recipe(run_dir: Path, resolved: dict[str, Any]) -> Path:
-    path = run_dir / "recipe.yaml"
-    text = "# Fully resolved recipe written by mnistkit: re-run with `mnistkit run " + str(path) + "`\n"
-    text += yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
-    atomic_write_text(path, text)
-    return path
-
-
-def read_recipe_dict(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "recipe.yaml"
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise RunError(f"{run_dir}: not a run directory (no recipe.yaml)") from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` completely or not at all: a temp file beside it, fsync, rename over it.
-
-    A failed write (disk full, permission) removes its temp file and leaves ``path`` as it was.
+    Every path below a run directory is spelled here and nowhere else; ``RunDir.open`` is the one
+    place that decides whether a folder is a run directory (and says so, one message).
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
+    RECIPE = "recipe.yaml"
+    METRICS = "metrics.csv"
+    STATUS = "status.json"
+    ENV = "env.json"
+    DATA = "data.json"
+    PLOTS = "plots"
+    TENSORBOARD = "tb"
 
-def write_metrics(run_dir: Path, rows: list[dict[str, Any]], has_val: bool) -> Path:
-    """Rewrite metrics.csv from the rows so far (atomic; a resumed run keeps one consistent file)."""
-    cols = [c for c in METRIC_COLUMNS if has_val or not c.startswith("val_")]
-    path = run_dir / "metrics.csv"
-    lines: list[str] = []
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
 
-    class _Sink:
-        def write(self, s: str) -> None:
-            lines.append(s)
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
 
-    writer = csv.DictWriter(_Sink(), fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_value(row.get(k)) for k in cols})
-    atomic_write_text(path, "".join(lines))
-    return path
+    # -------------------------------------------------------------- finding and making one
+    @classmethod
+    def create(cls, runs_root: Path, name: str, out: Path | None) -> RunDir:
+        """A new, empty run directory. An existing non-empty ``--out`` is refused, never reused."""
+        if out is not None:
+            if out.exists() and (not out.is_dir() or any(out.iterdir())):
+                raise RunError(
+                    f"--out {out}: already exists and is not empty; mnistkit never overwrites a run. "
+                    f"Choose a new folder, or continue that run with --resume {out}"
+                )
+            out.mkdir(parents=True, exist_ok=True)
+            return cls(out)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        runs_root.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            cand = runs_root / (f"{name}-{stamp}" + (f"-{n}" if n > 1 else ""))
+            try:
+                cand.mkdir()  # atomic: two runs started in the same second get different folders
+                return cls(cand)
+            except FileExistsError:
+                continue
+        raise RunError(f"could not create a new run directory under {runs_root}")
+
+    @classmethod
+    def open(cls, path: Path, what: str = "") -> RunDir:
+        """An existing run directory (one with a recipe.yaml), or a RunError saying it is not one.
+
+        ``what`` prefixes the message with the option that named the folder (e.g. ``--resume``).
+        """
+        run = cls(path)
+        if not run.recipe_path.is_file():
+            raise RunError(f"{what + ' ' if what else ''}{run.path}: {NOT_A_RUN_DIR}")
+        return run
+
+    @classmethod
+    def looks_like(cls, path: Path) -> bool:
+        """Whether ``mnistkit runs`` lists ``path``: a folder any run has written to (a run killed
+        before its recipe.yaml was written still has a status.json)."""
+        path = Path(path)
+        return path.is_dir() and ((path / cls.STATUS).is_file() or (path / cls.RECIPE).is_file())
+
+    # -------------------------------------------------------------- file names
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def recipe_path(self) -> Path:
+        return self.path / self.RECIPE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / self.STATUS
+
+    @property
+    def env_path(self) -> Path:
+        return self.path / self.ENV
+
+    @property
+    def data_path(self) -> Path:
+        return self.path / self.DATA
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / self.PLOTS
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    def checkpoint_path(self, checkpoint: str) -> Path:
+        """best.pt or last.pt (``--checkpoint best|last``)."""
+        if checkpoint not in CHECKPOINTS:
+            raise RunError(f"--checkpoint {checkpoint!r}: use one of {', '.join(CHECKPOINTS)}")
+        return self.path / f"{checkpoint}.pt"
+
+    def existing_checkpoint(self, checkpoint: str) -> Path:
+        """The checkpoint's path, or a RunError saying why it is missing and what exists instead."""
+        path = self.checkpoint_path(checkpoint)
+        if not path.exists() and self.recipe_path.is_file():
+            others = [c for c in CHECKPOINTS if c != checkpoint and self.checkpoint_path(c).exists()]
+            raise RunError(
+                f"{path} does not exist: the run has not finished an epoch, or ran with "
+                "train.checkpoint: false" + (f"; try --checkpoint {others[0]}" if others else "")
+            )
+        return path
+
+    def eval_json_path(self, checkpoint: str) -> Path:
+        return self.path / f"eval-{checkpoint}.json"
+
+    def eval_confusion_path(self, checkpoint: str) -> Path:
+        return self.path / f"eval-{checkpoint}-confusion.png"
+
+    def is_empty(self) -> bool:
+        return not any(self.path.iterdir())
+
+    # -------------------------------------------------------------- recipe.yaml
+    def write_recipe(self, resolved: dict[str, Any]) -> Path:
+        path = self.recipe_path
+        text = "# Fully resolved recipe written by mnistkit: re-run with `mnistkit run " + str(path) + "`\n"
+        text += yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
+        atomic_write_text(path, text)
+        return path
+
+    def read_recipe_dict(self) -> dict[str, Any]:
+        try:
+            return yaml.safe_load(self.recipe_path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise RunError(f"{self.path}: {NOT_A_RUN_DIR}") from None
+
+    def load_recipe(self) -> Recipe:
+        """The run's recipe.yaml, validated (a RunError if the folder is not a run directory)."""
+        from mnistkit.recipe.schema import load_recipe
+
+        return load_recipe(RunDir.open(self.path).recipe_path)
+
+    # -------------------------------------------------------------- metrics.csv
+    def write_metrics(self, rows: list[dict[str, Any]], has_val: bool) -> Path:
+        """Rewrite metrics.csv from the rows so far (atomic; a resumed run keeps one consistent file)."""
+        cols = [c for c in METRIC_COLUMNS if has_val or not c.startswith("val_")]
+        lines: list[str] = []
+
+        class _Sink:
+            def write(self, s: str) -> None:
+                lines.append(s)
+
+        writer = csv.DictWriter(_Sink(), fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in cols})
+        atomic_write_text(self.metrics_path, "".join(lines))
+        return self.metrics_path
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.metrics_path
+        if not path.exists():
+            return []
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = []
+            for raw in csv.DictReader(fh):
+                row: dict[str, Any] = {}
+                for k, v in raw.items():
+                    if v in ("", None):
+                        row[k] = None
+                    elif k == "epoch":
+                        row[k] = int(v)
+                    else:
+                        row[k] = float(v)
+                rows.append(row)
+            return rows
+
+    # -------------------------------------------------------------- status.json
+    def write_status(self, **fields: Any) -> None:
+        """Update status.json with ``fields`` (the keys not given keep their values)."""
+        current = self.read_status()
+        current.update(fields)
+        atomic_write_text(self.status_path, json.dumps(current, indent=2, default=str) + "\n")
+
+    def read_status(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.status_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    # -------------------------------------------------------------- env.json, data.json
+    def write_env(self, *, device: str, seed: int, threads: int, data_source: str, files: list[Path]) -> Path:
+        import torch
+
+        from mnistkit import __version__
+
+        env = {
+            "mnistkit": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "device": device,
+            "cuda": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+            "threads": threads,
+            "seed": seed,
+            "git_commit": git_commit(Path(__file__).resolve().parent),
+            "cwd_git_commit": git_commit(Path.cwd()),
+            "data_source": data_source,
+            "data_files": file_hashes(files),
+        }
+        atomic_write_text(self.env_path, json.dumps(env, indent=2) + "\n")
+        return self.env_path
+
+    def write_data_info(self, info: dict[str, Any]) -> Path:
+        """data.json: how inputs were preprocessed in training (read by ``mnistkit predict``)."""
+        atomic_write_text(self.data_path, json.dumps(info, indent=2) + "\n")
+        return self.data_path
+
+    def read_data_info(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.data_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def recorded_data_dir(self) -> Path | None:
+        """The ``--data-dir`` recorded in the run's data.json, if any."""
+        info = self.read_data_info() or {}
+        return Path(info["data_dir"]) if info.get("data_dir") else None
 
 
 def _csv_value(v: Any) -> Any:
     if isinstance(v, float):
         return repr(v)  # full precision: reproducibility tests compare files exactly
     return "" if v is None else v
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = []
-        for raw in csv.DictReader(fh):
-            row: dict[str, Any] = {}
-            for k, v in raw.items():
-                if v in ("", None):
-                    row[k] = None
-                elif k == "epoch":
-                    row[k] = int(v)
-                else:
-                    row[k] = float(v)
-            rows.append(row)
-        return rows
-
-
-def write_status(run_dir: Path, **fields: Any) -> None:
-    path = run_dir / "status.json"
-    current: dict[str, Any] = {}
-    if path.exists():
-        try:
-            current = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            current = {}
-    current.update(fields)
-    atomic_write_text(path, json.dumps(current, indent=2, default=str) + "\n")
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 def file_hashes(files: list[Path], limit: int = 200) -> dict[str, str]:
@@ -208,59 +316,6 @@ def git_commit(cwd: Path) -> str | None:
     return res.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def write_env(
-    run_dir: Path, *, device: str, seed: int, threads: int, data_source: str, files: list[Path]
-) -> Path:
-    import torch
-
-    from mnistkit import __version__
-
-    env = {
-        "mnistkit": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "device": device,
-        "cuda": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-        "threads": threads,
-        "seed": seed,
-        "git_commit": git_commit(Path(__file__).resolve().parent),
-        "cwd_git_commit": git_commit(Path.cwd()),
-        "data_source": data_source,
-        "data_files": file_hashes(files),
-    }
-    path = run_dir / "env.json"
-    atomic_write_text(path, json.dumps(env, indent=2) + "\n")
-    return path
-
-
-def write_data_info(run_dir: Path, info: dict[str, Any]) -> Path:
-    """data.json: how inputs were preprocessed in training (read by ``mnistkit predict``)."""
-    path = run_dir / "data.json"
-    atomic_write_text(path, json.dumps(info, indent=2) + "\n")
-    return path
-
-
-def read_data_info(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / "data.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def pid_alive(pid: Any) -> bool:
-    """Whether process ``pid`` exists on this machine (False for anything not a positive int)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists, owned by someone else
-    return True
-
-
 def run_process_alive(pid: Any) -> bool:
     """Whether the process that wrote a 'running' status.json is still alive.
 
@@ -274,9 +329,3 @@ def run_process_alive(pid: Any) -> bool:
     except OSError:
         return True  # no /proc (macOS) or not ours to read: trust the pid
     return not cmdline or b"python" in cmdline or b"mnistkit" in cmdline
-
-
-def recorded_data_dir(run_dir: Path) -> Path | None:
-    """The ``--data-dir`` recorded in a run's data.json, if any."""
-    info = read_data_info(run_dir) or {}
-    return Path(info["data_dir"]) if info.get("data_dir") else None

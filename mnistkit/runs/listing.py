@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from mnistkit.errors import RunError
+from mnistkit.recipe.metrics import COMPARE_COLUMNS, best_metric_name, higher_is_better
 from mnistkit.runs import directory as rundir
+from mnistkit.runs.directory import RunDir
 
 STATUSES = ("finished", "interrupted", "failed", "running")
 
@@ -35,10 +37,6 @@ class RunInfo:
     resumable: bool  # last.pt exists and the run is not finished or running
 
 
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "status.json").is_file() or (path / "recipe.yaml").is_file())
-
-
 def effective_status(status: dict[str, Any]) -> str:
     """The recorded status, except that a 'running' run whose process is gone was killed."""
     recorded = status.get("status")
@@ -50,18 +48,16 @@ def effective_status(status: dict[str, Any]) -> str:
 
 
 def best_metric_of(recipe: dict[str, Any], status: dict[str, Any]) -> str | None:
+    """status.json's best metric; for a run killed before writing it, its recipe.yaml's."""
     if status.get("best_metric"):
         return str(status["best_metric"])
-    metric = (recipe.get("train") or {}).get("best_metric", "auto")
-    if metric != "auto":
-        return str(metric)
     has_val = float((recipe.get("data") or {}).get("val_split") or 0) > 0
-    return "val_acc" if has_val else "test_acc"
+    return best_metric_name(str((recipe.get("train") or {}).get("best_metric", "auto")), has_val)
 
 
 def _read_recipe(path: Path) -> dict[str, Any]:
     try:
-        return rundir.read_recipe_dict(path)
+        return RunDir(path).read_recipe_dict()
     except (RunError, OSError, ValueError):
         return {}
     except Exception:  # yaml errors in a hand-edited file: show the run anyway
@@ -69,17 +65,18 @@ def _read_recipe(path: Path) -> dict[str, Any]:
 
 
 def run_info(path: Path) -> RunInfo:
-    status = rundir.read_status(path)
+    run = RunDir(path)
+    status = run.read_status()
     recipe = _read_recipe(path)
     try:
-        rows = rundir.read_metrics(path)
+        rows = run.read_metrics()
     except (OSError, ValueError):
         rows = []
     metric = best_metric_of(recipe, status)
     best = best_epoch = None
     values = [(r[metric], r["epoch"]) for r in rows if metric and r.get(metric) is not None]
     if values:
-        sign = -1.0 if metric and metric.endswith("_acc") else 1.0  # accuracies: higher is better
+        sign = -1.0 if metric and higher_is_better(metric) else 1.0
         # Among equal values the earliest epoch, as in the training loop (strict improvement).
         best, best_epoch = min(values, key=lambda v: (sign * v[0], v[1]))
     state = effective_status(status)
@@ -99,7 +96,7 @@ def run_info(path: Path) -> RunInfo:
         seconds=seconds,
         status=state,
         stop_reason=status.get("stop_reason"),
-        resumable=state not in ("finished", "running") and (path / "last.pt").is_file(),
+        resumable=state not in ("finished", "running") and run.checkpoint_path("last").is_file(),
     )
 
 
@@ -110,7 +107,7 @@ def scan_runs(root: Path) -> list[RunInfo]:
         raise RunError(f"{root}: no such folder (runs are written to runs/ by default)")
     if not root.is_dir():
         raise RunError(f"{root}: not a folder")
-    dirs = [root] if is_run_dir(root) else sorted(p for p in root.iterdir() if is_run_dir(p))
+    dirs = [root] if RunDir.looks_like(root) else sorted(p for p in root.iterdir() if RunDir.looks_like(p))
     infos = [run_info(d) for d in dirs]
     return sorted(infos, key=lambda i: (i.started or 0.0, i.name))
 
@@ -119,12 +116,6 @@ def format_started(ts: float | None) -> str:
     if not ts:
         return "-"
     return dt.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M")
-
-
-def format_metric(metric: str | None, value: float | None) -> str:
-    if value is None or metric is None:
-        return "-"
-    return f"{value:.2%}" if metric.endswith("_acc") else f"{value:.4f}"
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -186,9 +177,6 @@ MISSING_TEXT = "(not set)"
 
 def _shown(v: Any) -> Any:
     return MISSING_TEXT if v is _MISSING else v
-
-
-COMPARE_COLUMNS = ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr")
 
 
 def metric_columns(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> list[str]:

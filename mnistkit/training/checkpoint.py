@@ -9,7 +9,6 @@ intact. Loading uses ``torch.load(weights_only=True)``, which never runs code fr
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 import pickle
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from mnistkit.errors import RunError
+from mnistkit.fsutil import atomic_path
 
 #: Test hook: set to a checkpoint's file name (e.g. ``last.pt``) to SIGKILL the process halfway
 #: through writing that file, or to ``NAME:N`` (e.g. ``last.pt:3``) to do so only during this
@@ -32,48 +32,6 @@ from mnistkit.errors import RunError
 CRASH_ENV = "MNISTKIT_CRASH_DURING_CHECKPOINT"
 
 _writes: dict[str, int] = {}  # file name -> writes so far in this process (for the crash hook)
-
-_TMP_MARK = ".tmp-"
-
-
-def _tmp_path(path: Path, pid: int) -> Path:
-    return path.with_name(f".{path.name}{_TMP_MARK}{pid}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists but not ours, or we cannot tell: leave its file alone
-    return True
-
-
-def _remove_stale_tmps(path: Path) -> None:
-    """Delete temp files left by writers of ``path`` that were killed mid-write."""
-    prefix = f".{path.name}{_TMP_MARK}"
-    for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
-        suffix = tmp.name[len(prefix) :]
-        # Only dead writers' files: a live process (another run writing the same directory)
-        # would otherwise lose its temp file before its os.replace.
-        if suffix.isdigit() and (int(suffix) == os.getpid() or not _pid_alive(int(suffix))):
-            tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk. Some platforms (Windows)
-    # cannot open a directory; the rename is still atomic there, just not yet durable.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _first_non_plain(obj: Any, where: str = "state") -> tuple[str, str] | None:
@@ -120,27 +78,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     data = buf.getvalue()
     _check_loadable(data, state, path)
 
-    tmp = _tmp_path(path, os.getpid())
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmps(path)
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             if _crash_now(path.name):
                 f.write(data[: len(data) // 2])
                 f.flush()
                 os.fsync(f.fileno())
                 os.kill(os.getpid(), signal.SIGKILL)
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
     except OSError as e:
-        _discard(tmp)
         raise RunError(f"cannot write checkpoint {path}: {e}") from e
-    except BaseException:
-        _discard(tmp)
-        raise
 
 
 def _crash_now(name: str) -> bool:
@@ -150,13 +97,6 @@ def _crash_now(name: str) -> bool:
     if target != name:
         return False
     return not nth or (nth.isdigit() and int(nth) == _writes[name])
-
-
-def _discard(tmp: Path) -> None:
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def _check_loadable(data: bytes, state: dict[str, Any], path: Path) -> None:

@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,13 +23,16 @@ from mnistkit.data.batches import (
     Prepared,
     dataloader_batches,
     epoch_order,
-    eval_batches,
     make_dataloader,
     memory_batches,
     num_batches,
 )
-from mnistkit.data.types import Split
+from mnistkit.recipe.metrics import run_metrics
 from mnistkit.recipe.schema import Recipe
+from mnistkit.training.device import autocast_context, match_layout, uses_channels_last
+from mnistkit.training.evaluation import evaluate
+from mnistkit.training.rules import judge_epoch
+from mnistkit.training.state import LoopState
 
 PROGRESS_INTERVAL_S = 0.25  # live display refresh: often enough to look alive, rare enough to be free
 
@@ -42,24 +45,6 @@ class NonFiniteLoss(Exception):
             "Lower optimizer.lr, set train.grad_clip, or check the data. "
             "The last good checkpoint is kept."
         )
-
-
-@dataclass
-class LoopState:
-    """Everything needed to continue exactly where a run stopped (saved in checkpoints)."""
-
-    epoch: int = 0  # 0-based epoch in progress (or next to run)
-    step: int = 0  # batches already done in that epoch (non-zero after a Ctrl-C mid-epoch)
-    order: torch.Tensor | None = None  # that epoch's sample order, when step > 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    elapsed: float = 0.0  # training seconds already spent in that epoch
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    best: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0  # early stopping: epochs without improvement
-    stop_reason: str | None = None
 
 
 @dataclass
@@ -95,51 +80,6 @@ class StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def autocast_context(precision: str, device: torch.device) -> Any:
-    """bf16 autocast for ``train.precision: bf16``: matmuls and convolutions run in bfloat16
-    (tensor cores on CUDA), weights and the loss stay fp32; bf16 keeps fp32's exponent range, so
-    unlike fp16 no loss scaling is needed."""
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def uses_channels_last(model: nn.Module, device: torch.device) -> bool:
-    """Convolutions on CUDA run fastest in NHWC ("channels_last"): cuDNN's tensor-core kernels
-    want it, and with it no layout transposes are inserted around every conv. On CPU the gain is
-    not established for these sizes, so the layout is left alone there."""
-    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def match_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    # A no-op unless the model was converted (runner) and the batch is an image batch [N, C, H, W].
-    if channels_last and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def evaluate(
-    model: nn.Module, loss_fn: nn.Module, split: Split, batch_size: int, autocast: Any
-) -> tuple[float, float]:
-    """Mean loss per sample and accuracy, in large batches without autograd bookkeeping."""
-    model.eval()
-    channels_last = uses_channels_last(model, split.x.device)
-    total = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
-    with torch.inference_mode(), autocast():
-        for xb, yb in eval_batches(split, batch_size):
-            out = model(match_layout(xb, channels_last))
-            # reduction="sum" semantics without a second loss object: mean * n.
-            total += loss_fn(out.float(), yb).double() * len(yb)
-            correct += (out.argmax(1) == yb).sum()
-    n = max(1, len(split.y))
-    return total.item() / n, correct.item() / n
-
-
-def metric_mode(metric: str) -> str:
-    return "max" if metric.endswith("_acc") else "min"
-
-
 def train_loop(
     recipe: Recipe,
     data: Prepared,
@@ -156,18 +96,8 @@ def train_loop(
     d, t = recipe.data, recipe.train
     n_train = len(data.train.y)
     steps = num_batches(n_train, d.batch_size, d.drop_last)
-    best_metric = t.best_metric if t.best_metric != "auto" else ("val_acc" if data.val else "test_acc")
-    stop_metric = target_metric = "val_acc" if data.val else "test_acc"
+    metrics = run_metrics(recipe)
     es = t.early_stopping
-    if es is not None and es.metric != "auto":
-        stop_metric = es.metric
-    elif es is not None:
-        stop_metric = "val_loss" if data.val else "test_loss"
-    es_mode = (es.mode if es and es.mode != "auto" else metric_mode(stop_metric)) if es else "min"
-    es_best: float | None = None
-
-    def autocast() -> Any:
-        return autocast_context(t.precision, device)
 
     # On CPU reading a scalar costs nothing to wait for (measured: 0.4 µs for loss.item() plus
     # isfinite, against a ~1,700 µs step), so non-finite losses are caught at the exact step; on
@@ -205,7 +135,7 @@ def train_loop(
             for step, (raw, yb) in enumerate(batches, start=first):
                 # uint8 → normalized float32 here, per batch (see data.Prepared for why).
                 xb = match_layout(data.inputs(raw), channels_last)
-                with autocast():
+                with autocast_context(t.precision, device):
                     out = model(xb)
                     loss = loss_fn(out.float(), yb)  # fp32 loss under bf16; a no-op in fp32
                 optimizer.zero_grad(set_to_none=True)  # frees grads instead of writing zeros
@@ -251,46 +181,30 @@ def train_loop(
                 "train_loss": train_loss,
                 "train_acc": train_acc,
             }
-            if data.val is not None:
-                row["val_loss"], row["val_acc"] = evaluate(
-                    model, loss_fn, data.val, d.eval_batch_size, autocast
-                )
-            row["test_loss"], row["test_acc"] = evaluate(
-                model, loss_fn, data.test, d.eval_batch_size, autocast
+            splits = (
+                (("val", data.val), ("test", data.test)) if data.val is not None else (("test", data.test),)
             )
+            for prefix, split in splits:
+                ev = evaluate(model, split, d.eval_batch_size, precision=t.precision, loss_fn=loss_fn)
+                row[f"{prefix}_loss"], row[f"{prefix}_acc"] = ev.loss, ev.accuracy
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["seconds"] = train_seconds
             row["samples_per_s"] = seen / max(1e-9, train_seconds)
             schedule.after_epoch(row)
 
-            # Best checkpoint by the chosen metric.
-            value = row[best_metric]
-            better = state.best is None or (
-                value > state.best if metric_mode(best_metric) == "max" else value < state.best
-            )
-            if better:
-                state.best, state.best_epoch = value, epoch + 1
             state.rows.append(row)
+            verdict = judge_epoch(
+                state.rows, metrics, state.best, state.best_epoch, state.bad_epochs, es, t.target_accuracy
+            )
+            better = verdict.is_best
+            state.best, state.best_epoch, state.bad_epochs = (
+                verdict.best,
+                verdict.best_epoch,
+                verdict.bad_epochs,
+            )
+            state.stop_reason = verdict.stop_reason
             state.epoch, state.step, state.order = epoch + 1, 0, None
             state.loss_sum, state.correct, state.seen, state.elapsed = 0.0, 0, 0, 0.0
-
-            # Early stopping bookkeeping (state survives resume via the checkpoint).
-            if es is not None:
-                v = row[stop_metric]
-                es_best = _best_so_far(state.rows[:-1], stop_metric, es_mode)
-                improved = es_best is None or (
-                    v > es_best + es.min_delta if es_mode == "max" else v < es_best - es.min_delta
-                )
-                state.bad_epochs = 0 if improved else state.bad_epochs + 1
-                if state.bad_epochs >= es.patience:
-                    state.stop_reason = (
-                        f"early stopping: {stop_metric} has not improved for {es.patience} epoch(s)"
-                    )
-            if t.target_accuracy is not None and row[target_metric] >= t.target_accuracy:
-                state.stop_reason = (
-                    f"target reached: {target_metric} {row[target_metric]:.2%} >= "
-                    f"{t.target_accuracy:.2%} after epoch {epoch + 1}"
-                )
             hooks.on_epoch_end(row, better)
             hooks.save_checkpoint(state, better)
             if state.stop_reason:
@@ -300,10 +214,3 @@ def train_loop(
                 return state
     state.stop_reason = state.stop_reason or "finished"
     return state
-
-
-def _best_so_far(rows: list[dict[str, Any]], metric: str, mode: str) -> float | None:
-    values = [r[metric] for r in rows if r.get(metric) is not None]
-    if not values:
-        return None
-    return max(values) if mode == "max" else min(values)

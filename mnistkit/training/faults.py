@@ -1,0 +1,72 @@
+"""Test fault hooks (environment variables, read once per run, no cost when unset; docs/runs.md).
+
+* ``MNISTKIT_KILL_AT=E:S[:SIG]`` sends signal SIG (default KILL; e.g. INT for a Ctrl-C) to this
+  process during training step S of epoch E (both 1-based), after that step's forward pass.
+* ``MNISTKIT_NAN_AT=E:S`` makes the loss of step S of epoch E NaN.
+* ``MNISTKIT_CRASH_DURING_CHECKPOINT=NAME[:N]`` (:mod:`mnistkit.training.checkpoint`): SIGKILL
+  halfway through writing checkpoint NAME (its N-th write).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+
+from mnistkit.errors import RunError
+
+KILL_ENV = "MNISTKIT_KILL_AT"
+NAN_ENV = "MNISTKIT_NAN_AT"
+
+
+class _TestHookLoss(torch.nn.Module):
+    """The loss, plus the MNISTKIT_KILL_AT / MNISTKIT_NAN_AT test hooks (see the module doc).
+
+    Training steps are counted in the loss call (evaluation runs without autograd and is not
+    counted), so the hooks need nothing in the training loop itself.
+    """
+
+    def __init__(
+        self, inner: torch.nn.Module, done: int, kill: tuple[int, int] | None, nan: int | None
+    ) -> None:
+        super().__init__()
+        self.inner, self.done, self.kill, self.nan = inner, done, kill, nan
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.inner(out, target)
+        if not torch.is_grad_enabled():
+            return loss
+        self.done += 1
+        if self.kill is not None and self.done == self.kill[0]:
+            os.kill(os.getpid(), self.kill[1])
+        if self.done == self.nan:
+            loss = loss * float("nan")
+        return loss
+
+
+def with_test_hooks(loss_fn: torch.nn.Module, steps: int, done: int) -> torch.nn.Module:
+    """``loss_fn``, wrapped with the hooks the environment asks for (itself when none); ``done``
+    is the number of training steps the run has already taken (a resumed run counts on)."""
+    kill_spec, nan_spec = os.environ.get(KILL_ENV), os.environ.get(NAN_ENV)
+    if not kill_spec and not nan_spec:
+        return loss_fn
+
+    def global_step(env: str, spec: str) -> tuple[int, str]:
+        parts = spec.split(":")
+        try:
+            epoch, step = int(parts[0]), int(parts[1])
+        except (IndexError, ValueError):
+            raise RunError(f"{env}={spec!r}: expected EPOCH:STEP, e.g. 2:5") from None
+        return (epoch - 1) * steps + step, (parts[2] if len(parts) > 2 else "KILL")
+
+    kill = None
+    if kill_spec:
+        at, sig_name = global_step(KILL_ENV, kill_spec)
+        try:
+            sig = signal.Signals[sig_name if sig_name.startswith("SIG") else "SIG" + sig_name]
+        except KeyError:
+            raise RunError(f"{KILL_ENV}={kill_spec!r}: unknown signal {sig_name!r}") from None
+        kill = (at, int(sig))
+    nan = global_step(NAN_ENV, nan_spec)[0] if nan_spec else None
+    return _TestHookLoss(loss_fn, done, kill, nan)

@@ -1,0 +1,115 @@
+"""What a run's checkpoint holds, and how a run continues from one (``--resume``).
+
+``CHECKPOINT_FORMAT`` is written into every checkpoint; checkpoints of older mnistkit versions
+(the same keys, format 1) are read as they are. The file itself is written and read safely by
+:mod:`mnistkit.training.checkpoint`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mnistkit.recipe.schema import Recipe, resolved_dict
+from mnistkit.training.checkpoint import plain_scheduler_state
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class LoopState:
+    """Everything needed to continue exactly where a run stopped (saved in checkpoints)."""
+
+    epoch: int = 0  # 0-based epoch in progress (or next to run)
+    step: int = 0  # batches already done in that epoch (non-zero after a Ctrl-C mid-epoch)
+    order: torch.Tensor | None = None  # that epoch's sample order, when step > 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    elapsed: float = 0.0  # training seconds already spent in that epoch
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # early stopping: epochs without improvement
+    stop_reason: str | None = None
+
+
+def checkpoint_state(
+    state: LoopState,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: torch.Generator,
+    recipe: Recipe,
+) -> dict[str, Any]:
+    """Everything --resume needs, as tensors and plain data only (loadable with weights_only)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": state.epoch,
+        "step": state.step,
+        "order": state.order if state.step else None,
+        "loss_sum": state.loss_sum,
+        "correct": state.correct,
+        "seen": state.seen,
+        "elapsed": state.elapsed,
+        "rows": state.rows,
+        "best": state.best,
+        "best_epoch": state.best_epoch,
+        "bad_epochs": state.bad_epochs,
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": _plain_sched_state(scheduler),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state(),
+        "recipe": resolved_dict(recipe),
+    }
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "_orig_mod", model)  # torch.compile wraps the module
+
+
+def _plain_sched_state(scheduler: Any) -> dict[str, Any] | None:
+    return None if scheduler is None else plain_scheduler_state(scheduler)
+
+
+# Scheduler state that describes the plan rather than the position in it.
+PLAN_KEYS = ("total_steps", "_schedule_phases", "lr_lambdas")
+
+
+def restore(
+    ckpt: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: torch.Generator,
+) -> LoopState:
+    unwrap(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        # The plan (length, phases, lr multipliers) comes from the recipe as it is now, so a run
+        # resumed with more epochs follows the re-planned schedule; the position comes from the
+        # checkpoint.
+        fresh = scheduler.state_dict()
+        plan = {k: fresh[k] for k in PLAN_KEYS if k in fresh}
+        scheduler.load_state_dict({**fresh, **ckpt["scheduler"], **plan})
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    generator.set_state(ckpt["generator"])
+    return LoopState(
+        epoch=ckpt["epoch"],
+        step=ckpt["step"],
+        order=ckpt.get("order"),
+        loss_sum=ckpt["loss_sum"],
+        correct=ckpt["correct"],
+        seen=ckpt["seen"],
+        elapsed=ckpt["elapsed"],
+        rows=list(ckpt["rows"]),
+        best=ckpt["best"],
+        best_epoch=ckpt["best_epoch"],
+        bad_epochs=ckpt["bad_epochs"],
+    )
