@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from mnistkit.cli.app import app
 from mnistkit.export import metadata
-from mnistkit.runs.directory import read_metrics
+from mnistkit.runs.directory import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,7 +187,7 @@ def test_metadata_reads_back_from_the_session(digits_run: Path, digits_export: d
     assert norm["inside_graph"] is True and json.loads(meta["features"]) is None
     assert meta["recipe_name"] == "digits-export" and meta["dataset"] == "digits"
     assert meta["checkpoint"] == "best"
-    rows = read_metrics(digits_run)
+    rows = RunDir(digits_run).read_metrics()
     best = max(rows, key=lambda r: r["test_acc"])
     assert int(meta["checkpoint_epoch"]) == best["epoch"]
     assert json.loads(meta["checkpoint_test_accuracy"]) == best["test_acc"]
@@ -245,7 +245,7 @@ def test_eval_onnx_gives_the_checkpoints_accuracy(
     from mnistkit.export.evaluate import evaluate_onnx
 
     result = evaluate_onnx(digits_run / "export" / "model.onnx")
-    best = max(read_metrics(digits_run), key=lambda r: r["test_acc"])
+    best = max(RunDir(digits_run).read_metrics(), key=lambda r: r["test_acc"])
     assert result["samples"] == len(digits_test.y)
     assert result["accuracy"] == best["test_acc"] == evaluate_run(digits_run, "best")["accuracy"]
     res = invoke("eval", digits_run / "export" / "model.onnx")
@@ -337,7 +337,7 @@ def test_export_to_a_read_only_folder(
 
 
 def test_atomic_write_bytes_leaves_nothing_on_failure(tmp_path: Path) -> None:
-    from mnistkit.runs.directory import atomic_write_bytes
+    from mnistkit.fsutil import atomic_write_bytes
 
     target = tmp_path / "model.onnx"
     target.mkdir()  # os.replace of a file over a non-empty folder fails
@@ -458,10 +458,9 @@ def test_audio_cnn_bilstm_attention_exports_predicts_and_evaluates(
     model = run / "export" / "model.onnx"
 
     from mnistkit.data.loading import load_dataset
-    from mnistkit.evaluation.evaluate import load_run_recipe
     from mnistkit.registry import registries
 
-    loaded = load_dataset(load_run_recipe(run), registries(), None)
+    loaded = load_dataset(RunDir(run).load_recipe(), registries(), None)
     x = torch.cat([loaded.test.x, loaded.train.x])[:7]
     assert_matches_torch(model, run, x)
 
@@ -470,7 +469,7 @@ def test_audio_cnn_bilstm_attention_exports_predicts_and_evaluates(
 
     from mnistkit.export.evaluate import evaluate_onnx
 
-    best = max(read_metrics(run), key=lambda r: r["test_acc"])
+    best = max(RunDir(run).read_metrics(), key=lambda r: r["test_acc"])
     assert evaluate_onnx(model)["accuracy"] == best["test_acc"]
 
 
