@@ -25,13 +25,21 @@ from mnistkit.data.loading import data_info, load_data
 from mnistkit.errors import RunError
 from mnistkit.layers.shapes import ShapeError
 from mnistkit.recipe.metrics import format_metric, run_metrics
+from mnistkit.recipe.model_check import model_size
 from mnistkit.recipe.schema import Recipe, resolved_dict
 from mnistkit.registry import registries
 from mnistkit.runs.directory import RunDir, run_process_alive
 from mnistkit.tracking.console import Reporter, duration, make_reporter
 from mnistkit.tracking.tensorboard import TensorBoard, summary_writer_class
 from mnistkit.training.checkpoint import load_checkpoint, save_checkpoint
-from mnistkit.training.device import _busy_note, configure_device, resolve_device, uses_channels_last, warm_up
+from mnistkit.training.device import (
+    _busy_note,
+    check_weights_fit,
+    configure_device,
+    resolve_device,
+    uses_channels_last,
+    warm_up,
+)
 from mnistkit.training.faults import with_test_hooks
 from mnistkit.training.loop import Hooks, NonFiniteLoss, train_loop
 from mnistkit.training.state import CHECKPOINT_FORMAT, LoopState, checkpoint_state, restore
@@ -105,6 +113,7 @@ class Session:
         self.reg = registries()
         self.device = resolve_device(recipe.train.device)
         self.threads = configure_device(recipe, self.device)
+        check_weights_fit(model_size(recipe, self.reg), self.device)  # before any data or run dir
         self.reporter = make_reporter(opts.progress or recipe.train.progress)
         if recipe.train.tensorboard:
             summary_writer_class()  # a missing package fails now, not after loading the data

@@ -377,3 +377,13 @@ def test_validate_states_the_model_size_it_infers(cli) -> None:
     assert "(1,590,000,000,010 parameters, 6,360.0 GB of float32 weights)" in res.stdout
     tutorial = cli("validate", "recipes/mlp5.yaml")
     assert "ok recipes/mlp5.yaml (575,050 parameters, 2.3 MB of float32 weights)" in tutorial.stdout
+
+
+def test_run_refuses_a_model_whose_weights_cannot_fit_before_loading_data(cli, tmp_path: Path) -> None:
+    """hidden: [2000000000] validated and then died as 'internal error ... please report it'."""
+    out = tmp_path / "big"
+    res = cli("run", "recipes/mlp5.yaml", "--set", "model.hidden=[2000000000]", "--out", out, timeout=60)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "1,590,000,000,010 parameters: 6,360.0 GB of float32 weights alone, more than the" in res.stderr
+    assert "internal error" not in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()  # refused before the run directory and before the (MNIST) data

@@ -124,3 +124,28 @@ def warm_up(model: torch.nn.Module, data: Prepared, recipe: RecipeBase, device: 
     torch.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory on ``device``: the GPU's, or the machine's RAM for the CPU; None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "cpu":
+        try:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def check_weights_fit(parameters: int | None, device: torch.device) -> None:
+    """Refuse, before any data is loaded, a model whose float32 weights alone exceed the device's
+    memory (training needs several times that: gradients, optimizer state, activations)."""
+    memory = device_memory(device)
+    if parameters is None or memory is None or parameters * 4 <= memory:
+        return
+    raise RunError(
+        f"the model has {parameters:,} parameters: {parameters * 4 / 1e9:,.1f} GB of float32 weights "
+        f"alone, more than the {memory / 1e9:,.1f} GB of memory on {device}. Make the model smaller "
+        "(model.hidden / model.layers); `mnistkit validate` shows the size of a recipe's model"
+    )
