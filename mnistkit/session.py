@@ -389,11 +389,11 @@ def _write_plots(
     state: LoopState,
     reporter: Reporter,
 ) -> None:
+    # Any failure here, a missing matplotlib included, is said and costs nothing else: the run
+    # itself is finished and saved.
     try:
         from mnistkit.evaluation.evaluate import write_run_plots
-    except ImportError:
-        return
-    try:
+
         paths = write_run_plots(run_dir, model, data, state.rows, recipe)
         reporter.message("plots:    " + ", ".join(str(p.relative_to(run_dir)) for p in paths))
     except Exception as exc:  # a plot must never cost the user their finished run

@@ -387,3 +387,22 @@ def test_run_refuses_a_model_whose_weights_cannot_fit_before_loading_data(cli, t
     assert "1,590,000,000,010 parameters: 6,360.0 GB of float32 weights alone, more than the" in res.stderr
     assert "internal error" not in res.stderr and "Traceback" not in res.stderr
     assert not out.exists()  # refused before the run directory and before the (MNIST) data
+
+
+def test_plots_that_cannot_be_made_are_said_not_skipped(cli, tmp_path: Path) -> None:
+    """An ImportError on the way to the plots skipped them without a word."""
+    out = tmp_path / "r"
+    res = cli(
+        "run",
+        "recipes/quickstart.yaml",
+        "--set",
+        "epochs=1",
+        "--out",
+        out,
+        "--progress",
+        "plain",
+        prelude="import sys; sys.modules['mnistkit.evaluation.evaluate'] = None",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "could not write plots: ImportError" in res.stdout + res.stderr
+    assert (out / "metrics.csv").is_file() and (out / "last.pt").is_file()  # the run itself is kept
