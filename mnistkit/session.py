@@ -190,7 +190,7 @@ class Session:
         )
         self.model = model
         self.loss_fn = build_loss(recipe, self.reg)
-        self.optimizer = build_optimizer(recipe, model, self.reg, device)
+        self.optimizer = build_optimizer(recipe, model, self.reg)
         self.steps = num_batches(len(data.train.y), recipe.data.batch_size, recipe.data.drop_last)
         self.schedule = build_schedule(recipe, self.optimizer, self.steps, self.reg)
         self.generator = torch.Generator().manual_seed(recipe.seed)

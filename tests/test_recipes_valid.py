@@ -55,7 +55,7 @@ def test_recipe_validates_and_builds(path: Path) -> None:
 
     loss_fn = build_loss(recipe, reg)
     assert torch.isfinite(loss_fn(out, torch.zeros(2, dtype=torch.long)))
-    optimizer = build_optimizer(recipe, model, reg, torch.device("cpu"))
+    optimizer = build_optimizer(recipe, model, reg)
     assert optimizer.param_groups[0]["lr"] > 0
     build_schedule(recipe, optimizer, steps_per_epoch=10, reg=reg)
 
@@ -92,7 +92,7 @@ def test_mlp5_is_the_tutorial_network() -> None:
     assert n_params == 575_050
 
     assert isinstance(build_loss(recipe, reg), nn.CrossEntropyLoss)
-    optimizer = build_optimizer(recipe, model, reg, torch.device("cpu"))
+    optimizer = build_optimizer(recipe, model, reg)
     assert type(optimizer) is torch.optim.SGD
     group = optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["nesterov"]) == (0.01, 0.5, False)

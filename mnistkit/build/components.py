@@ -47,9 +47,7 @@ def build_loss(recipe: Recipe, reg: Registries) -> nn.Module:
     return reg.losses.create(recipe.loss.name, **spec_params(recipe.loss))
 
 
-def build_optimizer(
-    recipe: Recipe, model: nn.Module, reg: Registries, device: torch.device
-) -> torch.optim.Optimizer:
+def build_optimizer(recipe: Recipe, model: nn.Module, reg: Registries) -> torch.optim.Optimizer:
     entry = reg.optimizers.get(recipe.optimizer.name)
     params = spec_params(recipe.optimizer)
     accepts = inspect.signature(entry.load()).parameters

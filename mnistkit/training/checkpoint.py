@@ -122,7 +122,6 @@ def _torch_reason(message: str) -> str:
 
 
 # Opcodes that import a module attribute: the only way a pickle can reach code.
-_GLOBAL_OPS = {"GLOBAL", "STACK_GLOBAL", "INST"}
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING"}
 
 
