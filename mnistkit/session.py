@@ -225,6 +225,7 @@ class Session:
         """recipe.yaml, data.json, env.json, and status.json saying 'running'."""
         recipe, run, data = self.recipe, self.run, self.data
         run.write_recipe(resolved_dict(recipe, self.reg))
+        run.keep_plugins(list(recipe.plugins))  # the run directory stays self-contained
         run.write_data_info(data_info(recipe, data, self.data_dir))
         run.write_env(
             device=str(self.device),

@@ -484,3 +484,29 @@ def test_list_loads_a_plugin_and_names_a_missing_one(cli, tmp_path: Path) -> Non
     res = cli("list", "--plugin", "no_such_plugin_module", cwd=tmp_path)
     assert res.returncode == 2
     assert "--plugin no_such_plugin_module: cannot import plugin module" in res.stderr
+
+
+def test_a_run_with_a_recipe_folder_plugin_is_self_contained(cli, tmp_path: Path) -> None:
+    """A run whose plugin sat next to its recipe could not be resumed, evaluated or predicted
+    from elsewhere: the run directory now keeps the plugin's source."""
+    module = _module_name(tmp_path)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / f"{module}.py").write_text(textwrap.dedent(LAZY_PLUGIN).format(module=module))
+    (project / f"{module}_layers.py").write_text(textwrap.dedent(LAZY_LAYERS))
+    recipe = plugin_recipe(project, module, "cube", epochs="2")
+    recipe.write_text(
+        recipe.read_text().replace("checkpoint: false", "checkpoint: true").replace("epochs: 1\n", "")
+    )
+    run = tmp_path / "run"
+    res = cli("run", recipe, "--out", run, "--progress", "none", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (project / f"{module}.py").unlink()  # the project moves on; the run must not need it
+    (project / f"{module}_layers.py").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ev = cli("eval", run, cwd=elsewhere)
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    resumed = cli("run", "--resume", run, "--set", "epochs=3", "--progress", "none", cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert len((run / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs

@@ -179,6 +179,35 @@ class RunDir:
 
         return load_recipe(RunDir.open(self.path).recipe_path)
 
+    # -------------------------------------------------------------- plugins
+    def keep_plugins(self, modules: list[str]) -> list[str]:
+        """Copy the plugin modules a run used from a folder of the user's (next to the recipe,
+        not an installed package) into the run directory, with their sibling modules, so that
+        ``--resume``, ``eval`` and ``predict`` work from anywhere: loading the run's recipe.yaml
+        puts its folder first on the import path. Returns the files copied."""
+        import shutil
+        import sys
+
+        copied: list[str] = []
+        for name in modules:
+            file = getattr(sys.modules.get(name), "__file__", None)
+            if file is None or _installed(Path(file)):
+                continue
+            src = Path(file)
+            if src.name == "__init__.py":  # a package: the whole folder
+                dest = self.path / src.parent.name
+                if not dest.exists():
+                    shutil.copytree(src.parent, dest, ignore=shutil.ignore_patterns("__pycache__"))
+                    copied.append(dest.name)
+                continue
+            # a module and the modules beside it (a plugin's lazy targets may name them)
+            for sibling in sorted(src.parent.glob("*.py")):
+                dest = self.path / sibling.name
+                if not dest.exists():
+                    shutil.copy2(sibling, dest)
+                    copied.append(dest.name)
+        return copied
+
     # -------------------------------------------------------------- metrics.csv
     def write_metrics(self, rows: list[dict[str, Any]], has_val: bool) -> Path:
         """Rewrite metrics.csv from the rows so far (atomic; a resumed run keeps one consistent file)."""
@@ -329,3 +358,8 @@ def run_process_alive(pid: Any) -> bool:
     except OSError:
         return True  # no /proc (macOS) or not ours to read: trust the pid
     return not cmdline or b"python" in cmdline or b"mnistkit" in cmdline
+
+
+def _installed(file: Path) -> bool:
+    """A module from an installed distribution (site-packages), not a user's folder."""
+    return any(part in ("site-packages", "dist-packages") for part in file.parts)
