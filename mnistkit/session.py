@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from mnistkit.build.components import build_loss, build_model, build_optimizer, build_schedule
+from mnistkit.build.components import build_augment, build_loss, build_model, build_optimizer, build_schedule
+from mnistkit.data.augment import Augment
 from mnistkit.data.batches import Prepared, num_batches
 from mnistkit.data.loading import data_info, load_data
 from mnistkit.errors import RunError
@@ -101,6 +102,7 @@ class Session:
     schedule: Any = None
     steps: int = 0
     generator: torch.Generator = field(default_factory=torch.Generator)
+    augment: Augment | None = None  # data.augment, drawing from generator
     state: LoopState = field(default_factory=LoopState)
     compile_seconds: float | None = None
     started: float = 0.0
@@ -173,7 +175,7 @@ class Session:
 
     # ------------------------------------------------------------------ build
     def build(self) -> None:
-        """Model, loss, optimizer, schedule and the shuffling generator, from the registries."""
+        """Model, loss, optimizer, schedule, augmentations and the shuffling generator."""
         recipe, data, device = self.recipe, self.data, self.device
         # Seed right before building so the initial weights do not depend on how data was loaded.
         torch.manual_seed(recipe.seed)
@@ -194,6 +196,14 @@ class Session:
         self.steps = num_batches(len(data.train.y), recipe.data.batch_size, recipe.data.drop_last)
         self.schedule = build_schedule(recipe, self.optimizer, self.steps, self.reg)
         self.generator = torch.Generator().manual_seed(recipe.seed)
+        self.augment = build_augment(recipe, self.reg)
+        if self.augment is not None:
+            if len(data.in_shape) != 3:
+                raise RunError(
+                    f"data.augment needs image-like samples (channels, height, width); "
+                    f"{recipe.data.dataset!r} gives {list(data.in_shape)}. Remove data.augment."
+                )
+            self.reporter.message(f"augment:  {', '.join(self.augment.names)} (training batches only)")
 
     # ------------------------------------------------------------------ restore
     def restore(self) -> None:
@@ -274,7 +284,7 @@ class Session:
         try:
             self.state = train_loop(
                 recipe, self.data, self.model, loss_fn, self.optimizer, self.schedule, self.state,
-                self.generator, hooks, self.device,
+                self.generator, hooks, self.device, self.augment,
             )  # fmt: skip
             self.status = "interrupted" if self.state.stop_reason == "interrupted" else "finished"
         except NonFiniteLoss as exc:

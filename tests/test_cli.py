@@ -18,7 +18,7 @@ from mnistkit.recipe.schema import load_recipe, resolved_dict
 from mnistkit.registry import registries
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("activations", "losses", "optimizers", "schedulers", "datasets", "layers")
+KINDS = ("activations", "losses", "optimizers", "schedulers", "datasets", "layers", "augmentations")
 WIDE = {"COLUMNS": "200"}
 
 

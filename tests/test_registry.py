@@ -117,6 +117,19 @@ def test_scheduler_declarations_match_factories(kind: str, name: str) -> None:
     check_params_against(entry, sig)
 
 
+@pytest.mark.parametrize("kind,name", entries("augmentations"))
+def test_augmentation_declarations_match_factories(kind: str, name: str) -> None:
+    # build_augment passes the recipe's parameters by keyword, nothing else.
+    entry = BUILTINS.augmentations.get(name)
+    assert entry.target == f"mnistkit.data.augment:{name}"
+    sig = inspect.signature(entry.load())
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in sig.parameters.values()), sig
+    assert set(sig.parameters) == {p.target_name or n for n, p in entry.params.items()}
+    check_params_against(entry, sig)
+    for pname in entry.meta.get("ranges", ()):
+        assert entry.params[pname].type == "float_pair", f"{name}.{pname}: a range is a float_pair"
+
+
 def test_layer_and_activation_names_do_not_collide() -> None:
     # Every activation is also a layer type; a layer with the same name would be unreachable.
     assert not set(BUILTINS.layers.names()) & set(BUILTINS.activations.names())
@@ -159,15 +172,18 @@ _SLOTS = {
     "optimizers": lambda s: {"model": {"hidden": [4]}, "optimizer": s},
     "schedulers": lambda s: {"model": {"hidden": [4]}, "scheduler": s},
     "layers": lambda s: {"model": {"layers": [s]}},
+    "augmentations": lambda s: {"model": {"hidden": [4]}, "data": {"dataset": "digits", "augment": [s]}},
 }
 
 
-@pytest.mark.parametrize("kind,name", entries("activations", "losses", "optimizers", "schedulers", "layers"))
+@pytest.mark.parametrize(
+    "kind,name", entries("activations", "losses", "optimizers", "schedulers", "layers", "augmentations")
+)
 def test_declared_defaults_pass_their_own_schema(kind: str, name: str) -> None:
     # A default outside its own declared range (say gt=0 with default 0) would make the
     # resolved recipe.yaml of every run invalid; spelling every default out must validate.
     entry = BUILTINS.by_kind()[kind].get(name)
-    spec = _spec_with_defaults(entry, "type" if kind == "layers" else "name")
+    spec = _spec_with_defaults(entry, "type" if kind in ("layers", "augmentations") else "name")
     data = {"data": {"dataset": "digits"}, **_SLOTS[kind](spec)}
     recipe_model(BUILTINS).model_validate(data)
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnistkit.data.augment import Augment
 from mnistkit.layers.modules import Shape, build_layers
 from mnistkit.layers.shapes import LayerInfo
 from mnistkit.recipe.model_check import layer_specs
@@ -102,3 +103,11 @@ def build_schedule(
         **params,
     )
     return Schedule(sched, interval, params.get("metric"))
+
+
+def build_augment(recipe: Recipe, reg: Registries) -> Augment | None:
+    """The ``data.augment`` list as one callable for the training loop; None when empty."""
+    if not recipe.data.augment:
+        return None
+    ops = [reg.augmentations.create(a.type, **spec_params(a)) for a in recipe.data.augment]
+    return Augment(ops, [a.type for a in recipe.data.augment])

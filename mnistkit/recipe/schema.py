@@ -130,14 +130,18 @@ def recipe_model(reg: Registries | None = None) -> type[RecipeBase]:
             Field(None, min_length=1, description=desc(ModelSection, "layers")),
         ),
     )
-    data_cls = create_model(
-        "Data",
-        __base__=DataSection,
-        dataset=(
+    data_fields: dict[str, Any] = {
+        "dataset": (
             Literal[tuple(reg.datasets.names())],
             Field(description=desc(DataSection, "dataset")),
-        ),  # type: ignore[misc]
-    )
+        )
+    }
+    if len(reg.augmentations):
+        data_fields["augment"] = (
+            list[_union("augmentation", list(reg.augmentations), "type")],
+            Field([], description=desc(DataSection, "augment")),
+        )
+    data_cls = create_model("Data", __base__=DataSection, **data_fields)  # type: ignore[call-overload]
     recipe_cls = create_model(
         "Recipe",
         __base__=RecipeBase,
@@ -495,7 +499,7 @@ def _problem(err: Any, doc: Located, cls: type[BaseModel]) -> Problem:
         close = _dym(str(tag), expected)
         hint = (f"did you mean {close}? " if close else "") + f"allowed: {', '.join(expected)}"
         section = field.split(".")[-1].split("[")[0] or "value"
-        section = {"layers": "layer"}.get(section, section)  # one item of the list
+        section = {"layers": "layer", "augment": "augmentation"}.get(section, section)  # one item of the list
         # Point at the name itself ({name: adamm} -> adamm), not at the start of its mapping.
         where = doc.where((*path, what))
         return Problem(where, field, f"unknown {section} {what} {tag!r}", hint)
@@ -676,6 +680,19 @@ def check_recipe(
                 "mean and std must have the same length (one value per channel)",
             )
         )
+
+    for i, aug in enumerate(data.augment):
+        for pname in reg.augmentations.get(aug.type).meta.get("ranges", ()):
+            lo, hi = getattr(aug, pname)
+            if lo > hi:
+                problems.append(
+                    Problem(
+                        where("data", "augment", i, pname),
+                        f"data.augment[{i}].{pname}",
+                        f"[{lo:g}, {hi:g}] is a [low, high] range: low must not exceed high",
+                        f"write [{hi:g}, {lo:g}]",
+                    )
+                )
 
     opt = recipe.optimizer
     if getattr(opt, "nesterov", False) and getattr(opt, "momentum", 0) <= 0:

@@ -92,6 +92,10 @@ class DataSection(Section):
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     """audio_folder without train/ and test/ sub-folders: fraction of each class put in the test
     set (seeded, by file name)."""
+    augment: list[Any] = []
+    """Random changes to every training batch, applied in order on the training device (never
+    at evaluation), e.g. [{type: random_crop, padding: 2}, {type: horizontal_flip}]; see
+    `mnistkit list augmentations`. Seeded by `seed`; --resume continues the same stream."""
 
 
 class ModelSection(Section):

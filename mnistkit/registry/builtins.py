@@ -245,6 +245,8 @@ def register_builtins(reg: Registries) -> None:
         reg.schedulers.register(name, target, desc, params)
     for name, target, desc, meta in _DATASETS:
         reg.datasets.register(name, target, desc, **meta)
+    from mnistkit.registry.augment_builtins import register_augmentations
     from mnistkit.registry.layer_builtins import register_layers
 
     register_layers(reg)
+    register_augmentations(reg)

@@ -254,6 +254,9 @@ class Registries:
         self.schedulers = Registry("scheduler", "learning-rate schedules (recipe key: scheduler)")
         self.datasets = Registry("dataset", "data sources (recipe key: data.dataset)")
         self.layers = Registry("layer", "building blocks for model.layers (key: type)")
+        self.augmentations = Registry(
+            "augmentation", "random changes to training batches (recipe key: data.augment, key: type)"
+        )
         self.plugins_loaded: list[str] = []
         #: bumps whenever a plugin is loaded, so generated schemas can be cached per version.
         self.version = 0
@@ -266,6 +269,7 @@ class Registries:
             "schedulers": self.schedulers,
             "datasets": self.datasets,
             "layers": self.layers,
+            "augmentations": self.augmentations,
         }
 
     def load_plugin(self, module_name: str) -> None:

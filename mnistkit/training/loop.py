@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mnistkit.build.components import Schedule
+from mnistkit.data.augment import Augment
 from mnistkit.data.batches import (
     Prepared,
     dataloader_batches,
@@ -91,8 +92,14 @@ def train_loop(
     generator: torch.Generator,
     hooks: Hooks,
     device: torch.device,
+    augment: Augment | None = None,
 ) -> LoopState:
-    """Train from ``state`` to ``recipe.epochs``; returns the final state (with stop_reason)."""
+    """Train from ``state`` to ``recipe.epochs``; returns the final state (with stop_reason).
+
+    ``augment`` (from ``data.augment``) changes each raw training batch before it is normalized,
+    drawing from ``generator``: the stream the checkpoint saves, so a resumed run draws the same
+    augmentations an uninterrupted one would.
+    """
     d, t = recipe.data, recipe.train
     n_train = len(data.train.y)
     steps = num_batches(n_train, d.batch_size, d.drop_last)
@@ -133,6 +140,8 @@ def train_loop(
             start = time.perf_counter()
             last_refresh = start
             for step, (raw, yb) in enumerate(batches, start=first):
+                if augment is not None:  # training batches only, on the device, still raw
+                    raw = augment(raw, generator)
                 # uint8 → normalized float32 here, per batch (see data.Prepared for why).
                 xb = match_layout(data.inputs(raw), channels_last)
                 with autocast_context(t.precision, device):
