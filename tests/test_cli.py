@@ -83,7 +83,10 @@ def test_fields_command(cli) -> None:
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert "data.batch_size: int ≥ 1 = 64" in lines
-    assert "data.dataset: one of mnist, fashion_mnist, kmnist, digits, fsdd, audio_folder (required)" in lines
+    assert (
+        "data.dataset: one of mnist, fashion_mnist, kmnist, digits, fsdd, audio_folder, "
+        "image_folder (required)" in lines
+    )
     assert "    optimizer.lr: float > 0 = 0.001" in lines  # per-optimizer parameters
     assert "    Training examples per optimizer step." in lines  # the field's docstring
 
@@ -143,12 +146,13 @@ def _documented_value(text: str) -> Any:
 def test_documented_defaults_are_the_real_defaults() -> None:
     # Compare what `mnistkit fields` documents with what a recipe that leaves the key out gets.
     from mnistkit.recipe.schema import load_recipe_text
-    from mnistkit.recipe.sections import LogMel
+    from mnistkit.recipe.sections import ImageSpec, LogMel
 
     plain, params = documented_defaults()
     # model_dump, not resolved_dict: the latter leaves out keys that do not apply to digits.
     real = _flatten(load_recipe_text(MINIMAL, "minimal.yaml").model_dump(mode="json"))
     real.update(_flatten(LogMel().model_dump(mode="json"), "data.features."))  # audio-only section
+    real.update(_flatten(ImageSpec().model_dump(mode="json"), "data.image."))  # image_folder only
     checked = 0
     for path, default in plain.items():
         if default == "required" or path in ("name", "model.hidden"):
@@ -164,6 +168,8 @@ def test_documented_defaults_are_the_real_defaults() -> None:
     for (key, name), documented in params.items():
         if key == "model.layers":
             continue  # layers have required sizes that depend on the layer; see test_layers
+        if key == "data.augment":
+            continue  # a list of {type: ...}: each default is checked by test_registry's schema test
         given = {p: 0.5 for p, d in documented.items() if d == "required"}
         spec = yaml.safe_dump({"name": name, **given}, default_flow_style=True).strip()
         resolved = _flatten(

@@ -2,7 +2,8 @@
 
 Recipes are found by glob, so a new file in ``recipes/`` is covered without touching this test.
 Building needs only the dataset's input shape and class count, which come from the dataset
-registry (for audio datasets, from the recipe's ``data.features``): no data files are read.
+registry (for audio datasets, from the recipe's ``data.features``; for image folders from
+``data.image``): no data files are read.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 def input_shape(recipe: Recipe, reg: Registries) -> tuple[tuple[int, ...], int]:
     """(per-sample input shape, class count) the recipe's dataset will produce."""
-    meta = reg.datasets.get(recipe.data.dataset).meta
-    shape = meta.get("shape")
-    if shape is None:  # audio: a (1, n_mels, frames) log-mel map, sized by the recipe
-        features = recipe.data.features
-        assert features is not None, "audio recipes get default features during validation"
-        shape = (1, features.n_mels, features.frames)
-    # audio_folder learns its classes from the folder; any count will do to build the model.
-    return tuple(shape), meta.get("num_classes") or 10
+    from mnistkit.recipe.model_check import input_shape as declared_shape
+
+    # From the registry, data.features (audio) or data.image (image folders): what validate uses.
+    shape = declared_shape(recipe, reg)
+    assert shape is not None
+    # Folder datasets learn their classes from the folder; any count will do to build the model.
+    return tuple(shape), reg.datasets.get(recipe.data.dataset).meta.get("num_classes") or 10
 
 
 def test_recipes_exist() -> None:

@@ -172,7 +172,7 @@ class _Features:
     """Features of one file list: ``x[i]`` belongs to ``good[i]``; ``bad`` maps name -> reason."""
 
     good: list[str]
-    x: np.ndarray  # float32 [len(good), n_mels, frames]
+    x: np.ndarray  # float32 [len(good), n_mels, frames] (image folders: uint8 [len(good), C, H, W])
     bad: dict[str, str]
     from_cache: Path | None
     seconds: float
@@ -189,27 +189,25 @@ def _file_fingerprint(base: Path, rel_names: Sequence[str]) -> list[tuple[str, i
     return out
 
 
-def _cache_key(dataset: str, spec: LogMelSpec, base: Path, rel_names: Sequence[str]) -> str:
+def _cache_key(dataset: str, settings: dict[str, object], base: Path, rel_names: Sequence[str]) -> str:
     """sha256 of everything the cached features depend on.
 
-    Feature settings, FEATURE_VERSION and every file's (relative path, size, mtime_ns): any
-    change gives a new key, hence a recompute. ``skip_bad`` is deliberately NOT part of it: it
-    does not change any feature; the cache stores which files were bad (and why) and the
-    skip/raise policy is applied on every load, so flipping it needs no recompute.
+    ``settings`` (audio: the feature settings and FEATURE_VERSION) and every file's (relative
+    path, size, mtime_ns): any change gives a new key, hence a recompute. ``skip_bad`` is
+    deliberately NOT part of it: it does not change any feature; the cache stores which files
+    were bad (and why) and the skip/raise policy is applied on every load, so flipping it needs
+    no recompute.
     """
     material = json.dumps(
-        {
-            "dataset": dataset,
-            "feature_version": FEATURE_VERSION,
-            "spec": spec.key(),
-            "files": _file_fingerprint(base, rel_names),
-        },
+        {"dataset": dataset, **settings, "files": _file_fingerprint(base, rel_names)},
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def _read_cache(path: Path, key: str, rel_names: Sequence[str], spec: LogMelSpec) -> _Features:
+def _read_cache(
+    path: Path, key: str, rel_names: Sequence[str], shape: tuple[int, ...], dtype: type[np.generic]
+) -> _Features:
     t0 = time.perf_counter()
     # allow_pickle=False: a cache file is data only; loading it never runs code.
     with np.load(path, allow_pickle=False) as z:
@@ -217,10 +215,10 @@ def _read_cache(path: Path, key: str, rel_names: Sequence[str], spec: LogMelSpec
             raise ValueError("key mismatch")
         good = [str(n) for n in z["good"]]
         bad = {str(n): str(r) for n, r in zip(z["bad"], z["bad_reasons"], strict=True)}
-        x = np.ascontiguousarray(z["x"], dtype=np.float32)
+        x = np.ascontiguousarray(z["x"], dtype=dtype)
     if sorted([*good, *bad]) != sorted(rel_names):
         raise ValueError("file list mismatch")
-    if x.shape != (len(good), spec.n_mels, spec.frames):
+    if x.shape != (len(good), *shape):
         raise ValueError(f"feature shape {x.shape} does not match the settings")
     return _Features(good, x, bad, path, time.perf_counter() - t0)
 
@@ -238,8 +236,15 @@ def _write_cache(path: Path, key: str, feats: _Features) -> None:
         )
 
 
-def _extract(base: Path, rel_names: Sequence[str], spec: LogMelSpec, progress: Progress | None) -> _Features:
-    """Features of every file, serially.
+def _extract(
+    base: Path,
+    rel_names: Sequence[str],
+    decode: Callable[[Path], np.ndarray],
+    shape: tuple[int, ...],
+    dtype: type[np.generic],
+    progress: Progress | None,
+) -> _Features:
+    """``decode`` of every file, serially (audio: log-mel features).
 
     ~1-2 ms per FSDD clip: all 3000 take 3.5-6.5 s on 2 cores. A 2-worker spawn pool measured
     no faster (5.2-5.4 s: worker start-up and librosa imports eat the gain), and forking a
@@ -255,13 +260,13 @@ def _extract(base: Path, rel_names: Sequence[str], spec: LogMelSpec, progress: P
         progress(0, total)
     for i, name in enumerate(rel_names, start=1):
         try:
-            xs.append(_features_of(base / name, spec))
+            xs.append(decode(base / name))
             good.append(name)
         except Exception as e:  # any decode failure makes this one file "bad"
             bad[name] = f"{type(e).__name__}: {e}".strip()
         if progress is not None and (i % every == 0 or i == total):
             progress(i, total)
-    x = np.stack(xs) if xs else np.zeros((0, spec.n_mels, spec.frames), np.float32)
+    x = np.stack(xs) if xs else np.zeros((0, *shape), dtype)
     return _Features(good, x, bad, None, time.perf_counter() - t0)
 
 
@@ -273,17 +278,44 @@ def _features(
     cache_dir: Path | None,
     progress: Progress | None,
 ) -> _Features:
-    """Features of ``rel_names`` (relative to ``base``): from the cache if valid, else computed."""
+    """Log-mel features of ``rel_names`` (relative to ``base``), cached."""
+    return decode_cached(
+        dataset,
+        base,
+        rel_names,
+        {"feature_version": FEATURE_VERSION, "spec": spec.key()},
+        lambda path: _features_of(path, spec),
+        (spec.n_mels, spec.frames),
+        np.float32,
+        cache_dir,
+        progress,
+    )
+
+
+def decode_cached(
+    dataset: str,
+    base: Path,
+    rel_names: Sequence[str],
+    settings: dict[str, object],
+    decode: Callable[[Path], np.ndarray],
+    shape: tuple[int, ...],
+    dtype: type[np.generic],
+    cache_dir: Path | None,
+    progress: Progress | None,
+) -> _Features:
+    """``decode(file)`` (an array of ``shape``/``dtype``) of every file of ``rel_names``
+    (relative to ``base``): from the cache if valid, else decoded and cached. ``settings`` is
+    everything besides the files that the arrays depend on (part of the cache key)."""
     cache_path, key = None, ""
     if cache_dir is not None:
-        key = _cache_key(dataset, spec, base, rel_names)
+        key = _cache_key(dataset, settings, base, rel_names)
         cache_path = Path(cache_dir) / f"{dataset}-{key}.npz"
         if cache_path.is_file():
             try:
-                return _read_cache(cache_path, key, rel_names, spec)
+                return _read_cache(cache_path, key, rel_names, shape, dtype)
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
                 log.warning("ignoring unusable feature cache %s (%s); recomputing", cache_path, e)
-    feats = _extract(base, rel_names, spec, progress)
+    feats = _extract(base, rel_names, decode, shape, dtype, progress)
     if cache_path is not None:
         try:
             _write_cache(cache_path, key, feats)
@@ -420,30 +452,40 @@ def _class_dirs(parent: Path) -> list[Path]:
     return sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
-def _audio_files(class_dir: Path, base: Path) -> list[str]:
-    """Audio files anywhere below ``class_dir`` as sorted paths relative to ``base``."""
+def _audio_files(class_dir: Path, base: Path, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[str]:
+    """Files with ``extensions`` anywhere below ``class_dir`` as sorted paths relative to ``base``."""
     return sorted(
         p.relative_to(base).as_posix()
         for p in class_dir.rglob("*")
-        if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
+        if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
     )
 
 
-def _scan_classes(parent: Path, base: Path) -> dict[str, list[str]]:
+@dataclass(frozen=True)
+class FolderKind:
+    """What a class folder holds, for listing and for messages (audio here; images.py has its own)."""
+
+    extensions: tuple[str, ...] = AUDIO_EXTENSIONS
+    files: str = "audio files"  # "No <files> in ..."
+    example: str = "*.wav (or .flac/.ogg)"  # <parent>/<class name>/<example>
+    add: str = "Add recordings"
+
+
+def _scan_classes(parent: Path, base: Path, kind: FolderKind = FolderKind()) -> dict[str, list[str]]:
     try:
-        found = {d.name: _audio_files(d, base) for d in _class_dirs(parent)}
+        found = {d.name: _audio_files(d, base, kind.extensions) for d in _class_dirs(parent)}
     except OSError as e:
         raise _listing_error(parent, e) from e
     if not found:
         raise DataError(
-            f"No class folders in {parent}: expected {parent}/<class name>/*.wav (or .flac/.ogg), "
+            f"No class folders in {parent}: expected {parent}/<class name>/{kind.example}, "
             "one sub-folder per class."
         )
     empty = [c for c, files in found.items() if not files]
     if empty:
         raise DataError(
-            f"Class folder(s) without audio files ({', '.join(AUDIO_EXTENSIONS)}) in {parent}: "
-            f"{', '.join(empty)}. Add recordings or remove these folders."
+            f"Class folder(s) without {kind.files} ({', '.join(kind.extensions)}) in {parent}: "
+            f"{', '.join(str(parent / c) for c in empty)}. {kind.add} or remove these folders."
         )
     return found
 
@@ -460,6 +502,41 @@ def _seeded_split(files: list[str], test_fraction: float, seed: int, cls: str) -
     else:
         n_test = 0
     return order[n_test:], order[:n_test]
+
+
+def split_class_folders(
+    root: Path, kind: FolderKind, test_fraction: float, seed: int
+) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]], str]:
+    """``root/train/<class>`` + ``root/test/<class>``, or ``root/<class>`` split per class by
+    :func:`_seeded_split`: (classes, train (relative path, class), test (...), how it was split)."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+
+    train_names: list[tuple[str, str]] = []  # (relative path, class)
+    test_names: list[tuple[str, str]] = []
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train_found = _scan_classes(root / "train", root, kind)
+        test_found = _scan_classes(root / "test", root, kind)
+        unknown = sorted(set(test_found) - set(train_found))
+        if unknown:
+            raise DataError(
+                f"Class folder(s) {', '.join(unknown)} exist in {root / 'test'} but not in "
+                f"{root / 'train'}: the model could never learn them. Add training files or "
+                "remove them from test."
+            )
+        classes = sorted(train_found)
+        train_names = [(f, c) for c in classes for f in train_found[c]]
+        test_names = [(f, c) for c in sorted(test_found) for f in test_found[c]]
+        how = "split by train/ and test/ folders"
+    else:
+        found = _scan_classes(root, root, kind)
+        classes = sorted(found)
+        for c in classes:
+            tr, te = _seeded_split(found[c], test_fraction, seed, c)
+            train_names += [(f, c) for f in tr]
+            test_names += [(f, c) for f in te]
+        how = f"{test_fraction:g} of each class to test (seed {seed})"
+    return classes, train_names, test_names, how
 
 
 def load_audio_folder(
@@ -487,34 +564,7 @@ def load_audio_folder(
             f"Audio folder {root} does not exist: expected {root}/<class name>/*.wav "
             "(or .flac/.ogg), one sub-folder per class."
         )
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
-
-    train_names: list[tuple[str, str]] = []  # (relative path, class)
-    test_names: list[tuple[str, str]] = []
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train_found = _scan_classes(root / "train", root)
-        test_found = _scan_classes(root / "test", root)
-        unknown = sorted(set(test_found) - set(train_found))
-        if unknown:
-            raise DataError(
-                f"Class folder(s) {', '.join(unknown)} exist in {root / 'test'} but not in "
-                f"{root / 'train'}: the model could never learn them. Add training files or "
-                "remove them from test."
-            )
-        classes = sorted(train_found)
-        train_names = [(f, c) for c in classes for f in train_found[c]]
-        test_names = [(f, c) for c in sorted(test_found) for f in test_found[c]]
-        how = "split by train/ and test/ folders"
-    else:
-        found = _scan_classes(root, root)
-        classes = sorted(found)
-        for c in classes:
-            tr, te = _seeded_split(found[c], test_fraction, seed, c)
-            train_names += [(f, c) for f in tr]
-            test_names += [(f, c) for f in te]
-        how = f"{test_fraction:g} of each class to test (seed {seed})"
-
+    classes, train_names, test_names, how = split_class_folders(root, FolderKind(), test_fraction, seed)
     all_names = sorted(name for name, _ in [*train_names, *test_names])
     feats = _features("audio_folder", root, all_names, spec, cache_dir, progress)
     _apply_bad_policy(feats.bad, root, skip_bad)

@@ -138,6 +138,42 @@ def fsdd(ctx: DataContext) -> LoadedData:
     )
 
 
+def image_folder(ctx: DataContext) -> LoadedData:
+    from mnistkit.data.images import load_image_folder
+
+    image = ctx.section.image
+    assert image is not None  # filled in by recipe checks for image_folder
+    root = _find_folder(ctx)
+    return load_image_folder(
+        root,
+        image.channels,
+        image.size,
+        ctx.cache_dir / "images",
+        ctx.section.skip_bad_files,
+        test_fraction=ctx.section.test_fraction,
+        seed=ctx.seed,
+        progress=None if ctx.progress is None else _images_progress(ctx.progress),
+    )
+
+
+def _images_progress(report: Callable[[str, int, int], None]) -> Callable[[int, int], None]:
+    return lambda done, total: report("decoding images", done, total)
+
+
+def _find_folder(ctx: DataContext) -> Path:
+    """The first of --data-dir, data.root, $MNISTKIT_DATA that exists (never the user cache:
+    downloads live there, not someone's pictures)."""
+    given = [r for r in ctx.roots if r != user_cache_dir() / "data"]
+    for root in given:
+        if root.is_dir():
+            return root
+    looked = ("Looked in:\n  " + "\n  ".join(map(str, given))) if given else "No folder was given."
+    raise DataError(
+        f"dataset {ctx.section.dataset!r}: no image folder found. {looked}\nFix: pass --data-dir "
+        "DIR (a folder holding <class>/ sub-folders, or train/ and test/), or set data.root."
+    )
+
+
 def audio_folder(ctx: DataContext) -> LoadedData:
     from mnistkit.data.audio import load_audio_folder
 

@@ -100,25 +100,17 @@ def input_scale(info: dict[str, Any]) -> float:
 
 def image_array(path: Path, info: dict[str, Any], invert: bool = False) -> np.ndarray:
     """One image file as the uint8 array ``[C, H, W]`` (0-255) the run's dataset stores."""
-    from PIL import Image
+    from mnistkit.data.images import decode_image
 
     channels, height, width = (int(n) for n in info["in_shape"])
     if channels not in (1, 3):
         raise RunError(f"{path}: the run's inputs have {channels} channels; images need 1 or 3")
     try:
-        with Image.open(path) as img:
-            img.load()
-            if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
-                # Transparent pixels become the background, which is black in MNIST-like data.
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (width, height):
-                img = img.resize((width, height), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+        # The conversion image_folder training data went through (grey/RGB, transparent pixels
+        # black, bilinear resize), so a run on one's own images sees new ones the same way.
+        arr = decode_image(path, channels, height, width)
     except Exception as exc:  # not found, not an image, truncated, decompression bomb...
         raise RunError(f"{path}: cannot read it as an image ({_reason(exc)})") from None
-    arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
     if invert:
         arr = 255 - arr
     return np.array(arr, dtype=np.uint8)  # a writable copy (Pillow's buffer is read-only)

@@ -86,9 +86,12 @@ def input_shape(recipe: RecipeBase, reg: Registries) -> Shape | None:
     """Per-sample input shape from the dataset declaration, or None when it declares none.
 
     Image datasets declare ``shape`` in their registry meta; audio datasets give
-    ``(1, n_mels, frames)`` from ``data.features`` (one log-mel map per clip).
+    ``(1, n_mels, frames)`` from ``data.features`` (one log-mel map per clip); image folders
+    ``(channels, *size)`` from ``data.image``.
     """
     meta = reg.datasets.get(recipe.data.dataset).meta
+    if recipe.data.image is not None:  # image_folder: data.image, filled in by the recipe check
+        return (recipe.data.image.channels, *recipe.data.image.size)
     if meta.get("shape"):
         return tuple(int(n) for n in meta["shape"])
     if meta.get("kind") == "audio":

@@ -34,6 +34,7 @@ from mnistkit.errors import Problem, RecipeError, dotted
 from mnistkit.recipe.model_check import OUTPUT_ONLY, check_model
 from mnistkit.recipe.sections import (
     DataSection,
+    ImageSpec,
     LogMel,
     ModelSection,
     Normalize,
@@ -663,6 +664,8 @@ def check_recipe(
                 )
     if kind == "audio" and data.features is None:
         data = data.model_copy(update={"features": LogMel()})
+    if reads is not None and "image" in reads and data.image is None:
+        data = data.model_copy(update={"image": ImageSpec()})
     if kind != "audio" and data.features is not None:
         problems.append(
             Problem(
@@ -776,7 +779,7 @@ def resolved_dict(recipe: RecipeBase, reg: Registries | None = None) -> dict[str
 MLP_ONLY = ("activation", "dropout")
 #: Data keys only some dataset loaders read; each dataset declares the ones it reads
 #: (``reads`` meta in its registry entry; a plugin dataset without it is not checked).
-DATASET_OPTIONS = ("skip_bad_files", "test_fraction")
+DATASET_OPTIONS = ("skip_bad_files", "test_fraction", "image")
 
 
 def _readers(reg: Registries, key: str) -> list[str]:

@@ -50,6 +50,16 @@ class LogMel(Section):
     """Highest mel band edge in Hz (default: sample_rate / 2)."""
 
 
+class ImageSpec(Section):
+    """How image files are converted (image_folder): once, at load; predict does the same."""
+
+    channels: Literal[1, 3] = 1
+    """1: grey, 3: RGB. Every image is converted to this (transparent pixels become black)."""
+    size: tuple[PosInt, PosInt] = (28, 28)
+    """[height, width] every image is resized to (bilinear; the aspect ratio is not kept). With
+    channels this is the model's input shape, known before any file is read."""
+
+
 class DataSection(Section):
     """Where the examples come from and how they are batched."""
 
@@ -87,11 +97,14 @@ class DataSection(Section):
     workers only add inter-process copies (docs/performance.md)."""
     features: LogMel | None = None
     """Audio feature extraction (audio datasets only; defaults apply when omitted)."""
+    image: ImageSpec | None = None
+    """image_folder: channels and size images are converted to (defaults apply when omitted)."""
     skip_bad_files: StrictBool = False
-    """Audio: skip unreadable files (they are listed) instead of stopping before training."""
+    """Audio and image folders: skip unreadable files (they are listed and counted) instead of
+    stopping before training."""
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    """audio_folder without train/ and test/ sub-folders: fraction of each class put in the test
-    set (seeded, by file name)."""
+    """audio_folder / image_folder without train/ and test/ sub-folders: fraction of each class
+    put in the test set (seeded, by file name)."""
     augment: list[Any] = []
     """Random changes to every training batch, applied in order on the training device (never
     at evaluation), e.g. [{type: random_crop, padding: 2}, {type: horizontal_flip}]; see

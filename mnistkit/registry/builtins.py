@@ -230,6 +230,18 @@ _DATASETS: list[tuple[str, str, str, dict[str, object]]] = [
             "reads": ("skip_bad_files", "test_fraction"),
         },
     ),
+    (
+        "image_folder",
+        "mnistkit.data.sources:image_folder",
+        "any folder of images (PNG, JPEG, BMP, GIF, WebP) with one sub-folder per class",
+        {
+            "shape": None,  # from data.image
+            "num_classes": None,
+            "kind": "image",
+            "download": False,
+            "reads": ("skip_bad_files", "test_fraction", "image"),
+        },
+    ),
 ]
 
 

@@ -1,0 +1,175 @@
+"""A folder of images, one sub-folder per class, as one uint8 tensor, decoded once and cached.
+
+Layouts (the same as ``audio_folder``'s, with the same helpers from :mod:`mnistkit.data.audio`):
+
+* ``root/train/<class>/*`` and ``root/test/<class>/*``: that is the split;
+* ``root/<class>/*``: each class split on its own by a seeded shuffle, ``data.test_fraction``
+  of it to test (stratified: every class keeps its proportion in both sets).
+
+Every file Pillow reads (PNG, JPEG, BMP, GIF, WebP, TIFF) is converted once, by
+:func:`decode_image`, to ``data.image.channels`` (grey or RGB; transparent pixels become black)
+and resized to ``data.image.size`` (bilinear, aspect ratio not kept), and stored as uint8
+``[N, C, H, W]`` in an ``.npz`` under the cache folder, keyed by the file list, every file's
+size and mtime, and the image settings; the next run loads that file instead. ``predict`` on such
+a run converts new images with the same :func:`decode_image`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnistkit.data.audio import FolderKind, Progress, decode_cached, split_class_folders
+from mnistkit.data.types import LoadedData, Split
+from mnistkit.errors import DataError
+
+log = logging.getLogger("mnistkit.images")
+
+# Bump whenever decode_image() changes its output: it is part of the cache key.
+IMAGE_VERSION = 1
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGES = FolderKind(IMAGE_EXTENSIONS, "images", "*.png (or .jpg, .bmp, .gif, .webp)", "Add images")
+
+
+def decode_image(path: Path, channels: int, height: int, width: int) -> np.ndarray:
+    """One image file as uint8 ``[channels, height, width]``, as training and predict see it.
+
+    Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is enforced from its
+    warning threshold on, not only from twice that (where Pillow itself stops): a training folder
+    has no business holding a 90-megapixel image, and decoding one to resize it would take
+    seconds and gigabytes. Raises on anything that is not a complete image.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()  # decodes everything now: a truncated file fails here, not later
+            if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
+                # Transparent pixels become the background, black as in MNIST-like data.
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr)
+
+
+def _decoder(channels: int, height: int, width: int) -> Any:
+    return lambda path: decode_image(path, channels, height, width)
+
+
+def load_image_folder(
+    root: Path,
+    channels: int,
+    size: tuple[int, int],
+    cache_dir: Path | None,
+    skip_bad: bool,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> LoadedData:
+    """The folder ``root`` as uint8 tensors; mean/std are the training split's, per channel."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"Image folder {root} does not exist: expected {root}/<class name>/*.png (or .jpg, "
+            f"...), or {root}/train/<class name>/ and {root}/test/<class name>/. Fix: pass "
+            "--data-dir DIR or set data.root."
+        )
+    classes, train_names, test_names, how = split_class_folders(root, IMAGES, test_fraction, seed)
+    test_classes = {c for _, c in test_names}
+    if how.startswith("split by"):
+        missing = [c for c in classes if c not in test_classes]
+        if missing:
+            raise DataError(
+                f"Class folder(s) {', '.join(str(root / 'train' / c) for c in missing)} have no "
+                f"counterpart in {root / 'test'}: the test set could not measure them. Add test "
+                f"images under {root / 'test'}/<class>/, or remove these classes from train/."
+            )
+    height, width = size
+    all_names = sorted(name for name, _ in [*train_names, *test_names])
+    settings = {"image_version": IMAGE_VERSION, "channels": channels, "size": [height, width]}
+    feats = decode_cached(
+        "image_folder",
+        root,
+        all_names,
+        settings,
+        _decoder(channels, height, width),
+        (channels, height, width),
+        np.uint8,
+        cache_dir,
+        progress,
+    )
+    if feats.bad:
+        listing = "\n".join(f"  {root / name}: {reason}" for name, reason in sorted(feats.bad.items()))
+        if not skip_bad:
+            bomb = ""
+            if any("DecompressionBomb" in r for r in feats.bad.values()):
+                from PIL import Image
+
+                bomb = (
+                    f"A decompression bomb is an image with more pixels than Pillow's limit "
+                    f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}): shrink it.\n"
+                )
+            raise DataError(
+                f"{len(feats.bad)} file(s) under {root} cannot be used as images:\n{listing}\n"
+                f"{bomb}Fix or remove these files, or set `data.skip_bad_files: true` in the "
+                "recipe to train without them."
+            )
+        log.warning("skipped %d unreadable image(s) under %s:\n%s", len(feats.bad), root, listing)
+
+    label = {c: i for i, c in enumerate(classes)}
+    train = [(f, label[c]) for f, c in train_names if f not in feats.bad]
+    test = [(f, label[c]) for f, c in test_names if f not in feats.bad]
+    if not train or not test:
+        raise DataError(
+            f"Image folder {root}: {len(train)} usable training and {len(test)} test image(s) "
+            "after skipping unreadable files; both sets need at least one. Fix the files listed "
+            "above."
+        )
+    import torch
+
+    row = {name: i for i, name in enumerate(feats.good)}
+
+    def split(items: list[tuple[str, int]]) -> Split:
+        idx = np.array([row[name] for name, _ in items], dtype=np.int64)
+        return Split(
+            x=torch.from_numpy(np.ascontiguousarray(feats.x[idx])),
+            y=torch.tensor([lab for _, lab in items], dtype=torch.int64),
+        )
+
+    tr = split(train)
+    # normalize: auto = the training split's own per-channel mean/std of [0, 1] pixels (the
+    # MNIST family's 0.1307/0.3081 are computed the same way); float64 sums, no float copy.
+    pixels = tr.x.numpy()
+    mean = pixels.mean(axis=(0, 2, 3), dtype=np.float64) / 255
+    std = pixels.std(axis=(0, 2, 3), dtype=np.float64) / 255
+    std = np.where(std > 0, std, 1.0)  # a constant channel: scale only, never divide by 0
+    origin = (
+        f"loaded from cache {feats.from_cache} in {feats.seconds:.2f} s"
+        if feats.from_cache is not None
+        else f"decoded in {feats.seconds:.1f} s"
+    )
+    source = (
+        f"image folder {root}: {len(classes)} classes, {len(train)} train / {len(test)} test "
+        f"images ({how}), {channels}x{height}x{width}; {origin}"
+    )
+    if feats.bad:
+        source += f"; {len(feats.bad)} unreadable file(s) skipped (data.skip_bad_files)"
+    return LoadedData(
+        train=tr,
+        test=split(test),
+        classes=classes,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        files=[root / name for name, _ in [*train, *test]],
+        source=source,
+    )
