@@ -212,9 +212,9 @@ def bench_epochs(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"{name} run failed (exit {p.returncode})")
     result: dict[str, Any] = {"epochs": args.epochs, "limit": args.limit, "augment": args.augment, "runs": {}}
     for name in variants:
-        from mnistkit.runs.directory import read_metrics
+        from mnistkit.runs.directory import RunDir
 
-        rows = read_metrics(tmp / name)
+        rows = RunDir(tmp / name).read_metrics()
         secs = [float(r["seconds"]) for r in rows]
         marks = {}
         for line in (tmp / f"{name}.cpu").read_text().split("\n"):

@@ -26,7 +26,7 @@ from mnistkit.cli.app import app
 from mnistkit.data import augment as A
 from mnistkit.errors import RecipeError
 from mnistkit.recipe.schema import load_recipe_text
-from mnistkit.runs.directory import read_metrics
+from mnistkit.runs.directory import RunDir
 from mnistkit.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,7 +239,7 @@ def test_augmentation_changes_training_not_evaluation_inputs(tmp_path: Path) -> 
         path.write_text(text)
         res = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / name)])
         assert res.exit_code == 0, res.output
-        rows[name] = read_metrics(tmp_path / name)[-1]
+        rows[name] = RunDir(tmp_path / name).read_metrics()[-1]
     # Every training image erased to black: the model learns nothing but the class prior...
     assert float(rows["erased"]["train_acc"]) < 0.2 < float(rows["plain"]["train_acc"])
     # ...and the test images it is evaluated on are the real ones (its guesses are bad on them).
@@ -283,13 +283,13 @@ def test_kill_9_mid_epoch_with_augmentation_resumes_exactly(tmp_path: Path) -> N
     assert res.exit_code == 0, res.output
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, out
-    assert len(read_metrics(killed)) == 1
+    assert len(RunDir(killed).read_metrics()) == 1
 
     res = CliRunner().invoke(app, ["run", "--resume", str(killed), "--progress", "plain"])
     assert res.exit_code == 0, res.output
     cols = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
-    assert [{k: r[k] for k in cols} for r in read_metrics(killed)] == [
-        {k: r[k] for k in cols} for r in read_metrics(ref)
+    assert [{k: r[k] for k in cols} for r in RunDir(killed).read_metrics()] == [
+        {k: r[k] for k in cols} for r in RunDir(ref).read_metrics()
     ]
     want, got = load_checkpoint(ref / "last.pt"), load_checkpoint(killed / "last.pt")
     for key, tensor in want["model"].items():
