@@ -11,25 +11,31 @@ see :mod:`mnistkit.training.faults` and docs/runs.md.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from rich.markup import escape
 
 from mnistkit.build.components import build_augment, build_loss, build_model, build_optimizer, build_schedule
 from mnistkit.data.augment import Augment
 from mnistkit.data.batches import Prepared, num_batches
 from mnistkit.data.loading import data_info, load_data
 from mnistkit.errors import RunError
+from mnistkit.fsutil import atomic_write_text
 from mnistkit.layers.shapes import ShapeError
-from mnistkit.recipe.metrics import format_metric, run_metrics
+from mnistkit.recipe.metrics import format_metric, run_metrics, selection_on_test_notes
 from mnistkit.recipe.model_check import model_size
-from mnistkit.recipe.schema import Recipe, resolved_dict
+from mnistkit.recipe.resume import RESUMABLE, edited_keys, with_resumable
+from mnistkit.recipe.schema import Recipe, load_recipe_text, resolved_dict
 from mnistkit.registry import registries
-from mnistkit.runs.directory import RunDir, run_process_alive
+from mnistkit.runs.directory import EDITED_RECIPE, RunDir, run_process_alive
 from mnistkit.tracking.console import Reporter, duration, make_reporter
 from mnistkit.tracking.tensorboard import TensorBoard, summary_writer_class
 from mnistkit.training.checkpoint import load_checkpoint, save_checkpoint
@@ -43,7 +49,7 @@ from mnistkit.training.device import (
 )
 from mnistkit.training.faults import with_test_hooks
 from mnistkit.training.loop import Hooks, NonFiniteLoss, train_loop
-from mnistkit.training.state import CHECKPOINT_FORMAT, LoopState, checkpoint_state, restore
+from mnistkit.training.state import CHECKPOINT_FORMAT, LoopState, check_format, checkpoint_state, restore
 
 __all__ = ["CHECKPOINT_FORMAT", "RunOptions", "RunResult", "Session", "run"]
 
@@ -55,6 +61,7 @@ class RunOptions:
     runs_root: Path = Path("runs")
     resume: Path | None = None
     progress: str | None = None  # overrides train.progress
+    command: str = "mnistkit"  # how the user ran mnistkit, for the resume hint (cli/invocation.py)
 
 
 @dataclass
@@ -110,24 +117,17 @@ class Session:
 
     # ------------------------------------------------------------------ set-up
     def set_up(self) -> None:
-        """Device and threads, the display, and the run directory (new, or the resumed one)."""
-        recipe, opts = self.recipe, self.opts
+        """The resumed checkpoint, device and threads, the display, and the run directory."""
+        opts = self.opts
         self.reg = registries()
+        notes = self._load_resume_checkpoint() if opts.resume is not None else []
+        recipe = self.recipe  # the checkpoint's recipe where recipe.yaml was edited since
         self.device = resolve_device(recipe.train.device)
         self.threads = configure_device(recipe, self.device)
         check_weights_fit(model_size(recipe, self.reg), self.device)  # before any data or run dir
         self.reporter = make_reporter(opts.progress or recipe.train.progress)
         if recipe.train.tensorboard:
             summary_writer_class()  # a missing package fails now, not after loading the data
-        if opts.resume is not None:
-            self.previous = RunDir(opts.resume).read_status()
-            pid = self.previous.get("pid")
-            if self.previous.get("status") == "running" and pid != os.getpid() and run_process_alive(pid):
-                raise RunError(
-                    f"--resume {opts.resume}: that run is still running (process {pid}); "
-                    "stop it first (Ctrl-C saves a checkpoint), then resume"
-                )
-            self.resume_ckpt = load_checkpoint(RunDir(opts.resume).checkpoint_path("last"))
         if self.resume_ckpt is None:
             self.run = RunDir.create(opts.runs_root, recipe.name or "run", opts.out)
         else:
@@ -140,7 +140,56 @@ class Session:
         )
         self.reporter.header(
             [("recipe", recipe.name or ""), ("run dir", str(self.run.path)), ("device", shown)]
+            + [("selection", note) for note in selection_on_test_notes(run_metrics(recipe))]
         )
+        for note in notes:
+            self.reporter.message(note)
+
+    def _load_resume_checkpoint(self) -> list[str]:
+        """``--resume``: refuse a live run, load last.pt, check its format and its recipe.
+
+        A recipe.yaml edited by hand since the checkpoint is not what the weights were trained
+        with: the run continues with the checkpoint's recipe (only the RESUMABLE keys may change)
+        and the returned notes say which keys were set back and how to change a setting instead.
+        """
+        opts = self.opts
+        resumed = RunDir(opts.resume)  # type: ignore[arg-type]
+        self.previous = resumed.read_status()
+        pid = self.previous.get("pid")
+        if self.previous.get("status") == "running" and pid != os.getpid() and run_process_alive(pid):
+            raise RunError(
+                f"--resume {opts.resume}: that run is still running (process {pid}); "
+                "stop it first (Ctrl-C saves a checkpoint), then resume"
+            )
+        path = resumed.checkpoint_path("last")
+        self.resume_ckpt = load_checkpoint(path)
+        check_format(self.resume_ckpt, path)
+        saved = self.resume_ckpt.get("recipe")
+        if not isinstance(saved, dict):
+            return []
+        current = resolved_dict(self.recipe, self.reg)
+        edits = edited_keys(saved, current)
+        if not edits:
+            return []
+        self.recipe = load_recipe_text(
+            yaml.safe_dump(with_resumable(saved, current), sort_keys=False),
+            f"{path} (its recipe)",
+            reg=self.reg,
+        )
+        # The user's edit is kept beside the run, never lost when recipe.yaml is rewritten.
+        kept = resumed.path / EDITED_RECIPE
+        atomic_write_text(kept, resumed.recipe_path.read_text(encoding="utf-8"))
+        shown = "; ".join(f"{k}: {_yaml_value(a)} (recipe.yaml: {_yaml_value(b)})" for k, a, b in edits)
+        return [
+            escape(
+                f"recipe.yaml was edited since the checkpoint: the run continues as it was trained, "
+                f"with the checkpoint's {shown}. Your edited file is kept as {kept}."
+            ),
+            escape(
+                f"On --resume only {', '.join(RESUMABLE)} can change, with --set KEY=VALUE; to train "
+                f"with the edited recipe, start a new run: {opts.command} run {shlex.quote(str(kept))}"
+            ),
+        ]
 
     # ------------------------------------------------------------------ data
     def load(self) -> None:
@@ -234,7 +283,13 @@ class Session:
     def record_start(self) -> None:
         """recipe.yaml, data.json, env.json, and status.json saying 'running'."""
         recipe, run, data = self.recipe, self.run, self.data
-        run.write_recipe(resolved_dict(recipe, self.reg))
+        resolved = resolved_dict(recipe, self.reg)
+        root = self.data_dir if self.data_dir is not None else recipe.data.root
+        if root is not None:
+            # The folder the data came from, absolute: `run RUN/recipe.yaml` finds the same files
+            # from any folder and offline, instead of trying to download them.
+            resolved["data"]["root"] = str(Path(root).expanduser().resolve())
+        run.write_recipe(resolved, self.opts.command)
         run.keep_plugins(list(recipe.plugins))  # the run directory stays self-contained
         run.write_data_info(data_info(recipe, data, self.data_dir))
         run.write_env(
@@ -253,6 +308,8 @@ class Session:
             name=recipe.name,
             epochs=recipe.epochs,
             best_metric=run_metrics(recipe).best,
+            # What is chosen on the test set (best.pt, early stopping, plateau), said, not hidden.
+            selected_on_test=selection_on_test_notes(run_metrics(recipe)),
             pid=os.getpid(),
             ended=None,
             error=None,
@@ -296,6 +353,8 @@ class Session:
             run.write_status(
                 status="interrupted", ended=time.time(), stop_reason="interrupted (second Ctrl-C)"
             )
+            if run.checkpoint_path("last").exists():
+                reporter.message(escape(f"resume:    {self.resume_command}"))
             raise
         except BaseException as exc:
             run.write_status(status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}")
@@ -338,6 +397,11 @@ class Session:
             _write_plots(self.run.path, self.recipe, self.model, self.data, state, self.reporter)
 
     @property
+    def resume_command(self) -> str:
+        """The command that continues this run, as the user ran mnistkit (cli/invocation.py)."""
+        return f"{self.opts.command} run --resume {shlex.quote(str(self.run.path))}"
+
+    @property
     def train_seconds(self) -> float:
         return sum(r["seconds"] for r in self.state.rows)
 
@@ -361,10 +425,11 @@ class Session:
             best_metric = run_metrics(self.recipe).best
             shown = format_metric(best_metric, state.best)
             lines.append(("best", f"{best_metric} {shown} at epoch {state.best_epoch} (best.pt)"))
+        lines += [("selection", note) for note in selection_on_test_notes(run_metrics(self.recipe))]
         lines.append(("saved", str(run_dir)))
         if status == "interrupted":
             if self.recipe.train.checkpoint:
-                lines.append(("resume", f"mnistkit run --resume {run_dir}"))
+                lines.append(("resume", self.resume_command))
             else:
                 lines.append(("resume", "not possible: this run has train.checkpoint: false"))
         self.reporter.summary(lines)
@@ -377,6 +442,10 @@ class Session:
             state.best,
             state.best_epoch,
         )
+
+
+def _yaml_value(v: Any) -> str:
+    return json.dumps(v) if not isinstance(v, str) else v
 
 
 def _schedule_note(recipe: Recipe, old_epochs: int | None, steps: int) -> str:

@@ -227,7 +227,7 @@ def test_compare_shows_differing_keys_and_metrics_side_by_side(tmp_path: Path) -
     same = invoke("compare", a, a)
     assert same.exit_code == 0 and "identical" in same.output
     missing = invoke("compare", a, tmp_path / "nope")
-    assert missing.exit_code == 1 and "not a run directory" in missing.output
+    assert missing.exit_code == 1 and f"{tmp_path / 'nope'}: no such folder" in missing.output
 
 
 def test_env_json_is_written_and_sane(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from mnistkit.errors import RecipeError, RunError
+from mnistkit.recipe.resume import RESUMABLE
 
 app = typer.Typer(
     name="mnistkit",
@@ -202,6 +203,7 @@ def run(
         else:
             assert recipe is not None
             rec = load_recipe(recipe, set_ or [])
+        from mnistkit.cli.invocation import invoked_as
         from mnistkit.session import RunOptions
         from mnistkit.session import run as run_recipe
 
@@ -213,22 +215,13 @@ def run(
                 runs_root=runs_root or Path("runs"),
                 resume=resume,
                 progress=progress,
+                command=invoked_as(),
             ),
         )
         if result.status == "interrupted":
             raise typer.Exit(130)
 
     guarded(body)
-
-
-RESUMABLE = (
-    "epochs",
-    "train.progress",
-    "train.plots",
-    "train.tensorboard",
-    "train.threads",
-    "data.root",
-)
 
 
 def _resume_recipe(run_dir: Path, overrides: list[str]) -> Any:

@@ -119,9 +119,11 @@ def checkpoint_when(ckpt: dict[str, Any]) -> str:
 def load_run_checkpoint(run: RunDir, checkpoint: str) -> tuple[dict[str, Any], Path]:
     """The checkpoint's state (weights_only: refuses files that could run code)."""
     from mnistkit.training.checkpoint import load_checkpoint
+    from mnistkit.training.state import check_format
 
     path = run.existing_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
+    check_format(ckpt, path)
     if not isinstance(ckpt.get("model"), dict):
         raise RunError(f"{path} has no model weights: it was not written by mnistkit")
     return ckpt, path

@@ -77,6 +77,9 @@ class RunMetrics:
     stop: str | None  # early stopping's metric (None without train.early_stopping)
     stop_mode: Mode
     target: str  # what train.target_accuracy compares with: val_acc, else test_acc
+    #: What this run selects on the test set: ("best.pt", "test_acc", explicit?) triples, for the
+    #: run header, the summary and status.json (see :func:`selection_on_test_notes`).
+    on_test: tuple[tuple[str, str, bool], ...] = ()
 
 
 def run_metrics(recipe: Any) -> RunMetrics:
@@ -89,4 +92,42 @@ def run_metrics(recipe: Any) -> RunMetrics:
     stop_mode: Mode = "min"
     if es is not None and stop is not None:
         stop_mode = es.mode if es.mode != "auto" else metric_mode(stop)
-    return RunMetrics(has_val, best, metric_mode(best), stop, stop_mode, auto_metric("acc", has_val))
+    on_test: list[tuple[str, str, bool]] = []
+    if t.checkpoint and best.startswith("test_"):
+        on_test.append(("best.pt", best, t.best_metric != "auto"))
+    if es is not None and stop is not None and stop.startswith("test_"):
+        on_test.append(("early stopping", stop, es.metric != "auto"))
+    plateau = _plateau_metric(recipe)
+    if plateau is not None and plateau[0].startswith("test_"):
+        on_test.append(("the plateau scheduler", *plateau))
+    return RunMetrics(
+        has_val, best, metric_mode(best), stop, stop_mode, auto_metric("acc", has_val), tuple(on_test)
+    )
+
+
+def _plateau_metric(recipe: Any) -> tuple[str, bool] | None:
+    """The metric a ``plateau`` scheduler watches, and whether the recipe names it."""
+    sched = getattr(recipe, "scheduler", None)
+    if sched is None or getattr(sched, "name", None) != "plateau":
+        return None
+    # The spec carries the registry's default (registry/builtins.py) when the recipe names none.
+    metric = sched.model_dump().get("metric") or "test_loss"
+    return metric, "metric" in sched.model_fields_set
+
+
+def selection_on_test_notes(metrics: RunMetrics) -> list[str]:
+    """One line per thing chosen on the test set, saying so and how to avoid it.
+
+    A run without ``data.val_split`` still trains as the recipe says (the tutorial evaluates on
+    the test set every epoch), but nothing is selected on the test set without a word: the run
+    header, the summary and status.json say what was.
+    """
+    lines = []
+    for what, metric, explicit in metrics.on_test:
+        chosen = f"{what} is selected on {metric}" if what == "best.pt" else f"{what} watches {metric}"
+        why = "as the recipe says" if explicit else "the recipe has no data.val_split"
+        lines.append(
+            f"{chosen}: the test set ({why}); "
+            "set data.val_split to select on a validation set"
+        )
+    return lines

@@ -1,7 +1,9 @@
 """The run directory: everything a run leaves behind, never overwriting an existing run.
 
 runs/<name>-<YYYYmmdd-HHMMSS>/
-    recipe.yaml    the fully resolved recipe (every default spelled out), re-runnable as is
+    recipe.yaml    the fully resolved recipe (every default spelled out), re-runnable as is:
+                   data.root is the folder the data came from (--data-dir), absolute
+    recipe.edited.yaml   a recipe.yaml edited by hand, kept aside when --resume sets it back
     metrics.csv    one row per epoch
     status.json    running / finished / interrupted / failed, timings, best metric
     env.json       versions, device, seed, git commit, dataset file hashes
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
     from mnistkit.recipe.schema import Recipe
 
 NOT_A_RUN_DIR = "not a run directory (no recipe.yaml)"
+#: Where ``--resume`` keeps a recipe.yaml that was edited by hand since the checkpoint, before
+#: recipe.yaml is rewritten with the recipe the run actually continues with.
+EDITED_RECIPE = "recipe.edited.yaml"
 CHECKPOINTS = ("best", "last")
 
 
@@ -89,8 +94,13 @@ class RunDir:
         ``what`` prefixes the message with the option that named the folder (e.g. ``--resume``).
         """
         run = cls(path)
+        prefix = what + " " if what else ""
+        if not run.path.exists():
+            raise RunError(f"{prefix}{run.path}: no such folder")
+        if not run.path.is_dir():
+            raise RunError(f"{prefix}{run.path}: not a folder (give a run directory)")
         if not run.recipe_path.is_file():
-            raise RunError(f"{what + ' ' if what else ''}{run.path}: {NOT_A_RUN_DIR}")
+            raise RunError(f"{prefix}{run.path}: {NOT_A_RUN_DIR}")
         return run
 
     @classmethod
@@ -160,9 +170,10 @@ class RunDir:
         return not any(self.path.iterdir())
 
     # -------------------------------------------------------------- recipe.yaml
-    def write_recipe(self, resolved: dict[str, Any]) -> Path:
+    def write_recipe(self, resolved: dict[str, Any], command: str = "mnistkit") -> Path:
+        """recipe.yaml; its first line says how to run it again (``command``: how mnistkit was run)."""
         path = self.recipe_path
-        text = "# Fully resolved recipe written by mnistkit: re-run with `mnistkit run " + str(path) + "`\n"
+        text = f"# Fully resolved recipe written by mnistkit: re-run with `{command} run {path}`\n"
         text += yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None, width=100)
         atomic_write_text(path, text)
         return path

@@ -1,7 +1,8 @@
 """What a run's checkpoint holds, and how a run continues from one (``--resume``).
 
-``CHECKPOINT_FORMAT`` is written into every checkpoint; checkpoints of older mnistkit versions
-(the same keys, format 1) are read as they are. The file itself is written and read safely by
+``CHECKPOINT_FORMAT`` is written into every checkpoint (every mnistkit version has written it)
+and checked by :func:`check_format` wherever one is loaded: ``--resume``, ``eval``, ``predict``,
+``export``. The file itself is written and read safely by
 :mod:`mnistkit.training.checkpoint`.
 """
 
@@ -12,10 +13,30 @@ from typing import Any
 
 import torch
 
+from mnistkit.errors import RunError
 from mnistkit.recipe.schema import Recipe, resolved_dict
 from mnistkit.training.checkpoint import plain_scheduler_state
 
 CHECKPOINT_FORMAT = 1
+
+
+def check_format(ckpt: dict[str, Any], path: Any) -> None:
+    """A RunError unless ``ckpt`` is in the format this mnistkit reads (:data:`CHECKPOINT_FORMAT`).
+
+    A newer format needs a newer mnistkit; a missing or unknown one was not written by mnistkit.
+    """
+    fmt = ckpt.get("format")
+    if fmt == CHECKPOINT_FORMAT and type(fmt) is int:
+        return
+    if type(fmt) is int and fmt > CHECKPOINT_FORMAT:
+        raise RunError(
+            f"{path}: checkpoint format {fmt} was written by a newer mnistkit (this one reads format "
+            f"{CHECKPOINT_FORMAT}): upgrade mnistkit (pip install -U mnistkit, or git pull and make setup)"
+        )
+    what = "has no checkpoint format" if fmt is None else f"has an unknown checkpoint format {fmt!r}"
+    raise RunError(
+        f"{path} {what}: it was not written by mnistkit (mnistkit writes format {CHECKPOINT_FORMAT})"
+    )
 
 
 @dataclass
