@@ -126,8 +126,5 @@ def selection_on_test_notes(metrics: RunMetrics) -> list[str]:
     for what, metric, explicit in metrics.on_test:
         chosen = f"{what} is selected on {metric}" if what == "best.pt" else f"{what} watches {metric}"
         why = "as the recipe says" if explicit else "the recipe has no data.val_split"
-        lines.append(
-            f"{chosen}: the test set ({why}); "
-            "set data.val_split to select on a validation set"
-        )
+        lines.append(f"{chosen}: the test set ({why}); set data.val_split to select on a validation set")
     return lines
