@@ -27,7 +27,7 @@ from mnistkit.build.components import build_augment, build_loss, build_model, bu
 from mnistkit.data.augment import Augment
 from mnistkit.data.batches import Prepared, num_batches
 from mnistkit.data.loading import data_info, load_data
-from mnistkit.errors import RunError
+from mnistkit.errors import RecipeError, RunError
 from mnistkit.fsutil import atomic_write_text
 from mnistkit.layers.shapes import ShapeError
 from mnistkit.recipe.metrics import format_metric, run_metrics, selection_on_test_notes
@@ -168,6 +168,10 @@ class Session:
         if not isinstance(saved, dict):
             return []
         current = resolved_dict(self.recipe, self.reg)
+        try:  # both resolved the same way, so keys this version writes differently are no edit
+            saved = resolved_dict(load_recipe_text(yaml.safe_dump(saved), str(path), reg=self.reg), self.reg)
+        except RecipeError:
+            pass  # a recipe an older mnistkit accepted: compare what it wrote
         edits = edited_keys(saved, current)
         if not edits:
             return []
