@@ -22,8 +22,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mnistkit.cli import app
-from mnistkit.rundir import read_metrics
+from mnistkit.cli.app import app
+from mnistkit.runs.directory import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
 
