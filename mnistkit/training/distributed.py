@@ -380,8 +380,11 @@ def launch(nproc: int, worker_args: list[str]) -> int:
 
 
 def _report_failures(exc: Any, nproc: int) -> int:
-    """One line naming the process that failed first (the root cause: its own message is above);
-    the others were stopped by torchrun or failed because it did."""
+    """A line per process that failed by itself, in rank order (their own messages are above).
+
+    Processes that torchrun stopped with SIGTERM after another one failed are left out; a
+    process that failed because its peer died says so in its own message (``peer_failure``).
+    """
     failures = exc.failures  # global rank -> ProcessFailure
     if not failures:
         print(f"error: {exc}", file=sys.stderr)
@@ -393,18 +396,20 @@ def _report_failures(exc: Any, nproc: int) -> int:
             file=sys.stderr,
         )
         return 130
-    rank, first = min(failures.items(), key=lambda item: item[1].timestamp)
-    how = (
-        f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"exited with code {first.exitcode}"
-    )
-    others = len(failures) - 1
+    stopped_by_torchrun = -int(signal.SIGTERM)
+    failed = {r: f for r, f in failures.items() if f.exitcode != stopped_by_torchrun} or failures
+    for rank, f in sorted(failed.items()):
+        how = f"was killed by {f.signal_name()}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
+        print(f"error: process rank {rank} (pid {f.pid}) {how}", file=sys.stderr)
+    others = len(failures) - len(failed)
     print(
-        f"error: process rank {rank} (pid {first.pid}) {how}"
-        + ("" if first.exitcode < 0 else " (its message is above)")
-        + ("; torchrun stopped the other processes" if others or len(failures) == 1 else ""),
+        "       "
+        + (f"torchrun stopped the other {others} process(es); " if others else "")
+        + "each process's own message is above",
         file=sys.stderr,
     )
-    return first.exitcode if first.exitcode > 0 else 1
+    code = next(iter(sorted(failed.items())))[1].exitcode
+    return code if code > 0 else 1
 
 
 def peer_failure(exc: BaseException) -> str | None:
