@@ -75,7 +75,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dist")
     recipe = root / "recipe.yaml"
     recipe.write_text(RECIPE, encoding="utf-8")
-    dirs = {name: root / name for name in ("two", "two_torchrun", "one")}
+    dirs = {name: root / name for name in ("two", "two_torchrun", "one", "ctrl_c")}
     procs = {
         "two": _mnistkit("run", recipe, "--nproc", "2", "--out", dirs["two"]),
         "two_torchrun": subprocess.Popen(
@@ -99,10 +99,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             text=True,
         ),
         "one": _mnistkit("run", recipe, "--out", dirs["one"]),
+        # A Ctrl-C that reaches one process only, mid-epoch (torchrun forwards a real one to all).
+        "ctrl_c": _mnistkit(
+            "run",
+            recipe,
+            "--nproc",
+            "2",
+            "--out",
+            dirs["ctrl_c"],
+            MNISTKIT_KILL_AT="2:5:INT",
+            MNISTKIT_HOOK_RANK="1",
+        ),
     }
     for name, proc in procs.items():
         code, output = _finish(proc)
-        assert code == 0, f"{name}: exit {code}\n{output}"
+        expected = 130 if name == "ctrl_c" else 0
+        assert code == expected, f"{name}: exit {code}\n{output}"
     dirs["recipe"] = recipe
     return dirs
 
@@ -149,6 +161,7 @@ def test_run_directory_written_by_rank_zero(runs: dict[str, Path]) -> None:
     assert ckpt["world_size"] == 2 and len(ckpt["rank_rng"]) == 2
     # Nothing written twice or under another name: only rank 0 created a run directory.
     assert sorted(p.name for p in runs["two"].parent.iterdir() if p.is_dir()) == [
+        "ctrl_c",
         "one",
         "two",
         "two_torchrun",
@@ -160,6 +173,17 @@ def test_resume_with_another_process_count_is_refused(runs: dict[str, Path]) -> 
     assert result.exit_code == 1
     assert "trained with 2 process(es), this is 1" in result.output
     assert "--nproc 2" in result.output
+
+
+def test_ctrl_c_on_one_rank_stops_all_at_one_step_and_resumes_exactly(runs: dict[str, Path]) -> None:
+    run_dir = runs["ctrl_c"]
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 5)  # epoch 2 (0-based 1), after step 5: one step for all
+    code, output = _finish(_mnistkit("run", "--resume", run_dir, "--nproc", "2"))
+    assert code == 0, output
+    assert _columns(run_dir) == _columns(runs["two"])
+    for key, value in _model(runs["two"]).items():
+        assert torch.equal(_model(run_dir)[key], value), key
 
 
 def _time_to_exit_after(proc: subprocess.Popen[str], marker: str, timeout: float = 240) -> tuple[float, str]:
