@@ -103,7 +103,7 @@ class Session:
 
     recipe: Recipe
     opts: RunOptions
-    ctx: distributed.Context = distributed.SINGLE
+    ctx: distributed.Context = field(default_factory=lambda: distributed.SINGLE)
     reg: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     threads: int = 0
