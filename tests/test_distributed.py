@@ -23,7 +23,7 @@ import torch
 from typer.testing import CliRunner
 
 from mnistkit.cli.app import app
-from mnistkit.runs.directory import read_metrics
+from mnistkit.runs.directory import RunDir
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
 
@@ -119,12 +119,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return dirs
 
 
+def _metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return RunDir(run_dir).read_metrics()
+
+
 def _model(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "last.pt", weights_only=True)["model"]
 
 
 def _columns(run_dir: Path) -> list[tuple[Any, ...]]:
-    return [tuple(r[c] for c in COMPARED) for r in read_metrics(run_dir)]
+    return [tuple(r[c] for c in COMPARED) for r in _metrics(run_dir)]
 
 
 def test_two_processes_match_one(runs: dict[str, Path]) -> None:
@@ -132,7 +136,7 @@ def test_two_processes_match_one(runs: dict[str, Path]) -> None:
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], msg=lambda m, k=key: f"{k}: {m}")
-    m1, m2 = read_metrics(runs["one"]), read_metrics(runs["two"])
+    m1, m2 = _metrics(runs["one"]), _metrics(runs["two"])
     assert len(m1) == len(m2) == 2
     for r1, r2 in zip(m1, m2, strict=True):
         assert r2["train_acc"] == r1["train_acc"]
@@ -243,7 +247,7 @@ def test_kill_9_then_resume_equals_uninterrupted(runs: dict[str, Path], tmp_path
     assert proc.returncode != 0, output
     assert after < 30, output
     assert "killed by SIGKILL" in output
-    assert [r["epoch"] for r in read_metrics(run_dir)] == [1]  # epoch 2 was cut off
+    assert [r["epoch"] for r in _metrics(run_dir)] == [1]  # epoch 2 was cut off
 
     code, output = _finish(_mnistkit("run", "--resume", run_dir, "--nproc", "2"))
     assert code == 0, output
