@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from mnistkit.registry import registries
 from mnistkit.runs.directory import EDITED_RECIPE, RunDir, run_process_alive
 from mnistkit.tracking.console import Reporter, duration, make_reporter
 from mnistkit.tracking.tensorboard import TensorBoard, summary_writer_class
+from mnistkit.training import distributed
 from mnistkit.training.checkpoint import load_checkpoint, save_checkpoint
 from mnistkit.training.device import (
     _busy_note,
@@ -76,16 +78,31 @@ class RunResult:
 
 
 def run(recipe: Recipe, opts: RunOptions) -> RunResult:
-    """Train ``recipe``; write everything to a new run directory (or continue ``opts.resume``)."""
-    session = Session(recipe, opts)
-    session.set_up()
-    session.load()
-    session.build()
-    session.restore()
-    session.record_start()
-    session.train()
-    session.record_end()
-    return session.summarize()
+    """Train ``recipe``; write everything to a new run directory (or continue ``opts.resume``).
+
+    Under torchrun this process is one of several (distributed.setup joins the process group);
+    alone it runs with the trivial context and no collectives.
+    """
+    ctx, device = distributed.setup(resolve_device(recipe.train.device))
+    session = Session(recipe, opts, ctx=ctx, device=device)
+    try:
+        session.set_up()
+        session.load()
+        session.build()
+        session.restore()
+        session.record_start()
+        session.train()
+        if not ctx.is_main:  # the rest writes files and prints: rank 0's part
+            return session.result()
+        session.record_end()
+        return session.summarize()
+    except RuntimeError as exc:  # gloo/nccl report a dead peer as a RuntimeError subclass
+        why = distributed.peer_failure(exc) if ctx.distributed else None
+        if why is None:
+            raise
+        raise RunError(why) from None
+    finally:
+        ctx.close()
 
 
 @dataclass
@@ -94,6 +111,7 @@ class Session:
 
     recipe: Recipe
     opts: RunOptions
+    ctx: distributed.Context = field(default_factory=lambda: distributed.SINGLE)
     reg: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     threads: int = 0
@@ -114,22 +132,27 @@ class Session:
     compile_seconds: float | None = None
     started: float = 0.0
     status: str = "failed"
+    batchnorm: str = "none"  # distributed: sync | per-rank | none
 
     # ------------------------------------------------------------------ set-up
     def set_up(self) -> None:
-        """The resumed checkpoint, device and threads, the display, and the run directory."""
+        """The resumed checkpoint, threads, the display, and the run directory (new, or resumed).
+
+        The device comes from ``distributed.setup`` (one process: ``train.device``)."""
         opts = self.opts
+        ctx = self.ctx
         self.reg = registries()
         notes = self._load_resume_checkpoint() if opts.resume is not None else []
         recipe = self.recipe  # the checkpoint's recipe where recipe.yaml was edited since
-        self.device = resolve_device(recipe.train.device)
         self.threads = configure_device(recipe, self.device)
         check_weights_fit(model_size(recipe, self.reg), self.device)  # before any data or run dir
-        self.reporter = make_reporter(opts.progress or recipe.train.progress)
+        # Only rank 0 prints (and writes the run directory); the others train silently.
+        self.reporter = make_reporter(opts.progress or recipe.train.progress if ctx.is_main else "none")
         if recipe.train.tensorboard:
             summary_writer_class()  # a missing package fails now, not after loading the data
-        if self.resume_ckpt is None:
-            self.run = RunDir.create(opts.runs_root, recipe.name or "run", opts.out)
+        if self.resume_ckpt is None:  # rank 0 chooses the name (it contains the time), all learn it
+            made = RunDir.create(opts.runs_root, recipe.name or "run", opts.out) if ctx.is_main else None
+            self.run = RunDir(Path(ctx.broadcast_object(str(made.path) if made is not None else None)))
         else:
             self.run = RunDir(opts.resume)  # type: ignore[arg-type]
         device = self.device
@@ -137,7 +160,7 @@ class Session:
             f"{device} ({self.threads} threads){_busy_note(self.threads)}"
             if device.type == "cpu"
             else str(device)
-        )
+        ) + (_world_note(ctx) if ctx.distributed else "")
         self.reporter.header(
             [("recipe", recipe.name or ""), ("run dir", str(self.run.path)), ("device", shown)]
             + [("selection", note) for note in selection_on_test_notes(run_metrics(recipe))]
@@ -156,7 +179,12 @@ class Session:
         resumed = RunDir(opts.resume)  # type: ignore[arg-type]
         self.previous = resumed.read_status()
         pid = self.previous.get("pid")
-        if self.previous.get("status") == "running" and pid != os.getpid() and run_process_alive(pid):
+        if (
+            self.ctx.is_main  # the pid is rank 0's, on rank 0's machine
+            and self.previous.get("status") == "running"
+            and pid != os.getpid()
+            and run_process_alive(pid)
+        ):
             raise RunError(
                 f"--resume {opts.resume}: that run is still running (process {pid}); "
                 "stop it first (Ctrl-C saves a checkpoint), then resume"
@@ -164,6 +192,7 @@ class Session:
         path = resumed.checkpoint_path("last")
         self.resume_ckpt = load_checkpoint(path)
         check_format(self.resume_ckpt, path)
+        _check_world_size(opts.resume, self.resume_ckpt, self.ctx)  # type: ignore[arg-type]
         saved = self.resume_ckpt.get("recipe")
         if not isinstance(saved, dict):
             return []
@@ -202,12 +231,21 @@ class Session:
         self.data_dir = self.opts.data_dir
         if self.data_dir is None and self.resume_ckpt is not None:
             self.data_dir = self.run.recorded_data_dir()  # the --data-dir the run was started with
+        ctx = self.ctx
         try:
-            data = load_data(recipe, self.reg, self.data_dir, self.device, self.reporter)
+            with ctx.main_first():  # downloads and feature caches: made once, by rank 0
+                data = load_data(recipe, self.reg, self.data_dir, self.device, self.reporter)
         except BaseException:
-            if self.resume_ckpt is None and self.run.is_empty():
+            if ctx.is_main and self.resume_ckpt is None and self.run.is_empty():
                 self.run.path.rmdir()  # no data, no run: leave no empty run directory behind
             raise
+        if ctx.distributed:
+            if recipe.data.loader != "memory":
+                raise RunError(
+                    "data.loader: dataloader is not supported with several processes yet; "
+                    "use data.loader: memory (the default)"
+                )
+            ctx.check_shards(len(data.train.y), recipe.data.batch_size, recipe.data.drop_last)
         self.data = data
         n_val = len(data.val.y) if data.val is not None else 0
         split_sizes = (
@@ -237,6 +275,12 @@ class Session:
         except ShapeError as exc:
             raise RunError(f"model does not fit the data: {exc}") from None
         model.to(device)
+        model, self.batchnorm = distributed.maybe_sync_batchnorm(model, self.ctx, device)
+        self.ctx.broadcast_module(model)  # every rank starts from rank 0's weights
+        if self.ctx.distributed:
+            # Distinct dropout streams per rank (the same stream would give every rank's shard
+            # the same masks); saved per rank in checkpoints.
+            torch.manual_seed(recipe.seed * 1_000_003 + 1 + self.ctx.rank)
         if uses_channels_last(model, device):
             model.to(memory_format=torch.channels_last)  # the loop converts batches to match
         self.reporter.model_summary(
@@ -263,7 +307,9 @@ class Session:
         """Continue from last.pt (``--resume``); then compile (``train.compile``), off the clock."""
         recipe, ckpt = self.recipe, self.resume_ckpt
         if ckpt is not None:
-            self.state = restore(ckpt, self.model, self.optimizer, self.schedule.scheduler, self.generator)
+            self.state = restore(
+                ckpt, self.model, self.optimizer, self.schedule.scheduler, self.generator, self.ctx
+            )
             state = self.state
             where = f"epoch {state.epoch + 1}" + (f", step {state.step + 1}" if state.step else "")
             self.reporter.message(f"resuming {self.run.path} at {where}")
@@ -287,6 +333,9 @@ class Session:
     def record_start(self) -> None:
         """recipe.yaml, data.json, env.json, and status.json saying 'running'."""
         recipe, run, data = self.recipe, self.run, self.data
+        self.started = time.time()
+        if not self.ctx.is_main:
+            return
         resolved = resolved_dict(recipe, self.reg)
         root = self.data_dir if self.data_dir is not None else recipe.data.root
         if root is not None:
@@ -302,8 +351,13 @@ class Session:
             threads=self.threads,
             data_source=data.source,
             files=data.files,
+            distributed={
+                "world_size": self.ctx.world_size,
+                "backend": self.ctx.backend,
+                "hosts": self.ctx.hosts or [platform.node()],
+                "batchnorm": self.batchnorm,
+            },
         )
-        self.started = time.time()
         resumed = self.resume_ckpt is not None
         run.write_status(
             status="running",
@@ -326,8 +380,13 @@ class Session:
         """The training loop, with its hooks wired to the display, TensorBoard and the run directory."""
         recipe, run, reporter = self.recipe, self.run, self.reporter
         done = self.state.epoch * self.steps + self.state.step
-        loss_fn = with_test_hooks(self.loss_fn, self.steps, done)
-        tb = TensorBoard(run.tensorboard_dir, self.state.epoch) if recipe.train.tensorboard else None
+        ctx = self.ctx
+        loss_fn = with_test_hooks(self.loss_fn, self.steps, done, ctx.rank)
+        tb = (
+            TensorBoard(run.tensorboard_dir, self.state.epoch)
+            if recipe.train.tensorboard and ctx.is_main
+            else None
+        )
         consumers = [reporter.epoch_end] + ([tb.on_epoch_end] if tb is not None else [])
 
         def epoch_end(row: dict[str, Any], improved: bool) -> None:
@@ -345,23 +404,26 @@ class Session:
         try:
             self.state = train_loop(
                 recipe, self.data, self.model, loss_fn, self.optimizer, self.schedule, self.state,
-                self.generator, hooks, self.device, self.augment,
+                self.generator, hooks, self.device, self.augment, ctx,
             )  # fmt: skip
             self.status = "interrupted" if self.state.stop_reason == "interrupted" else "finished"
         except NonFiniteLoss as exc:
             reporter.stop()
-            run.write_status(status="failed", ended=time.time(), error=str(exc))
+            if ctx.is_main:
+                run.write_status(status="failed", ended=time.time(), error=str(exc))
             raise RunError(str(exc)) from None
         except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep the last saved checkpoint
             self.status = "interrupted"
-            run.write_status(
-                status="interrupted", ended=time.time(), stop_reason="interrupted (second Ctrl-C)"
-            )
-            if run.checkpoint_path("last").exists():
-                reporter.message(escape(f"resume:    {self.resume_command}"))
+            if ctx.is_main:
+                run.write_status(
+                    status="interrupted", ended=time.time(), stop_reason="interrupted (second Ctrl-C)"
+                )
+                if run.checkpoint_path("last").exists():
+                    reporter.message(escape(f"resume:    {self.resume_command}"))
             raise
         except BaseException as exc:
-            run.write_status(status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}")
+            if ctx.is_main:
+                run.write_status(status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}")
             raise
         finally:
             reporter.stop()
@@ -370,18 +432,24 @@ class Session:
 
     def _save(self, st: LoopState, is_best: bool) -> None:
         """The loop's checkpoint hook: best.pt, last.pt, then metrics.csv."""
+        ctx = self.ctx
         if self.recipe.train.checkpoint:
-            ckpt = checkpoint_state(
-                st, self.model, self.optimizer, self.schedule.scheduler, self.generator, self.recipe
-            )
-            # best before last: a crash between the two leaves last.pt one epoch behind, so the
-            # resumed run redoes that epoch and writes best.pt again. The other order could
-            # leave a last.pt recording a best epoch whose weights best.pt never received.
-            if is_best:
-                save_checkpoint(self.run.checkpoint_path("best"), ckpt)
-            save_checkpoint(self.run.checkpoint_path("last"), ckpt)
+            # Every rank's RNG streams (a collective: every rank calls save at the same point).
+            rank_rng = ctx.gather_objects(distributed.rng_state()) if ctx.distributed else None
+            if ctx.is_main:
+                ckpt = checkpoint_state(
+                    st, self.model, self.optimizer, self.schedule.scheduler, self.generator, self.recipe,
+                    rank_rng,
+                )  # fmt: skip
+                # best before last: a crash between the two leaves last.pt one epoch behind, so
+                # the resumed run redoes that epoch and writes best.pt again. The other order
+                # could leave a last.pt recording a best epoch whose weights best.pt never got.
+                if is_best:
+                    save_checkpoint(self.run.checkpoint_path("best"), ckpt)
+                save_checkpoint(self.run.checkpoint_path("last"), ckpt)
         # After the checkpoints: metrics.csv never lists an epoch that --resume would redo.
-        self.run.write_metrics(st.rows, self.data.val is not None)
+        if ctx.is_main:
+            self.run.write_metrics(st.rows, self.data.val is not None)
 
     # ------------------------------------------------------------------ record the end
     def record_end(self) -> None:
@@ -403,7 +471,8 @@ class Session:
     @property
     def resume_command(self) -> str:
         """The command that continues this run, as the user ran mnistkit (cli/invocation.py)."""
-        return f"{self.opts.command} run --resume {shlex.quote(str(self.run.path))}"
+        nproc = f" --nproc {self.ctx.world_size}" if self.ctx.distributed else ""
+        return f"{self.opts.command} run --resume {shlex.quote(str(self.run.path))}{nproc}"
 
     @property
     def train_seconds(self) -> float:
@@ -437,10 +506,14 @@ class Session:
             else:
                 lines.append(("resume", "not possible: this run has train.checkpoint: false"))
         self.reporter.summary(lines)
+        return self.result()
+
+    def result(self) -> RunResult:
+        state, run_dir = self.state, self.run.path
         return RunResult(
             run_dir,
             state.rows,
-            status,
+            self.status,
             state.stop_reason or "",
             self.train_seconds,
             state.best,
@@ -450,6 +523,25 @@ class Session:
 
 def _yaml_value(v: Any) -> str:
     return json.dumps(v) if not isinstance(v, str) else v
+
+
+def _world_note(ctx: distributed.Context) -> str:
+    return f"; {ctx.world_size} processes ({ctx.backend}) on {len(ctx.hosts)} machine(s)"
+
+
+def _check_world_size(run_dir: Path, ckpt: dict[str, Any] | None, ctx: distributed.Context) -> None:
+    """--resume continues exactly only with the number of processes the run was trained with."""
+    saved = (ckpt or {}).get("world_size", 1)
+    if ckpt is None or saved == ctx.world_size:
+        return
+    how = "mnistkit run --resume RUN" + (f" --nproc {saved}" if saved > 1 else "")
+    raise RunError(
+        f"--resume {run_dir}: the run was trained with {saved} process(es), this is {ctx.world_size}. "
+        f"Resume it with {saved} ({how}, or torchrun with {saved} processes in all). A different "
+        "number is refused because it would not continue the same run: each process has its own "
+        "dropout random stream (saved per process), and batches would be split differently "
+        "(floating-point sums in another order, per-process BatchNorm statistics on CPU)"
+    )
 
 
 def _schedule_note(recipe: Recipe, old_epochs: int | None, steps: int) -> str:

@@ -109,7 +109,7 @@ def guarded(fn: Callable[[], T]) -> T:
         print_problems(exc)
         raise typer.Exit(2) from None
     except RunError as exc:
-        _stderr().print(f"[bold red]error:[/] {_esc(str(exc))}")
+        _stderr().print(f"[bold red]error:[/]{_rank_tag()} {_esc(str(exc))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         _stderr().print("interrupted")
@@ -120,10 +120,19 @@ def guarded(fn: Callable[[], T]) -> T:
         if _state["debug"]:
             raise
         _stderr().print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {_esc(str(exc))}\n"
+            f"[bold red]internal error:[/]{_rank_tag()} {type(exc).__name__}: {_esc(str(exc))}\n"
             "    run again with --debug for the traceback, and please report it"
         )
         raise typer.Exit(1) from None
+
+
+def _rank_tag() -> str:
+    """' (rank R)' in a process started by torchrun as one of several, so a failure names its
+    process; empty otherwise. (Read from the environment: no torch import here.)"""
+    import os
+
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    return f" (rank {rank})" if world.isdigit() and int(world) > 1 else ""
 
 
 def _esc(text: str) -> str:
@@ -175,6 +184,16 @@ def run(
     progress: Annotated[
         str | None, typer.Option("--progress", help="auto | rich | plain | none", metavar="MODE")
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc",
+            metavar="N",
+            help="Train with N processes on this machine (data-parallel, through torchrun; "
+            "data.batch_size stays the global batch). See docs/distributed.md.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a recipe: live progress, a row per epoch, everything saved to a run directory."""
 
@@ -203,6 +222,12 @@ def run(
         else:
             assert recipe is not None
             rec = load_recipe(recipe, set_ or [])
+        if nproc is not None:
+            # Checked here, after the recipe: a bad recipe is reported once, not by N processes.
+            code = _launch(nproc, recipe, set_ or [], data_dir, out, runs_root, resume, progress)
+            if code:
+                raise typer.Exit(code)
+            return
         from mnistkit.cli.invocation import invoked_as
         from mnistkit.session import RunOptions
         from mnistkit.session import run as run_recipe
@@ -222,6 +247,41 @@ def run(
             raise typer.Exit(130)
 
     guarded(body)
+
+
+def _launch(
+    nproc: int,
+    recipe: Path | None,
+    sets: list[str],
+    data_dir: Path | None,
+    out: Path | None,
+    runs_root: Path | None,
+    resume: Path | None,
+    progress: str | None,
+) -> int:
+    """``run --nproc N``: the same ``run`` command, minus --nproc, in N processes via torchrun."""
+    if nproc < 1:
+        raise RecipeError([_usage(f"--nproc {nproc}: must be at least 1")])
+    from mnistkit.training import distributed
+
+    if distributed.under_launcher():
+        raise RecipeError(
+            [_usage("--nproc inside torchrun: torchrun already started the processes; drop --nproc")]
+        )
+    args = ["--debug"] if _state["debug"] else []
+    args += ["run"] + ([str(recipe)] if recipe is not None else [])
+    for ov in sets:
+        args += ["--set", ov]
+    for flag, value in (
+        ("--data-dir", data_dir),
+        ("--out", out),
+        ("--runs", runs_root),
+        ("--resume", resume),
+        ("--progress", progress),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    return distributed.launch(nproc, args)
 
 
 def _resume_recipe(run_dir: Path, overrides: list[str]) -> Any:

@@ -268,7 +268,16 @@ class RunDir:
             return {}
 
     # -------------------------------------------------------------- env.json, data.json
-    def write_env(self, *, device: str, seed: int, threads: int, data_source: str, files: list[Path]) -> Path:
+    def write_env(
+        self,
+        *,
+        device: str,
+        seed: int,
+        threads: int,
+        data_source: str,
+        files: list[Path],
+        distributed: dict[str, Any] | None = None,
+    ) -> Path:
         import torch
 
         from mnistkit import __version__
@@ -280,7 +289,9 @@ class RunDir:
             "platform": platform.platform(),
             "device": device,
             "cuda": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-            "threads": threads,
+            "threads": threads,  # per process
+            # world_size (processes), backend (gloo/nccl; null alone), hosts, batchnorm sync mode
+            "distributed": distributed or {"world_size": 1, "backend": None, "hosts": [platform.node()]},
             "seed": seed,
             "git_commit": git_commit(Path(__file__).resolve().parent),
             "cwd_git_commit": git_commit(Path.cwd()),

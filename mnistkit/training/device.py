@@ -33,10 +33,14 @@ def default_threads() -> int:
     # batch 64, docs/performance.md): 2 threads 1.6 s/epoch, 1 thread 2.2 s. More threads than
     # cores only adds contention, and torch's own default can count hyperthreads or the whole
     # host inside a container. (The inter-op pool is left alone: eager training never uses it.)
+    # N processes on one machine (torchrun's LOCAL_WORLD_SIZE, see training/distributed.py)
+    # share the cores equally.
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return max(1, cores // (int(local) if local.isdigit() and int(local) > 0 else 1))
 
 
 def configure_device(recipe: RecipeBase, device: torch.device) -> int:

@@ -17,6 +17,7 @@ from torch import nn
 from mnistkit.data.batches import eval_batches
 from mnistkit.data.types import Split
 from mnistkit.training.device import autocast_context, match_layout, uses_channels_last
+from mnistkit.training.distributed import SINGLE, Context
 
 
 @dataclass
@@ -34,13 +35,19 @@ def evaluate(
     precision: str = "fp32",
     loss_fn: nn.Module | None = None,
     keep_probs: bool = False,
+    ctx: Context = SINGLE,
 ) -> Evaluation:
     """Loss and accuracy of ``model`` on ``split``, in large batches without autograd bookkeeping.
 
     The loss is summed as ``mean batch loss * batch size`` in float64 on the device and read
     back once. Probabilities are the softmax of the outputs, right for raw logits and for
     log-probabilities (log_softmax output) alike. The model's train/eval mode is restored.
+
+    Distributed (``ctx``, training only): each rank evaluates its contiguous part of the split
+    (no padding, no sample twice) and the two sums are all-reduced, so every rank gets what one
+    process would. Probabilities are not sharded (plots and predict run on rank 0 alone).
     """
+    assert not (keep_probs and ctx.distributed), "probabilities are computed by one process"
     device = split.x.device
     was_training = model.training
     model.eval()
@@ -50,7 +57,7 @@ def evaluate(
     probs: list[torch.Tensor] = []
     try:
         with torch.inference_mode(), autocast_context(precision, device):
-            for xb, yb in eval_batches(split, batch_size):
+            for xb, yb in eval_batches(ctx.shard_split(split), batch_size):
                 out = model(match_layout(xb, channels_last)).float()  # fp32 loss under bf16
                 if loss_fn is not None:
                     # reduction="sum" semantics without a second loss object: mean * n.
@@ -60,6 +67,9 @@ def evaluate(
                     probs.append(torch.softmax(out, dim=1).cpu())
     finally:
         model.train(was_training)
+    if ctx.distributed:
+        sums = ctx.all_reduce_sum(torch.stack([total, correct.double()]))
+        total, correct = sums[0], sums[1]
     n = max(1, len(split.y))
     kept = None
     if keep_probs:

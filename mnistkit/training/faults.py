@@ -3,6 +3,9 @@
 * ``MNISTKIT_KILL_AT=E:S[:SIG]`` sends signal SIG (default KILL; e.g. INT for a Ctrl-C) to this
   process during training step S of epoch E (both 1-based), after that step's forward pass.
 * ``MNISTKIT_NAN_AT=E:S`` makes the loss of step S of epoch E NaN.
+* ``MNISTKIT_RAISE_AT=E:S`` raises a RuntimeError in training step S of epoch E.
+* ``MNISTKIT_HOOK_RANK=R``: in a distributed run, the three hooks above act only in the process
+  of rank R (default: every process).
 * ``MNISTKIT_CRASH_DURING_CHECKPOINT=NAME[:N]`` (:mod:`mnistkit.training.checkpoint`): SIGKILL
   halfway through writing checkpoint NAME (its N-th write).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import torch
 
@@ -18,6 +22,8 @@ from mnistkit.errors import RunError
 
 KILL_ENV = "MNISTKIT_KILL_AT"
 NAN_ENV = "MNISTKIT_NAN_AT"
+RAISE_ENV = "MNISTKIT_RAISE_AT"
+HOOK_RANK_ENV = "MNISTKIT_HOOK_RANK"
 
 
 class _TestHookLoss(torch.nn.Module):
@@ -28,10 +34,15 @@ class _TestHookLoss(torch.nn.Module):
     """
 
     def __init__(
-        self, inner: torch.nn.Module, done: int, kill: tuple[int, int] | None, nan: int | None
+        self,
+        inner: torch.nn.Module,
+        done: int,
+        kill: tuple[int, int] | None,
+        nan: int | None,
+        fail: int | None = None,
     ) -> None:
         super().__init__()
-        self.inner, self.done, self.kill, self.nan = inner, done, kill, nan
+        self.inner, self.done, self.kill, self.nan, self.fail = inner, done, kill, nan, fail
 
     def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = self.inner(out, target)
@@ -39,17 +50,27 @@ class _TestHookLoss(torch.nn.Module):
             return loss
         self.done += 1
         if self.kill is not None and self.done == self.kill[0]:
+            # Say so first: a test can time how long the job takes to end after the signal.
+            print(
+                f"{KILL_ENV}: signal {self.kill[1]} at training step {self.done}", file=sys.stderr, flush=True
+            )
             os.kill(os.getpid(), self.kill[1])
         if self.done == self.nan:
             loss = loss * float("nan")
+        if self.done == self.fail:
+            raise RuntimeError(f"{RAISE_ENV}: test failure in training step {self.done}")
         return loss
 
 
-def with_test_hooks(loss_fn: torch.nn.Module, steps: int, done: int) -> torch.nn.Module:
+def with_test_hooks(loss_fn: torch.nn.Module, steps: int, done: int, rank: int = 0) -> torch.nn.Module:
     """``loss_fn``, wrapped with the hooks the environment asks for (itself when none); ``done``
     is the number of training steps the run has already taken (a resumed run counts on)."""
     kill_spec, nan_spec = os.environ.get(KILL_ENV), os.environ.get(NAN_ENV)
-    if not kill_spec and not nan_spec:
+    raise_spec = os.environ.get(RAISE_ENV)
+    if not kill_spec and not nan_spec and not raise_spec:
+        return loss_fn
+    hook_rank = os.environ.get(HOOK_RANK_ENV)
+    if hook_rank and hook_rank.strip() != str(rank):
         return loss_fn
 
     def global_step(env: str, spec: str) -> tuple[int, str]:
@@ -69,4 +90,5 @@ def with_test_hooks(loss_fn: torch.nn.Module, steps: int, done: int) -> torch.nn
             raise RunError(f"{KILL_ENV}={kill_spec!r}: unknown signal {sig_name!r}") from None
         kill = (at, int(sig))
     nan = global_step(NAN_ENV, nan_spec)[0] if nan_spec else None
-    return _TestHookLoss(loss_fn, done, kill, nan)
+    fail = global_step(RAISE_ENV, raise_spec)[0] if raise_spec else None
+    return _TestHookLoss(loss_fn, done, kill, nan, fail)

@@ -31,6 +31,7 @@ from mnistkit.data.batches import (
 from mnistkit.recipe.metrics import run_metrics
 from mnistkit.recipe.schema import Recipe
 from mnistkit.training.device import autocast_context, match_layout, uses_channels_last
+from mnistkit.training.distributed import SINGLE, Context, GradSync
 from mnistkit.training.evaluation import evaluate
 from mnistkit.training.rules import judge_epoch
 from mnistkit.training.state import LoopState
@@ -93,12 +94,18 @@ def train_loop(
     hooks: Hooks,
     device: torch.device,
     augment: Augment | None = None,
+    ctx: Context = SINGLE,
 ) -> LoopState:
     """Train from ``state`` to ``recipe.epochs``; returns the final state (with stop_reason).
 
     ``augment`` (from ``data.augment``) changes each raw training batch before it is normalized,
     drawing from ``generator``: the stream the checkpoint saves, so a resumed run draws the same
     augmentations an uninterrupted one would.
+
+    Distributed (``ctx``, see training/distributed.py): every rank walks the same seeded order
+    and trains on its part of each global batch; ``GradSync`` averages the gradients over the
+    global batch and hands back the global loss, correct count and stop decision, so every rank
+    holds the same counters and takes the same branches below. Only the hooks differ by rank.
     """
     d, t = recipe.data, recipe.train
     n_train = len(data.train.y)
@@ -113,6 +120,8 @@ def train_loop(
     check_every_step = device.type == "cpu"
     channels_last = uses_channels_last(model, device)
     loader = None  # the DataLoader path is built once: its workers (if any) persist across epochs
+    sync = GradSync(model, ctx) if ctx.distributed else None  # None: one process, no collectives
+    shard = (ctx.rank, ctx.world_size)
     if d.loader == "dataloader":
         loader = make_dataloader(data.train, d.batch_size, d.drop_last, d.num_workers, device)
 
@@ -129,7 +138,7 @@ def train_loop(
             todo = state.order[first * d.batch_size :]
             if loader is None:
                 batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = memory_batches(
-                    data.train, d.batch_size, todo, d.drop_last
+                    data.train, d.batch_size, todo, d.drop_last, shard
                 )
             else:
                 batches = dataloader_batches(loader, todo, device)
@@ -148,14 +157,22 @@ def train_loop(
                     out = model(xb)
                     loss = loss_fn(out.float(), yb)  # fp32 loss under bf16; a no-op in fp32
                 optimizer.zero_grad(set_to_none=True)  # frees grads instead of writing zeros
-                loss.backward()
-                if t.grad_clip is not None:
+                batch_correct = (out.detach().argmax(1) == yb).sum()
+                if sync is None:
+                    loss.backward()
+                    n_batch, stop_now = len(yb), stop.requested
+                else:  # global-batch mean: see GradSync
+                    (loss * len(yb)).backward()
+                    loss, batch_correct, n_batch, stop_now = sync(
+                        loss, batch_correct, len(yb), stop.requested
+                    )
+                if t.grad_clip is not None:  # after the sync: the norm of the global gradient
                     nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                 optimizer.step()
                 schedule.after_step()
                 loss_acc += loss.detach()
-                correct_acc += (out.detach().argmax(1) == yb).sum()
-                seen += len(yb)
+                correct_acc += batch_correct
+                seen += n_batch
                 if check_every_step and not math.isfinite(loss.item()):
                     raise NonFiniteLoss(epoch + 1, step + 1, loss.item())
                 now = time.perf_counter()
@@ -168,7 +185,8 @@ def train_loop(
                     acc = (state.correct + correct_acc.item()) / max(1, seen)
                     rate = (seen - state.seen) / max(1e-9, now - start)
                     hooks.on_progress(done, steps, mean_loss, acc, rate)
-                if stop.requested:
+                if stop_now:
+                    # (Distributed: any rank's Ctrl-C stops every rank after the same step.)
                     # A safe point: the step is complete. Save it so --resume continues here.
                     state.step = step + 1
                     state.loss_sum += loss_acc.item()
@@ -193,8 +211,13 @@ def train_loop(
             splits = (
                 (("val", data.val), ("test", data.test)) if data.val is not None else (("test", data.test),)
             )
+            # Per-rank BatchNorm statistics (gloo/CPU) → rank 0's, so all ranks evaluate (and
+            # rank 0 checkpoints) one model. A no-op for one process.
+            ctx.broadcast_module(model, buffers_only=True)
             for prefix, split in splits:
-                ev = evaluate(model, split, d.eval_batch_size, precision=t.precision, loss_fn=loss_fn)
+                ev = evaluate(
+                    model, split, d.eval_batch_size, precision=t.precision, loss_fn=loss_fn, ctx=ctx
+                )
                 row[f"{prefix}_loss"], row[f"{prefix}_acc"] = ev.loss, ev.accuracy
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["seconds"] = train_seconds
@@ -218,7 +241,7 @@ def train_loop(
             hooks.save_checkpoint(state, better)
             if state.stop_reason:
                 return state
-            if stop.requested:
+            if ctx.any(stop.requested):  # every rank agrees (one process: the flag itself)
                 state.stop_reason = "interrupted"
                 return state
     state.stop_reason = state.stop_reason or "finished"

@@ -15,6 +15,7 @@ import torch
 
 from mnistkit.errors import RunError
 from mnistkit.recipe.schema import Recipe, resolved_dict
+from mnistkit.training import distributed
 from mnistkit.training.checkpoint import plain_scheduler_state
 
 CHECKPOINT_FORMAT = 1
@@ -64,9 +65,16 @@ def checkpoint_state(
     scheduler: Any,
     generator: torch.Generator,
     recipe: Recipe,
+    rank_rng: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Everything --resume needs, as tensors and plain data only (loadable with weights_only)."""
+    """Everything --resume needs, as tensors and plain data only (loadable with weights_only).
+
+    A distributed run also saves its number of processes and every rank's RNG streams
+    (``rank_rng``: dropout draws differ per rank); a checkpoint without them is from one process.
+    """
+    dist_part = {"world_size": len(rank_rng), "rank_rng": rank_rng} if rank_rng else {}
     return {
+        **dist_part,
         "format": CHECKPOINT_FORMAT,
         "epoch": state.epoch,
         "step": state.step,
@@ -107,6 +115,7 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     generator: torch.Generator,
+    ctx: distributed.Context = distributed.SINGLE,
 ) -> LoopState:
     unwrap(model).load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -117,9 +126,12 @@ def restore(
         fresh = scheduler.state_dict()
         plan = {k: fresh[k] for k in PLAN_KEYS if k in fresh}
         scheduler.load_state_dict({**fresh, **ckpt["scheduler"], **plan})
-    torch.set_rng_state(ckpt["torch_rng"])
-    if ckpt.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    if ctx.distributed:
+        distributed.set_rng_state(ckpt["rank_rng"][ctx.rank])
+    else:
+        torch.set_rng_state(ckpt["torch_rng"])
+        if ckpt.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
     generator.set_state(ckpt["generator"])
     return LoopState(
         epoch=ckpt["epoch"],
