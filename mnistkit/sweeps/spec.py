@@ -133,6 +133,9 @@ class SweepFile(_Section):
     """Pruner: median | hyperband | none."""
     heartbeat: HeartbeatSpec = HeartbeatSpec()
     """Dead-worker detection and retries."""
+    set: dict[str, Any] = {}
+    """Fixed changes to the base recipe, {dotted key: value}, exactly like --set (applied first;
+    the command line's --set comes after them)."""
     params: dict[str, ParamSpec] = Field(min_length=1)
     """Dotted recipe keys, exactly as --set takes them, each with a range or choices."""
 
@@ -176,6 +179,19 @@ def _set_arg(path: str, value: Any) -> str:
     return f"{path}={json.dumps(value)}"
 
 
+def apply_located(doc: Located, path: str, value: Any, key_pos: str, value_pos: str) -> None:
+    """``--set path=value`` on ``doc``, with problems it causes placed at the given positions
+    (a key or value of the sweep file) instead of at a --set argument."""
+    label = f"--set {_set_arg(path, value)}"
+    apply_overrides(doc, [_set_arg(path, value)])
+    parts = [int(p) if p.isdigit() else p for p in path.split(".")]
+    for n in range(1, len(parts) + 1):
+        prefix = tuple(parts[:n])
+        if doc.keys.get(prefix, label) == label:  # new here, or just set: point into the sweep
+            doc.keys[prefix] = key_pos
+            doc.values[prefix] = value_pos if n == len(parts) else key_pos
+
+
 def is_sweep_data(data: Any) -> bool:
     """A sweep file is a mapping with top-level ``recipe:`` and ``params:`` keys."""
     return isinstance(data, dict) and "recipe" in data and "params" in data
@@ -190,7 +206,7 @@ def is_sweep_file(path: Path) -> bool:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and validate a sweep file and its base recipe; every problem at once (RecipeError)."""
-    from mnistkit.recipe import _problem, load_recipe
+    from mnistkit.recipe import _problem, validate_document
 
     path = Path(path)
     doc = load_file(path)
@@ -220,9 +236,18 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             )
         )
         raise RecipeError(problems)
-    base = load_recipe(recipe_path, overrides or [])  # the base recipe's own problems, at its positions
     base_doc = load_file(recipe_path)
+    for key, value in spec.set.items():  # problems they cause point into the sweep file
+        loc = ("set", key)
+        apply_located(base_doc, key, value, doc.where(loc, key=True), doc.where(loc))
     apply_overrides(base_doc, overrides or [])
+    try:  # the base recipe's own problems, at their positions
+        base = validate_document(
+            copy.deepcopy(base_doc), [], default_name=recipe_path.stem, base_dir=recipe_path.parent
+        )
+    except RecipeError as exc:
+        raise RecipeError(problems + exc.problems) from None
+    base_doc.data.setdefault("name", base.name)  # trials are named after the recipe file
 
     if spec.metric.startswith("val_") and base.data.val_split <= 0 and "data.val_split" not in spec.params:
         problems.append(
@@ -347,15 +372,7 @@ def _feed_problems(
     def attempt(name: str, value: Any, vloc: tuple[Any, ...], others: list[str]) -> list[Problem]:
         trial = copy.deepcopy(base_doc)
         apply_overrides(trial, others)
-        label = f"--set {_set_arg(name, value)}"
-        apply_overrides(trial, [_set_arg(name, value)])
-        key_pos, value_pos = doc.where(("params", name), key=True), doc.where(vloc)
-        parts = [int(p) if p.isdigit() else p for p in name.split(".")]
-        for n in range(1, len(parts) + 1):
-            prefix = tuple(parts[:n])
-            if trial.keys.get(prefix, label) == label:
-                trial.keys[prefix] = key_pos
-                trial.values[prefix] = value_pos if n == len(parts) else key_pos
+        apply_located(trial, name, value, doc.where(("params", name), key=True), doc.where(vloc))
         try:
             validate_document(trial, [], default_name="sweep", base_dir=recipe_path.parent)
         except RecipeError as exc:

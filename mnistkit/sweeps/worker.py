@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -234,6 +235,7 @@ def run_processes(
                 )
             )
             log.close()
+            _share_cores(procs[-1].pid, k, workers)
         while any(p.poll() is None for p in procs):
             poll()
             time.sleep(1.0)
@@ -241,3 +243,18 @@ def run_processes(
     finally:
         signal.signal(signal.SIGINT, previous)
     return [p.returncode for p in procs], interrupted[0]
+
+
+def _share_cores(pid: int, k: int, workers: int) -> None:
+    """Give worker k its share of this process's cores. Each run sizes its torch thread pool by
+    the cores it may use (runner.default_threads), so N workers on N cores run one thread each
+    instead of N threads each spin-waiting for the others (docs/performance.md)."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+        if workers <= len(cores):
+            share = [c for i, c in enumerate(cores) if i % workers == k]
+        else:
+            share = [cores[k % len(cores)]]
+        os.sched_setaffinity(pid, set(share))
+    except (AttributeError, OSError):  # not Linux, or the process already ended
+        pass
