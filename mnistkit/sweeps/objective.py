@@ -1,6 +1,6 @@
 """One trial = one ordinary run: parameters from Optuna → the trial's recipe → the runner.
 
-There is no training loop here: the trial runs through :func:`mnistkit.runner.run` exactly like
+There is no training loop here: the trial runs through :func:`mnistkit.session.run` exactly like
 ``mnistkit run``, into ``trials/NNNN/`` of the sweep folder, with a per-epoch hook that reports
 the metric to Optuna and stops the run when the pruner says so. A retried trial (its worker died,
 or was stopped with Ctrl-C) continues in the same run directory from its last checkpoint, with
@@ -90,7 +90,7 @@ class Objective:
         self.current: int | None = None  # number of the trial in progress
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from mnistkit.recipe import resolved_dict
+        from mnistkit.recipe.schema import resolved_dict
 
         self.current = trial.number
         sweep = self.sweep
@@ -114,7 +114,7 @@ class Objective:
             # Died before its first checkpoint: nothing to continue. Keep it aside, never delete.
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
         if resume is not None:
-            from mnistkit import rundir
+            from mnistkit.runs import directory as rundir
 
             trial.set_user_attr("resumed_from_epoch", len(rundir.read_metrics(run_dir)))
 
@@ -136,7 +136,7 @@ class Objective:
                 return pruned[-1]
             return None
 
-        from mnistkit.runner import RunOptions, run
+        from mnistkit.session import RunOptions, run
 
         opts = RunOptions(
             data_dir=self.data_dir,

@@ -1,7 +1,7 @@
 """The sweep file: a search space over a recipe's keys, validated like a recipe (no torch, no Optuna).
 
 A sweep file names a base recipe and, for some of its dotted keys (exactly what ``--set`` takes),
-a range or a list of choices. It is read with :mod:`mnistkit.yamlio` (positions, duplicate keys,
+a range or a list of choices. It is read with :mod:`mnistkit.recipe.yamlio` (positions, duplicate keys,
 unsafe tags) and validated by the pydantic model below, with the recipe's own error translation
 (``file:line:col``, "did you mean"). Every bound and choice is then checked against the recipe
 field it feeds *by the recipe's own validation*: the value is applied to the base recipe with the
@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from mnistkit.errors import Problem, RecipeError
-from mnistkit.yamlio import Located, apply_overrides, load_file
+from mnistkit.recipe.yamlio import Located, apply_overrides, load_file
 
 PosInt = Annotated[StrictInt, Field(ge=1)]
 # ParamSpec has fields named float and int: its annotations use these names instead.
@@ -165,7 +165,7 @@ class Sweep:
 
     def trial_recipe(self, params: dict[str, Any], number: int) -> Any:
         """The exact recipe trial ``number`` runs: base + params, seed = base seed + number."""
-        from mnistkit.recipe import validate_document
+        from mnistkit.recipe.schema import validate_document
 
         doc = copy.deepcopy(self.base_doc)
         sets = [_set_arg(p, v) for p, v in params.items()]
@@ -206,7 +206,7 @@ def is_sweep_file(path: Path) -> bool:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and validate a sweep file and its base recipe; every problem at once (RecipeError)."""
-    from mnistkit.recipe import _problem, validate_document
+    from mnistkit.recipe.schema import _problem, validate_document
 
     path = Path(path)
     doc = load_file(path)
@@ -367,7 +367,7 @@ def _feed_problems(
     warnings: list[Problem],
 ) -> list[Problem]:
     """Apply every bound and choice to the base recipe as ``--set`` does and validate the result."""
-    from mnistkit.recipe import validate_document
+    from mnistkit.recipe.schema import validate_document
 
     def attempt(name: str, value: Any, vloc: tuple[Any, ...], others: list[str]) -> list[Problem]:
         trial = copy.deepcopy(base_doc)

@@ -70,7 +70,7 @@ def budget(sweep: Sweep) -> int:
 
 def fingerprint(sweep: Sweep) -> str:
     """What makes trials of one study comparable: search space, metric, direction, base recipe."""
-    from mnistkit.recipe import resolved_dict
+    from mnistkit.recipe.schema import resolved_dict
 
     base = resolved_dict(sweep.base)
     base.pop("train", None)  # loop options (threads, progress) may differ between machines
