@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +110,21 @@ def open_storage(url: str, heartbeat: Any = None) -> Any:
                 max_retry=heartbeat.retries, inherit_intermediate_values=True
             ),
         }
-    try:
-        return RDBStorage(url, engine_kwargs=kwargs, **hb)
-    except ImportError as exc:
-        raise RunError(f"cannot use storage {redact(url)}: {exc}; pip install 'psycopg[binary]'") from None
-    except Exception as exc:  # sqlalchemy.exc.OperationalError and friends: say what and where
-        import sqlalchemy.exc
+    import sqlalchemy.exc
 
-        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError | optuna.exceptions.StorageInternalError):
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, engine_kwargs=kwargs, **hb)
+        except ImportError as exc:
+            raise RunError(
+                f"cannot use storage {redact(url)}: {exc}; pip install 'psycopg[binary]'"
+            ) from None
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            # Workers starting together race to create the tables: the loser's CREATE fails
+            # once, and the tables exist when it tries again.
+            if attempt < 2 and not isinstance(exc, sqlalchemy.exc.OperationalError):
+                time.sleep(1.0)
+                continue
             msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise RunError(f"cannot open the sweep storage {redact(url)}: {msg}") from None
-        raise
+    raise AssertionError("unreachable")
