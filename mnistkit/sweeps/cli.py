@@ -235,6 +235,8 @@ def _status(folder: Path | None, storage: str | None, study_name: str | None, ou
         sweep_dir = out or DEFAULT_ROOT / study_name
     if storage:
         check_url(storage, "--storage")
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise RunError(f"no sweep storage at {url.removeprefix('sqlite:///')}")  # do not create one
     quiet_optuna()
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(url))
@@ -296,3 +298,5 @@ class _Display:
         if self.live is not None:
             self.live.stop()
             self.live = None
+            if not self.console.is_terminal:
+                self.console.print()  # the table's last line has no newline off a terminal
