@@ -183,10 +183,15 @@ def _run(
         + ", ".join(str(p.relative_to(sweep_dir)) for p in written if p.parent == sweep_dir)
         + f" in {sweep_dir}"
     )
+    from rich.markup import escape
+
+    again = escape("mnistkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     if interrupted:
-        again = "mnistkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         con.print(f"[yellow]stopped[/]: every running trial saved a checkpoint. Continue with:\n    {again}")
         raise typer.Exit(130)
+    done = len(counted(study.get_trials(deepcopy=False)))
+    if done < need:  # the timeout ended it
+        con.print(f"[yellow]timeout[/]: {done} of {need} trials finished. Continue with:\n    {again}")
 
 
 def _write_meta(sweep_dir: Path, sweep: Any, url: str, need: int) -> None:
