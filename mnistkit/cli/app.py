@@ -515,8 +515,8 @@ def main() -> None:
     if _BROKEN is not None:
         _stderr().print(
             f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs, "
-            f"compare, export and sweep could not be loaded ({_esc(_BROKEN)})\n    reinstall: pip install -e . "
-            "(or rerun make setup)"
+            f"compare, export and sweep could not be loaded ({_esc(_BROKEN)})\n"
+            "    reinstall: pip install -e . (or rerun make setup)"
         )
         raise SystemExit(1)
     NoArgsIsHelpError, _, UsageError = _parser_errors()
