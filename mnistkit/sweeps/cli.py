@@ -195,7 +195,7 @@ def _run(
 
 
 def _write_meta(sweep_dir: Path, sweep: Any, url: str, need: int) -> None:
-    from mnistkit.runs.directory import atomic_write_text
+    from mnistkit.fsutil import atomic_write_text
 
     meta = {
         "study": sweep.study_name,

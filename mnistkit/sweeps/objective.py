@@ -114,9 +114,9 @@ class Objective:
             # Died before its first checkpoint: nothing to continue. Keep it aside, never delete.
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
         if resume is not None:
-            from mnistkit.runs import directory as rundir
+            from mnistkit.runs.directory import RunDir
 
-            trial.set_user_attr("resumed_from_epoch", len(rundir.read_metrics(run_dir)))
+            trial.set_user_attr("resumed_from_epoch", len(RunDir(run_dir).read_metrics()))
 
         pruned: list[str] = []
 

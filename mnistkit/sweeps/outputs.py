@@ -22,7 +22,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from mnistkit.runs.directory import atomic_write_text
+from mnistkit.fsutil import atomic_write_text
 from mnistkit.sweeps.worker import counted, retried_numbers
 
 META_FILE = "sweep.json"
