@@ -16,6 +16,7 @@ import os
 import platform
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ class RunOptions:
     resume: Path | None = None
     progress: str | None = None  # overrides train.progress
     command: str = "mnistkit"  # how the user ran mnistkit, for the resume hint (cli/invocation.py)
+    # Called after every epoch with its metrics row (before the checkpoint is written); a returned
+    # string stops the run after that epoch with it as the stop reason (a sweep's pruner).
+    on_epoch: Callable[[dict[str, Any]], str | None] | None = None
 
 
 @dataclass
@@ -389,9 +393,13 @@ class Session:
         )
         consumers = [reporter.epoch_end] + ([tb.on_epoch_end] if tb is not None else [])
 
+        state, on_epoch = self.state, self.opts.on_epoch
+
         def epoch_end(row: dict[str, Any], improved: bool) -> None:
             for consume in consumers:
                 consume(row, improved)
+            if on_epoch is not None and (reason := on_epoch(row)):
+                state.stop_reason = reason  # the loop's own state object: it stops after this epoch
 
         hooks = Hooks(
             on_epoch_start=reporter.epoch_start,

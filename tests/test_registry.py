@@ -247,6 +247,8 @@ print("exit", code or 0, "torch-imported", "torch" in sys.modules, file=sys.stde
         ["list"],
         ["list", "optimizers"],
         ["validate", "recipes/mlp5.yaml"],
+        ["validate", "recipes/sweeps/quickstart.yaml"],
+        ["sweep", "--help"],
         ["schema"],
         ["fields"],
     ],

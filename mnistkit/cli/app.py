@@ -338,6 +338,11 @@ def validate(
         con = _stderr()
         for path in recipes:
             try:
+                from mnistkit.sweeps.spec import is_sweep_file
+
+                if is_sweep_file(path):  # top-level recipe: + params: keys
+                    _validate_sweep(path, set_ or [])
+                    continue
                 doc = load_document(path, set_ or [])
                 rec = validate_document(doc, [], default_name=path.stem, base_dir=path.parent)
                 for note in static_notes(rec, registries()):
@@ -356,6 +361,15 @@ def validate(
             raise typer.Exit(2)
 
     guarded(body)
+
+
+def _validate_sweep(path: Path, overrides: list[str]) -> None:
+    from mnistkit.sweeps.cli import print_warnings
+    from mnistkit.sweeps.spec import load_sweep
+
+    sweep = load_sweep(path, overrides)
+    print_warnings(sweep.warnings)
+    typer.echo(f"ok {path} (sweep of {sweep.recipe_path}: {len(sweep.spec.params)} parameters)")
 
 
 LIST_KINDS = ("activations", "losses", "optimizers", "schedulers", "datasets", "layers")
@@ -538,10 +552,12 @@ def _register_more() -> str | None:
     """
     try:
         from mnistkit.cli import export_command, run_commands
+        from mnistkit.sweeps import cli as sweep_commands
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
     run_commands.register(app, guarded)
     export_command.register(app, guarded)
+    sweep_commands.register(app, guarded)
     return None
 
 
@@ -552,8 +568,8 @@ def main() -> None:
     if _BROKEN is not None:
         _stderr().print(
             f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs, "
-            f"compare and export could not be loaded ({_esc(_BROKEN)})\n    reinstall: pip install -e . "
-            "(or rerun make setup)"
+            f"compare, export and sweep could not be loaded ({_esc(_BROKEN)})\n"
+            "    reinstall: pip install -e . (or rerun make setup)"
         )
         raise SystemExit(1)
     NoArgsIsHelpError, _, UsageError = _parser_errors()

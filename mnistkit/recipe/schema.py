@@ -448,6 +448,8 @@ def _models_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[type[BaseMode
                                 break
                 elif typing.get_origin(m) is list and isinstance(part, int):
                     nxt.append(typing.get_args(m)[0])
+                elif typing.get_origin(m) is dict:  # e.g. a sweep's params: {path: spec}
+                    nxt.append(typing.get_args(m)[1])
         candidates = nxt
     return [
         m

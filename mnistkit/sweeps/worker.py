@@ -1,0 +1,260 @@
+"""Workers: the budget loop, the study's sampler and pruner, extra worker processes, Ctrl-C.
+
+The budget is the number of *finished* trials in the storage (COMPLETE, PRUNED and FAIL; a trial
+that was retried after its worker died counts once, through its retry), so it holds across
+workers, machines and restarts. Like Optuna's ``MaxTrialsCallback`` it is checked before every new
+trial, so N workers overshoot by at most N-1 trials (the ones already running when the count is
+reached), and a finished sweep started again runs nothing.
+
+A worker that reaches the budget while other trials are still RUNNING waits for them: they either
+finish, or their worker died and their heartbeat goes stale, and then this worker retries them
+from their checkpoint (Optuna's ``fail_stale_trials`` + ``RetryHeartbeatStaleTrialCallback``).
+So no trial is left RUNNING when the last worker exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from mnistkit.errors import RunError
+from mnistkit.sweeps.objective import Objective, SweepInterrupted, TrialFailed, encoded_choices
+from mnistkit.sweeps.spec import Sweep
+from mnistkit.sweeps.storage import open_storage
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every trial (with a traceback for failures) and warns about experimental
+    features; mnistkit shows trials in its own table and records failure reasons instead."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", module="optuna")
+
+
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The finished trials the budget counts: a FAIL that was retried is counted by its retry."""
+    retried = retried_numbers(trials)
+    return [
+        t for t in trials if t.state in FINISHED and not (t.state == TrialState.FAIL and t.number in retried)
+    ]
+
+
+def budget(sweep: Sweep) -> int:
+    """Trials to finish: the file's budget (a grid has no more points than its combinations)."""
+    if sweep.spec.sampler.name == "grid":
+        size = 1
+        for ps in sweep.spec.params.values():
+            size *= len(ps.choice or [])
+        return min(sweep.spec.trials, size)
+    return sweep.spec.trials
+
+
+def fingerprint(sweep: Sweep) -> str:
+    """What makes trials of one study comparable: search space, metric, direction, base recipe."""
+    from mnistkit.recipe.schema import resolved_dict
+
+    base = resolved_dict(sweep.base)
+    base.pop("train", None)  # loop options (threads, progress) may differ between machines
+    base.pop("name", None)
+    base.get("data", {}).pop("root", None)
+    return json.dumps(
+        {
+            "params": {n: ps.model_dump(mode="json") for n, ps in sweep.spec.params.items()},
+            "metric": sweep.spec.metric,
+            "direction": sweep.direction,
+            "base": base,
+        },
+        sort_keys=True,
+    )
+
+
+def make_sampler(sweep: Sweep, seed_offset: int) -> optuna.samplers.BaseSampler:
+    s = sweep.spec.sampler
+    # Extra workers (and restarts) must not replay the first worker's sequence: offset the seed.
+    seed = None if s.seed is None else s.seed + seed_offset
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "grid":
+        space = {n: encoded_choices(ps) for n, ps in sweep.spec.params.items()}
+        return optuna.samplers.GridSampler(space, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials)
+
+
+def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
+    p = sweep.spec.pruner
+    if p.name == "median":
+        # Steps are 1-based epochs; Optuna prunes from step == n_warmup_steps on.
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs + 1
+        )
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=sweep.base.epochs, reduction_factor=p.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
+
+
+def open_study(sweep: Sweep, url: str, *, create: bool, seed_offset: int = 0) -> optuna.Study:
+    """The sweep's study (created on first use); refuses to mix a different search space into it."""
+    quiet_optuna()
+    storage = open_storage(url, sweep.spec.heartbeat)
+    kwargs = {"sampler": make_sampler(sweep, seed_offset), "pruner": make_pruner(sweep)}
+    if create:
+        study = optuna.create_study(
+            study_name=sweep.study_name,
+            storage=storage,
+            direction=sweep.direction,
+            load_if_exists=True,
+            **kwargs,
+        )
+        fp = fingerprint(sweep)
+        old = study.user_attrs.get("mnistkit_space")
+        if old is None:
+            study.set_user_attr("mnistkit_space", fp)
+            study.set_user_attr("metric", sweep.spec.metric)
+        elif old != fp:
+            raise RunError(
+                f"study {sweep.study_name!r} in this storage was started with a different search "
+                "space, metric or base recipe; its trials would not be comparable. Give the sweep a "
+                "new `study:` name (or --out folder), or restore the sweep file"
+            )
+        return study
+    return optuna.load_study(study_name=sweep.study_name, storage=storage, **kwargs)
+
+
+@dataclass
+class WorkerOutcome:
+    status: str  # done | timeout | interrupted
+    ran: int  # trials this worker ran
+
+
+def run_worker(
+    sweep: Sweep,
+    sweep_dir: Path,
+    url: str,
+    data_dir: Path | None,
+    worker_index: int,
+    refresh: Callable[[optuna.Study], None] = lambda study: None,
+) -> WorkerOutcome:
+    """Run trials until the study's budget is reached (or the timeout, or Ctrl-C)."""
+    study = open_study(sweep, url, create=False, seed_offset=0)
+    offset = 1000 * worker_index + len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(sweep, offset)
+    objective = Objective(sweep, sweep_dir, data_dir, on_epoch=lambda: refresh(study))
+    need = budget(sweep)
+    hb = sweep.spec.heartbeat
+    start = time.monotonic()
+    ran = 0
+    try:
+        while True:
+            if sweep.spec.timeout is not None and time.monotonic() - start >= sweep.spec.timeout:
+                return WorkerOutcome("timeout", ran)
+            optuna.storages.fail_stale_trials(study)  # dead workers' trials → FAIL + a WAITING retry
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if len(counted(trials)) >= need and not waiting:
+                if not any(t.state == TrialState.RUNNING for t in trials):
+                    return WorkerOutcome("done", ran)
+                refresh(study)
+                time.sleep(min(hb.interval, 2))  # wait: they finish, or go stale and are retried
+                continue
+            objective.current = None
+            try:
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+            finally:
+                ran += objective.current is not None
+                refresh(study)
+    except (SweepInterrupted, KeyboardInterrupt):
+        if objective.current is not None:
+            requeue(study, objective.current)
+        return WorkerOutcome("interrupted", ran)
+
+
+def requeue(study: optuna.Study, number: int) -> None:
+    """A trial stopped by Ctrl-C is FAIL ("interrupted"); queue its continuation, as the
+    heartbeat callback does for a dead worker's trial, so the next `mnistkit sweep` resumes it."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    for t in study.get_trials(deepcopy=True):
+        if t.number == number and t.state == TrialState.FAIL:
+            RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, t)
+
+
+# ---------------------------------------------------------------------- several processes
+def run_processes(
+    args: list[str],
+    workers: int,
+    log_dir: Path,
+    poll: Callable[[], None],
+) -> tuple[list[int], bool]:
+    """Start ``workers`` worker processes (``mnistkit sweep ... --worker-index K``) and wait.
+
+    Each runs in its own session, so a Ctrl-C in the terminal reaches only this process, which
+    passes it on once: every worker stops at its next safe point. Returns the exit codes and
+    whether Ctrl-C was pressed.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    interrupted = [False]
+
+    def forward(signum: int, frame: Any) -> None:
+        interrupted[0] = True
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, forward)
+    try:
+        for k in range(workers):
+            log = open(log_dir / f"worker-{k}.log", "ab")  # noqa: SIM115 (closed with the process)
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "mnistkit", *args, "--worker-index", str(k)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+            log.close()
+            _share_cores(procs[-1].pid, k, workers)
+        while any(p.poll() is None for p in procs):
+            poll()
+            time.sleep(1.0)
+        poll()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return [p.returncode for p in procs], interrupted[0]
+
+
+def _share_cores(pid: int, k: int, workers: int) -> None:
+    """Give worker k its share of this process's cores. Each run sizes its torch thread pool by
+    the cores it may use (runner.default_threads), so N workers on N cores run one thread each
+    instead of N threads each spin-waiting for the others (docs/performance.md)."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+        if workers <= len(cores):
+            share = [c for i, c in enumerate(cores) if i % workers == k]
+        else:
+            share = [cores[k % len(cores)]]
+        os.sched_setaffinity(pid, set(share))
+    except (AttributeError, OSError):  # not Linux, or the process already ended
+        pass

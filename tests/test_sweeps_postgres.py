@@ -1,0 +1,151 @@
+"""Sweeps on a real PostgreSQL server: several worker processes, one study, one budget.
+
+The fixture starts a throw-away server from the distribution's binaries (PostgreSQL 15 on
+Debian: /usr/lib/postgresql/15/bin, or whatever `pg_ctl` is on PATH): ``initdb`` as the
+unprivileged ``postgres`` user when the tests run as root (initdb refuses root), a unix socket in
+a private temporary folder and no TCP port (``listen_addresses=''``), trust authentication for
+that socket only. Without the binaries the tests are skipped and say why; `.ci/run` installs them.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sweep_helpers import REPO, finished, read_trials, write_sweep
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    for cand in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if (Path(cand) / "pg_ctl").exists():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A running PostgreSQL server; yields a password-free psycopg URL (unix socket)."""
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL server binaries not found (no pg_ctl on PATH or in /usr/lib/postgresql/*/bin): "
+            "install Debian's `postgresql` package (apt-get install -y postgresql; .ci/run does this)"
+        )
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without `runuser`: cannot start PostgreSQL as an unprivileged user")
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    top = Path(tempfile.mkdtemp(prefix="mnistkit-pg-"))
+    top.chmod(0o755)  # the postgres user must reach its data and socket folders
+    data, sock = top / "data", top / "sock"
+    data.mkdir()
+    sock.mkdir()
+    if as_user:
+        shutil.chown(data, "postgres", "postgres")
+        shutil.chown(sock, "postgres", "postgres")
+    log = top / "server.log"
+    log.touch()
+    if as_user:
+        shutil.chown(log, "postgres", "postgres")
+
+    def run(*cmd: str) -> None:
+        res = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    run(
+        str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start",
+        "-o", f"-c listen_addresses='' -k {sock} -c max_connections=50 -c fsync=off",
+    )  # fmt: skip
+    try:
+        run(str(bindir / "createdb"), "-h", str(sock), "-U", "postgres", "sweeps")
+        yield f"postgresql+psycopg://postgres@/sweeps?host={sock}"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _worker(
+    sweep: Path, out: Path, url: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnistkit", "sweep", str(sweep), "--out", str(out), "--storage", url,
+         "--progress", "none", *extra],
+        env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_two_workers_share_one_budget(pg_url: str, tmp_path: Path, cli) -> None:
+    sweep = write_sweep(tmp_path, 4, extra="study: two-workers\n")
+    out = tmp_path / "s"
+    res = cli(
+        "sweep",
+        sweep,
+        "--out",
+        out,
+        "--storage",
+        pg_url,
+        "--workers",
+        "2",
+        "--progress",
+        "plain",
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = read_trials(out)
+    numbers = [int(r["number"]) for r in rows]
+    assert len(numbers) == len(set(numbers))
+    assert 4 <= len(finished(rows)) <= 4 + 2 - 1, rows  # at most workers-1 over the budget
+    assert not [r for r in rows if r["state"] in ("RUNNING", "WAITING")]
+    logs = sorted((out / "workers").glob("worker-*.log"))
+    assert len(logs) == 2
+    # Both processes ran trials (each trial's status.json names the process that ran it).
+    pids = {json.loads((out / r["run_dir"] / "status.json").read_text())["pid"] for r in rows}
+    assert len(pids) == 2, pids
+    assert "storage:   postgresql+psycopg://postgres@/sweeps" in res.stdout
+    # The same command again joins the finished study and runs nothing.
+    res = cli("sweep", sweep, "--out", out, "--storage", pg_url, "--progress", "plain", timeout=200)
+    assert res.returncode == 0 and "already finished" in res.stdout, res.stdout + res.stderr
+    assert len(read_trials(out)) == len(rows)
+
+
+def test_a_killed_worker_s_trial_is_resumed_by_another_worker(pg_url: str, tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path, 3, extra="study: kill-9\n")
+    out = tmp_path / "s"
+    # Worker A kills itself (SIGKILL) in epoch 2 of its first trial; worker B runs beside it.
+    a = _worker(sweep, out, pg_url, env={"MNISTKIT_KILL_AT": "2:3"})
+    time.sleep(1.0)  # A creates the study first
+    b = _worker(sweep, out, pg_url)
+    a_out, _ = a.communicate(timeout=300)
+    b_out, _ = b.communicate(timeout=400)
+    assert a.returncode == -9, a_out
+    assert b.returncode == 0, b_out
+    rows = read_trials(out)
+    dead = [r for r in rows if r["state"] == "FAIL" and "heartbeat stale" in r["reason"]]
+    assert len(dead) == 1, rows
+    [retry] = [r for r in rows if r["retry_of"] == dead[0]["number"]]
+    assert retry["state"] == "COMPLETE" and retry["run_dir"] == dead[0]["run_dir"]
+    status = json.loads((out / retry["run_dir"] / "status.json").read_text())
+    assert len(status["resumed"]) == 1  # continued from its epoch-1 checkpoint, not restarted
+    assert len(finished(rows)) in (3, 4) and not [r for r in rows if r["state"] in ("RUNNING", "WAITING")]
