@@ -23,14 +23,14 @@ from typer.testing import CliRunner
 
 from mnistkit.cli.app import app
 from mnistkit.runs.directory import RunDir
-from mnistkit.runs.listing import effective_status, flatten, recipe_diff, run_info
+from mnistkit.runs.listing import effective_status, recipe_diff, run_info
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def invoke(*args: Any) -> Any:
-    # Wide console: the Rich tables are not wrapped, so cells can be matched whole.
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+def invoke(*args: Any, columns: int = 200) -> Any:
+    # Wide console by default: the Rich tables are not wrapped, so cells can be matched whole.
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": str(columns)})
 
 
 def dead_pid() -> int:
@@ -151,8 +151,8 @@ def test_runs_table(runs_root: Path) -> None:
 
 
 def test_runs_missing_folder_and_empty_folder(tmp_path: Path) -> None:
-    res = invoke("runs", tmp_path / "nope")
-    assert res.exit_code == 1 and "no such folder" in res.output
+    res = invoke("runs", tmp_path / "nope")  # no run made yet: not an error
+    assert res.exit_code == 0 and res.output.strip() == f"no runs in {tmp_path / 'nope'} (no such folder yet)"
     res = invoke("runs", tmp_path)
     assert res.exit_code == 0 and "no runs" in res.output
 
@@ -178,30 +178,34 @@ def test_a_reused_pid_of_another_program_is_not_the_run() -> None:
         other.wait()
 
 
-def test_flatten_and_recipe_diff() -> None:
+def test_recipe_diff_lists_only_what_differs() -> None:
     a = {
         "name": "a",
         "optimizer": {"name": "sgd", "lr": 0.01},
         "model": {"hidden": [512, 256], "layers": None},
         "train": {"early_stopping": None},
+        "scheduler": None,
     }
     b = {
         "name": "b",
         "optimizer": {"name": "sgd", "lr": 0.1},
-        "model": {"hidden": [128], "layers": None},
-        "train": {"early_stopping": {"patience": 2}},
+        "model": {"hidden": None, "layers": [{"type": "conv2d", "out_channels": 8}, {"type": "relu"}]},
+        "train": {"early_stopping": {"patience": 2, "metric": "auto"}},
+        "scheduler": {"name": "cosine", "warmup_epochs": 0.0},
     }
-    assert flatten(a)["model.hidden"] == [512, 256]
-    assert flatten({"model": {"layers": [{"type": "conv2d", "k": 3}]}}) == {
-        "model.layers[0].type": "conv2d",
-        "model.layers[0].k": 3,
-    }
+    # A section on one side only is one row, in short: not a null against "(not set)" plus one
+    # row per default-valued key inside it.
     assert recipe_diff(a, b) == [
         ("optimizer.lr", 0.01, 0.1),
-        ("model.hidden", [512, 256], [128]),
-        ("train.early_stopping", None, "(not set)"),
-        ("train.early_stopping.patience", "(not set)", 2),
+        ("model.hidden", [512, 256], None),
+        ("model.layers", None, "2 layers: conv2d, relu"),
+        ("train.early_stopping", None, "patience 2, metric auto"),
+        ("scheduler", None, "cosine (warmup_epochs 0.0)"),
     ]
+    # Layer lists of the same length: only the layer keys that differ.
+    c = dict(b, model={"hidden": None, "layers": [{"type": "conv2d", "out_channels": 16}, {"type": "relu"}]})
+    assert recipe_diff(b, c) == [("model.layers[0].out_channels", 8, 16)]
+    assert recipe_diff({"seed": 1}, {"seed": 1, "plugins": []}) == [("plugins", "(not set)", [])]
     assert recipe_diff(a, dict(a, name="other")) == []
 
 
@@ -220,7 +224,7 @@ def test_compare_shows_differing_keys_and_metrics_side_by_side(tmp_path: Path) -
     out = res.output
     assert "optimizer.lr" in out and "0.01" in out and "0.1" in out
     assert "seed" not in out.split("metrics per epoch")[0]  # equal keys are not listed
-    assert "test_acc A" in out and "test_acc B" in out
+    assert re.search(r"test_acc\W+test_acc", out) and re.search(r"train_acc\W+train_acc", out)
     assert "90.00%" in out and "95.00%" in out
     assert re.search(r"3 .*- .*96\.00%", out)  # epoch 3 only in B
 
@@ -311,3 +315,43 @@ def test_every_command_names_a_folder_that_is_not_a_run_directory_the_same_way(t
         assert res.exit_code == 1, (args, res.output)
         assert expected in " ".join(res.output.split()), (args, res.output)
     assert "--resume " + expected in " ".join(invoke("run", "--resume", folder).output.split())
+
+
+def _no_cut_cells(out: str, columns: int) -> None:
+    assert "…" not in out, out
+    # Every table line fits (the A:/B: path lines and titles name tmp paths: long, not wrapped).
+    table_lines = [line for line in out.splitlines() if not line.startswith(("A: ", "B: ", "runs in "))]
+    assert max(len(line) for line in table_lines) <= columns, out
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_runs_and_compare_fit_the_terminal_without_cutting_figures(tmp_path: Path, columns: int) -> None:
+    """At 80 columns (the width of a pipe) every figure is still there, whole."""
+    recipe = {"name": "x", "epochs": 3, "data": {"dataset": "digits"}, "scheduler": None}
+    names = [f"quickstart-20261125-23075{i}" for i in range(2)]
+    rows = [dict(row(e, 0.8 + e / 100), train_acc=0.9 + e / 1000, lr=0.003) for e in (1, 2, 3)]
+    a = make_run(tmp_path, names[0], {"status": "finished", "started": 1.7e9}, rows, recipe)
+    b = make_run(
+        tmp_path,
+        names[1],
+        {"status": "interrupted", "started": 1.7e9 + 60},
+        rows[:2],
+        dict(recipe, scheduler={"name": "cosine", "warmup_epochs": 0.0}),
+        last_pt=True,
+    )
+    res = invoke("runs", tmp_path, columns=columns)
+    assert res.exit_code == 0, res.output
+    _no_cut_cells(res.output, columns)
+    for name in names:
+        assert re.search(rf"{name}\W.*\b[23]/3\W.*8[23]\.00% \(ep [23]\)\W.*\d s\W", res.output), res.output
+    assert "finished" in res.output and "interrupted" in res.output
+
+    res = invoke("compare", a, b, columns=columns)
+    assert res.exit_code == 0, res.output
+    _no_cut_cells(res.output, columns)
+    out = res.output
+    assert re.search(r"scheduler\W+null\W+cosine \(warmup_epochs 0\.0\)", out), out
+    for figure in ("81.00%", "83.00%", "90.10%", "90.30%", "0.003"):
+        assert figure in out
+    for metric in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        assert metric in out

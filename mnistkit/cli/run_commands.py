@@ -146,47 +146,89 @@ def runs(
     infos = scan_runs(root)
     con = _console()
     if not infos:
-        con.print(f"no runs in {root}")
+        con.print(f"no runs in {root}" + ("" if root.exists() else " (no such folder yet)"))
         return
-    con.print(_runs_table(infos, root))
+    con.print(_fit(con, [lambda s=s: _runs_table(infos, root, s) for s in range(len(_RUNS_SHAPES))]))
 
 
-def _runs_table(infos: list[Any], root: Path) -> Any:
-    from rich.markup import escape
+# From widest to narrowest: the start time loses its year, then goes; the best metric's name
+# moves into the header when every run shares it. Names, epochs, figures and status always stay.
+_RUNS_SHAPES = (
+    {"started": "%Y-%m-%d %H:%M", "box": True},
+    {"started": "%m-%d %H:%M", "box": True},
+    {"started": "%m-%d %H:%M", "box": False},
+    {"started": None, "box": False},
+)
+
+
+def _fit(con: Any, tables: list[Callable[[], Any]]) -> Any:
+    """The first table (widest first) that fits the console's width; else the narrowest."""
+    table = None
+    for make in tables:
+        table = make()
+        if _width(con, table) <= con.width:
+            return table
+    return table
+
+
+def _width(con: Any, table: Any) -> int:
+    """The width ``table`` takes with room to spare (``console.measure`` caps it at the console's)."""
+    from rich.measure import Measurement
+
+    return Measurement.get(con, con.options.update_width(10_000), table).maximum
+
+
+def _table(box: bool = True, **kwargs: Any) -> Any:
+    from rich import box as boxes
     from rich.table import Table
 
-    from mnistkit.recipe.metrics import format_metric
-    from mnistkit.runs.listing import format_seconds, format_started
+    if box:
+        return Table(title_justify="left", **kwargs)
+    # Borderless: 2 spaces between columns instead of 3 box characters.
+    return Table(title_justify="left", box=boxes.SIMPLE_HEAD, show_edge=False, pad_edge=False, **kwargs)
 
-    table = Table(title=f"runs in {escape(str(root))}", title_justify="left")
-    for col, justify in (
-        ("name", "left"),
-        ("started", "left"),
-        ("epochs", "right"),
-        ("best", "right"),
-        ("time", "right"),
-        ("status", "left"),
-    ):
-        table.add_column(col, justify=justify, no_wrap=col != "status")  # type: ignore[arg-type]
+
+def _runs_table(infos: list[Any], root: Path, shape: int) -> Any:
+    import datetime as dt
+
+    from rich.markup import escape
+
+    from mnistkit.recipe.metrics import format_metric
+    from mnistkit.runs.listing import format_seconds
+
+    opts = _RUNS_SHAPES[shape]
+    metrics = {i.best_metric for i in infos if i.best is not None}
+    one_metric = next(iter(metrics)) if len(metrics) == 1 else None
+    table = _table(bool(opts["box"]), title=f"runs in {escape(str(root))}")
+    # Only status may wrap (it is words); every other cell keeps its digits on one line, folded
+    # rather than cut with "…" should even the narrowest shape not fit.
+    table.add_column("name", no_wrap=True, overflow="fold")
+    if opts["started"]:
+        table.add_column("started", no_wrap=True, overflow="fold")
+    table.add_column("epochs", justify="right", no_wrap=True, overflow="fold")
+    best_header = f"best {one_metric}" if one_metric else "best"
+    table.add_column(best_header, justify="right", no_wrap=True, overflow="fold")
+    table.add_column("time", justify="right", no_wrap=True, overflow="fold")
+    table.add_column("status", min_width=8)
     colours = {"finished": "green", "running": "cyan", "interrupted": "yellow"}
     for i in infos:
         planned = "?" if i.epochs_planned is None else str(i.epochs_planned)
         best = format_metric(i.best_metric, i.best)
         if i.best is not None:
-            best = f"{i.best_metric} {best} (ep {i.best_epoch})"
+            best = f"{best} (ep {i.best_epoch})"
+            if not one_metric:
+                best = f"{i.best_metric} {best}"
         status = f"[{colours.get(i.status, 'red')}]{escape(i.status)}[/]"
         if i.status == "finished" and i.stop_reason and i.stop_reason != "finished":
             status += f" [dim]({escape(i.stop_reason)})[/]"
         if i.resumable:
             status += " [dim]· --resume[/]"
-        table.add_row(
-            escape(i.name),
-            format_started(i.started),
-            f"{i.epochs_done}/{planned}",
-            best,
-            format_seconds(i.seconds),
-            status,
-        )
+        cells = [escape(i.name)]
+        if opts["started"]:
+            started = i.started and dt.datetime.fromtimestamp(float(i.started)).strftime(str(opts["started"]))
+            cells.append(started or "-")
+        cells += [f"{i.epochs_done}/{planned}", best, format_seconds(i.seconds), status]
+        table.add_row(*cells)
     return table
 
 
@@ -207,41 +249,58 @@ def compare(
         b_name += " (same)"
     diff = recipe_diff(a.read_recipe_dict(), b.read_recipe_dict())
     if diff:
-        con.print(_diff_table(diff, a_name, b_name))
+        shapes = [lambda box=box: _diff_table(diff, a_name, b_name, box) for box in (True, False)]
+        con.print(_fit(con, shapes))
     else:
         con.print("recipe: identical (apart from the name)")
-    con.print(_metrics_table(a.read_metrics(), b.read_metrics(), a_name, b_name))
+    for table in _metrics_tables(con, a.read_metrics(), b.read_metrics()):
+        con.print(table)
     for label, d in (("A", a), ("B", b)):
         con.print(f"{label}: {escape(str(d.path))}  status {escape(effective_status(d.read_status()))}")
 
 
-def _diff_table(diff: list[tuple[str, Any, Any]], a_name: str, b_name: str) -> Any:
+def _diff_table(diff: list[tuple[str, Any, Any]], a_name: str, b_name: str, box: bool = True) -> Any:
     from rich.markup import escape
-    from rich.table import Table
 
-    t = Table(title="recipe: keys that differ", title_justify="left")
-    t.add_column("key", style="cyan", no_wrap=True)
-    t.add_column(escape(a_name))
-    t.add_column(escape(b_name))
+    t = _table(box, title="recipe: keys that differ")
+    t.add_column("key", style="cyan", no_wrap=True, overflow="fold")
+    # Values wrap at their spaces (a layer list is long); "fold", never "…": no digit is cut.
+    t.add_column(escape(a_name), overflow="fold")
+    t.add_column(escape(b_name), overflow="fold")
     for key, va, vb in diff:
         t.add_row(escape(key), escape(_show(va)), escape(_show(vb)))
     return t
 
 
-def _metrics_table(
-    rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], a_name: str, b_name: str
-) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
+def _metrics_tables(con: Any, rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> list[Any]:
+    """The metrics of every epoch, A and B side by side; split into several tables (each with the
+    epoch column) where all of them would not fit the console's width."""
 
-    from mnistkit.runs.listing import metric_columns, side_by_side
+    from mnistkit.runs.listing import metric_columns
 
     cols = metric_columns(rows_a, rows_b)
-    m = Table(title=f"metrics per epoch: A = {escape(a_name)}, B = {escape(b_name)}", title_justify="left")
-    m.add_column("epoch", justify="right")
+    # The names are in the A:/B: lines below; in the title they would push it past 80 columns.
+    title = "metrics per epoch (A, B: the runs named below)"
+    chunks: list[list[str]] = []
     for c in cols:
-        m.add_column(f"{c} A", justify="right")
-        m.add_column(f"{c} B", justify="right")
+        if chunks and _width(con, _metrics_table(rows_a, rows_b, [*chunks[-1], c], "")) <= con.width:
+            chunks[-1].append(c)
+        else:
+            chunks.append([c])
+    return [_metrics_table(rows_a, rows_b, chunk, title if i == 0 else "") for i, chunk in enumerate(chunks)]
+
+
+def _metrics_table(
+    rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], cols: list[str], title: str
+) -> Any:
+    from mnistkit.runs.listing import side_by_side
+
+    m = _table(True, title=title or None)
+    m.add_column("epoch", justify="right", no_wrap=True)
+    for c in cols:
+        # The header on two lines (metric, then run) so it is no wider than its figures.
+        m.add_column(f"{c}\nA", justify="right", no_wrap=True, overflow="fold")
+        m.add_column(f"{c}\nB", justify="right", no_wrap=True, overflow="fold")
     for epoch, ra, rb in side_by_side(rows_a, rows_b):
         cells = [str(epoch)]
         for c in cols:

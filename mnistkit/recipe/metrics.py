@@ -28,7 +28,7 @@ METRIC_COLUMNS = (
 )
 
 #: What ``mnistkit compare`` puts side by side (columns neither run has are dropped).
-COMPARE_COLUMNS = ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr")
+COMPARE_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr")
 
 
 def higher_is_better(metric: str) -> bool:

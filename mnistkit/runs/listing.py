@@ -103,8 +103,8 @@ def run_info(path: Path) -> RunInfo:
 def scan_runs(root: Path) -> list[RunInfo]:
     """Every run directory directly under ``root`` (or ``root`` itself), oldest first."""
     root = Path(root)
-    if not root.exists():
-        raise RunError(f"{root}: no such folder (runs are written to runs/ by default)")
+    if not root.exists():  # no run made yet: an empty list, not an error
+        return []
     if not root.is_dir():
         raise RunError(f"{root}: not a folder")
     dirs = [root] if RunDir.looks_like(root) else sorted(p for p in root.iterdir() if RunDir.looks_like(p))
@@ -155,28 +155,54 @@ _MISSING = object()
 
 
 def recipe_diff(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, value in a, value in b) for every flattened key whose values differ.
+    """(key, value in a, value in b) for every dotted key whose values differ.
 
-    A key set on one side only shows :data:`MISSING_TEXT` on the other. ``name`` is left out:
-    run names differ by design.
+    Both sides are walked together, so only what differs is listed. Where one side has a whole
+    section (a scheduler, a layer list, early stopping) and the other has none (null or not set),
+    that is one row holding the section in short (:func:`compact`), not one row per default-valued
+    key inside it. A key set on one side only shows :data:`MISSING_TEXT` on the other. ``name``
+    is left out: run names differ by design.
     """
-    fa, fb = flatten(a), flatten(b)
-    keys = list(fa) + [k for k in fb if k not in fa]
-    out = []
-    for k in keys:
-        if k == "name":
-            continue
-        va, vb = fa.get(k, _MISSING), fb.get(k, _MISSING)
-        if va != vb:
-            out.append((k, _shown(va), _shown(vb)))
+    out: list[tuple[str, Any, Any]] = []
+    _walk({k: v for k, v in a.items() if k != "name"}, {k: v for k, v in b.items() if k != "name"}, "", out)
     return out
+
+
+def _is_layer_list(v: Any) -> bool:
+    return isinstance(v, list) and any(isinstance(x, dict | list) for x in v)
+
+
+def _walk(a: Any, b: Any, prefix: str, out: list[tuple[str, Any, Any]]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            _walk(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}.{k}" if prefix else str(k), out)
+    elif _is_layer_list(a) and _is_layer_list(b) and len(a) == len(b):
+        for i, (va, vb) in enumerate(zip(a, b, strict=True)):
+            _walk(va, vb, f"{prefix}[{i}]", out)
+    elif a != b:
+        out.append((prefix, _shown(a), _shown(b)))
 
 
 MISSING_TEXT = "(not set)"
 
 
+def compact(v: Any) -> Any:
+    """A section in one short line: ``{name: cosine, warmup_epochs: 0}`` → ``cosine (warmup_epochs 0)``;
+    a layer list → ``12 layers: conv2d, batchnorm2d, ...``. Scalars and plain lists unchanged."""
+    if isinstance(v, dict):
+        rest = ", ".join(f"{k} {compact(x)}" for k, x in v.items() if k not in ("name", "type"))
+        head = v.get("name", v.get("type"))
+        if head is None:
+            return rest or "{}"
+        return f"{head} ({rest})" if rest else str(head)
+    if _is_layer_list(v):
+        kinds = [str(x.get("type", "?")) if isinstance(x, dict) else "?" for x in v]
+        return f"{len(v)} layer{'s' * (len(v) != 1)}: " + ", ".join(kinds)
+    return v
+
+
 def _shown(v: Any) -> Any:
-    return MISSING_TEXT if v is _MISSING else v
+    return MISSING_TEXT if v is _MISSING else compact(v)
 
 
 def metric_columns(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> list[str]:
