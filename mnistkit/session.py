@@ -135,6 +135,7 @@ class Session:
     state: LoopState = field(default_factory=LoopState)
     compile_seconds: float | None = None
     started: float = 0.0
+    rows_before: int = 0
     status: str = "failed"
     batchnorm: str = "none"  # distributed: sync | per-rank | none
 
@@ -151,7 +152,9 @@ class Session:
         self.threads = configure_device(recipe, self.device)
         check_weights_fit(model_size(recipe, self.reg), self.device)  # before any data or run dir
         # Only rank 0 prints (and writes the run directory); the others train silently.
-        self.reporter = make_reporter(opts.progress or recipe.train.progress if ctx.is_main else "none")
+        self.reporter = (
+            make_reporter(opts.progress or recipe.train.progress) if ctx.is_main else Reporter(silent=True)
+        )
         if recipe.train.tensorboard:
             summary_writer_class()  # a missing package fails now, not after loading the data
         if self.resume_ckpt is None:  # rank 0 chooses the name (it contains the time), all learn it
@@ -165,8 +168,9 @@ class Session:
             if device.type == "cpu"
             else str(device)
         ) + (_world_note(ctx) if ctx.distributed else "")
+        # "run dir" comes with the data (load): a run whose data fails to load leaves no directory.
         self.reporter.header(
-            [("recipe", recipe.name or ""), ("run dir", str(self.run.path)), ("device", shown)]
+            [("recipe", recipe.name or ""), ("device", shown)]
             + [("selection", note) for note in selection_on_test_notes(run_metrics(recipe))]
         )
         for note in notes:
@@ -259,6 +263,7 @@ class Session:
         )
         self.reporter.header(
             [
+                ("run dir", str(self.run.path)),
                 (
                     "data",
                     f"{recipe.data.dataset}: {split_sizes}, {data.num_classes} classes, "
@@ -408,7 +413,8 @@ class Session:
             save_checkpoint=self._save,
             message=reporter.message,
         )
-        reporter.start(recipe.epochs, self.data.val is not None)
+        self.rows_before = len(self.state.rows)  # epochs a resumed run had done before this session
+        reporter.start(recipe.epochs, self.data.val is not None, show_lr=recipe.scheduler is not None)
         try:
             self.state = train_loop(
                 recipe, self.data, self.model, loss_fn, self.optimizer, self.schedule, self.state,
@@ -499,9 +505,18 @@ class Session:
             last = state.rows[-1]
             final = f"test acc {last['test_acc']:.2%}, test loss {last['test_loss']:.4f}"
             lines.append(("final", f"{final} after epoch {last['epoch']}"))
-            this_session = " (this session)" if self.resume_ckpt is not None else ""
             total = duration(time.time() - self.started)
-            lines.append(("time", f"{duration(self.train_seconds)} training, {total} in all{this_session}"))
+            if self.resume_ckpt is None:
+                lines.append(("time", f"{duration(self.train_seconds)} training, {total} in all"))
+            else:  # the training time covers every session; the wall time only this one
+                now = sum(r["seconds"] for r in state.rows[self.rows_before :])
+                lines.append(
+                    (
+                        "time",
+                        f"{duration(self.train_seconds)} training over all sessions; "
+                        f"this session: {duration(now)} training, {total} in all",
+                    )
+                )
         if state.best is not None:
             best_metric = run_metrics(self.recipe).best
             shown = format_metric(best_metric, state.best)
@@ -579,6 +594,6 @@ def _write_plots(
         from mnistkit.evaluation.evaluate import write_run_plots
 
         paths = write_run_plots(run_dir, model, data, state.rows, recipe)
-        reporter.message("plots:    " + ", ".join(str(p.relative_to(run_dir)) for p in paths))
+        reporter.message(f"{'plots:':<10} " + ", ".join(str(p.relative_to(run_dir)) for p in paths))
     except Exception as exc:  # a plot must never cost the user their finished run
         reporter.message(f"[yellow]could not write plots: {type(exc).__name__}: {exc}[/yellow]")

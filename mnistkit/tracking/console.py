@@ -22,9 +22,17 @@ COLUMNS = [
     ("val_acc", "val acc", "{:.2%}"),
     ("test_loss", "test loss", "{:.4f}"),
     ("test_acc", "test acc", "{:.2%}"),
+    ("lr", "lr", "{:.3g}"),  # shown only when a scheduler changes it
     ("seconds", "s", "{:.2f}"),
     ("samples_per_s", "samples/s", "{:,.0f}"),
 ]
+
+#: The widest value each live-display column holds ("100.00%", "12.3456", "0.000123", "1,234,567").
+VALUE_WIDTHS = {"epoch": 5, "lr": 8, "seconds": 6, "samples_per_s": 9}
+DEFAULT_VALUE_WIDTH = 7
+#: Dropped first when the live display is too narrow for every column (a number is never cut).
+DROP_ORDER = ("samples_per_s", "seconds", "train_loss", "val_loss", "lr")
+BEST_MARK = "*"  # after the row of an epoch that improved the best metric (best.pt)
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -37,11 +45,15 @@ def _fmt(key: str, value: Any) -> str:
 class Reporter:
     """Base reporter: plain text lines (CI logs, pipes). RichReporter overrides the display."""
 
-    def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
+    def __init__(self, console: Console | None = None, quiet: bool = False, silent: bool = False) -> None:
+        """``quiet`` (--progress none): only where the run was saved; ``silent``: nothing at all
+        (the other ranks of a distributed run, whose lines rank 0 prints)."""
         self.console = console or Console(highlight=False, soft_wrap=True)
-        self.quiet = quiet
+        self.quiet = quiet or silent
+        self.silent = silent
         self.epochs = 0
         self.has_val = False
+        self.show_lr = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def header(self, lines: list[tuple[str, str]]) -> None:
@@ -67,8 +79,12 @@ class Reporter:
         table.add_row("", "total", "", f"{total:,}", style="bold")
         self.console.print(table)
 
-    def start(self, epochs: int, has_val: bool) -> None:
-        self.epochs, self.has_val = epochs, has_val
+    def start(self, epochs: int, has_val: bool, show_lr: bool = False) -> None:
+        """``show_lr``: a scheduler changes the learning rate, so each epoch shows it."""
+        self.epochs, self.has_val, self.show_lr = epochs, has_val, show_lr
+
+    def shown(self, key: str) -> bool:
+        return (self.has_val or not key.startswith("val_")) and (self.show_lr or key != "lr")
 
     def epoch_start(self, epoch: int, steps: int) -> None:
         pass
@@ -81,9 +97,9 @@ class Reporter:
             return
         parts = [f"epoch {row['epoch']}/{self.epochs}"]
         for key, label, _ in COLUMNS[1:]:
-            if key in row and row[key] is not None:
+            if self.shown(key) and row.get(key) is not None:
                 parts.append(f"{label} {_fmt(key, row[key])}")
-        self.console.print("  ".join(parts) + ("  *" if improved else ""))
+        self.console.print("  ".join(parts) + (f"  {BEST_MARK} best" if improved else ""))
 
     def message(self, text: str) -> None:
         if not self.quiet:
@@ -93,10 +109,12 @@ class Reporter:
         pass
 
     def summary(self, lines: list[tuple[str, str]]) -> None:
-        if self.quiet:
+        # --progress none still says where the run is (and how to resume it): one line or two.
+        if self.silent:
             return
         for key, value in lines:
-            self.console.print(f"{key + ':':<10} {value}")
+            if not self.quiet or key in ("saved", "resume"):
+                self.console.print(f"{key + ':':<10} {value}")
 
 
 class RichReporter(Reporter):
@@ -105,8 +123,6 @@ class RichReporter(Reporter):
     Finished rows are printed once (they scroll like normal output, so 100 epochs never overflow
     the screen); only the one-line bar is redrawn, and only when the loop reports progress.
     """
-
-    WIDTHS = {"epoch": 5, "samples_per_s": 10}
 
     def __init__(self, console: Console | None = None) -> None:
         super().__init__(console)
@@ -125,17 +141,31 @@ class RichReporter(Reporter):
         self.keys: list[tuple[str, str, str]] = []
 
     def _row_table(self, header: bool) -> Table:
-        # box=None on every table so the header and each row line up column by column.
+        # box=None on every table so the header and each row line up column by column. Headers on
+        # two lines ("train" over "loss") so a column is no wider than its figures; no_wrap: a
+        # value is never broken across lines (columns that do not fit were dropped in start()).
         table = Table(
             show_header=header, show_edge=False, pad_edge=False, box=None, header_style="bold underline"
         )
         for key, label, _ in self.keys:
-            table.add_column(label, justify="right", min_width=max(len(label), self.WIDTHS.get(key, 9)))
+            width = VALUE_WIDTHS.get(key, DEFAULT_VALUE_WIDTH)
+            table.add_column(label.replace(" ", "\n"), justify="right", min_width=width, no_wrap=True)
+        table.add_column("", min_width=len(BEST_MARK), no_wrap=True)  # the best-epoch mark
         return table
 
-    def start(self, epochs: int, has_val: bool) -> None:
-        super().start(epochs, has_val)
-        self.keys = [c for c in COLUMNS if has_val or not c[0].startswith("val_")]
+    def _fits(self, keys: list[tuple[str, str, str]]) -> bool:
+        widths = [
+            max(VALUE_WIDTHS.get(k, DEFAULT_VALUE_WIDTH), *map(len, label.split())) for k, label, _ in keys
+        ]
+        return sum(widths) + len(BEST_MARK) + 2 * len(keys) <= self.console.width  # 2: column gap
+
+    def start(self, epochs: int, has_val: bool, show_lr: bool = False) -> None:
+        super().start(epochs, has_val, show_lr)
+        self.keys = [c for c in COLUMNS if self.shown(c[0])]
+        for drop in DROP_ORDER:  # narrow terminal: fewer columns rather than numbers broken in two
+            if self._fits(self.keys):
+                break
+            self.keys = [c for c in self.keys if c[0] != drop]
         self.console.print(self._row_table(header=True))
         self.bar.start()
 
@@ -156,7 +186,8 @@ class RichReporter(Reporter):
             self.bar.remove_task(self.task)
             self.task = None
         table = self._row_table(header=False)
-        table.add_row(*[_fmt(k, row.get(k)) for k, _, _ in self.keys], style="green" if improved else None)
+        cells = [_fmt(k, row.get(k)) for k, _, _ in self.keys]
+        table.add_row(*cells, BEST_MARK if improved else "", style="green" if improved else None)
         self.console.print(table)
         self.bar.refresh()
 
