@@ -214,6 +214,21 @@ def test_help_lists_commands_and_debug_flag(cli) -> None:
     assert "--debug" in res.stdout
 
 
+@pytest.mark.parametrize("command", ["run", "eval", "predict", "runs", "compare", "export"])
+def test_help_shows_words_not_python_types(command: str) -> None:
+    """Every argument and option reads as a word (DIR, K, RUN_A), never `<path>` or `<int range>`."""
+    from typer.testing import CliRunner
+
+    from mnistkit.cli.app import app
+
+    res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert not re.search(r"<(path|int|bool|float|text|list)[^>]*>", res.output), res.output
+    # Arguments are named in capitals, as in the docs (RUN_DIR, FILE|FOLDER...), not as parameters.
+    usage = next(line for line in res.output.splitlines() if "Usage:" in line)
+    assert not re.search(r"[\[{][a-z_]+[\]}]", usage), usage
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,46 @@ def test_predict_table_invert_resize_and_alpha(
     assert "big.jpg" in res.output and "alpha.png" in res.output and "probability" in res.output
 
 
+def test_predict_takes_folders_recursively_and_notes_inputs_far_from_training(
+    digits_run: Path, digits_pngs: list[tuple[Path, int]], tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".hidden").mkdir()
+    for i, (src, _) in enumerate(digits_pngs[:3]):
+        shutil.copy(src, (folder / "sub" if i else folder) / src.name)
+    shutil.copy(digits_pngs[3][0], folder / ".hidden" / "x.png")  # hidden: skipped
+    (folder / "notes.txt").write_text("not an image")  # not an image: skipped
+    result = predict_json(digits_run, folder)
+    files = [p["file"] for p in result["predictions"]]
+    assert files == [
+        str(folder / "digit-0.png"),
+        str(folder / "sub" / "digit-1.png"),
+        str(folder / "sub" / "digit-2.png"),
+    ]
+    one_by_one = predict_json(digits_run, *files)
+    assert result["predictions"] == one_by_one["predictions"]
+    assert all("note" not in p for p in result["predictions"])  # 8x8 grey, as trained
+
+    src = digits_pngs[0][0]
+    big = tmp_path / "mnist-size.png"  # a 28x28 image fed to the 8x8 digits model
+    Image.open(src).resize((28, 28), Image.Resampling.NEAREST).save(big)
+    colour = tmp_path / "colour.png"  # 8x8, but in colour: the model was trained on grey
+    grey = Image.open(src).convert("L")
+    Image.merge("RGB", (grey, Image.new("L", grey.size, 0), grey)).save(colour)
+    res = invoke("predict", digits_run, big, colour, src)
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.output.splitlines() if line.startswith("note ")]
+    assert len(notes) == 2, res.output
+    assert "mnist-size.png" in notes[0] and "28x28 image resized to the model's 8x8 (shrunk 3.5x)" in notes[0]
+    assert "colour.png" in notes[1] and "converted to grey" in notes[1]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = invoke("predict", digits_run, empty)
+    assert res.exit_code == 1 and "no image files in this folder" in res.output
+
+
 def test_predict_treats_transparent_pixels_as_the_black_background(
     digits_run: Path, digits_pngs: list[tuple[Path, int]], tmp_path: Path
 ) -> None:
@@ -369,6 +410,18 @@ def test_predict_wav_with_the_runs_log_mel_features(tmp_path: Path, monkeypatch:
     Image.new("L", (16, 16)).save(png)
     res = invoke("predict", run, png)
     assert res.exit_code == 1 and "trained on audio" in res.output
+
+    # A folder: its audio files, recursively; a clip far longer than the training frames gets a note.
+    long_clip = tmp_path / "long.wav"
+    _tone(long_clip, 300.0, seconds=1.0)  # 126 frames at hop 64; the model saw 16
+    result = predict_json(run, root, long_clip)
+    files = [p["file"] for p in result["predictions"]]
+    assert files == sorted(str(f) for f in root.rglob("*.wav")) + [str(long_clip)]
+    assert [p.get("note") for p in result["predictions"][:-1]] == [None] * 12
+    assert (
+        "1.00 s clip" in result["predictions"][-1]["note"]
+        and "16 frames" in result["predictions"][-1]["note"]
+    )
 
 
 def test_dark_background_hint_follows_the_pixels_not_the_normalization() -> None:

@@ -28,6 +28,7 @@ CheckpointOpt = Annotated[
         "--checkpoint",
         "-c",
         help="Which checkpoint: best (by train.best_metric) or last (latest epoch or Ctrl-C point).",
+        metavar="best|last",
     ),
 ]
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory.", show_default=False, metavar="RUN_DIR")]
@@ -72,6 +73,7 @@ def eval_(
             "--data-dir",
             "-d",
             help="Folder with the dataset files (default: the run's own --data-dir, if any).",
+            metavar="DIR",
         ),
     ] = None,
 ) -> None:
@@ -99,13 +101,20 @@ def predict(
     run_dir: RunOrModelArg,
     files: Annotated[
         list[Path],
-        typer.Argument(help="Image files (PNG, JPG, ...) or, for audio runs, WAV files.", show_default=False),
+        typer.Argument(
+            help="Image files (PNG, JPG, ...) or, for audio runs, WAV files; "
+            "a folder stands for the files inside it (recursively).",
+            show_default=False,
+            metavar="FILE|FOLDER...",
+        ),
     ],
     checkpoint: CheckpointOpt = Checkpoint.best,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
     ] = False,
-    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Show the K most probable classes.")] = 1,
+    top: Annotated[
+        int, typer.Option("--top", "-k", min=1, help="Show the K most probable classes.", metavar="K")
+    ] = 1,
     invert: Annotated[
         bool,
         typer.Option(
@@ -115,12 +124,14 @@ def predict(
         ),
     ] = False,
 ) -> None:
-    """Classify files with a trained run: the class and its probability for each file.
+    """Classify files (or every file in folders) with a trained run: the class and its probability.
 
     Images are converted to grey, resized to the run's input size (e.g. 28x28) and
     normalized exactly as in training.
     MNIST-family data is a light digit or garment on a black background:
     give images that way round, or pass --invert.
+    A note (on stderr) flags inputs far from the training data: resized by more than 2x,
+    colour given to a grey model (or the reverse), audio much longer than the training clips.
     Given a model.onnx from `mnistkit export`, runs it in ONNX Runtime without torch."""
     from mnistkit.evaluation.predict import predict_files, print_predictions
     from mnistkit.export.runtime import is_onnx_path, predict_onnx
@@ -137,7 +148,8 @@ def predict(
 
 def runs(
     root: Annotated[
-        Path, typer.Argument(help="Folder holding run directories (or one run directory).")
+        Path,
+        typer.Argument(help="Folder holding run directories (or one run directory).", metavar="RUNS_DIR"),
     ] = Path("runs"),
 ) -> None:
     """List runs: name, start, epochs done/planned, best metric, training time, status."""
@@ -233,8 +245,8 @@ def _runs_table(infos: list[Any], root: Path, shape: int) -> Any:
 
 
 def compare(
-    run_a: Annotated[Path, typer.Argument(help="First run directory.", show_default=False)],
-    run_b: Annotated[Path, typer.Argument(help="Second run directory.", show_default=False)],
+    run_a: Annotated[Path, typer.Argument(help="First run directory.", show_default=False, metavar="RUN_A")],
+    run_b: Annotated[Path, typer.Argument(help="Second run directory.", show_default=False, metavar="RUN_B")],
 ) -> None:
     """Two runs side by side: the recipe keys that differ, then the metrics of every epoch."""
     from rich.markup import escape

@@ -32,7 +32,16 @@ if TYPE_CHECKING:
     from mnistkit.runs.directory import RunDir
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+# What a folder given to predict is searched for (recursively), by the run's kind of data.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
 DARK_BACKGROUND_MEAN = 0.5  # a training set darker than this on average has dark backgrounds
+# An input resized by more than this factor (either way, either side) gets a note: a 28x28 image
+# shrunk to the digits model's 8x8 keeps little of what the model learned to read (0 of 4 right,
+# at 97-100 % confidence, in the report of issue 10). 2x covers ordinary crops and scans.
+RESIZE_NOTE_FACTOR = 2.0
+# A clip more than this many times the training frames is mostly cut off (the model sees only
+# its first ``frames``), so it gets a note.
+AUDIO_LENGTH_NOTE_FACTOR = 2.0
 
 
 @dataclass
@@ -98,8 +107,13 @@ def input_scale(info: dict[str, Any]) -> float:
     return float(info["scale"]) if float(info["scale"]) != 1.0 else 1 / 255
 
 
-def image_array(path: Path, info: dict[str, Any], invert: bool = False) -> np.ndarray:
-    """One image file as the uint8 array ``[C, H, W]`` (0-255) the run's dataset stores."""
+def image_array(
+    path: Path, info: dict[str, Any], invert: bool = False, notes: list[str] | None = None
+) -> np.ndarray:
+    """One image file as the uint8 array ``[C, H, W]`` (0-255) the run's dataset stores.
+
+    ``notes`` receives what makes the file far from the training images (resized a lot, colour
+    given to a grey model or the other way round)."""
     from mnistkit.data.images import decode_image
 
     channels, height, width = (int(n) for n in info["in_shape"])
@@ -109,6 +123,11 @@ def image_array(path: Path, info: dict[str, Any], invert: bool = False) -> np.nd
         # The conversion image_folder training data went through (grey/RGB, transparent pixels
         # black, bilinear resize), so a run on one's own images sees new ones the same way.
         arr = decode_image(path, channels, height, width)
+        if notes is not None:  # decode_image has already refused a decompression bomb
+            from PIL import Image
+
+            with Image.open(path) as img:
+                notes += _image_notes(img, channels, height, width)
     except Exception as exc:  # not found, not an image, truncated, decompression bomb...
         raise RunError(f"{path}: cannot read it as an image ({_reason(exc)})") from None
     if invert:
@@ -116,8 +135,29 @@ def image_array(path: Path, info: dict[str, Any], invert: bool = False) -> np.nd
     return np.array(arr, dtype=np.uint8)  # a writable copy (Pillow's buffer is read-only)
 
 
-def audio_array(path: Path, info: dict[str, Any]) -> np.ndarray:
-    """One audio file as its log-mel features ``float32 [1, n_mels, frames]`` (not normalized)."""
+def _image_notes(img: Any, channels: int, height: int, width: int) -> list[str]:
+    out = []
+    w0, h0 = img.size
+    factor = max(w0 / width, h0 / height, width / w0, height / h0)
+    if factor > RESIZE_NOTE_FACTOR:
+        out.append(
+            f"{w0}x{h0} image resized to the model's {width}x{height} "
+            f"({'shrunk' if w0 * h0 > width * height else 'enlarged'} {factor:.1f}x): "
+            "far from the training images, the prediction may be meaningless"
+        )
+    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+    colour = bool(np.any(rgb[..., 0] != rgb[..., 1]) or np.any(rgb[..., 1] != rgb[..., 2]))
+    if channels == 1 and colour:
+        out.append("colour image (3 channels) converted to grey: the model was trained on 1-channel images")
+    elif channels == 3 and not colour:
+        out.append("grey image (1 channel) given to a model trained on colour (3-channel) images")
+    return out
+
+
+def audio_array(path: Path, info: dict[str, Any], notes: list[str] | None = None) -> np.ndarray:
+    """One audio file as its log-mel features ``float32 [1, n_mels, frames]`` (not normalized).
+
+    ``notes`` receives a note when the clip is much longer than the training frames."""
     from mnistkit.data.audio import LogMelSpec, log_mel, read_audio
 
     feats = dict(info.get("features") or {})
@@ -128,6 +168,13 @@ def audio_array(path: Path, info: dict[str, Any]) -> np.ndarray:
         s = log_mel(y, spec)
     except Exception as exc:  # soundfile/librosa errors, empty or non-finite audio
         raise RunError(f"{path}: cannot read it as audio ({_reason(exc)})") from None
+    clip_frames = 1 + len(y) // spec.hop_length  # librosa's centred frames
+    if notes is not None and clip_frames > AUDIO_LENGTH_NOTE_FACTOR * spec.frames:
+        seen = spec.frames * spec.hop_length / spec.sample_rate
+        notes.append(
+            f"{len(y) / spec.sample_rate:.2f} s clip, {clip_frames} frames: the model was trained on "
+            f"{spec.frames} frames and sees only the first {seen:.2f} s"
+        )
     return np.array(s[None], dtype=np.float32)
 
 
@@ -138,7 +185,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def file_array(path: Path, info: dict[str, Any], invert: bool = False) -> np.ndarray:
+def file_array(
+    path: Path, info: dict[str, Any], invert: bool = False, notes: list[str] | None = None
+) -> np.ndarray:
     """One file as the run's raw input ``[C, ...]``: an image for image runs, audio for audio runs."""
     path = Path(path)
     is_audio_file = path.suffix.lower() in AUDIO_SUFFIXES
@@ -152,22 +201,57 @@ def file_array(path: Path, info: dict[str, Any], invert: bool = False) -> np.nda
                 f"{path}: this run was trained on audio ({info['dataset']}); give "
                 f"{'/'.join(AUDIO_SUFFIXES)} files"
             )
-        return audio_array(path, info)
+        return audio_array(path, info, notes)
     if is_audio_file:
         raise RunError(
             f"{path}: this run was trained on images ({info['dataset']}); give image files (PNG, JPG, ...)"
         )
-    return image_array(path, info, invert)
+    return image_array(path, info, invert, notes)
 
 
-def read_files(files: list[Path], info: dict[str, Any], invert: bool = False) -> np.ndarray:
-    """Every file as one raw batch ``[N, C, ...]``; unreadable files are reported together."""
+def expand_inputs(paths: list[Path], info: dict[str, Any]) -> list[Path]:
+    """The files to classify: each file as given, each folder replaced by the files inside it
+    (recursively, sorted, hidden ones skipped) that the run reads: images, or audio for audio runs."""
+    suffixes = AUDIO_SUFFIXES if info.get("kind") == "audio" else IMAGE_SUFFIXES
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = sorted(
+            f
+            for f in p.rglob("*")
+            if f.is_file()
+            and f.suffix.lower() in suffixes
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
+        if not found:
+            kind = "audio" if info.get("kind") == "audio" else "image"
+            raise RunError(
+                f"{p}: no {kind} files in this folder ({', '.join(suffixes)}), searched recursively"
+            )
+        out += found
+    return out
+
+
+def read_files(
+    files: list[Path],
+    info: dict[str, Any],
+    invert: bool = False,
+    notes: list[list[str]] | None = None,
+) -> np.ndarray:
+    """Every file as one raw batch ``[N, C, ...]``; unreadable files are reported together.
+
+    ``notes`` receives, per file, what makes it far from the training data (see image_array)."""
     arrays, problems = [], []
     for f in files:
+        file_notes: list[str] = []
         try:
-            arrays.append(file_array(Path(f), info, invert))
+            arrays.append(file_array(Path(f), info, invert, file_notes))
         except RunError as exc:
             problems.append(str(exc))
+        if notes is not None:
+            notes.append(file_notes)
     if problems:
         head = "cannot read " + ("this file" if len(problems) == 1 else f"{len(problems)} files")
         raise RunError(head + ":\n  " + "\n  ".join(problems))
@@ -212,7 +296,9 @@ def predict_files(
     check_predict_args(files, top)
     pred = load_predictor(run_dir, checkpoint)
     info = pred.info
-    raw = read_files(files, info, invert)
+    files = expand_inputs(files, info)
+    notes: list[list[str]] = []
+    raw = read_files(files, info, invert, notes)
     x = normalized(raw, info)
     probs = probabilities(pred.model, x, len(x), pred.precision)
     return {
@@ -220,7 +306,7 @@ def predict_files(
         "checkpoint": pred.checkpoint,
         "checkpoint_when": pred.checkpoint_when,
         "dataset": info["dataset"],
-        "predictions": prediction_items(files, probs, raw, info, top, invert),
+        "predictions": prediction_items(files, probs, raw, info, top, invert, notes),
     }
 
 
@@ -238,13 +324,18 @@ def prediction_items(
     info: dict[str, Any],
     top: int,
     invert: bool,
+    notes: list[list[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per file from the class probabilities ``[N, classes]`` and the raw inputs."""
+    """One entry per file from the class probabilities ``[N, classes]`` and the raw inputs.
+
+    ``"note"``: what makes the input doubtful (``notes`` from read_files, a light background),
+    joined with "; "."""
     classes = list(info["classes"])
     k = min(top, len(classes))
     light_background = info.get("kind") == "image" and _trained_dark(info)
     out = []
-    for f, p, xi in zip(files, probs, raw, strict=True):
+    for i, (f, p, xi) in enumerate(zip(files, probs, raw, strict=True)):
+        file_notes = list(notes[i]) if notes else []
         order = np.argsort(-p, kind="stable")[:k]
         item: dict[str, Any] = {
             "file": str(f),
@@ -254,9 +345,12 @@ def prediction_items(
             "top": [{"class": classes[int(i)], "index": int(i), "probability": float(p[i])} for i in order],
         }
         if light_background and _light_border(xi, info):
-            item["note"] = "light background, but the training images are light on a dark background: " + (
-                "is --invert wrong here?" if invert else "try --invert"
+            file_notes.append(
+                "light background, but the training images are light on a dark background: "
+                + ("is --invert wrong here?" if invert else "try --invert")
             )
+        if file_notes:
+            item["note"] = "; ".join(file_notes)
         out.append(item)
     return out
 

@@ -72,11 +72,13 @@ def load_model(path: Path) -> OnnxModel:
 
 def predict_onnx(model_path: Path, files: list[Path], top: int = 1, invert: bool = False) -> dict[str, Any]:
     """Predictions for ``files``, shaped as ``predict_files``' (mnistkit.evaluation.predict) + ``"model"``."""
-    from mnistkit.evaluation.predict import check_predict_args, prediction_items, read_files
+    from mnistkit.evaluation.predict import check_predict_args, expand_inputs, prediction_items, read_files
 
     check_predict_args(files, top)
     model = load_model(model_path)
-    raw = read_files(files, model.info, invert)
+    files = expand_inputs(files, model.info)
+    notes: list[list[str]] = []
+    raw = read_files(files, model.info, invert, notes)
     probs = model.probabilities(raw)
     meta = model.meta
     return {
@@ -85,5 +87,5 @@ def predict_onnx(model_path: Path, files: list[Path], top: int = 1, invert: bool
         "checkpoint": meta["checkpoint"],
         "checkpoint_when": meta["checkpoint_when"],
         "dataset": meta["dataset"],
-        "predictions": prediction_items(files, probs, raw, model.info, top, invert),
+        "predictions": prediction_items(files, probs, raw, model.info, top, invert, notes),
     }
