@@ -166,10 +166,10 @@ def runs(
 # From widest to narrowest: the start time loses its year, then goes; the best metric's name
 # moves into the header when every run shares it. Names, epochs, figures and status always stay.
 _RUNS_SHAPES = (
-    {"started": "%Y-%m-%d %H:%M", "box": True},
-    {"started": "%m-%d %H:%M", "box": True},
-    {"started": "%m-%d %H:%M", "box": False},
-    {"started": None, "box": False},
+    {"started": "%Y-%m-%d %H:%M", "box": True, "metric_in_header": False},
+    {"started": "%m-%d %H:%M", "box": True, "metric_in_header": False},
+    {"started": "%m-%d %H:%M", "box": False, "metric_in_header": True},
+    {"started": None, "box": False, "metric_in_header": True},
 )
 
 
@@ -210,7 +210,7 @@ def _runs_table(infos: list[Any], root: Path, shape: int) -> Any:
 
     opts = _RUNS_SHAPES[shape]
     metrics = {i.best_metric for i in infos if i.best is not None}
-    one_metric = next(iter(metrics)) if len(metrics) == 1 else None
+    one_metric = next(iter(metrics)) if len(metrics) == 1 and opts["metric_in_header"] else None
     table = _table(bool(opts["box"]), title=f"runs in {escape(str(root))}")
     # Only status may wrap (it is words); every other cell keeps its digits on one line, folded
     # rather than cut with "…" should even the narrowest shape not fit.
