@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from mnistkit.runs.directory import RunDir
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-# What a folder given to predict is searched for (recursively), by the run's kind of data.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
 DARK_BACKGROUND_MEAN = 0.5  # a training set darker than this on average has dark backgrounds
 # An input resized by more than this factor (either way, either side) gets a note: a 28x28 image
 # shrunk to the digits model's 8x8 keeps little of what the model learned to read (0 of 4 right,
@@ -212,7 +210,9 @@ def file_array(
 def expand_inputs(paths: list[Path], info: dict[str, Any]) -> list[Path]:
     """The files to classify: each file as given, each folder replaced by the files inside it
     (recursively, sorted, hidden ones skipped) that the run reads: images, or audio for audio runs."""
-    suffixes = AUDIO_SUFFIXES if info.get("kind") == "audio" else IMAGE_SUFFIXES
+    from mnistkit.data.images import IMAGE_EXTENSIONS  # what image_folder reads, too
+
+    suffixes = AUDIO_SUFFIXES if info.get("kind") == "audio" else IMAGE_EXTENSIONS
     out: list[Path] = []
     for p in map(Path, paths):
         if not p.is_dir():
