@@ -152,9 +152,7 @@ class Session:
         self.threads = configure_device(recipe, self.device)
         check_weights_fit(model_size(recipe, self.reg), self.device)  # before any data or run dir
         # Only rank 0 prints (and writes the run directory); the others train silently.
-        self.reporter = (
-            make_reporter(opts.progress or recipe.train.progress) if ctx.is_main else Reporter(silent=True)
-        )
+        self.reporter = make_reporter(opts.progress or recipe.train.progress if ctx.is_main else "silent")
         if recipe.train.tensorboard:
             summary_writer_class()  # a missing package fails now, not after loading the data
         if self.resume_ckpt is None:  # rank 0 chooses the name (it contains the time), all learn it

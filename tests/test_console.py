@@ -100,3 +100,17 @@ def test_progress_none_still_says_where_the_run_was_saved() -> None:
     rep.epoch_end(ROW, improved=True)
     rep.summary([("status", "finished (3 epochs)"), ("saved", "runs/x-1")])
     assert text(con) == "saved:     runs/x-1\n"
+
+
+def test_silent_prints_nothing_at_all() -> None:
+    """A sweep's trials and a distributed run's other ranks: not even the saved: line."""
+    from mnistkit.tracking.console import make_reporter
+
+    con = console(80, terminal=False)
+    rep = make_reporter("silent", con)
+    rep.header([("recipe", "x")])
+    rep.start(3, has_val=False)
+    rep.epoch_end(ROW, improved=True)
+    rep.message("hello")
+    rep.summary([("saved", "runs/x-1"), ("resume", "mnistkit run --resume runs/x-1")])
+    assert text(con) == ""

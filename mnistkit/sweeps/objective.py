@@ -142,7 +142,7 @@ class Objective:
             data_dir=self.data_dir,
             out=None if resume else run_dir,
             resume=resume,
-            progress="none",
+            progress="silent",  # not even "saved:": the sweep's own display reports each trial
             on_epoch=on_epoch,
         )
         t0 = time.perf_counter()

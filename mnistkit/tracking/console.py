@@ -202,8 +202,11 @@ class RichReporter(Reporter):
 
 
 def make_reporter(mode: str, console: Console | None = None) -> Reporter:
-    """'auto' → Rich on a terminal, plain lines when stdout is a pipe or file."""
+    """'auto' → Rich on a terminal, plain lines when stdout is a pipe or file; 'none' → only the
+    saved: (and resume:) lines; 'silent' → nothing (a sweep's trials, a distributed run's other ranks)."""
     console = console or Console(highlight=False, soft_wrap=True)
+    if mode == "silent":  # not a user's --progress: runs inside a sweep, other ranks
+        return Reporter(console, silent=True)
     if mode == "none":
         return Reporter(console, quiet=True)
     if mode == "rich" or (mode == "auto" and console.is_terminal and sys.stdout.isatty()):
