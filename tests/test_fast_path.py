@@ -118,14 +118,24 @@ def test_dataloader_path_serves_the_same_batches(n: int, bs: int, drop_last: boo
             assert torch.equal(xm, xd) and torch.equal(ym, yd)
 
 
-def test_a_shuffled_dataloader_has_the_same_semantics() -> None:
-    # The reference semantics: DataLoader(shuffle=True) also serves each sample once per epoch
-    # in batches of the same sizes, last partial batch kept unless drop_last.
-    n, bs = 10, 3
-    for drop_last in (False, True):
-        dl = DataLoader(TensorDataset(torch.arange(n)), batch_size=bs, shuffle=True, drop_last=drop_last)
-        sizes = [len(b[0]) for b in dl]
-        assert sizes == expected_sizes(n, bs, drop_last)
+@pytest.mark.parametrize("n, bs", CASES)
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_memory_batches_match_a_shuffled_dataloader(n: int, bs: int, drop_last: bool) -> None:
+    # The reference: what DataLoader(shuffle=True) does, i.e. a RandomSampler (given the same
+    # generator seed as mnistkit, so both draw the same permutation) batched by torch's
+    # BatchSampler. mnistkit's in-memory path must serve exactly the same batches: same samples,
+    # same order, same sizes, partial last batch kept unless drop_last.
+    split = synthetic(n)
+    for seed in range(3):  # a few epochs' permutations
+        order = epoch_order(n, True, torch.Generator().manual_seed(seed))
+        ours = list(memory_batches(split, bs, order, drop_last))
+        sampler = RandomSampler(range(n), generator=torch.Generator().manual_seed(seed))
+        reference = list(
+            DataLoader(TensorDataset(split.x, split.y), batch_size=bs, sampler=sampler, drop_last=drop_last)
+        )
+        assert [len(yb) for _, yb in ours] == [len(yb) for _, yb in reference]
+        for (xo, yo), (xr, yr) in zip(ours, reference, strict=True):
+            assert torch.equal(xo, xr) and torch.equal(yo, yr)
 
 
 # ------------------------------------------------------------------------- normalization
