@@ -349,7 +349,7 @@ def test_real_mnist_test_idx_reads(shared_data: Path) -> None:
 DIGITS_SPLIT_SHA256 = "570bd9e85d7ef7b3e9b72c68a47d0fe61217272d25b96caa60ca85ee75cf613c"
 DIGITS_FINGERPRINT = """
 import hashlib
-from mnistkit import vision
+from mnistkit.data import vision
 d = vision.load_sklearn_digits()
 h = hashlib.sha256()
 for t in (d.train.x, d.train.y, d.test.x, d.test.y):

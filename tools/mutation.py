@@ -33,15 +33,21 @@ WORK = REPO / "build" / "mutation"
 # package layout), update the paths here; nothing else names them.
 TARGETS: dict[str, list[str]] = {
     # metric vocabulary, best checkpoint, early stopping, target accuracy
-    "mnistkit/train.py": ["metric_mode", "watched_metrics", "improves", "record_epoch", "_best_so_far"],
+    "mnistkit/training/loop.py": [
+        "metric_mode",
+        "watched_metrics",
+        "improves",
+        "record_epoch",
+        "_best_so_far",
+    ],
     # --set application
-    "mnistkit/yamlio.py": ["apply_overrides"],
+    "mnistkit/recipe/yamlio.py": ["apply_overrides"],
     # resume state: what a checkpoint records and what --resume restores from it
-    "mnistkit/runner.py": ["checkpoint_state", "restore"],
+    "mnistkit/session.py": ["checkpoint_state", "restore"],
     # checkpoint choice for eval/predict (--checkpoint best|last)
-    "mnistkit/evaluate.py": ["checkpoint_path"],
+    "mnistkit/evaluation/evaluate.py": ["checkpoint_path"],
     # which metric `mnistkit runs` reports as a run's best
-    "mnistkit/runs.py": ["best_metric_of"],
+    "mnistkit/runs/listing.py": ["best_metric_of"],
 }
 
 # The tests that cover them. mutmut runs these once to learn which test calls which function,
