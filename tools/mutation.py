@@ -73,6 +73,10 @@ DESELECT: list[str] = [
 # ----------------------------------------------------------------------------------------------
 
 
+# What the tests read besides the package (recipes/*.yaml, docs/recipe.md, the benchmark script).
+COPIED = ("mnistkit", "tests", "recipes", "bench", "docs")
+
+
 def mutant_globs() -> list[str]:
     """mutmut's names for the mutants of TARGETS: mnistkit.train.x_improves__mutmut_7, ..."""
     globs = []
@@ -91,14 +95,14 @@ def prepare() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
-    for name in ("mnistkit", "tests", "recipes", "bench"):
+    for name in COPIED:
         shutil.copytree(REPO / name, WORK / name, ignore=ignore)
     selection = TESTS + [f"--deselect={t}" for t in DESELECT]
     config = f"""
 [tool.mutmut]
 source_paths = ["mnistkit/"]
 only_mutate = {toml_list(list(TARGETS))}
-also_copy = ["recipes/", "bench/"]
+also_copy = {toml_list([f"{name}/" for name in COPIED if name != "mnistkit"])}
 pytest_add_cli_args_test_selection = {toml_list(selection)}
 pytest_add_cli_args = ["-p", "no:cacheprovider"]
 """
