@@ -66,6 +66,8 @@ def test_small_fsdd_run_end_to_end(shared_data: Path, cli, tmp_path: Path) -> No
         "--progress",
         "plain",
         env={"MNISTKIT_CACHE": str(cache)},
+        # ~10 s on a quiet 2-core machine, 40 s at load 10; below pytest-timeout's 300 s.
+        timeout=280,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout + r.stderr
