@@ -232,6 +232,9 @@ def test_bench_script_parses_its_options() -> None:
 BENCH_LIMIT = 640  # 10 batches of 64 per variant: the script's whole path, seconds of training
 
 
+# Three processes start one after the other: ~20 s on a quiet machine, but 7.5 min was measured
+# at load average 24 on the 2-core dev machine, past the suite's default 300 s limit.
+@pytest.mark.timeout(900)
 def test_bench_smoke_run(shared_data: Path, tmp_path: Path) -> None:
     # The benchmark reaches into mnistkit (runner.run, its reporter, recipes/mlp5.yaml): a
     # change there must not leave it broken until the next time someone measures. A tiny
@@ -260,7 +263,7 @@ def test_bench_smoke_run(shared_data: Path, tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=880,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "c/a =" in out.stdout and "goals:" in out.stdout
