@@ -30,5 +30,6 @@ bench: $(STAMP)
 
 # Mutation testing of the code where a wrong answer is silent (docs/testing.md). The modules and
 # functions it mutates, and the tests it runs, are listed at the top of tools/mutation.py.
+# `make mutation ONLY="improves judge_epoch"`: only those functions (or module paths).
 mutation: $(STAMP)
-	$(VENV)/bin/python tools/mutation.py
+	$(VENV)/bin/python tools/mutation.py $(ONLY)

@@ -9,6 +9,7 @@ docs/testing.md explains the figures and every survivor we accept.
 
     python tools/mutation.py            # all targets (a few minutes on 2 cores)
     python tools/mutation.py --show     # ... and print the diff of every survivor
+    python tools/mutation.py improves judge_epoch mnistkit/recipe/yamlio.py   # only these
 
 It works in a scratch copy (build/mutation/, deleted and rebuilt each run), so the repository's
 own files are never mutated. Why mutmut and not cosmic-ray: see docs/testing.md.
@@ -32,20 +33,23 @@ WORK = REPO / "build" / "mutation"
 # THE TARGETS: module file -> the functions in it to mutate. When modules move (issue 9, the
 # package layout), update the paths here; nothing else names them.
 TARGETS: dict[str, list[str]] = {
-    # metric vocabulary, best checkpoint, early stopping, target accuracy
-    "mnistkit/training/loop.py": [
+    # the metric vocabulary: which way is better, what "auto" resolves to
+    "mnistkit/recipe/metrics.py": [
+        "higher_is_better",
         "metric_mode",
-        "watched_metrics",
         "improves",
-        "record_epoch",
-        "_best_so_far",
+        "auto_metric",
+        "best_metric_name",
+        "run_metrics",
     ],
+    # the rules after each epoch: best checkpoint, early stopping, target accuracy
+    "mnistkit/training/rules.py": ["judge_epoch", "_best_so_far"],
     # --set application
     "mnistkit/recipe/yamlio.py": ["apply_overrides"],
+    # checkpoint choice for eval/predict/--resume (--checkpoint best|last); methods as Class.method
+    "mnistkit/runs/directory.py": ["RunDir.checkpoint_path", "RunDir.existing_checkpoint"],
     # resume state: what a checkpoint records and what --resume restores from it
-    "mnistkit/session.py": ["checkpoint_state", "restore"],
-    # checkpoint choice for eval/predict (--checkpoint best|last)
-    "mnistkit/evaluation/evaluate.py": ["checkpoint_path"],
+    "mnistkit/training/state.py": ["checkpoint_state", "restore"],
     # which metric `mnistkit runs` reports as a run's best
     "mnistkit/runs/listing.py": ["best_metric_of"],
 }
@@ -79,6 +83,9 @@ TESTS: list[str] = [
     # issue 8: best epoch not the last (scripted metrics), resume state, --checkpoint, --set order
     "tests/test_best_and_stopping.py",
     "tests/test_overrides.py",
+    # issue 9: the rules and the metric vocabulary on scripted rows, no training
+    "tests/test_rules.py",
+    "tests/test_metric_vocabulary.py",
 ]
 # ----------------------------------------------------------------------------------------------
 
@@ -87,12 +94,41 @@ TESTS: list[str] = [
 COPIED = ("mnistkit", "tests", "recipes", "bench", "docs")
 
 
-def mutant_globs() -> list[str]:
-    """mutmut's names for the mutants of TARGETS: mnistkit.train.x_improves__mutmut_7, ..."""
+# mutmut's name for a method: xǁClassǁmethod (a function: x_function).
+SEP = "\u01c1"
+
+
+def mangled(fn: str) -> str:
+    cls, _, name = fn.rpartition(".")
+    return f"x{SEP}{cls}{SEP}{name}" if cls else f"x_{name}"
+
+
+def selected_targets(only: list[str]) -> dict[str, list[str]]:
+    """TARGETS, or the part of it whose function (or module path) is named in ``only``."""
+    if not only:
+        return TARGETS
+
+    def named(path: str, fn: str) -> bool:
+        return path in only or fn in only or fn.rpartition(".")[2] in only
+
+    picked = {path: [fn for fn in fns if named(path, fn)] for path, fns in TARGETS.items()}
+    for o in only:
+        if not any(
+            named(path, fn) and o in (path, fn, fn.rpartition(".")[2])
+            for path, fns in TARGETS.items()
+            for fn in fns
+        ):
+            sys.exit(f"{o}: not a function or module in TARGETS (the top of tools/mutation.py)")
+    return {path: fns for path, fns in picked.items() if fns}
+
+
+def mutant_globs(targets: dict[str, list[str]]) -> list[str]:
+    """mutmut's names for the mutants of targets: mnistkit.recipe.metrics.x_improves__mutmut_7,
+    mnistkit.runs.directory.xǁRunDirǁcheckpoint_path__mutmut_2, ..."""
     globs = []
-    for path, functions in TARGETS.items():
+    for path, functions in targets.items():
         module = path.removesuffix(".py").replace("/", ".")
-        globs += [f"{module}.x_{fn}__mutmut_*" for fn in functions]
+        globs += [f"{module}.{mangled(fn)}__mutmut_*" for fn in functions]
     return globs
 
 
@@ -119,9 +155,9 @@ pytest_add_cli_args = ["-p", "no:cacheprovider"]
     (WORK / "pyproject.toml").write_text(text + config)
 
 
-def run_mutmut(env: dict[str, str]) -> None:
+def run_mutmut(env: dict[str, str], targets: dict[str, list[str]]) -> None:
     exe = Path(sys.executable).with_name("mutmut")
-    cmd = [str(exe) if exe.exists() else "mutmut", "run", *mutant_globs()]
+    cmd = [str(exe) if exe.exists() else "mutmut", "run", *mutant_globs(targets)]
     print("$", " ".join(cmd), flush=True)
     # mutmut redraws a progress line with \r; keep the log readable.
     proc = subprocess.run(cmd, cwd=WORK, env=env, capture_output=True, text=True)
@@ -132,7 +168,7 @@ def run_mutmut(env: dict[str, str]) -> None:
         )
 
 
-def results(env: dict[str, str]) -> dict[str, str]:
+def results(env: dict[str, str], targets: dict[str, list[str]]) -> dict[str, str]:
     """mutant name -> status (killed, survived, no tests, timeout, ...) for TARGETS' mutants."""
     exe = Path(sys.executable).with_name("mutmut")
     out = subprocess.run(
@@ -143,7 +179,7 @@ def results(env: dict[str, str]) -> dict[str, str]:
         text=True,
         check=True,
     ).stdout
-    wanted = [re.compile(g.replace(".", r"\.").replace("*", r"\d+") + "$") for g in mutant_globs()]
+    wanted = [re.compile(g.replace(".", r"\.").replace("*", r"\d+") + "$") for g in mutant_globs(targets)]
     status = {}
     for line in out.splitlines():
         name, _, state = line.strip().partition(": ")
@@ -153,13 +189,19 @@ def results(env: dict[str, str]) -> dict[str, str]:
 
 
 def function_of(mutant: str) -> str:
-    return mutant.rsplit("__mutmut_", 1)[0].replace(".x_", ".")
+    return mutant.rsplit("__mutmut_", 1)[0].replace(".x_", ".").replace(f".x{SEP}", ".").replace(SEP, ".")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--show", action="store_true", help="print the diff of every surviving mutant")
+    p.add_argument(
+        "only",
+        nargs="*",
+        help="mutate only these TARGETS functions (improves, RunDir.existing_checkpoint) or module paths",
+    )
     args = p.parse_args(argv)
+    targets = selected_targets(args.only)
 
     env = dict(os.environ)
     # The tests run from build/mutation/mutants/, where <repo>/../shared/data is not the real
@@ -169,8 +211,8 @@ def main(argv: list[str] | None = None) -> None:
 
     env[ENV_TEST_DATA] = str(shared_data_candidate())
     prepare()
-    run_mutmut(env)
-    status = results(env)
+    run_mutmut(env, targets)
+    status = results(env, targets)
 
     per_fn: dict[str, Counter[str]] = defaultdict(Counter)
     for name, state in status.items():
