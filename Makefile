@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup quickstart test lint docs bench
+.PHONY: setup quickstart test lint docs bench mutation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,9 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/train_speed.py
+
+# Mutation testing of the code where a wrong answer is silent (docs/testing.md). The modules and
+# functions it mutates, and the tests it runs, are listed at the top of tools/mutation.py.
+# `make mutation ONLY="improves judge_epoch"`: only those functions (or module paths).
+mutation: $(STAMP)
+	$(VENV)/bin/python tools/mutation.py $(ONLY)

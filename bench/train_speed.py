@@ -24,6 +24,7 @@ runs) and runs recipes/mlp5-fast.yaml to its 88% target (median of a few runs).
     python bench/train_speed.py                 # full: 10 epochs each (several minutes)
     python bench/train_speed.py --quick         # smoke run: 2 epochs, fewer repetitions
     python bench/train_speed.py --epochs 3 --json /tmp/bench.json
+    python bench/train_speed.py --quick --epochs 1 --limit 2000 ...   # the test suite's smoke run
 
 Results and the machine they came from: docs/performance.md.
 """
@@ -175,6 +176,8 @@ def child_tutorial(args: argparse.Namespace, ch: Channel) -> None:
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
     train_set = FashionMNISTFiles(str(data_dir), train=True, transform=transform)
     test_set = FashionMNISTFiles(str(data_dir), train=False, transform=transform)
+    if args.limit:
+        train_set = torch.utils.data.Subset(train_set, range(args.limit))  # type: ignore[assignment]
     train_loader = DataLoader(train_set, batch_size=BATCH, shuffle=True)
     test_loader = DataLoader(test_set, batch_size=EVAL_BATCH)
 
@@ -222,6 +225,8 @@ def child_bare(args: argparse.Namespace, ch: Channel) -> None:
 
     x, y = tensors("train", train_images)
     del train_images
+    if args.limit:
+        x, y = x[: args.limit], y[: args.limit]
     xt, yt = tensors("t10k")
     torch.manual_seed(SEED)
     model = tutorial_model()
@@ -268,6 +273,8 @@ def child_mnistkit(args: argparse.Namespace, ch: Channel, recipe_path: Path, pro
     overrides = ["data.dataset=fashion_mnist"]
     if args.epochs_override:
         overrides.append(f"epochs={args.epochs}")
+    if args.limit:
+        overrides.append(f"data.limit={args.limit}")
     recipe = load_recipe(recipe_path, overrides)
     display = {"calls": 0, "seconds": []}
     real_make_reporter = runner.make_reporter
@@ -348,6 +355,8 @@ class Child:
         ]
         if gated:
             cmd.append("--gated")
+        if args.limit:
+            cmd += ["--limit", str(args.limit)]
         if kind != "fast":
             cmd.append("--epochs-override")
         env = dict(os.environ)
@@ -698,6 +707,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fast-reps", type=int, default=None, help="mlp5-fast runs (default 3; --quick: 1)")
     p.add_argument(
         "--cli-reps", type=int, default=None, help="timings of --help/validate (default 7; --quick: 3)"
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="train on the first N training images only: a smoke run, its timings mean nothing",
     )
     p.add_argument("--skip-fast", action="store_true", help="do not run recipes/mlp5-fast.yaml")
     p.add_argument("--no-display-ab", action="store_true", help="skip (c0), the progress-none run")

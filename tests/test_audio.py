@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import warnings
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -106,10 +108,44 @@ def test_clip_shorter_than_n_fft_is_zero_padded_without_warnings() -> None:
     assert np.all(np.isfinite(log_mel(np.zeros(3000, np.float32), spec)))  # pure silence
 
 
-def test_spec_validation_and_key() -> None:
-    assert LogMelSpec().key() == LogMelSpec().key()
-    assert LogMelSpec(fmax=4000).key() == LogMelSpec(fmax=4000.0).key()
-    assert LogMelSpec(n_mels=64).key() != LogMelSpec().key()
+def _cache_key(spec: LogMelSpec) -> str:
+    return audio._cache_key("fsdd", spec, Path("/data"), ["0_a_0.wav", "1_a_0.wav"])
+
+
+# One changed value per field; test_every_feature_setting_changes_the_cache_key checks that this
+# covers every field of LogMelSpec, so a new setting cannot be forgotten in the cache key.
+CHANGED = {
+    "sample_rate": 16000,
+    "n_fft": 1024,
+    "hop_length": 256,
+    "n_mels": 64,
+    "frames": 48,
+    "fmax": 3000.0,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHANGED))
+def test_every_feature_setting_changes_the_cache_key(name: str) -> None:
+    assert set(CHANGED) == {f.name for f in fields(LogMelSpec)}
+    base = LogMelSpec()
+    changed = replace(base, **{name: CHANGED[name]})
+    assert changed != base
+    assert changed.key() != base.key()
+    assert _cache_key(changed) != _cache_key(base)  # a stale cache would be served otherwise
+
+
+def test_equal_settings_built_separately_share_the_cache_key() -> None:
+    # The recipe gives YAML ints (fmax: 4000), a run's data.json gives JSON back, a test writes
+    # keywords: the same settings must find the same cache entry, whatever built them.
+    a = LogMelSpec(sample_rate=8000, n_fft=512, hop_length=128, n_mels=64, frames=64, fmax=4000)
+    b = LogMelSpec(8000, 512, 128, 64, 64, 4000.0)
+    c = LogMelSpec(**json.loads(json.dumps(asdict(b))))
+    d = replace(LogMelSpec(n_mels=32, fmax=2000), n_mels=64, n_fft=512, hop_length=128, frames=64, fmax=4000)
+    assert a is not b and a.key() == b.key() == c.key() == d.key()
+    assert _cache_key(a) == _cache_key(b) == _cache_key(c) == _cache_key(d)
+
+
+def test_spec_validation() -> None:
     with pytest.raises(ValueError, match="n_fft"):
         LogMelSpec(n_fft=0)
     with pytest.raises(ValueError, match="fmax"):

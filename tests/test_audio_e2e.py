@@ -1,5 +1,6 @@
 """End to end on real audio: a small FSDD subset → log-mel features → CNN + BiLSTM + attention
-→ a finished run directory, through the CLI as a user runs it (a few seconds)."""
+→ a finished run directory, through the CLI as a user runs it (about 10 s), and a model that
+really recognizes the held-out clips."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ model:
     - {type: to_sequence}
     - {type: lstm, hidden_size: 16, bidirectional: true}
     - {type: attention_pool, hidden_size: 8}
-optimizer: {name: adam, lr: 0.003}
-epochs: 2
+optimizer: {name: adam, lr: 0.01}
+epochs: 6
 train: {plots: false}
 """
 
@@ -65,6 +66,8 @@ def test_small_fsdd_run_end_to_end(shared_data: Path, cli, tmp_path: Path) -> No
         "--progress",
         "plain",
         env={"MNISTKIT_CACHE": str(cache)},
+        # ~10 s on a quiet 2-core machine, 40 s at load 10; below pytest-timeout's 300 s.
+        timeout=280,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout + r.stderr
@@ -75,12 +78,16 @@ def test_small_fsdd_run_end_to_end(shared_data: Path, cli, tmp_path: Path) -> No
 
     (run_dir,) = (tmp_path / "runs").iterdir()
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["status"] == "finished" and status["epochs_done"] == 2
+    assert status["status"] == "finished" and status["epochs_done"] == 6
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [int(row["epoch"]) for row in rows] == [1, 2]
-    assert all(0.0 <= float(row["test_acc"]) <= 1.0 for row in rows)
-    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns something
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4, 5, 6]
+    # It recognizes spoken digits it never heard: the 20 test clips are other takes than the
+    # 80 it trained on. Chance is 10 %; this run reaches 90 % (80 % from epoch 3 on, measured
+    # on a 2-core CPU), so 60 % leaves room for other machines' arithmetic, none for features
+    # or labels that do not match the clips.
+    assert float(rows[-1]["test_acc"]) >= 0.6, rows
+    assert float(rows[-1]["train_loss"]) < 0.5 * float(rows[0]["train_loss"])
     assert (run_dir / "recipe.yaml").is_file() and (run_dir / "last.pt").is_file()
     # Features were computed once and cached for the next run.
     assert len(list((cache / "features").glob("fsdd-*.npz"))) == 1

@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 import mnistkit.training.loop as loop
 from mnistkit.cli.app import app
+from mnistkit.errors import RunError
 from mnistkit.runs.directory import RunDir
-from mnistkit.runs.listing import run_info
+from mnistkit.runs.listing import best_metric_of, run_info
 from mnistkit.training.checkpoint import load_checkpoint
 from mnistkit.training.evaluation import Evaluation
 
@@ -200,3 +201,37 @@ def test_predict_loads_the_checkpoint_asked_for(loss_run: Path, tmp_path: Path) 
         assert (out["checkpoint"], out["checkpoint_when"]) == (checkpoint, f"after epoch {epoch}")
         probs[checkpoint] = {t["class"]: t["probability"] for t in out["predictions"][0]["top"]}
     assert probs["last"] != probs["best"]  # two epochs of training apart: different weights
+
+
+# ----------------------------------------------------------------------- a missing checkpoint
+def test_a_missing_checkpoint_says_why_and_offers_only_one_that_exists(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.recipe_path.write_text("name: x\n", encoding="utf-8")
+    # No epoch finished: neither checkpoint exists, so no other is offered (none would load).
+    for checkpoint in ("best", "last"):
+        with pytest.raises(RunError) as err:
+            run.existing_checkpoint(checkpoint)
+        assert str(err.value) == (
+            f"{tmp_path / (checkpoint + '.pt')} does not exist: the run has not finished an epoch, "
+            "or ran with train.checkpoint: false"
+        )
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert run.existing_checkpoint("last") == tmp_path / "last.pt"
+    with pytest.raises(RunError, match=r"train\.checkpoint: false; try --checkpoint last$"):
+        run.existing_checkpoint("best")
+
+
+# ----------------------------------------------------------------------- runs: which metric is best
+@pytest.mark.parametrize(
+    ("recipe", "status", "expected"),
+    [
+        ({"train": {"best_metric": "test_loss"}}, {"best_metric": "val_loss"}, "val_loss"),  # recorded wins
+        ({"data": {"val_split": 0.1}}, {}, "val_acc"),  # killed before status.json: from recipe.yaml
+        ({"data": {"val_split": 0}}, {}, "test_acc"),
+        ({"data": {"val_split": 0.2}, "train": {"best_metric": "test_loss"}}, {}, "test_loss"),
+    ],
+)
+def test_runs_reads_the_best_metric_from_status_else_from_the_recipe(
+    recipe: dict[str, Any], status: dict[str, Any], expected: str
+) -> None:
+    assert best_metric_of(recipe, status) == expected

@@ -102,41 +102,58 @@ def test_explicit_sizes_that_agree_are_fine() -> None:
 
 
 @pytest.mark.parametrize(
-    ("layers", "index", "message"),
+    ("layers", "field", "message"),
     [
         (
             "[{type: conv2d, out_channels: 8, kernel_size: 3}, {type: linear, out_features: 10}]",
-            1,
+            "model.layers[1]",
             "layer 1 (linear): expects a flat (features,) input or a (time, features) sequence, "
             "gets (8, 26, 26); add {type: flatten} before it",
         ),
         (
             "[{type: flatten}, {type: linear, out_features: 64}, relu, {type: linear, out_features: 12}]",
-            3,
+            "model.layers[3]",  # the layer that gives the 12 outputs
             "the model outputs 12 values per sample, but mnist has 10 classes",
         ),
         (
             "[{type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}, {type: to_sequence},"
             " {type: lstm, hidden_size: 16}]",
-            # the appended classifier head reads every time step: still a sequence
-            3,
+            # the appended classifier head (no layer of the file) reads every time step
+            "model.layers (classifier head)",
             "the model outputs shape (28, 10) per sample; a classifier needs (10,)",
         ),
         (
             "[{type: maxpool2d, kernel_size: 2}, {type: maxpool2d, kernel_size: 2},"
             " {type: maxpool2d, kernel_size: 2}, {type: maxpool2d, kernel_size: 2}, {type: flatten}]",
-            3,
+            "model.layers[3]",
             "layer 3 (maxpool2d): kernel_size 2 is larger than the input's height 1",
         ),
     ],
 )
-def test_shape_problems_are_located_at_their_layer(layers: str, index: int, message: str) -> None:
+def test_shape_problems_are_located_at_their_layer(layers: str, field: str, message: str) -> None:
     dataset = "digits" if "maxpool2d, kernel_size: 2}, {type: maxpool2d" in layers else "mnist"
     text = f"data: {{dataset: {dataset}}}\nmodel:\n  layers: {layers}\n"
     (p,) = _problems(text)
     assert p.message == message
-    assert p.where.startswith("r.yaml:3:")  # the flow list is on line 3
-    assert p.field.startswith(f"model.layers[{index}]") or p.field.startswith("model.layers (")
+    assert p.field == field
+    # The flow list is on line 3 after "  layers: "; a layer's problem points at that layer's
+    # own entry, the classifier head's (not a layer of the file) at the list itself.
+    prefix = len("  layers: ")
+    if field.startswith("model.layers["):
+        index = int(field[len("model.layers[") : -1])
+        assert p.where == f"r.yaml:3:{prefix + _flow_entry_offsets(layers)[index] + 1}"
+    else:
+        assert p.where == f"r.yaml:3:{prefix + 1}"
+
+
+def _flow_entry_offsets(flow: str) -> list[int]:
+    """0-based offsets of the entries of a one-line YAML flow list (``[a, {b: 1}, c]``)."""
+    offsets, depth = [1], 0
+    for i, ch in enumerate(flow):
+        depth += (ch == "{") - (ch == "}")
+        if depth == 0 and ch == ",":
+            offsets.append(i + 1 + len(flow[i + 1 :]) - len(flow[i + 1 :].lstrip()))
+    return offsets
 
 
 def test_audio_input_shape_follows_the_feature_settings() -> None:
