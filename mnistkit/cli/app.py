@@ -338,7 +338,7 @@ def validate(
         con = _stderr()
         for path in recipes:
             try:
-                from mnistkit.sweeps.spec import is_sweep_file
+                from mnistkit.sweeps import is_sweep_file
 
                 if is_sweep_file(path):  # top-level recipe: + params: keys
                     _validate_sweep(path, set_ or [])

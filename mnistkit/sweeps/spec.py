@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from mnistkit.errors import Problem, RecipeError
 from mnistkit.recipe.yamlio import Located, apply_overrides, load_file
+from mnistkit.sweeps import is_sweep_data, is_sweep_file  # noqa: F401  (kept importable from here)
 
 PosInt = Annotated[StrictInt, Field(ge=1)]
 # ParamSpec has fields named float and int: its annotations use these names instead.
@@ -190,18 +191,6 @@ def apply_located(doc: Located, path: str, value: Any, key_pos: str, value_pos: 
         if doc.keys.get(prefix, label) == label:  # new here, or just set: point into the sweep
             doc.keys[prefix] = key_pos
             doc.values[prefix] = value_pos if n == len(parts) else key_pos
-
-
-def is_sweep_data(data: Any) -> bool:
-    """A sweep file is a mapping with top-level ``recipe:`` and ``params:`` keys."""
-    return isinstance(data, dict) and "recipe" in data and "params" in data
-
-
-def is_sweep_file(path: Path) -> bool:
-    try:
-        return is_sweep_data(load_file(path).data)
-    except RecipeError:
-        return False  # the recipe loader reports what is wrong with the file
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
