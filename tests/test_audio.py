@@ -109,7 +109,7 @@ def test_clip_shorter_than_n_fft_is_zero_padded_without_warnings() -> None:
 
 
 def _cache_key(spec: LogMelSpec) -> str:
-    return audio._cache_key("fsdd", spec, Path("/data"), ["0_a_0.wav", "1_a_0.wav"])
+    return audio._cache_key("fsdd", audio.cache_settings(spec), Path("/data"), ["0_a_0.wav", "1_a_0.wav"])
 
 
 # One changed value per field; test_every_feature_setting_changes_the_cache_key checks that this

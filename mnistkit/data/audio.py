@@ -189,6 +189,11 @@ def _file_fingerprint(base: Path, rel_names: Sequence[str]) -> list[tuple[str, i
     return out
 
 
+def cache_settings(spec: LogMelSpec) -> dict[str, object]:
+    """What audio features depend on besides the files: part of their cache key."""
+    return {"feature_version": FEATURE_VERSION, "spec": spec.key()}
+
+
 def _cache_key(dataset: str, settings: dict[str, object], base: Path, rel_names: Sequence[str]) -> str:
     """sha256 of everything the cached features depend on.
 
@@ -283,7 +288,7 @@ def _features(
         dataset,
         base,
         rel_names,
-        {"feature_version": FEATURE_VERSION, "spec": spec.key()},
+        cache_settings(spec),
         lambda path: _features_of(path, spec),
         (spec.n_mels, spec.frames),
         np.float32,
