@@ -358,6 +358,8 @@ class Session:
             threads=self.threads,
             data_source=data.source,
             files=data.files,
+            torch_version=torch.__version__,
+            cuda=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             distributed={
                 "world_size": self.ctx.world_size,
                 "backend": self.ctx.backend,

@@ -276,19 +276,21 @@ class RunDir:
         threads: int,
         data_source: str,
         files: list[Path],
+        torch_version: str,
+        cuda: str | None = None,
         distributed: dict[str, Any] | None = None,
     ) -> Path:
-        import torch
-
+        """env.json. The torch facts come from the caller (the session has torch loaded), so this
+        layer stays torch-free for `runs` and `compare`."""
         from mnistkit import __version__
 
         env = {
             "mnistkit": __version__,
             "python": platform.python_version(),
-            "torch": torch.__version__,
+            "torch": torch_version,
             "platform": platform.platform(),
             "device": device,
-            "cuda": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+            "cuda": cuda,
             "threads": threads,  # per process
             # world_size (processes), backend (gloo/nccl; null alone), hosts, batchnorm sync mode
             "distributed": distributed or {"world_size": 1, "backend": None, "hosts": [platform.node()]},
