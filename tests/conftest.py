@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,4 +156,29 @@ def bounded_python(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., su
         except subprocess.TimeoutExpired:
             pytest.fail(f"still running after {BOMB_TIMEOUT_S} s (a resource bomb got through?)")
 
+    return run
+
+
+# ------------------------------------------------------------------ in-process CLI runs
+def invoke(*args: Any) -> Any:
+    """``mnistkit ARGS`` in this process (typer's CliRunner): fast, for tests that train often."""
+    from typer.testing import CliRunner
+
+    from mnistkit.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def train(tmp: Path, recipe_text: str, *sets: str, data_dir: Path | None = None) -> Path:
+    """Write ``recipe_text`` to ``tmp``, run it into ``tmp/run`` (exit 0 asserted), return the run."""
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text(recipe_text, encoding="utf-8")
+    run = tmp / "run"
+    args: list[Any] = ["run", recipe, "--out", run]
+    if data_dir is not None:
+        args += ["--data-dir", data_dir]
+    for s in sets:
+        args += ["--set", s]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
     return run

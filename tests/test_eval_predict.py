@@ -18,30 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import real_dataset
+from conftest import invoke, real_dataset, train
 from PIL import Image
 from typer.testing import CliRunner
 
 from mnistkit.cli.app import app
 from mnistkit.runs.directory import RunDir
-
-
-def invoke(*args: Any) -> Any:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def train(tmp: Path, recipe_text: str, *sets: str, data_dir: Path | None = None) -> Path:
-    recipe = tmp / "recipe.yaml"
-    recipe.write_text(recipe_text, encoding="utf-8")
-    run = tmp / "run"
-    args: list[Any] = ["run", recipe, "--out", run]
-    if data_dir is not None:
-        args += ["--data-dir", data_dir]
-    for s in sets:
-        args += ["--set", s]
-    res = invoke(*args)
-    assert res.exit_code == 0, res.output
-    return run
 
 
 def assert_png(path: Path, min_size: tuple[int, int] = (200, 150)) -> None:

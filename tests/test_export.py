@@ -20,32 +20,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import invoke, train
 from PIL import Image
-from typer.testing import CliRunner
 
-from mnistkit.cli.app import app
 from mnistkit.export import metadata
 from mnistkit.runs.directory import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def invoke(*args: Any) -> Any:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def train(tmp: Path, recipe_text: str, *sets: str, data_dir: Path | None = None) -> Path:
-    recipe = tmp / "recipe.yaml"
-    recipe.write_text(recipe_text, encoding="utf-8")
-    run = tmp / "run"
-    args: list[Any] = ["run", recipe, "--out", run]
-    if data_dir is not None:
-        args += ["--data-dir", data_dir]
-    for s in sets:
-        args += ["--set", s]
-    res = invoke(*args)
-    assert res.exit_code == 0, res.output
-    return run
 
 
 def export(run: Path, *args: Any) -> dict[str, Any]:
