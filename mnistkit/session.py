@@ -89,6 +89,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
     """
     ctx, device = distributed.setup(resolve_device(recipe.train.device))
     session = Session(recipe, opts, ctx=ctx, device=device)
+    finished = False
     try:
         session.set_up()
         session.load()
@@ -96,17 +97,20 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         session.restore()
         session.record_start()
         session.train()
-        if not ctx.is_main:  # the rest writes files and prints: rank 0's part
-            return session.result()
-        session.record_end()
-        return session.summarize()
+        if ctx.is_main:  # the rest writes files and prints: rank 0's part
+            session.record_end()
+            result = session.summarize()
+        else:
+            result = session.result()
+        finished = True
+        return result
     except RuntimeError as exc:  # gloo/nccl report a dead peer as a RuntimeError subclass
         why = distributed.peer_failure(exc) if ctx.distributed else None
         if why is None:
             raise
         raise RunError(why) from None
     finally:
-        ctx.close()
+        ctx.close(finished)
 
 
 @dataclass

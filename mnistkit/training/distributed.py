@@ -150,8 +150,23 @@ class Context:
             + (", or set data.drop_last: true (the last partial batch is dropped)" if rest else "")
         )
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Leave the process group. ``finished``: every rank got here on the normal path, so
+        they first meet at a barrier (on an error path another rank may never arrive).
+
+        Why the barrier: gloo's worker thread frees a collective's tensors after the caller's
+        ``wait()`` has returned, and freeing a tensor made in Python needs the GIL. A rank that
+        exits right after its last collective (rank 1 after the final checkpoint's gather) can
+        reach interpreter shutdown first; the worker thread then dies taking the GIL, and the
+        process aborts ("terminate called without an active exception", SIGABRT) although the
+        run itself succeeded. The barrier releases the GIL while it waits, and it can only be
+        queued once the worker thread has dropped the previous collective. destroy_process_group
+        alone does not stop the thread: importing torch._inductor (the optimizers do) keeps
+        references to the default group, so its threads live until the process exits.
+        """
         if self.distributed and torch.distributed.is_initialized():
+            if finished:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
