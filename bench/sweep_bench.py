@@ -72,6 +72,12 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=24, help="budget of each pruning sweep (>= 20)")
     ap.add_argument("--overhead-trials", type=int, default=3)
     ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="train.threads for every trial and run (default: the recipe's)",
+    )
+    ap.add_argument(
         "--tiny", action="store_true", help="digits, 2 epochs, 4 trials: checks the benchmark runs"
     )
     args = ap.parse_args()
@@ -97,7 +103,14 @@ def main() -> None:
         args.trials = 4
         baseline_recipe = [REPO / "recipes" / "quickstart.yaml", "--set", "epochs=3"]
         data_args = []
-    results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs, {sys.platform}", "trials": args.trials}
+    if args.threads is not None:  # e.g. 1, to share the cores with another job
+        base["set"] = {**base.get("set", {}), "train.threads": args.threads}
+        baseline_recipe += ["--set", f"train.threads={args.threads}"]
+    results: dict[str, Any] = {
+        "threads": args.threads,
+        "machine": f"{os.cpu_count()} CPUs, {sys.platform}",
+        "trials": args.trials,
+    }
 
     # 1. pruning -----------------------------------------------------------------------------
     for label, pruner in (("pruned", base["pruner"]), ("unpruned", {"name": "none"})):

@@ -31,11 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 HOOK_ENVS = ("MNISTKIT_KILL_AT", "MNISTKIT_NAN_AT", "MNISTKIT_RAISE_AT", "MNISTKIT_HOOK_RANK")
 
 # No dropout, no BatchNorm: one process and two must take the same steps. 1,438 / 63 = 23 steps
-# per epoch (the last one 52 = 26 + 26), 46 steps in all. One thread per process.
+# per epoch (the last one 52 = 26 + 26), 46 steps in all. One thread per process. Augmented: the
+# random draws are the same whatever the number of processes (each augments the global batch).
 RECIPE = """\
 name: dist-test
 seed: 5
-data: {dataset: digits, batch_size: 63}
+data: {dataset: digits, batch_size: 63, augment: [{type: random_crop, padding: 1}, horizontal_flip]}
 model: {hidden: [48, 24]}
 optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
 scheduler: {name: onecycle, max_lr: 0.1}
