@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -70,7 +71,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, help="Fashion-MNIST files (not needed with --tiny)")
     ap.add_argument("--out", type=Path, required=True, help="a new folder for the sweeps and runs")
     ap.add_argument("--trials", type=int, default=24, help="budget of each pruning sweep (>= 20)")
-    ap.add_argument("--overhead-trials", type=int, default=3)
+    ap.add_argument("--overhead-trials", type=int, default=5)
     ap.add_argument(
         "--threads",
         type=int,
@@ -79,6 +80,12 @@ def main() -> None:
     )
     ap.add_argument(
         "--tiny", action="store_true", help="digits, 2 epochs, 4 trials: checks the benchmark runs"
+    )
+    ap.add_argument(
+        "--unpruned-from",
+        type=Path,
+        help="the unpruned/ folder of an earlier run of this benchmark with the same sweep file "
+        "and pruner-independent settings: reused instead of running the unpruned sweep again",
     )
     args = ap.parse_args()
     if args.out.exists():
@@ -115,10 +122,23 @@ def main() -> None:
     # 1. pruning -----------------------------------------------------------------------------
     for label, pruner in (("pruned", base["pruner"]), ("unpruned", {"name": "none"})):
         path = sweep_file(args.out, f"bench-{label}", base, trials=args.trials, pruner=pruner, timeout=None)
-        wall, _ = mnistkit("sweep", path, "--out", args.out / label, "--progress", "none", *data_args)
+        if label == "unpruned" and args.unpruned_from is not None:
+            # Without a pruner a trial's parameters and result do not depend on the pruner
+            # settings, so an earlier unpruned sweep of the same file is the same sweep.
+            earlier = args.unpruned_from.parent / "bench-unpruned.yaml"
+            if yaml.safe_load(earlier.read_text()) != yaml.safe_load(path.read_text()):
+                raise SystemExit(f"--unpruned-from: {earlier} is not the sweep this run would make")
+            shutil.copytree(args.unpruned_from, args.out / label)
+            earlier_results = args.unpruned_from.parent / "results.json"  # absent if it was stopped
+            wall = (
+                json.loads(earlier_results.read_text())[label]["wall_s"] if earlier_results.exists() else None
+            )
+            results["unpruned_from"] = str(args.unpruned_from)
+        else:
+            wall, _ = mnistkit("sweep", path, "--out", args.out / label, "--progress", "none", *data_args)
         summary = json.loads((args.out / label / "summary.json").read_text())
         results[label] = {
-            "wall_s": round(wall, 1),
+            "wall_s": None if wall is None else round(wall, 1),
             "epochs_run": summary["epochs_run"],
             "epochs_unpruned": summary["epochs_unpruned"],
             "states": summary["states"],
@@ -150,23 +170,53 @@ def main() -> None:
     fixed["params"] = {first: {"choice": [_decode(best_params[first])]}}
     path = sweep_file(args.out, "bench-overhead", fixed, trials=n, pruner={"name": "none"}, timeout=None)
     sweep_wall, _ = mnistkit("sweep", path, "--out", args.out / "overhead", "--progress", "none", *data_args)
-    run_walls = []
+    sweep_dirs = [args.out / "overhead" / "trials" / f"{i:04d}" for i in range(n)]
+    run_walls, run_dirs = [], []
     for i in range(n):
-        recipe = args.out / "overhead" / "trials" / f"{i:04d}" / "recipe.yaml"
+        run_dirs.append(args.out / f"overhead-run-{i}")
         wall, _ = mnistkit(
-            "run", recipe, "--out", args.out / f"overhead-run-{i}", "--progress", "none", *data_args
+            "run", sweep_dirs[i] / "recipe.yaml", "--out", run_dirs[i], "--progress", "none", *data_args
         )
         run_walls.append(wall)
+    # Wall time is dominated by training, whose speed on this VM jumps between two modes from
+    # epoch to epoch (docs/performance.md, Noise), in a sweep and a run alike. So the cost a
+    # sweep adds is also given outside training: wall time minus the runs' own training seconds
+    # (status.json), which is what the sweep machinery (Optuna, storage, trial setup) can cost.
+    sweep_train = [train_seconds(d) for d in sweep_dirs]
+    run_train = [train_seconds(d) for d in run_dirs]
+    sweep_outside = (sweep_wall - sum(sweep_train)) / n
+    run_outside = sum(w - t for w, t in zip(run_walls, run_train, strict=True)) / n
     results["overhead"] = {
+        "trials": n,
         "sweep_wall_per_trial_s": round(sweep_wall / n, 2),
         "run_wall_s": round(sum(run_walls) / n, 2),
         "extra_per_trial_s": round(sweep_wall / n - sum(run_walls) / n, 2),
+        "sweep_train_s": [round(t, 2) for t in sweep_train],
+        "run_train_s": [round(t, 2) for t in run_train],
+        "median_epoch_s": {"sweep": median_epoch(sweep_dirs), "run": median_epoch(run_dirs)},
+        "sweep_outside_training_per_trial_s": round(sweep_outside, 2),
+        "run_outside_training_s": round(run_outside, 2),
+        "extra_outside_training_per_trial_s": round(sweep_outside - run_outside, 2),
     }
     print(f"overhead: {results['overhead']}")
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     for tmp in args.out.glob("overhead-run-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_seconds(run_dir: Path) -> float:
+    return float(json.loads((run_dir / "status.json").read_text())["train_seconds"])
+
+
+def median_epoch(run_dirs: list[Path]) -> float:
+    """Median of the ``seconds`` column over every epoch of these runs."""
+    secs = []
+    for d in run_dirs:
+        lines = (d / "metrics.csv").read_text().splitlines()
+        col = lines[0].split(",").index("seconds")
+        secs += [float(line.split(",")[col]) for line in lines[1:]]
+    return round(statistics.median(secs), 3)
 
 
 def _decode(value: Any) -> Any:
