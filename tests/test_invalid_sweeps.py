@@ -15,6 +15,7 @@ from test_invalid_recipes import parse_header, printed_problems
 from mnistkit.errors import RecipeError
 from mnistkit.sweeps.spec import load_sweep
 
+REPO = Path(__file__).resolve().parents[1]
 INVALID = Path(__file__).resolve().parent / "invalid_sweeps"
 FILES = sorted(INVALID.glob("*.yaml"))
 
@@ -92,6 +93,31 @@ def test_a_value_valid_only_with_another_choice_is_accepted_with_a_note(tmp_path
     s = load_sweep(sweep)
     [note] = [w for w in s.warnings if w.field == "params.optimizer.momentum"]
     assert "valid only with some choices of the other parameters" in note.message
+
+
+@pytest.mark.parametrize(
+    ("set_", "param", "overrides", "params"),
+    [
+        ("{loss.label_smoothing: 0.1}", "optimizer.lr", [], {"optimizer.lr": 0.01}),  # the sweep's set
+        ("{}", "loss.label_smoothing", [], {"loss.label_smoothing": 0.1}),  # a searched parameter
+        ("{}", "optimizer.lr", ["loss.label_smoothing=0.1"], {"optimizer.lr": 0.01}),  # --set
+    ],
+    ids=["set", "params", "--set"],
+)
+def test_a_key_inside_a_bare_name_expands_it_as_set_does(
+    tmp_path: Path, set_: str, param: str, overrides: list[str], params: dict[str, float]
+) -> None:
+    # mlp5.yaml writes `loss: cross_entropy`; `mnistkit run --set loss.label_smoothing=0.1`
+    # expands it to a mapping, and every way a sweep changes the recipe must do the same.
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        f"recipe: {REPO / 'recipes' / 'mlp5.yaml'}\nset: {set_}\nmetric: test_acc\ntrials: 2\n"
+        f"params:\n  {param}: {{float: [0.01, 0.2]}}\n"
+    )
+    s = load_sweep(sweep, overrides)
+    recipe = s.trial_recipe(params, 3)
+    assert (recipe.loss.name, recipe.loss.label_smoothing) == ("cross_entropy", 0.1)
+    assert recipe.seed == s.base.seed + 3
 
 
 def test_validate_recognizes_the_shipped_sweeps(cli) -> None:

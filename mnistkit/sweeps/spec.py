@@ -171,8 +171,16 @@ class Sweep:
         doc = copy.deepcopy(self.base_doc)
         sets = [_set_arg(p, v) for p, v in params.items()]
         sets += [f"seed={self.base.seed + number}", f"name={self.base.name}-t{number:04d}"]
-        apply_overrides(doc, sets)
+        _apply(doc, sets)
         return validate_document(doc, [], default_name=self.base.name, base_dir=self.recipe_path.parent)
+
+
+def _apply(doc: Located, sets: list[str]) -> None:
+    """``apply_overrides`` exactly as ``--set`` on ``mnistkit run`` applies it: a key inside a bare
+    name (``loss.label_smoothing`` over ``loss: cross_entropy``) expands the name."""
+    from mnistkit.recipe.schema import SHORTHAND
+
+    apply_overrides(doc, sets, SHORTHAND)
 
 
 def _set_arg(path: str, value: Any) -> str:
@@ -184,7 +192,7 @@ def apply_located(doc: Located, path: str, value: Any, key_pos: str, value_pos: 
     """``--set path=value`` on ``doc``, with problems it causes placed at the given positions
     (a key or value of the sweep file) instead of at a --set argument."""
     label = f"--set {_set_arg(path, value)}"
-    apply_overrides(doc, [_set_arg(path, value)])
+    _apply(doc, [_set_arg(path, value)])
     parts = [int(p) if p.isdigit() else p for p in path.split(".")]
     for n in range(1, len(parts) + 1):
         prefix = tuple(parts[:n])
@@ -229,7 +237,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     for key, value in spec.set.items():  # problems they cause point into the sweep file
         loc = ("set", key)
         apply_located(base_doc, key, value, doc.where(loc, key=True), doc.where(loc))
-    apply_overrides(base_doc, overrides or [])
+    _apply(base_doc, overrides or [])
     try:  # the base recipe's own problems, at their positions
         base = validate_document(
             copy.deepcopy(base_doc), [], default_name=recipe_path.stem, base_dir=recipe_path.parent
@@ -360,7 +368,7 @@ def _feed_problems(
 
     def attempt(name: str, value: Any, vloc: tuple[Any, ...], others: list[str]) -> list[Problem]:
         trial = copy.deepcopy(base_doc)
-        apply_overrides(trial, others)
+        _apply(trial, others)
         apply_located(trial, name, value, doc.where(("params", name), key=True), doc.where(vloc))
         try:
             validate_document(trial, [], default_name="sweep", base_dir=recipe_path.parent)
