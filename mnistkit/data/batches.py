@@ -183,12 +183,16 @@ def memory_batches(
     order = order.to(split.x.device)  # on CUDA the permutation lives there too: no host sync
     n = len(order)
     stop = n - n % batch_size if drop_last else n
-    rank, parts = shard
     for start in range(0, stop, batch_size):
-        idx = order[start : start + batch_size]
-        if parts > 1:
-            idx = idx.tensor_split(parts)[rank]
+        idx = shard_part(order[start : start + batch_size], shard)
         yield split.x.index_select(0, idx), split.y.index_select(0, idx)
+
+
+def shard_part(batch: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    """Rank ``shard[0]``'s contiguous part of a global batch (rows), of ``shard[1]`` parts:
+    ``torch.tensor_split``'s sizes, the first ``len % parts`` parts one row longer."""
+    rank, parts = shard
+    return batch.tensor_split(parts)[rank] if parts > 1 else batch
 
 
 class EpochOrder(Sampler[int]):

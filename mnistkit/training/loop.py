@@ -27,6 +27,7 @@ from mnistkit.data.batches import (
     make_dataloader,
     memory_batches,
     num_batches,
+    shard_part,
 )
 from mnistkit.recipe.metrics import run_metrics
 from mnistkit.recipe.schema import Recipe
@@ -161,10 +162,7 @@ def train_loop(
                 if augment is not None:  # training batches only, on the device, still raw
                     raw = augment(raw, generator)
                     if whole_batches:  # this rank's part of the augmented global batch
-                        raw, yb = (
-                            raw.tensor_split(ctx.world_size)[ctx.rank],
-                            yb.tensor_split(ctx.world_size)[ctx.rank],
-                        )
+                        raw, yb = shard_part(raw, shard), shard_part(yb, shard)
                 # uint8 → normalized float32 here, per batch (see data.Prepared for why).
                 xb = match_layout(data.inputs(raw), channels_last)
                 with autocast_context(t.precision, device):
