@@ -20,6 +20,7 @@ Quick check that the benchmark works (digits, seconds):
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -60,10 +61,13 @@ def sweep_file(folder: Path, name: str, base: dict[str, Any], **changes: Any) ->
     return path
 
 
+def metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
 def final_test_acc(run_dir: Path) -> float:
-    last = (run_dir / "metrics.csv").read_text().splitlines()
-    header = last[0].split(",")
-    return float(last[-1].split(",")[header.index("test_acc")])
+    return float(metrics(run_dir)[-1]["test_acc"])
 
 
 def main() -> None:
@@ -211,12 +215,7 @@ def train_seconds(run_dir: Path) -> float:
 
 def median_epoch(run_dirs: list[Path]) -> float:
     """Median of the ``seconds`` column over every epoch of these runs."""
-    secs = []
-    for d in run_dirs:
-        lines = (d / "metrics.csv").read_text().splitlines()
-        col = lines[0].split(",").index("seconds")
-        secs += [float(line.split(",")[col]) for line in lines[1:]]
-    return round(statistics.median(secs), 3)
+    return round(statistics.median(float(row["seconds"]) for d in run_dirs for row in metrics(d)), 3)
 
 
 def _decode(value: Any) -> Any:
