@@ -214,39 +214,25 @@ def _time_to_exit_after(proc: subprocess.Popen[str], marker: str, timeout: float
     return ended - seen[0], text
 
 
-def test_exception_on_one_rank_ends_the_job(runs: dict[str, Path], tmp_path: Path) -> None:
-    proc = _mnistkit(
-        "run",
-        runs["recipe"],
-        "--nproc",
-        "2",
-        "--out",
-        tmp_path / "run",
-        MNISTKIT_RAISE_AT="2:3",
-        MNISTKIT_HOOK_RANK="1",
-    )
-    after, output = _time_to_exit_after(proc, "MNISTKIT_RAISE_AT")
+def _fault_on_rank_1(recipe: Path, out: Path, hook: str, at: str) -> str:
+    """A 2-process run whose rank 1 meets ``hook`` (a faults.py test hook) at ``at``: the whole
+    job must fail within 30 s of it. Returns the job's output."""
+    proc = _mnistkit("run", recipe, "--nproc", "2", "--out", out, **{hook: at}, MNISTKIT_HOOK_RANK="1")
+    after, output = _time_to_exit_after(proc, hook)
     assert proc.returncode != 0, output
     assert after < 30, output
+    return output
+
+
+def test_exception_on_one_rank_ends_the_job(runs: dict[str, Path], tmp_path: Path) -> None:
+    output = _fault_on_rank_1(runs["recipe"], tmp_path / "run", "MNISTKIT_RAISE_AT", "2:3")
     assert "(rank 1) RuntimeError: MNISTKIT_RAISE_AT" in output  # that rank's message
     assert "process rank 1" in output and "exited with code 1" in output
 
 
 def test_kill_9_then_resume_equals_uninterrupted(runs: dict[str, Path], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = _mnistkit(
-        "run",
-        runs["recipe"],
-        "--nproc",
-        "2",
-        "--out",
-        run_dir,
-        MNISTKIT_KILL_AT="2:5",
-        MNISTKIT_HOOK_RANK="1",
-    )
-    after, output = _time_to_exit_after(proc, "MNISTKIT_KILL_AT")
-    assert proc.returncode != 0, output
-    assert after < 30, output
+    output = _fault_on_rank_1(runs["recipe"], run_dir, "MNISTKIT_KILL_AT", "2:5")
     assert "killed by SIGKILL" in output
     assert [r["epoch"] for r in _metrics(run_dir)] == [1]  # epoch 2 was cut off
 
