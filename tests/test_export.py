@@ -288,18 +288,50 @@ def test_export_errors_exit_1_and_write_nothing(
     # an opset the exporter cannot produce
     res = invoke("export", digits_run, "--out", tmp_path / "old.onnx", "--opset", "9")
     assert res.exit_code == 1 and "--opset 9" in res.output and "produced opset" in res.output
-    # beyond the tolerance: says by how much, and writes nothing
-    out = tmp_path / "strict" / "m.onnx"
-    res = invoke("export", digits_run, "--out", out, "--tolerance", "1e-30")
-    assert res.exit_code == 1, res.output
-    assert "verification failed" in res.output and "differ from torch's by up to" in res.output
-    assert "nothing was written" in res.output
-    assert not out.parent.exists()  # the folder it created is gone again
-    assert not list(tmp_path.rglob("*.tmp-*")) and not list(tmp_path.rglob("*.probe-*"))
     # a custom --out works, and writes FILE.json beside FILE.onnx
     good = export(digits_run, "--out", tmp_path / "deploy" / "digits.onnx", "--opset", "18")
     assert good["onnx_opset"] == 18
     assert (tmp_path / "deploy" / "digits.json").is_file()
+
+
+def shift_logits(proto: Any, by: float) -> Any:
+    """``proto`` with ``by`` added to its logits output: an exported graph that really differs
+    from the torch model it came from (probabilities, computed from the logits, shift too)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    name = metadata.OUTPUT_NAMES[0]
+    for node in proto.graph.node:
+        node.output[:] = [f"{name}_unshifted" if o == name else o for o in node.output]
+        node.input[:] = [f"{name}_unshifted" if i == name else i for i in node.input]
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(by, dtype=np.float32), "shift"))
+    proto.graph.node.append(helper.make_node("Add", [f"{name}_unshifted", "shift"], [name]))
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def test_a_graph_that_differs_from_torch_is_refused_and_nothing_written(
+    digits_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parity gate on a real mismatch (an exported graph whose logits are 0.01 off), not on
+    float noise: refused at the default tolerance, accepted once --tolerance admits 0.01."""
+    from mnistkit.export import onnx_export
+
+    real = onnx_export._export
+    monkeypatch.setattr(onnx_export, "_export", lambda *a: shift_logits(real(*a), 0.01))
+    out = tmp_path / "strict" / "m.onnx"
+    res = invoke("export", digits_run, "--out", out)
+    assert res.exit_code == 1, res.output
+    assert "verification failed" in res.output and "differ from torch's by up to 0.01 " in res.output
+    assert "(tolerance 0.0001; 100 times over)" in res.output
+    assert "nothing was written" in res.output
+    assert not out.parent.exists()  # the folder it created is gone again
+    assert not list(tmp_path.rglob("*.tmp-*")) and not list(tmp_path.rglob("*.probe-*"))
+    # --tolerance is what the gate compares with: 0.02 admits the same graph
+    loose = export(digits_run, "--out", out, "--tolerance", "0.02")
+    assert loose["verification"]["max_abs_logit_diff"] == pytest.approx(0.01, abs=1e-4)
+    assert out.is_file()
+    assert json.loads(out.with_suffix(".json").read_text())["verification"]["tolerance"] == 0.02
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
