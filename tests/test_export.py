@@ -498,21 +498,50 @@ train: {progress: none, threads: 1, plots: false}
 
 
 def test_exported_mlp_accuracy_on_fashion_equals_the_checkpoints(shared_data: Path, tmp_path: Path) -> None:
+    """`eval model.onnx` reproduces the checkpoint's test accuracy, sample by sample.
+
+    ONNX Runtime and torch are different implementations: their logits agree within the export's
+    verified tolerance, not bit for bit. So a test sample whose two best torch logits are closer
+    than that may legitimately go either way; every other sample must get the same class, and the
+    accuracies may differ by at most the number of such near-ties (none, in practice). Equality
+    of accuracy alone would rest on float noise.
+
+    Cost on a loaded machine is kept down (the test once ran past its limit there): one training
+    run, the test split loaded once for the torch side, the CLI's eval for one checkpoint."""
+    from mnistkit.data.batches import raw_test_split, to_float
+    from mnistkit.data.loading import load_dataset
+    from mnistkit.evaluation.predict import input_scale, load_predictor
+    from mnistkit.export.evaluate import evaluate_onnx
+    from mnistkit.export.runtime import load_model
+    from mnistkit.registry import registries
+
     fashion = shared_data / "fashion-mnist"
     if not fashion.is_dir():
         pytest.skip(f"no Fashion-MNIST at {fashion}")
     run = train(tmp_path, FASHION, data_dir=fashion)
+    recipe = RunDir(run).load_recipe()
+    test = raw_test_split(load_dataset(recipe, registries(), fashion), recipe.data)
+    y = test.y.numpy()
     for checkpoint in ("best", "last"):
         out = tmp_path / f"{checkpoint}.onnx"
         meta = export(run, "--checkpoint", checkpoint, "--out", out)
-        res = invoke("eval", out, "--data-dir", fashion)
-        assert res.exit_code == 0, res.output
-        from mnistkit.evaluation.evaluate import evaluate_run
-        from mnistkit.export.evaluate import evaluate_onnx
-
+        tol = meta["verification"]["tolerance"]
+        pred = load_predictor(run, checkpoint)
+        info = pred.info
+        with torch.inference_mode():
+            logits = pred.model(to_float(test.x, tuple(info["mean"]), tuple(info["std"]), input_scale(info)))
+        top2 = torch.topk(logits, 2, dim=1).values
+        near_tie = ((top2[:, 0] - top2[:, 1]) <= 2 * tol).numpy()
+        torch_pred = logits.argmax(1).numpy()
+        onnx_pred = np.concatenate([load_model(out).probabilities(test.x[i : i + 500].numpy()).argmax(1)
+                                    for i in range(0, len(y), 500)])  # fmt: skip
+        assert (onnx_pred == torch_pred)[~near_tie].all()
+        ties = int(near_tie.sum())
         onnx_result = evaluate_onnx(out, fashion)
-        torch_result = evaluate_run(run, checkpoint, fashion)
-        assert onnx_result["samples"] == torch_result["samples"] == 2000
-        assert onnx_result["accuracy"] == torch_result["accuracy"] == meta["checkpoint_test_accuracy"]
-        assert onnx_result["confusion_matrix"] == torch_result["confusion_matrix"]
-        assert f"{torch_result['accuracy']:.2%}" in res.output and "the same" in res.output
+        assert onnx_result["samples"] == len(y) == 2000
+        assert abs(round(onnx_result["accuracy"] * 2000) - int((torch_pred == y).sum())) <= ties
+        assert abs(round(meta["checkpoint_test_accuracy"] * 2000) - int((torch_pred == y).sum())) <= ties
+        if checkpoint == "best" and ties == 0:
+            res = invoke("eval", out, "--data-dir", fashion)
+            assert res.exit_code == 0, res.output
+            assert f"{onnx_result['accuracy']:.2%}" in res.output and "the same" in res.output
