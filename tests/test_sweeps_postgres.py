@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -86,14 +86,33 @@ def pg_url() -> Iterator[str]:
 
 
 def _worker(
-    sweep: Path, out: Path, url: str, *extra: str, env: dict[str, str] | None = None
+    sweep: Path, out: Path, url: str, log: Path, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
+    """A `mnistkit sweep` worker process, its output in ``log`` (a file, not a pipe: a pipe that
+    nobody reads while the test waits on the other worker would block this one once full)."""
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "mnistkit", "sweep", str(sweep), "--out", str(out), "--storage", url,
-         "--progress", "none", *extra],
-        env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    with open(log, "wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mnistkit", "sweep", str(sweep), "--out", str(out), "--storage", url,
+             "--progress", "none", *extra],
+            env=full, stdout=fh, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    text = log.read_text(errors="replace") if log.exists() else "(no output)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_for(what: str, seconds: float, done: Callable[[], bool], logs: dict[str, Path]) -> None:
+    """Wait until ``done()`` (polled twice a second); fail after ``seconds`` naming what was awaited,
+    with the end of each worker's log."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {name}'s log:\n{_tail(log)}" for name, log in logs.items())
+            pytest.fail(f"waited {seconds:.0f} s for {what}\n{tails}")
+        time.sleep(0.5)
 
 
 def test_two_workers_share_one_budget(pg_url: str, tmp_path: Path, cli) -> None:
@@ -110,7 +129,7 @@ def test_two_workers_share_one_budget(pg_url: str, tmp_path: Path, cli) -> None:
         "2",
         "--progress",
         "plain",
-        timeout=400,
+        timeout=250,  # within the test's own limit (pyproject's `timeout`), so its output is shown
     )
     assert res.returncode == 0, res.stdout + res.stderr
     rows = read_trials(out)
@@ -125,22 +144,41 @@ def test_two_workers_share_one_budget(pg_url: str, tmp_path: Path, cli) -> None:
     assert len(pids) == 2, pids
     assert "storage:   postgresql+psycopg://postgres@/sweeps" in res.stdout
     # The same command again joins the finished study and runs nothing.
-    res = cli("sweep", sweep, "--out", out, "--storage", pg_url, "--progress", "plain", timeout=200)
+    res = cli("sweep", sweep, "--out", out, "--storage", pg_url, "--progress", "plain", timeout=40)
     assert res.returncode == 0 and "already finished" in res.stdout, res.stdout + res.stderr
     assert len(read_trials(out)) == len(rows)
 
 
+@pytest.mark.timeout(400)  # the waits below add up to 350 s, for a loaded machine
 def test_a_killed_worker_s_trial_is_resumed_by_another_worker(pg_url: str, tmp_path: Path) -> None:
+    """Worker A kills itself (SIGKILL) in epoch 2 of its first trial; worker B, started once A's
+    trial is under way, notices A's heartbeat going stale and continues that trial from its
+    epoch-1 checkpoint. Every wait is on an event, bounded, and says what it waited for; both
+    workers are killed whatever happens, so a failure leaves no process behind."""
     sweep = write_sweep(tmp_path, 3, extra="study: kill-9\n")
     out = tmp_path / "s"
-    # Worker A kills itself (SIGKILL) in epoch 2 of its first trial; worker B runs beside it.
-    a = _worker(sweep, out, pg_url, env={"MNISTKIT_KILL_AT": "2:3"})
-    time.sleep(1.0)  # A creates the study first
-    b = _worker(sweep, out, pg_url)
-    a_out, _ = a.communicate(timeout=300)
-    b_out, _ = b.communicate(timeout=400)
-    assert a.returncode == -9, a_out
-    assert b.returncode == 0, b_out
+    logs = {"worker A": tmp_path / "a.log", "worker B": tmp_path / "b.log"}
+    procs: list[subprocess.Popen] = []
+    try:
+        a = _worker(sweep, out, pg_url, logs["worker A"], env={"MNISTKIT_KILL_AT": "2:3"})
+        procs.append(a)
+        # B joins the study A created, once A is inside its first trial (its run directory exists).
+        started = lambda: a.poll() is not None or any((out / "trials").glob("*/recipe.yaml"))  # noqa: E731
+        _wait_for("worker A to start its first trial", 100, started, logs)
+        b = _worker(sweep, out, pg_url, logs["worker B"])
+        procs.append(b)
+        _wait_for(
+            "worker A to kill itself in epoch 2 of its first trial", 100, lambda: a.poll() is not None, logs
+        )
+        assert a.returncode == -9, _tail(logs["worker A"])
+        _wait_for("worker B to finish the budget, the dead worker's trial included", 150,
+                  lambda: b.poll() is not None, logs)  # fmt: skip
+        assert b.returncode == 0, _tail(logs["worker B"])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
     rows = read_trials(out)
     dead = [r for r in rows if r["state"] == "FAIL" and "heartbeat stale" in r["reason"]]
     assert len(dead) == 1, rows
