@@ -30,20 +30,27 @@ pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parents[1]
 HOOK_ENVS = ("MNISTKIT_KILL_AT", "MNISTKIT_NAN_AT", "MNISTKIT_RAISE_AT", "MNISTKIT_HOOK_RANK")
 
-# No dropout, no BatchNorm: one process and two must take the same steps. 1,438 / 63 = 23 steps
-# per epoch (the last one 52 = 26 + 26), 46 steps in all. One thread per process. Augmented: the
-# random draws are the same whatever the number of processes (each augments the global batch).
+# No dropout, no BatchNorm: one process and two must take the same steps. A validation split of
+# 10 % of digits' 1,438 training images (144) leaves 1,294: 1,294 / 63 = 21 steps per epoch (the
+# last one 34 = 17 + 17), 42 steps in all. One thread per process. Augmented: the random draws are
+# the same whatever the number of processes (each augments the global batch). Plain progress
+# prints the split sizes, which must not depend on the number of processes or on --resume.
 RECIPE = """\
 name: dist-test
 seed: 5
-data: {dataset: digits, batch_size: 63, augment: [{type: random_crop, padding: 1}, horizontal_flip]}
+data:
+  dataset: digits
+  batch_size: 63
+  val_split: 0.1
+  augment: [{type: random_crop, padding: 1}, horizontal_flip]
 model: {hidden: [48, 24]}
 optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
 scheduler: {name: onecycle, max_lr: 0.1}
 epochs: 2
-train: {plots: false, progress: none, threads: 1}
+train: {plots: false, progress: plain, threads: 1}
 """
-COMPARED = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+SPLIT_SIZES = "digits: 1,294 train / 144 val / 359 test"
+COMPARED = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -116,6 +123,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         code, output = _finish(proc)
         expected = 130 if name == "ctrl_c" else 0
         assert code == expected, f"{name}: exit {code}\n{output}"
+        (root / f"{name}.log").write_text(output, encoding="utf-8")
     dirs["recipe"] = recipe
     return dirs
 
@@ -141,10 +149,19 @@ def test_two_processes_match_one(runs: dict[str, Path]) -> None:
     assert len(m1) == len(m2) == 2
     for r1, r2 in zip(m1, m2, strict=True):
         assert r2["train_acc"] == r1["train_acc"]
+        assert r2["val_acc"] == r1["val_acc"]
         assert r2["test_acc"] == r1["test_acc"]
         assert r2["lr"] == r1["lr"]
         assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-5)
+        assert r2["val_loss"] == pytest.approx(r1["val_loss"], rel=1e-5)
         assert r2["test_loss"] == pytest.approx(r1["test_loss"], rel=1e-5)
+
+
+def test_validation_split_keeps_its_size_with_two_processes(runs: dict[str, Path]) -> None:
+    # Evaluated on the same 144 images whatever the launcher: the val metrics above agree too.
+    for name in ("one", "two", "two_torchrun", "ctrl_c"):
+        output = (runs["recipe"].parent / f"{name}.log").read_text(encoding="utf-8")
+        assert SPLIT_SIZES in output, f"{name}:\n{output}"
 
 
 def test_identical_distributed_runs_identical_metrics(runs: dict[str, Path]) -> None:
@@ -186,6 +203,7 @@ def test_ctrl_c_on_one_rank_stops_all_at_one_step_and_resumes_exactly(runs: dict
     assert (ckpt["epoch"], ckpt["step"]) == (1, 5)  # epoch 2 (0-based 1), after step 5: one step for all
     code, output = _finish(_mnistkit("run", "--resume", run_dir, "--nproc", "2"))
     assert code == 0, output
+    assert SPLIT_SIZES in output
     assert _columns(run_dir) == _columns(runs["two"])
     for key, value in _model(runs["two"]).items():
         assert torch.equal(_model(run_dir)[key], value), key
@@ -238,6 +256,7 @@ def test_kill_9_then_resume_equals_uninterrupted(runs: dict[str, Path], tmp_path
 
     code, output = _finish(_mnistkit("run", "--resume", run_dir, "--nproc", "2"))
     assert code == 0, output
+    assert SPLIT_SIZES in output
     assert _columns(run_dir) == _columns(runs["two"])
     for key, value in _model(runs["two"]).items():
         assert torch.equal(_model(run_dir)[key], value), key
