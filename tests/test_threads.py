@@ -208,4 +208,7 @@ def test_probe_times_only_whole_steps_at_one_count() -> None:
     assert [(d.chosen, {n: round(ms, 6) for n, ms in d.ms_per_step.items()}) for d in decisions] == [
         (1, {1: 10.0, 2: 30.0, 4: 20.0})
     ]
+    # Steps 1-6 at 1 thread, 7-12 at 2, 13-24 at 4, 25-30 at 2, 31-36 at 1. Not timed: the first
+    # step of each block (1, 7, 13, 25, 31) and step 10, the last of epoch 1.
+    assert decisions[0].steps_timed == {1: 10, 2: 9, 4: 11}
     assert probe.threads == 1 and not probe.probing

@@ -99,6 +99,7 @@ class Decision:
 
     chosen: int
     ms_per_step: dict[int, float]  # median per candidate
+    steps_timed: dict[int, int]  # how many steps each median is of
     load: float | None
     epoch: int  # the epoch the probe started in
     why: str  # "start" or "load 2.3 → 4.1"
@@ -113,6 +114,7 @@ class Decision:
         return {
             "chosen": self.chosen,
             "ms_per_step": {str(n): round(ms, 3) for n, ms in sorted(self.ms_per_step.items())},
+            "steps_timed": {str(n): k for n, k in sorted(self.steps_timed.items())},
             "load": None if self.load is None else round(self.load, 2),
             "epoch": self.epoch,
             "why": self.why,
@@ -200,7 +202,8 @@ class ThreadProbe:
         chosen = min(medians, key=lambda c: (medians[c], c)) if medians else self.cores[-1]
         self._current = None
         self.set_threads(chosen)
-        decision = Decision(chosen, medians, self.load(), self._since or self._epoch, self._why)
+        timed = {c: len(ts) for c, ts in self._times.items()}
+        decision = Decision(chosen, medians, timed, self.load(), self._since or self._epoch, self._why)
         self.decisions.append(decision)
         self.on_decision(decision)
 
