@@ -27,14 +27,15 @@ from mnistkit.training import device as device_mod
 from mnistkit.training.device import configure_device, probe_candidates
 from mnistkit.training.threads import ThreadProbe, core_share
 
-# 400 / 32 = 13 steps per epoch: the probe (2 counts x 6 steps x 2 rounds) spans an epoch end.
+# 400 / 32 = 13 steps per epoch: the probe (3 warm-up steps, then 2 counts x 6 steps x 2 rounds)
+# spans two epoch ends.
 TINY = """\
 name: tiny
 seed: 3
 data: {dataset: digits, limit: 400, test_limit: 200, batch_size: 32}
 model: {hidden: [32]}
 optimizer: {name: sgd, lr: 0.05, momentum: 0.5}
-epochs: 4
+epochs: 5
 train: {device: cpu, plots: false, checkpoint: false}
 """
 
@@ -62,7 +63,7 @@ def _run(tmp_path: Path, *sets: str, out: str = "run") -> tuple[Path, list[int]]
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_explicit_threads_are_obeyed(tmp_path: Path, n: int) -> None:
     run_dir, seen = _run(tmp_path, f"train.threads={n}")
-    assert seen == [n] * 4
+    assert seen == [n] * 5
     env = json.loads((run_dir / "env.json").read_text())
     assert env["threads"] == n and env["threads_setting"] == n and env["threads_auto"] == []
 
@@ -109,21 +110,21 @@ def test_auto_takes_the_fastest_count_and_says_why(
     out = capsys.readouterr().out
     assert "threads: auto, timing the first steps at 1, 2 threads; load 0.5" in out
     assert "threads: 1 (auto: probe 1→40 ms, 2→80 ms per step; load 0.5)" in out
-    assert "threads: 2 (auto: probe 1→50 ms, 2→20 ms per step; load 3.5, re-probed at epoch 3" in out
-    # First decision at step 25 (in epoch 2); the load moved by 3: re-probed from epoch 3's start.
-    assert seen == [2, 1, 2, 2]
+    assert "threads: 2 (auto: probe 1→50 ms, 2→20 ms per step; load 3.5, re-probed at epoch 4" in out
+    # First decision at step 28 (in epoch 3); the load moved by 3: re-probed from epoch 4's start.
+    assert seen == [2, 1, 1, 2, 2]
     env = json.loads((run_dir / "env.json").read_text())
     assert env["threads_setting"] == "auto" and env["threads"] == 2
     assert [(d["chosen"], d["ms_per_step"], d["epoch"], d["why"]) for d in env["threads_auto"]] == [
         (1, {"1": 40.0, "2": 80.0}, 1, "start"),
-        (2, {"1": 50.0, "2": 20.0}, 3, "load 0.5 → 3.5"),
+        (2, {"1": 50.0, "2": 20.0}, 4, "load 0.5 → 3.5"),
     ]
 
 
 def test_auto_on_one_core_does_not_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device_mod, "core_share", lambda: 1)
     run_dir, seen = _run(tmp_path)
-    assert seen == [1] * 4
+    assert seen == [1] * 5
     assert json.loads((run_dir / "env.json").read_text())["threads_auto"] == []
 
 
@@ -131,7 +132,7 @@ def test_auto_on_one_core_does_not_probe(tmp_path: Path, monkeypatch: pytest.Mon
 def _openmp_as_seen(cli: Any, tmp_path: Path, **env: str) -> tuple[str, dict[str, Any]]:
     """`mnistkit run` with libgomp printing the settings it read when torch loaded it."""
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(TINY.replace("epochs: 4", "epochs: 1"), encoding="utf-8")
+    recipe.write_text(TINY.replace("epochs: 5", "epochs: 1"), encoding="utf-8")
     out = tmp_path / "run"
     proc = cli("run", recipe, "--out", out, "--progress", "none", env={"OMP_DISPLAY_ENV": "VERBOSE", **env})
     assert proc.returncode == 0, proc.stderr
@@ -198,7 +199,7 @@ def test_probe_times_only_whole_steps_at_one_count() -> None:
 
     probe = ThreadProbe([1, 2, 4], set_threads, decisions.append, clock=fake.clock, load=fake.load)
     probe.epoch_start(1)
-    for _ in range(10):
+    for _ in range(12):  # 3 warm-up steps, then probe steps 1-9
         probe.tick()
     fake.t += 100.0  # an evaluation between epochs: must not count as a step
     probe.epoch_start(2)
@@ -208,7 +209,7 @@ def test_probe_times_only_whole_steps_at_one_count() -> None:
     assert [(d.chosen, {n: round(ms, 6) for n, ms in d.ms_per_step.items()}) for d in decisions] == [
         (1, {1: 10.0, 2: 30.0, 4: 20.0})
     ]
-    # Steps 1-6 at 1 thread, 7-12 at 2, 13-24 at 4, 25-30 at 2, 31-36 at 1. Not timed: the first
-    # step of each block (1, 7, 13, 25, 31) and step 10, the last of epoch 1.
+    # Probe steps 1-6 at 1 thread, 7-12 at 2, 13-24 at 4, 25-30 at 2, 31-36 at 1. Not timed: the
+    # first step of each block (1, 7, 13, 25, 31) and step 9, the last of epoch 1.
     assert decisions[0].steps_timed == {1: 10, 2: 9, 4: 11}
     assert probe.threads == 1 and not probe.probing

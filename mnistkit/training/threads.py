@@ -127,9 +127,10 @@ class ThreadProbe:
     fastest. Nothing is skipped or repeated: the probe's steps are training steps.
 
     The loop calls :meth:`tick` before every step and :meth:`epoch_start` before every epoch.
-    Candidates run in blocks of ``block`` steps, in alternating order over ``rounds`` rounds
-    (1,2,1,2... then 2,1,...), so a change of load during the probe lands on all of them; the
-    first step of a block (the pool resizing) and steps across an epoch boundary are not timed.
+    After ``warmup`` untimed steps, candidates run in blocks of ``block`` steps, in alternating
+    order over ``rounds`` rounds (1,2,4 then 4,2,1), so a change of load during the probe lands on
+    all of them; the first step of a block (the pool resizing) and the last step before an epoch
+    boundary (its interval holds the evaluation) are not timed.
     The median step time per candidate decides. When the load average has moved by more than
     LOAD_CHANGE since the last decision, the next epoch starts with a new probe.
     """
@@ -141,6 +142,7 @@ class ThreadProbe:
     load: Callable[[], float | None] = load_average
     block: int = 6
     rounds: int = 2
+    warmup: int = 3  # a run's first steps (allocations, kernel set-up) are not timed
     decisions: list[Decision] = field(default_factory=list)
     _plan: list[int] = field(default_factory=list)  # the thread count of each remaining probe step
     _times: dict[int, list[float]] = field(default_factory=dict)
@@ -186,6 +188,9 @@ class ThreadProbe:
         if self._current is not None and self._timed and self._last is not None:
             self._times[self._current].append(now - self._last)
         self._last = now
+        if self.warmup > 0 and not self.decisions:  # only before the first probe
+            self.warmup -= 1
+            return
         if self._plan:
             nxt = self._plan.pop(0)
             self._timed = nxt == self._current  # the first step of a block is not timed
