@@ -5,8 +5,9 @@ mlp5 (recipes/mlp5.yaml on Fashion-MNIST, the first 12,000 training samples, as 
 measured it) and cnn (recipes/cnn.yaml, the same 12,000 samples) are trained with
 ``train.threads`` = 1, 2 and auto, each as its own ``mnistkit run`` process (the CLI: its OpenMP
 wait policy applies), while 0, 1 and 2 CPU-bound processes that this script starts compete for
-the cores. Variant "2-spin" is 2 threads with libgomp's own spin-waiting (GOMP_SPINCOUNT=300000,
-its default when OMP_WAIT_POLICY is unset), i.e. mnistkit's default before issue 18.
+the cores. Variant "2-spin" (only with --variants) is 2 threads with libgomp's own spin-waiting
+(GOMP_SPINCOUNT=300000, its default when OMP_WAIT_POLICY is unset), i.e. mnistkit's default
+before issue 18: on a busy machine it can take minutes per epoch.
 
 Within each condition the variants alternate (the order rotates every round), so a change of
 the machine's other load lands on all of them. Per model, condition and variant it prints the
@@ -15,8 +16,9 @@ and is included), the median first epoch, what auto chose, and the 1-minute load
 the condition started and ended. Goals (issue 18): auto within 10 % of the best fixed setting in
 every condition; with no competitor, within 3 % of 2 threads.
 
-    python bench/contention.py                        # 2 rounds, 3 epochs (~10-20 min)
+    python bench/contention.py                        # 2 rounds, 3 epochs (~15-30 min)
     python bench/contention.py --rounds 1 --epochs 2 --models mlp5 --competitors 0,1
+    python bench/contention.py --models mlp5 --variants 2,2-spin,auto   # the old default too
 
 The competitors are bounded in time (they exit by themselves after --competitor-limit seconds)
 and killed when their condition ends, or when this script stops for any reason.
@@ -42,6 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
 VARIANTS = ("1", "2", "auto", "2-spin")
+DEFAULT_VARIANTS = "1,2,auto"  # 2-spin on a busy machine can take minutes per epoch: on request
 GOAL_BEST, GOAL_QUIET = 0.10, 0.03
 BUSY_LOOP = "import time\nend = time.monotonic() + {limit}\nwhile time.monotonic() < end:\n    pass\n"
 
@@ -90,7 +93,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--models", default="mlp5,cnn")
     ap.add_argument("--competitors", default="0,1,2")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--limit", type=int, default=12000)
