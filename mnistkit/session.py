@@ -43,16 +43,18 @@ from mnistkit.tracking.tensorboard import TensorBoard, summary_writer_class
 from mnistkit.training import distributed
 from mnistkit.training.checkpoint import load_checkpoint, save_checkpoint
 from mnistkit.training.device import (
-    _busy_note,
     check_weights_fit,
     configure_device,
+    probe_candidates,
     resolve_device,
+    threads_note,
     uses_channels_last,
     warm_up,
 )
 from mnistkit.training.faults import with_test_hooks
 from mnistkit.training.loop import Hooks, NonFiniteLoss, train_loop
 from mnistkit.training.state import CHECKPOINT_FORMAT, LoopState, check_format, checkpoint_state, restore
+from mnistkit.training.threads import Decision, ThreadProbe, openmp_record
 
 __all__ = ["CHECKPOINT_FORMAT", "RunOptions", "RunResult", "Session", "run"]
 
@@ -123,6 +125,8 @@ class Session:
     reg: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     threads: int = 0
+    probing: list[int] = field(default_factory=list)  # train.threads: auto's candidates
+    thread_decisions: list[Decision] = field(default_factory=list)
     reporter: Reporter = field(default=None)  # type: ignore[assignment]
     run: RunDir = field(default=None)  # type: ignore[assignment]
     resume_ckpt: dict[str, Any] | None = None
@@ -154,6 +158,7 @@ class Session:
         notes = self._load_resume_checkpoint() if opts.resume is not None else []
         recipe = self.recipe  # the checkpoint's recipe where recipe.yaml was edited since
         self.threads = configure_device(recipe, self.device)
+        self.probing = probe_candidates(recipe, self.device, ctx.distributed)
         check_weights_fit(model_size(recipe, self.reg), self.device)  # before any data or run dir
         # Only rank 0 prints (and writes the run directory); the others train silently.
         self.reporter = make_reporter(opts.progress or recipe.train.progress if ctx.is_main else "silent")
@@ -166,7 +171,7 @@ class Session:
             self.run = RunDir(opts.resume)  # type: ignore[arg-type]
         device = self.device
         shown = (
-            f"{device} ({self.threads} threads){_busy_note(self.threads)}"
+            f"{device} ({threads_note(recipe, self.threads, self.probing)})"
             if device.type == "cpu"
             else str(device)
         ) + (_world_note(ctx) if ctx.distributed else "")
@@ -360,6 +365,8 @@ class Session:
             device=str(self.device),
             seed=recipe.seed,
             threads=self.threads,
+            threads_setting=recipe.train.threads or "auto",
+            openmp=openmp_record(),
             data_source=data.source,
             files=data.files,
             torch_version=torch.__version__,
@@ -417,6 +424,14 @@ class Session:
             save_checkpoint=self._save,
             message=reporter.message,
         )
+        if len(self.probing) > 1:  # train.threads: auto (see training/threads.py)
+            probe = ThreadProbe(self.probing, torch.set_num_threads, self._threads_decided)
+
+            def epoch_start(epoch: int, steps: int) -> None:
+                probe.epoch_start(epoch)
+                reporter.epoch_start(epoch, steps)
+
+            hooks.on_epoch_start, hooks.before_step = epoch_start, probe.tick
         self.rows_before = len(self.state.rows)  # epochs a resumed run had done before this session
         reporter.start(recipe.epochs, self.data.val is not None, show_lr=recipe.scheduler is not None)
         try:
@@ -447,6 +462,16 @@ class Session:
             reporter.stop()
             if tb is not None:
                 tb.close()
+
+    def _threads_decided(self, decision: Decision) -> None:
+        """train.threads: auto chose: say so, and keep every decision in env.json."""
+        self.threads = decision.chosen
+        self.thread_decisions.append(decision)
+        self.reporter.message(decision.describe())
+        if self.ctx.is_main:
+            self.run.update_env(
+                threads=decision.chosen, threads_auto=[d.record() for d in self.thread_decisions]
+            )
 
     def _save(self, st: LoopState, is_best: bool) -> None:
         """The loop's checkpoint hook: best.pt, last.pt, then metrics.csv."""

@@ -19,6 +19,7 @@ import typer
 
 from mnistkit.errors import RecipeError, RunError
 from mnistkit.recipe.resume import RESUMABLE
+from mnistkit.training.threads import quiet_openmp
 
 app = typer.Typer(
     name="mnistkit",
@@ -565,6 +566,8 @@ _BROKEN = _register_more()
 
 
 def main() -> None:
+    # Before any command imports torch: its OpenMP threads sleep instead of spinning when idle.
+    quiet_openmp()
     if _BROKEN is not None:
         _stderr().print(
             f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs, "

@@ -147,8 +147,17 @@ class TrainSection(Section):
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """'auto' picks CUDA, then MPS, then CPU."""
-    threads: PosInt | None = None
-    """CPU threads for torch; default: the number of physical cores available."""
+    threads: PosInt | Literal["auto"] | None = "auto"
+    """CPU threads for torch. 'auto' (null means the same) times the real training step at 1, 2,
+    ... up to this process's share of the cores in the first ~24 steps (they train as usual),
+    keeps the fastest, and probes again at the next epoch start when the load average has moved
+    by more than 1; the run header and env.json say what it chose and why. Aim: near the best
+    fixed count on a quiet and on a busy machine; measured so far only under heavy load, where it
+    missed that in some conditions (docs/performance.md, "Threads that fit the machine"). With auto,
+    CPU results are reproducible only up to the thread count chosen (torch splits some sums by
+    thread): give a number for bit-identical reruns; a number is obeyed as given. Every run also
+    sets OMP_WAIT_POLICY=PASSIVE and KMP_BLOCKTIME=0 unless you set them: on a busy machine the
+    old spin-waiting made 2-thread mlp5 epochs 17-96 s instead of ~2 s."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast for forward passes (CUDA; on CPU only if supported). Weights stay fp32."""
     compile: StrictBool = False

@@ -279,6 +279,8 @@ class RunDir:
         torch_version: str,
         cuda: str | None = None,
         distributed: dict[str, Any] | None = None,
+        threads_setting: int | str | None = None,
+        openmp: dict[str, Any] | None = None,
     ) -> Path:
         """env.json. The torch facts come from the caller (the session has torch loaded), so this
         layer stays torch-free for `runs` and `compare`."""
@@ -291,7 +293,10 @@ class RunDir:
             "platform": platform.platform(),
             "device": device,
             "cuda": cuda,
-            "threads": threads,  # per process
+            "threads": threads,  # per process (auto: updated when the probe decides)
+            "threads_setting": threads_setting,  # train.threads as given: a number or "auto"
+            "threads_auto": [],  # auto's decisions: chosen, ms_per_step, load, epoch, why
+            "openmp": openmp or {},  # the wait policy in effect, and who set it
             # world_size (processes), backend (gloo/nccl; null alone), hosts, batchnorm sync mode
             "distributed": distributed or {"world_size": 1, "backend": None, "hosts": [platform.node()]},
             "seed": seed,
@@ -302,6 +307,12 @@ class RunDir:
         }
         atomic_write_text(self.env_path, json.dumps(env, indent=2) + "\n")
         return self.env_path
+
+    def update_env(self, **fields: Any) -> None:
+        """Change fields of env.json (train.threads: auto records its decisions as they come)."""
+        env = json.loads(self.env_path.read_text(encoding="utf-8"))
+        env.update(fields)
+        atomic_write_text(self.env_path, json.dumps(env, indent=2) + "\n")
 
     def write_data_info(self, info: dict[str, Any]) -> Path:
         """data.json: how inputs were preprocessed in training (read by ``mnistkit predict``)."""

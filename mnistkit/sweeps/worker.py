@@ -247,7 +247,7 @@ def run_processes(
 
 def _share_cores(pid: int, k: int, workers: int) -> None:
     """Give worker k its share of this process's cores. Each run sizes its torch thread pool by
-    the cores it may use (runner.default_threads), so N workers on N cores run one thread each
+    the cores it may use (training/threads.core_share), so N workers on N cores run one thread each
     instead of N threads each spin-waiting for the others (docs/performance.md)."""
     try:
         cores = sorted(os.sched_getaffinity(0))

@@ -12,6 +12,7 @@ from torch import nn
 from mnistkit.data.batches import Prepared
 from mnistkit.errors import RunError
 from mnistkit.recipe.sections import RecipeBase
+from mnistkit.training.threads import available_cores, candidates, core_share, load_average
 
 
 def resolve_device(name: str) -> torch.device:
@@ -28,23 +29,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_threads() -> int:
-    # One intra-op thread per core we may run on. Measured on the 2-core dev machine (mlp5,
-    # batch 64, docs/performance.md): 2 threads 1.6 s/epoch, 1 thread 2.2 s. More threads than
-    # cores only adds contention, and torch's own default can count hyperthreads or the whole
-    # host inside a container. (The inter-op pool is left alone: eager training never uses it.)
-    # N processes on one machine (torchrun's LOCAL_WORLD_SIZE, see training/distributed.py)
-    # share the cores equally.
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    return max(1, cores // (int(local) if local.isdigit() and int(local) > 0 else 1))
-
-
 def configure_device(recipe: RecipeBase, device: torch.device) -> int:
-    threads = recipe.train.threads or default_threads()
+    """Set torch's thread count: ``train.threads`` as given, else (auto) this process's share of
+    the cores, which the probe (:class:`ThreadProbe`, started by the session) may lower."""
+    threads = recipe.train.threads if isinstance(recipe.train.threads, int) else core_share()
     torch.set_num_threads(threads)
     if device.type == "cuda":
         # TF32 tensor cores for fp32 matmuls and convolutions: several times the fp32 rate for a
@@ -56,16 +44,38 @@ def configure_device(recipe: RecipeBase, device: torch.device) -> int:
     return threads
 
 
+def probe_candidates(recipe: RecipeBase, device: torch.device, distributed: bool) -> list[int]:
+    """The thread counts ``train.threads: auto`` will time; fewer than two: nothing to probe.
+
+    Only one CPU process probes: the ranks of a distributed job wait for each other every step,
+    so one rank's step time says little about its own thread count; they keep their share."""
+    if isinstance(recipe.train.threads, int) or device.type != "cpu" or distributed:
+        return []
+    return candidates(core_share())
+
+
+def threads_note(recipe: RecipeBase, threads: int, probing: list[int]) -> str:
+    """The run header's word on threads: what was chosen, and why."""
+    if isinstance(recipe.train.threads, int):
+        return f"{threads} threads{_busy_note(threads)}"
+    load = load_average()
+    at_load = f"; load {load:.1f}" if load is not None else ""
+    if len(probing) > 1:
+        tried = ", ".join(map(str, probing))
+        return f"threads: auto, timing the first steps at {tried} threads{at_load}"
+    cores, share = available_cores(), core_share()
+    why = f"{cores} cores shared by {cores // share} processes" if share < cores else f"{cores} core(s)"
+    return f"{threads} threads (auto: {why}{at_load})"
+
+
 def _busy_note(threads: int) -> str:
-    """A hint when other jobs load the CPU: torch's threads spin-wait for each other, so one busy
-    core can make a 2-thread step 5-10x slower (measured in docs/performance.md)."""
-    try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return ""
-    if threads > 1 and load >= threads:  # a whole core-count of other work: a concurrent job
+    """A hint when other jobs load the CPU and the user fixed several threads: torch's threads
+    wait for each other, so one busy core can make a 2-thread step several times slower."""
+    load = load_average()
+    if load is not None and threads > 1 and load >= threads:  # a core-count of other work
         return (
-            f"; load average {load:.1f}: if other jobs are running and training is slow, set train.threads: 1"
+            f"; load average {load:.1f}: if other jobs are running and training is slow, "
+            "set train.threads: auto (or 1)"
         )
     return ""
 

@@ -367,11 +367,12 @@ def launch(nproc: int, worker_args: list[str]) -> int:
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
 
-    from mnistkit.training.device import default_threads
+    from mnistkit.training.threads import core_share
 
     # One share of the cores per process (torchrun would otherwise set 1 and print a banner);
-    # the runner sets torch's thread count from the same rule unless train.threads is given.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, default_threads() // nproc)))
+    # each rank sets torch's thread count from the same rule (LOCAL_WORLD_SIZE, threads.core_share)
+    # unless train.threads is given.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, core_share() // nproc)))
     args = parse_args(
         [
             "--standalone",

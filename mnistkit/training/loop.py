@@ -59,6 +59,7 @@ class Hooks:
     on_epoch_end: Callable[[dict[str, Any], bool], None]  # row, improved
     save_checkpoint: Callable[[LoopState, bool], None]  # state, is_best
     message: Callable[[str], None]
+    before_step: Callable[[], None] | None = None  # train.threads: auto's probe (training/threads.py)
 
 
 class StopRequest:
@@ -159,6 +160,8 @@ def train_loop(
             start = time.perf_counter()
             last_refresh = start
             for step, (raw, yb) in enumerate(batches, start=first):
+                if hooks.before_step is not None:
+                    hooks.before_step()
                 if augment is not None:  # training batches only, on the device, still raw
                     raw = augment(raw, generator)
                     if whole_batches:  # this rank's part of the augmented global batch
