@@ -213,3 +213,29 @@ def test_probe_times_only_whole_steps_at_one_count() -> None:
     # first step of each block (1, 7, 13, 25, 31) and step 9, the last of epoch 1.
     assert decisions[0].steps_timed == {1: 10, 2: 9, 4: 11}
     assert probe.threads == 1 and not probe.probing
+
+
+@pytest.mark.parametrize(
+    ("costs", "chosen"),
+    [
+        ({1: 0.039, 2: 0.048}, 2),  # 1 thread 1.23x faster: a gap a short probe gets wrong
+        ({1: 0.040, 2: 0.059}, 2),  # 1.48x: still not clearly faster
+        ({1: 0.040, 2: 0.061}, 1),  # 1.53x
+        ({1: 0.011, 2: 0.014, 4: 0.016}, 4),  # neither 1 nor 2 is 1.5x faster than 4
+        ({1: 0.010, 2: 0.030, 4: 0.020}, 1),  # 1 is 2x faster than 4
+    ],
+)
+def test_auto_keeps_more_threads_unless_fewer_are_clearly_faster(
+    costs: dict[int, float], chosen: int
+) -> None:
+    """With OpenMP threads sleeping, more threads no longer collapse under load, and small probe
+    gaps misled (docs/performance.md): fewer threads win only when 1.5x faster per step."""
+    fake = FakeSteps(quiet=costs, busy={})
+    decisions: list[Any] = []
+    probe = ThreadProbe(
+        sorted(costs), torch.set_num_threads, decisions.append, clock=fake.clock, load=fake.load
+    )
+    probe.epoch_start(1)
+    for _ in range(60):
+        probe.tick()
+    assert [d.chosen for d in decisions] == [chosen]

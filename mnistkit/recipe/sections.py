@@ -150,8 +150,9 @@ class TrainSection(Section):
     threads: PosInt | Literal["auto"] | None = "auto"
     """CPU threads for torch. 'auto' (null means the same) times the real training step at 1, 2,
     ... up to this process's share of the cores in the first ~24 steps (they train as usual),
-    keeps the fastest, and probes again at the next epoch start when the load average has moved
-    by more than 1; the run header and env.json say what it chose and why. Aim: near the best
+    keeps the most threads unless fewer are at least 1.5x faster per step, and probes again at
+    the next epoch start when the load average has moved by more than 1; the run header and
+    env.json say what it chose and why. Aim: near the best
     fixed count on a quiet and on a busy machine; measured so far only under heavy load, where it
     missed that in some conditions (docs/performance.md, "Threads that fit the machine"). With auto,
     CPU results are reproducible only up to the thread count chosen (torch splits some sums by

@@ -27,6 +27,11 @@ WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 #: Which of WAIT_POLICY mnistkit set (not the user): inherited by torchrun ranks and sweep
 #: workers, so they too know the value is not the user's.
 SET_BY_MNISTKIT_ENV = "MNISTKIT_SET_OPENMP"
+#: Fewer threads are chosen only when their median step is this many times faster. With the
+#: OpenMP threads sleeping instead of spinning, more threads no longer collapse under load, and a
+#: short probe's small gaps misled: on the loaded 2-core VM it chose 1 thread on 12-23 % gaps and
+#: 1 thread then ran mlp5 2-4.7x slower than 2 (docs/performance.md).
+FEWER_THREADS_MARGIN = 1.5
 #: The load average (1 min) must move by more than this between epochs to re-probe.
 LOAD_CHANGE = 1.0
 
@@ -204,7 +209,10 @@ class ThreadProbe:
         import statistics  # not at module level: the CLI imports this module at start-up
 
         medians = {c: statistics.median(ts) * 1000 for c, ts in self._times.items() if ts}
-        chosen = min(medians, key=lambda c: (medians[c], c)) if medians else self.cores[-1]
+        chosen = self.cores[-1] if not medians else max(medians)
+        for c in sorted(medians, reverse=True):  # fewer threads only when clearly faster
+            if medians[c] * FEWER_THREADS_MARGIN < medians[chosen]:
+                chosen = c
         self._current = None
         self.set_threads(chosen)
         timed = {c: len(ts) for c, ts in self._times.items()}
