@@ -5,6 +5,7 @@ predict on such a run."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +246,38 @@ def test_empty_class_folder(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "without images" in res.output and str(tmp_path / "data/empty") in res.output
     assert "Add images or remove these folders" in res.output
+
+
+def test_every_problem_of_a_folder_is_reported_in_one_run(tmp_path: Path) -> None:
+    """An empty class folder and a corrupt file: both named by the first run, not one per run."""
+    make_flat(tmp_path / "data", per_class=3)
+    (tmp_path / "data/empty").mkdir()
+    (tmp_path / "data/cat/bad.png").write_bytes(b"this is not an image")
+    res = run_cli(tmp_path, tmp_path / "data")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    out = " ".join(res.output.split())  # the console wraps long lines
+    assert f"2 problems in image folder {tmp_path / 'data'}" in out
+    assert "without images" in out and str(tmp_path / "data/empty") in out
+    assert str(tmp_path / "data/cat/bad.png") in out and "cannot identify image file" in out
+    # The fix for the bad file, for a recipe and for the command line.
+    assert "set `data.skip_bad_files: true` in the recipe (or --set data.skip_bad_files=true)" in out
+
+
+def test_cache_command_lists_and_clears_every_folder_written_under_the_cache(tmp_path: Path) -> None:
+    make_flat(tmp_path / "data", per_class=3)
+    assert run_cli(tmp_path, tmp_path / "data").exit_code == 0
+    cache = Path(os.environ["MNISTKIT_CACHE"])
+    written = {p.name for p in cache.iterdir()}
+    assert written  # the decoded images
+    res = CliRunner().invoke(app, ["cache"])
+    assert res.exit_code == 0, res.output
+    listed = {line.split()[0]: line for line in res.output.splitlines()[1:]}
+    assert written <= set(listed), res.output
+    for name in written:
+        assert not re.search(r"\b0 files", listed[name]), listed[name]
+    res = CliRunner().invoke(app, ["cache", "clear"])
+    assert res.exit_code == 0, res.output
+    assert not any(cache.iterdir()), sorted(cache.rglob("*"))  # no download was made: all cleared
 
 
 def test_folder_without_images(tmp_path: Path) -> None:

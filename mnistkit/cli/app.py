@@ -502,7 +502,8 @@ def show(
 
 
 cache_app = typer.Typer(
-    help="See and clear the per-user cache (downloads, decoded features).", no_args_is_help=False
+    help="See and clear the per-user cache (downloads, decoded features and images).",
+    no_args_is_help=False,
 )
 app.add_typer(cache_app, name="cache")
 
@@ -529,7 +530,8 @@ def cache_clear(
         bool, typer.Option("--downloads", help="Also remove downloaded datasets (data/).")
     ] = False,
 ) -> None:
-    """Remove decoded features (recomputed on the next run); with --downloads also the downloads."""
+    """Remove decoded features and images (recomputed on the next run); with --downloads also
+    the downloads."""
 
     def body() -> None:
         from mnistkit.data.cache import KINDS, clear_cache, human_size

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mnistkit.data.batches import Prepared
-from mnistkit.errors import RunError
+from mnistkit.errors import RunError, set_hint
 from mnistkit.recipe.sections import RecipeBase
 
 
@@ -64,8 +64,8 @@ def _busy_note(threads: int) -> str:
     except (OSError, AttributeError):
         return ""
     if threads > 1 and load >= threads:  # a whole core-count of other work: a concurrent job
-        return (
-            f"; load average {load:.1f}: if other jobs are running and training is slow, set train.threads: 1"
+        return f"; load average {load:.1f}: if other jobs are running and training is slow, " + set_hint(
+            "train.threads", "1"
         )
     return ""
 
