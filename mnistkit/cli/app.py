@@ -232,6 +232,7 @@ def run(
         from mnistkit.session import RunOptions
         from mnistkit.session import run as run_recipe
 
+        command = invoked_as()
         result = run_recipe(
             rec,
             RunOptions(
@@ -240,13 +241,34 @@ def run(
                 runs_root=runs_root or Path("runs"),
                 resume=resume,
                 progress=progress,
-                command=invoked_as(),
+                command=command,
+                again=_again(command, recipe, set_ or [], data_dir, out, runs_root),
             ),
         )
         if result.status == "interrupted":
             raise typer.Exit(130)
 
     guarded(body)
+
+
+def _again(
+    command: str,
+    recipe: Path | None,
+    sets: list[str],
+    data_dir: Path | None,
+    out: Path | None,
+    runs: Path | None,
+) -> str | None:
+    """The command line that starts this run again, quoted for a shell (None for --resume)."""
+    if recipe is None:
+        return None
+    import shlex
+
+    args = [str(recipe)] + [w for s in sets for w in ("--set", s)]
+    for flag, value in (("--data-dir", data_dir), ("--out", out), ("--runs", runs)):
+        if value is not None:
+            args += [flag, str(value)]
+    return f"{command} run {shlex.join(args)}"
 
 
 def _launch(
