@@ -302,3 +302,16 @@ def test_class_in_train_but_not_in_test(tmp_path: Path) -> None:
 def test_loader_error_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         load(tmp_path / "nope")
+
+
+def test_tiff_files_are_read(tmp_path: Path) -> None:
+    """image_folder's description names TIFF: it reads .tif and .tiff files."""
+    for ci, c in enumerate(CLASSES):
+        for i, ext in enumerate(("tif", "tiff")):
+            write_image(tmp_path / "data" / c / f"{i}.{ext}", 10 * ci + i, fmt="TIFF")
+    data = load(tmp_path / "data")
+    assert len(data.files) == 6 and {f.suffix for f in data.files} == {".tif", ".tiff"}
+    for f in data.files:
+        i = data.files.index(f)
+        split, j = (data.train, i) if i < len(data.train.y) else (data.test, i - len(data.train.y))
+        assert np.array_equal(split.x[j].numpy(), expected(f, 1)), f

@@ -414,6 +414,7 @@ def list_(
         from rich.console import Console
         from rich.table import Table
 
+        from mnistkit.recipe.reference import DATASET_FACTS, dataset_facts
         from mnistkit.registry import registries
         from mnistkit.registry.core import did_you_mean
 
@@ -441,8 +442,15 @@ def list_(
             table = Table(title=f"{name} — {registry.description}", title_justify="left", show_lines=False)
             table.add_column("name", style="bold cyan", no_wrap=True)
             table.add_column("description")
-            table.add_column("parameters", style="dim")
+            if name == "datasets":  # no parameters: what each gives, as docs/recipe.md says
+                for fact in DATASET_FACTS:
+                    table.add_column(fact, style="dim")
+            else:
+                table.add_column("parameters", style="dim")
             for entry in registry:
+                if name == "datasets":
+                    table.add_row(entry.name, entry.description, *dataset_facts(entry))
+                    continue
                 params = "\n".join(f"{p}: {spec.describe()}" for p, spec in entry.params.items())
                 table.add_row(entry.name, entry.description, params)
             if name == "layers":

@@ -33,7 +33,7 @@ log = logging.getLogger("mnistkit.images")
 IMAGE_VERSION = 1
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-IMAGES = FolderKind(IMAGE_EXTENSIONS, "images", "*.png (or .jpg, .bmp, .gif, .webp)", "Add images")
+IMAGES = FolderKind(IMAGE_EXTENSIONS, "images", "*.png (or .jpg, .bmp, .gif, .webp, .tif)", "Add images")
 
 
 def decode_image(path: Path, channels: int, height: int, width: int) -> np.ndarray:
