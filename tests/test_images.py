@@ -315,3 +315,21 @@ def test_tiff_files_are_read(tmp_path: Path) -> None:
         i = data.files.index(f)
         split, j = (data.train, i) if i < len(data.train.y) else (data.test, i - len(data.train.y))
         assert np.array_equal(split.x[j].numpy(), expected(f, 1)), f
+
+
+def test_validate_says_which_class_count_its_parameter_count_assumes() -> None:
+    """`validate recipes/image-folder.yaml` stated a count for 2 classes without saying so."""
+    from mnistkit.build.components import build_model
+    from mnistkit.recipe.schema import load_recipe
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "image-folder.yaml"
+    res = CliRunner().invoke(app, ["validate", str(path)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    recipe, reg = load_recipe(path), registries()
+    shape = input_shape(recipe, reg)
+    counts = [
+        sum(p.numel() for p in build_model(recipe, shape, n, reg)[0].parameters()) for n in (2, 3)
+    ]  # torch's own count of the built model
+    said = " ".join(res.output.split())
+    assert f"{counts[0]:,} parameters" in said and "counted for 2 classes" in said, said
+    assert f"+{counts[1] - counts[0]:,} per further class" in said, said

@@ -352,7 +352,7 @@ def validate(
     """Check recipes without training: every problem of every file, with file:line:column."""
 
     def body() -> None:
-        from mnistkit.recipe.model_check import describe_size, model_size, static_notes
+        from mnistkit.recipe.model_check import describe_model_size, static_notes
         from mnistkit.recipe.schema import load_document, validate_document
         from mnistkit.registry import registries
 
@@ -373,8 +373,8 @@ def validate(
                     from mnistkit.build.dry_run import dry_run
 
                     dry_run(rec, doc)
-                size = model_size(rec, registries())
-                typer.echo(f"ok {path}" + (f" ({describe_size(size)})" if size is not None else ""))
+                size = describe_model_size(rec, registries())
+                typer.echo(f"ok {path}" + (f" ({size})" if size is not None else ""))
             except RecipeError as exc:
                 failed += 1
                 print_problems(exc)  # and go on: every file is checked
