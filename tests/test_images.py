@@ -333,3 +333,40 @@ def test_validate_says_which_class_count_its_parameter_count_assumes() -> None:
     said = " ".join(res.output.split())
     assert f"{counts[0]:,} parameters" in said and "counted for 2 classes" in said, said
     assert f"+{counts[1] - counts[0]:,} per further class" in said, said
+
+
+def test_worst_samples_of_an_image_folder_are_named_in_the_plot_and_listed_in_a_csv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """worst.png did not name the files, so a mislabelled photo could not be found."""
+    import csv
+    import json
+
+    from mnistkit.evaluation import plots
+
+    titles: list[str] = []
+    save = plots._save
+
+    def keep_titles(fig: Any, path: Path) -> Path:
+        if Path(path).name == "worst.png":
+            titles.extend(ax.get_title() for ax in fig.axes)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep_titles)
+    make_flat(tmp_path / "data", per_class=8)  # random pixels: many confident mistakes
+    res = run_cli(tmp_path, tmp_path / "data", "", "--set", "train.plots=true")
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "run/plots/worst.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows, "no mistakes listed"
+    for row in rows:
+        file = Path(row["file"])
+        assert file.is_file() and file.parent.parent == tmp_path / "data", row
+        assert row["true"] == file.parent.name != row["predicted"], row  # the folder is the label
+        assert any(f"{file.parent.name}/{file.name}" in t for t in titles), (row, titles)
+    # What predict says of these files is what the list says the run's model said.
+    res = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "--checkpoint", "last", "--json"]
+                             + [r["file"] for r in rows])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    for row, p in zip(rows, json.loads(res.output)["predictions"], strict=True):
+        assert p["class"] == row["predicted"], (row, p)

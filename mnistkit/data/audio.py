@@ -378,6 +378,7 @@ def _to_loaded(
         # Aligned with the samples: files[i] is train sample i, files[len(train) + j] test j.
         files=[base / name for name, _ in [*train, *test]],
         source=source,
+        test_files=[base / name for name, _ in test],
     )
 
 

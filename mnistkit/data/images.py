@@ -183,4 +183,5 @@ def load_image_folder(
         std=tuple(float(s) for s in std),
         files=[root / name for name, _ in [*train, *test]],
         source=source,
+        test_files=[root / name for name, _ in test],
     )
