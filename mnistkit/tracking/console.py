@@ -37,6 +37,8 @@ DROP_ORDER = ("samples_per_s", "seconds", "train_loss", "val_loss", "lr")
 BEST_MARK = "*"  # after the row of an epoch that improved the best metric (best.pt)
 #: "selection: " — the header and summary labels, values starting in the column after.
 LABEL_WIDTH = 11
+#: Lines never wrapped: what they hold is copied whole (the run folder, the resume command).
+UNWRAPPED = ("run dir", "saved", "resume")
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -64,6 +66,9 @@ class Reporter:
         width (80 in a pipe) with continuation lines indented to that column: a word, a number
         or a path is never broken (one longer than the line stays whole)."""
         label = f"{key + ':':<{LABEL_WIDTH}}"
+        if key in UNWRAPPED:  # a command or a path to copy: a line break would cut the paste
+            self.console.print(label + value)
+            return
         # `code` (a recipe line to copy) is kept on one line, like a word.
         value = re.sub(r"`[^`\n]*`", lambda m: m.group().replace(" ", "\0"), value)
         self.console.print(
