@@ -275,7 +275,7 @@ class Session:
                 (
                     "data",
                     f"{recipe.data.dataset}: {split_sizes}, {data.num_classes} classes, "
-                    f"input {tuple(data.in_shape)} ({time.perf_counter() - t_data:.1f} s)",
+                    f"input {'x'.join(map(str, data.in_shape))} ({time.perf_counter() - t_data:.1f} s)",
                 ),
                 ("source", data.source),
             ]
