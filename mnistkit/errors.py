@@ -8,6 +8,7 @@ exit code 1.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 
@@ -60,3 +61,13 @@ def dotted(loc: tuple[object, ...]) -> str:
 
 class DataError(Exception):
     """User-facing data problem: what was looked for, where, and how to fix it."""
+
+
+def set_hint(key: str, value: str) -> str:
+    """How to set a recipe key, for a message: in the recipe, and on the command line.
+
+    ``set_hint("train.threads", "1")`` → ``set `train.threads: 1` in the recipe (or --set
+    train.threads=1)``. Every message that tells the user to set a key says it this way, so a
+    command-line user is not left to translate YAML into ``--set``.
+    """
+    return f"set `{key}: {value}` in the recipe (or --set {shlex.quote(f'{key}={value}')})"

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from mnistkit.training.device import (
     uses_channels_last,
     warm_up,
 )
-from mnistkit.training.faults import with_test_hooks
+from mnistkit.training.faults import signal_before_training, with_test_hooks
 from mnistkit.training.loop import Hooks, NonFiniteLoss, train_loop
 from mnistkit.training.state import CHECKPOINT_FORMAT, LoopState, check_format, checkpoint_state, restore
 from mnistkit.training.threads import Decision, ThreadProbe, openmp_record
@@ -67,6 +68,7 @@ class RunOptions:
     resume: Path | None = None
     progress: str | None = None  # overrides train.progress
     command: str = "mnistkit"  # how the user ran mnistkit, for the resume hint (cli/invocation.py)
+    again: str | None = None  # the command that starts this run again (said after an early Ctrl-C)
     # Called after every epoch with its metrics row (before the checkpoint is written); a returned
     # string stops the run after that epoch with it as the stop reason (a sweep's pruner).
     on_epoch: Callable[[dict[str, Any]], str | None] | None = None
@@ -106,6 +108,10 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
             result = session.result()
         finished = True
         return result
+    except KeyboardInterrupt:  # outside the loop's safe points: say what is kept, how to go on
+        if ctx.is_main:
+            session.interrupted()
+        raise
     except RuntimeError as exc:  # gloo/nccl report a dead peer as a RuntimeError subclass
         why = distributed.peer_failure(exc) if ctx.distributed else None
         if why is None:
@@ -274,7 +280,7 @@ class Session:
                 (
                     "data",
                     f"{recipe.data.dataset}: {split_sizes}, {data.num_classes} classes, "
-                    f"input {tuple(data.in_shape)} ({time.perf_counter() - t_data:.1f} s)",
+                    f"input {'x'.join(map(str, data.in_shape))} ({time.perf_counter() - t_data:.1f} s)",
                 ),
                 ("source", data.source),
             ]
@@ -316,7 +322,8 @@ class Session:
                     f"data.augment needs image-like samples (channels, height, width); "
                     f"{recipe.data.dataset!r} gives {list(data.in_shape)}. Remove data.augment."
                 )
-            self.reporter.message(f"augment:  {', '.join(self.augment.names)} (training batches only)")
+            if not self.reporter.quiet:
+                self.reporter.labelled("augment", f"{', '.join(self.augment.names)} (training batches only)")
 
     # ------------------------------------------------------------------ restore
     def restore(self) -> None:
@@ -433,6 +440,7 @@ class Session:
 
             hooks.on_epoch_start, hooks.before_step = epoch_start, probe.tick
         self.rows_before = len(self.state.rows)  # epochs a resumed run had done before this session
+        signal_before_training(ctx.rank)
         reporter.start(recipe.epochs, self.data.val is not None, show_lr=recipe.scheduler is not None)
         try:
             self.state = train_loop(
@@ -451,9 +459,7 @@ class Session:
                 run.write_status(
                     status="interrupted", ended=time.time(), stop_reason="interrupted (second Ctrl-C)"
                 )
-                if run.checkpoint_path("last").exists():
-                    reporter.message(escape(f"resume:    {self.resume_command}"))
-            raise
+            raise  # run() says what was saved (interrupted)
         except BaseException as exc:
             if ctx.is_main:
                 run.write_status(status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}")
@@ -511,6 +517,33 @@ class Session:
         if self.status == "finished" and self.recipe.train.plots and state.rows:
             _write_plots(self.run.path, self.recipe, self.model, self.data, state, self.reporter)
 
+    def interrupted(self) -> None:
+        """Ctrl-C outside the training loop's safe points (loading, building, a second Ctrl-C):
+        say what is saved and how to go on.
+
+        A new run with no checkpoint and no finished epoch has nothing to continue: its folder
+        (made empty by this run, see RunDir.create) is removed, so no half-made run is left
+        that ``runs`` ignores and ``--resume`` refuses; the user is told to start again.
+        """
+        run = self.run
+        if run is None or self.reporter is None:  # before the run folder was made
+            return
+        if run.checkpoint_path("last").is_file():
+            lines = [("saved", str(run.path)), ("resume", self.resume_command)]
+        elif self.resume_ckpt is None and not self.state.rows:
+            if run.path.is_dir():
+                shutil.rmtree(run.path)
+            again = self.opts.again or f"{self.opts.command} run RECIPE"
+            lines = [
+                ("saved", f"nothing: interrupted before the first checkpoint ({run.path} removed)"),
+                ("resume", f"nothing to resume; start again: {again}"),
+            ]
+        else:  # epochs done, but train.checkpoint: false
+            why = "not possible: this run has train.checkpoint: false"
+            lines = [("saved", str(run.path)), ("resume", why)]
+        self.reporter.stop()
+        self.reporter.summary([(key, escape(value)) for key, value in lines])
+
     @property
     def resume_command(self) -> str:
         """The command that continues this run, as the user ran mnistkit (cli/invocation.py)."""
@@ -529,6 +562,8 @@ class Session:
         reason = (
             state.stop_reason if state.stop_reason not in (None, status) else f"{n} epoch{'s' * (n != 1)}"
         )
+        if status == "interrupted" and state.step:  # stopped inside an epoch: say where
+            reason = f"epoch {state.epoch + 1}, step {state.step} of {self.steps}"
         lines = [("status", f"{status} ({reason})")]
         if state.rows:
             last = state.rows[-1]
@@ -550,7 +585,7 @@ class Session:
             best_metric = run_metrics(self.recipe).best
             shown = format_metric(best_metric, state.best)
             lines.append(("best", f"{best_metric} {shown} at epoch {state.best_epoch} (best.pt)"))
-        lines += [("selection", note) for note in selection_on_test_notes(run_metrics(self.recipe))]
+        # (What was selected on the test set is said once, in the run header, and in status.json.)
         lines.append(("saved", str(run_dir)))
         if status == "interrupted":
             if self.recipe.train.checkpoint:
@@ -623,6 +658,7 @@ def _write_plots(
         from mnistkit.evaluation.evaluate import write_run_plots
 
         paths = write_run_plots(run_dir, model, data, state.rows, recipe)
-        reporter.message(f"{'plots:':<10} " + ", ".join(str(p.relative_to(run_dir)) for p in paths))
+        if not reporter.quiet:
+            reporter.labelled("plots", ", ".join(str(p.relative_to(run_dir)) for p in paths))
     except Exception as exc:  # a plot must never cost the user their finished run
         reporter.message(f"[yellow]could not write plots: {type(exc).__name__}: {exc}[/yellow]")

@@ -240,7 +240,7 @@ def test_predict_takes_folders_recursively_and_notes_inputs_far_from_training(
     Image.merge("RGB", (grey, Image.new("L", grey.size, 0), grey)).save(colour)
     res = invoke("predict", digits_run, big, colour, src)
     assert res.exit_code == 0, res.output
-    notes = [line for line in res.output.splitlines() if line.startswith("note ")]
+    notes = [n for n in res.output.replace("\n    ", " ").splitlines() if n.startswith("note ")]
     assert len(notes) == 2, res.output
     assert "mnist-size.png" in notes[0] and "28x28 image resized to the model's 8x8 (shrunk 3.5x)" in notes[0]
     assert "colour.png" in notes[1] and "converted to grey" in notes[1]
@@ -249,6 +249,32 @@ def test_predict_takes_folders_recursively_and_notes_inputs_far_from_training(
     empty.mkdir()
     res = invoke("predict", digits_run, empty)
     assert res.exit_code == 1 and "no image files in this folder" in res.output
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_predict_never_breaks_a_file_name(
+    digits_run: Path, digits_pngs: list[tuple[Path, int]], tmp_path: Path, columns: int
+) -> None:
+    """Long names, a folder name with a space, --top 3: every name whole on one line, every line
+    that holds more than one word within the width; the notes wrap between words too."""
+    folder = tmp_path / "scans from the office" / "handwritten-digits-batch-2026-12-02"
+    folder.mkdir(parents=True)
+    names = ["digit-seven-from-the-scanner-on-the-second-floor-0001.png", "x.png"]
+    for name, (src, _) in zip(names, digits_pngs, strict=False):
+        shutil.copy(src, folder / name)
+    big = folder / "a-28x28-image-far-from-the-8x8-training-images.png"
+    Image.open(digits_pngs[2][0]).resize((28, 28), Image.Resampling.NEAREST).save(big)
+    res = CliRunner().invoke(
+        app, ["predict", str(digits_run), str(folder), "--top", "3"], env={"COLUMNS": str(columns)}
+    )
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert all(len(line) <= columns for line in lines if " " in line.strip() and str(folder) not in line)
+    for name in [*names, big.name]:
+        assert any(name in line for line in lines), res.output  # whole, on one line
+    assert any(str(folder) in line for line in lines), res.output  # the folder, named whole once
+    note = " ".join(res.output.split()).split("note ", 1)[1]
+    assert note.startswith(f"{big}: 28x28 image resized to the model's 8x8 (shrunk 3.5x)"), res.output
 
 
 def test_predict_treats_transparent_pixels_as_the_black_background(

@@ -5,6 +5,7 @@ predict on such a run."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,38 @@ def test_empty_class_folder(tmp_path: Path) -> None:
     assert "Add images or remove these folders" in res.output
 
 
+def test_every_problem_of_a_folder_is_reported_in_one_run(tmp_path: Path) -> None:
+    """An empty class folder and a corrupt file: both named by the first run, not one per run."""
+    make_flat(tmp_path / "data", per_class=3)
+    (tmp_path / "data/empty").mkdir()
+    (tmp_path / "data/cat/bad.png").write_bytes(b"this is not an image")
+    res = run_cli(tmp_path, tmp_path / "data")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    out = " ".join(res.output.split())  # the console wraps long lines
+    assert f"2 problems in image folder {tmp_path / 'data'}" in out
+    assert "without images" in out and str(tmp_path / "data/empty") in out
+    assert str(tmp_path / "data/cat/bad.png") in out and "cannot identify image file" in out
+    # The fix for the bad file, for a recipe and for the command line.
+    assert "set `data.skip_bad_files: true` in the recipe (or --set data.skip_bad_files=true)" in out
+
+
+def test_cache_command_lists_and_clears_every_folder_written_under_the_cache(tmp_path: Path) -> None:
+    make_flat(tmp_path / "data", per_class=3)
+    assert run_cli(tmp_path, tmp_path / "data").exit_code == 0
+    cache = Path(os.environ["MNISTKIT_CACHE"])
+    written = {p.name for p in cache.iterdir()}
+    assert written  # the decoded images
+    res = CliRunner().invoke(app, ["cache"])
+    assert res.exit_code == 0, res.output
+    listed = {line.split()[0]: line for line in res.output.splitlines()[1:]}
+    assert written <= set(listed), res.output
+    for name in written:
+        assert not re.search(r"\b0 files", listed[name]), listed[name]
+    res = CliRunner().invoke(app, ["cache", "clear"])
+    assert res.exit_code == 0, res.output
+    assert not any(cache.iterdir()), sorted(cache.rglob("*"))  # no download was made: all cleared
+
+
 def test_folder_without_images(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data/readme.txt").write_text("hello")
@@ -269,3 +302,71 @@ def test_class_in_train_but_not_in_test(tmp_path: Path) -> None:
 def test_loader_error_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         load(tmp_path / "nope")
+
+
+def test_tiff_files_are_read(tmp_path: Path) -> None:
+    """image_folder's description names TIFF: it reads .tif and .tiff files."""
+    for ci, c in enumerate(CLASSES):
+        for i, ext in enumerate(("tif", "tiff")):
+            write_image(tmp_path / "data" / c / f"{i}.{ext}", 10 * ci + i, fmt="TIFF")
+    data = load(tmp_path / "data")
+    assert len(data.files) == 6 and {f.suffix for f in data.files} == {".tif", ".tiff"}
+    for f in data.files:
+        i = data.files.index(f)
+        split, j = (data.train, i) if i < len(data.train.y) else (data.test, i - len(data.train.y))
+        assert np.array_equal(split.x[j].numpy(), expected(f, 1)), f
+
+
+def test_validate_says_which_class_count_its_parameter_count_assumes() -> None:
+    """`validate recipes/image-folder.yaml` stated a count for 2 classes without saying so."""
+    from mnistkit.build.components import build_model
+    from mnistkit.recipe.schema import load_recipe
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "image-folder.yaml"
+    res = CliRunner().invoke(app, ["validate", str(path)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    recipe, reg = load_recipe(path), registries()
+    shape = input_shape(recipe, reg)
+    counts = [
+        sum(p.numel() for p in build_model(recipe, shape, n, reg)[0].parameters()) for n in (2, 3)
+    ]  # torch's own count of the built model
+    said = " ".join(res.output.split())
+    assert f"{counts[0]:,} parameters" in said and "counted for 2 classes" in said, said
+    assert f"+{counts[1] - counts[0]:,} per further class" in said, said
+
+
+def test_worst_samples_of_an_image_folder_are_named_in_the_plot_and_listed_in_a_csv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """worst.png did not name the files, so a mislabelled photo could not be found."""
+    import csv
+    import json
+
+    from mnistkit.evaluation import plots
+
+    titles: list[str] = []
+    save = plots._save
+
+    def keep_titles(fig: Any, path: Path) -> Path:
+        if Path(path).name == "worst.png":
+            titles.extend(ax.get_title() for ax in fig.axes)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep_titles)
+    make_flat(tmp_path / "data", per_class=8)  # random pixels: many confident mistakes
+    res = run_cli(tmp_path, tmp_path / "data", "", "--set", "train.plots=true")
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "run/plots/worst.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows, "no mistakes listed"
+    for row in rows:
+        file = Path(row["file"])
+        assert file.is_file() and file.parent.parent == tmp_path / "data", row
+        assert row["true"] == file.parent.name != row["predicted"], row  # the folder is the label
+        assert any(f"{file.parent.name}/{file.name}" in t for t in titles), (row, titles)
+    # What predict says of these files is what the list says the run's model said.
+    res = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "--checkpoint", "last", "--json"]
+                             + [r["file"] for r in rows])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    for row, p in zip(rows, json.loads(res.output)["predictions"], strict=True):
+        assert p["class"] == row["predicted"], (row, p)

@@ -65,7 +65,7 @@ def test_shipped_recipes_validate_through_the_cli(cli) -> None:
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert [line.split(" (")[0] for line in lines] == [f"ok {p.relative_to(REPO)}" for p in RECIPES]
-    assert all(line.endswith(" of float32 weights)") for line in lines)  # every size is known statically
+    assert all(" of float32 weights" in line for line in lines)  # every size is known statically
 
 
 def test_mlp5_is_the_tutorial_network() -> None:

@@ -528,3 +528,37 @@ def test_a_run_with_a_recipe_folder_plugin_is_self_contained(cli, tmp_path: Path
     resumed = cli("run", "--resume", run, "--set", "epochs=3", "--progress", "none", cwd=elsewhere)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert len((run / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs
+
+
+def test_list_datasets_shows_what_docs_recipe_md_says_of_each() -> None:
+    """`mnistkit list datasets` had an empty parameters column; it shows the input, classes and
+    download facts of docs/recipe.md's datasets table (read here from the file)."""
+    from typer.testing import CliRunner
+
+    from mnistkit.cli.app import app
+
+    doc = (REPO / "docs" / "recipe.md").read_text(encoding="utf-8")
+    rows = [
+        line.split("|")[1:-1] for line in doc.splitlines() if re.match(r"\| `\w+` \|.*\| (yes|no) \|$", line)
+    ]
+    documented = {cells[0].strip(" `"): [c.strip() for c in cells[2:]] for cells in rows}
+    assert set(documented) == set(registries().datasets.names())
+    # image_folder's input is set by data.image (the docs said "from data.features").
+    assert documented["image_folder"][0] == "from data.image"
+    res = CliRunner().invoke(app, ["list", "datasets"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    listed = {
+        cells[0]: cells[2:]
+        for line in res.output.splitlines()
+        if line.count("│") > 2 and (cells := [c.strip() for c in line.strip("│").split("│")])[0]
+    }
+    assert listed == documented, res.output
+
+
+def test_image_folder_says_it_reads_every_format_it_reads() -> None:
+    from mnistkit.data.images import IMAGE_EXTENSIONS
+
+    names = {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+    description = registries().datasets.get("image_folder").description
+    for ext in IMAGE_EXTENSIONS:
+        assert names.get(ext, ext[1:].upper()) in description.upper(), ext

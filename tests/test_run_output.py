@@ -7,7 +7,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from conftest import REPO, CliRunner
+
+from mnistkit.recipe.metrics import run_metrics, selection_on_test_notes
+from mnistkit.recipe.schema import load_recipe
 
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 
@@ -17,6 +21,18 @@ def value_column(line: str) -> int:
     match = re.match(r"[a-z ]+:\s+", line)
     assert match, line
     return match.end()
+
+
+def labelled(stdout: str) -> list[tuple[str, str]]:
+    """The `key:     value` lines, each value with its continuation lines (indented to the value
+    column) joined back with one space."""
+    out: list[tuple[str, str]] = []
+    for line in stdout.splitlines():
+        if out and line.startswith(" " * 11) and line.strip():
+            out[-1] = (out[-1][0], out[-1][1] + " " + line.strip())
+        elif match := re.match(r"([a-z ]+):\s+(.*)", line):
+            out.append((match.group(1), match.group(2)))
+    return out
 
 
 def test_plain_log_lr_best_mark_aligned_lines_and_a_resume_that_adds_up(
@@ -37,10 +53,10 @@ def test_plain_log_lr_best_mark_aligned_lines_and_a_resume_that_adds_up(
 
     res = cli("run", "--resume", run, "--set", "epochs=2", "--progress", "plain")
     assert res.returncode == 0, res.stderr
-    time_line = next(line for line in res.stdout.splitlines() if line.startswith("time:"))
+    time_line = dict(labelled(res.stdout))["time"]
     # The training time covers both sessions; the wall time is this session's, and says so.
     assert re.fullmatch(
-        r"time: +[\d.]+ s training over all sessions; this session: [\d.]+ s training, [\d.]+ s in all",
+        r"[\d.]+ s training over all sessions; this session: [\d.]+ s training, [\d.]+ s in all",
         time_line,
     ), time_line
 
@@ -67,3 +83,32 @@ def test_no_run_dir_line_when_the_data_fails_to_load(cli: CliRunner, tmp_path: P
     assert "Could not find" in res.stderr
     assert "run dir" not in res.stdout, res.stdout
     assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_run_header_wraps_between_words_and_says_the_selection_once(
+    cli: CliRunner, tmp_path: Path, columns: int
+) -> None:
+    """The header fits the terminal; a long value (device, selection) goes on under its own
+    column, broken only between words; `selection:` once; `augment:` in line with the rest."""
+    sets = ["epochs=1", "data.limit=200", "train.plots=false", "train.threads=1"]
+    sets.append("data.augment=[{type: random_crop, padding: 1}]")
+    res = cli(
+        "run", QUICKSTART, "--out", tmp_path / "run", "--progress", "plain",
+        *[w for s in sets for w in ("--set", s)], env={"COLUMNS": str(columns)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    head = res.stdout.split("\nmodel")[0].splitlines()
+    wrapped = [line for line in head if not line.startswith("run dir:")]  # a path: never wrapped
+    assert max(map(len, wrapped)) <= columns, "\n".join(head)
+    values = labelled(res.stdout)
+    keys = [k for k, _ in values]
+    assert keys.count("selection") == 1, res.stdout
+    # The note as the recipe gives it (not as printed): a word broken in two would not match.
+    want = selection_on_test_notes(run_metrics(load_recipe(QUICKSTART, sets)))
+    assert [v for k, v in values if k == "selection"] == want
+    assert re.match(r"cpu \(1 thread\)", dict(values)["device"]), values  # not "1 threads"
+    labelled_lines = [line for line in res.stdout.splitlines() if re.match(r"[a-z ]+: ", line)]
+    augment = next(line for line in labelled_lines if line.startswith("augment:"))
+    assert value_column(augment) == value_column(labelled_lines[0]) == 11, augment
+    assert dict(values)["augment"] == "random_crop (training batches only)"

@@ -145,7 +145,7 @@ def test_runs_table(runs_root: Path) -> None:
     assert "failed (killed)" in out
     assert "test_acc 90.00% (ep 2)" in out
     assert re.search(r"d-killed .*2/5", out)
-    assert "3/3" in out and "6.0 s" in out
+    assert "3/3" in out and "0:06" in out
     # Oldest first.
     assert out.index("a-finished") < out.index("b-interrupted") < out.index("e-running")
 
@@ -320,7 +320,12 @@ def test_every_command_names_a_folder_that_is_not_a_run_directory_the_same_way(t
 def _no_cut_cells(out: str, columns: int) -> None:
     assert "…" not in out, out
     # Every table line fits (the A:/B: path lines and titles name tmp paths: long, not wrapped).
-    table_lines = [line for line in out.splitlines() if not line.startswith(("A: ", "B: ", "runs in "))]
+    # (A single word longer than the line, a tmp path under the table, stays whole on its own line.)
+    table_lines = [
+        line
+        for line in out.splitlines()
+        if not line.startswith(("A: ", "B: ", "runs in ")) and " " in line.strip()
+    ]
     assert max(len(line) for line in table_lines) <= columns, out
 
 
@@ -343,7 +348,9 @@ def test_runs_and_compare_fit_the_terminal_without_cutting_figures(tmp_path: Pat
     assert res.exit_code == 0, res.output
     _no_cut_cells(res.output, columns)
     for name in names:
-        assert re.search(rf"{name}\W.*\b[23]/3\W.*8[23]\.00% \(ep [23]\)\W.*\d s\W", res.output), res.output
+        assert re.search(rf"{name}\W.*\b[23]/3\W.*8[23]\.00% \(ep [23]\)\W.*\d:\d\d\W", res.output), (
+            res.output
+        )
     assert "finished" in res.output and "interrupted" in res.output
 
     res = invoke("compare", a, b, columns=columns)
@@ -355,3 +362,50 @@ def test_runs_and_compare_fit_the_terminal_without_cutting_figures(tmp_path: Pat
         assert figure in out
     for metric in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
         assert metric in out
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_runs_with_a_sweep_trial_fit_and_break_no_word_or_number(tmp_path: Path, columns: int) -> None:
+    """A sweep's trial (its best metric val_acc, a long stop reason) beside ordinary runs: the
+    table still fits, each cell whole on one line, the reason and the resume hint under it."""
+    root = tmp_path / "runs"
+    recipe = {"name": "q", "epochs": 3, "data": {"dataset": "digits"}}
+    make_run(root, "quickstart-20261125-230750", {"status": "finished", "started": 1.7e9},
+             [row(1, 0.80), dict(row(2, 0.86), seconds=218.0)], recipe)  # fmt: skip
+    make_run(root, "mlp5-20261125-231500", {"status": "running", "started": 1.7e9 + 60, "pid": dead_pid()},
+             [row(1, 0.75)], recipe, last_pt=True)  # fmt: skip
+    reason = "pruned after epoch 2: val_acc 0.8800 (median pruner)"
+    val_rows = [dict(row(e, 0.8), val_loss=0.4, val_acc=0.87 + e / 200) for e in (1, 2)]
+    status = {"status": "finished", "started": 1.7e9 + 120, "epochs": 5, "stop_reason": reason}
+    trial = make_run(
+        root, "0003", dict(status, best_metric="val_acc"), val_rows,
+        {"name": "t", "epochs": 5, "data": {"dataset": "digits", "val_split": 0.1}},
+    )  # fmt: skip
+    RunDir(trial).write_metrics(val_rows, has_val=True)
+    res = invoke("runs", root, columns=columns)
+    assert res.exit_code == 0, res.output
+    out = res.output
+    _no_cut_cells(out, columns)
+    rows = {
+        line.strip("│ ").split()[0]: line
+        for line in out.splitlines()
+        if re.match(r"[│ ]*[\w-]+ .*\d/\d", line)
+    }
+    assert set(rows) >= {"quickstart-20261125-230750", "mlp5-20261125-231500", "0003"}, out
+    time = r"\W(\d+:\d\d)\W"  # one format for every time: m:ss, never "4.0 s" beside "3:40"
+    for name, epochs, best, seconds, status in (
+        ("quickstart-20261125-230750", "2/3", "86.00%", "3:40", "finished"),
+        ("mlp5-20261125-231500", "1/3", "75.00%", "0:02", "failed (killed)"),
+        ("0003", "2/5", "88.00%", "0:04", "finished"),
+    ):
+        line = rows[name]
+        cells = rf"\W{epochs}\W.*\W{re.escape(best)}\W.*{time}.*\W{re.escape(status)}\W?"
+        assert re.search(cells, line), line
+        assert re.search(rf"\W{seconds}\W+{re.escape(status)}", line), line
+    assert not re.search(r"\d s\b", out), out
+    # One line per run: no cell wrapped onto a line of its own (the name column empty there).
+    assert not [line for line in out.splitlines() if re.match(r"│?\s{20}", line)], out
+    flat = " ".join(out.split())  # notes wrap between words: joined back, they read whole
+    assert f"0003: {reason}" in flat, out
+    assert "mlp5-20261125-231500: continue with" in flat
+    assert f"run --resume {root / 'mlp5-20261125-231500'}" in flat

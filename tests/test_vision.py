@@ -440,3 +440,25 @@ def test_a_mistyped_data_dir_is_never_created_as_a_download_target(
     targets.clear()
     load_data(recipe, registries(), mine, torch.device("cpu"))
     assert targets and all(t == mine for t in targets)
+
+
+def test_a_failed_download_leaves_no_empty_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
+    """Offline, MNIST's download fails; it used to leave an empty <cache>/data/MNIST/raw/ behind.
+
+    The real torchvision download runs (it creates MNIST/raw/ first); every connection is refused
+    in this process by ``no_network``, so nothing reaches the network."""
+    pytest.importorskip("torchvision")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MNISTKIT_CACHE", str(cache))
+    data = cache / "data"
+    with pytest.raises(DataError, match="failed"):
+        vision.load_mnist_family("mnist", [data], data)
+    assert not data.exists(), sorted(cache.rglob("*"))
+    # A download folder the user already had is kept, and only what the download made goes.
+    mine = tmp_path / "mine"
+    (mine / "notes").mkdir(parents=True)
+    with pytest.raises(DataError, match="failed"):
+        vision.load_mnist_family("mnist", [mine], mine)
+    assert sorted(p.name for p in mine.rglob("*")) == ["notes"]

@@ -233,6 +233,7 @@ def run(
         from mnistkit.session import RunOptions
         from mnistkit.session import run as run_recipe
 
+        command = invoked_as()
         result = run_recipe(
             rec,
             RunOptions(
@@ -241,13 +242,34 @@ def run(
                 runs_root=runs_root or Path("runs"),
                 resume=resume,
                 progress=progress,
-                command=invoked_as(),
+                command=command,
+                again=_again(command, recipe, set_ or [], data_dir, out, runs_root),
             ),
         )
         if result.status == "interrupted":
             raise typer.Exit(130)
 
     guarded(body)
+
+
+def _again(
+    command: str,
+    recipe: Path | None,
+    sets: list[str],
+    data_dir: Path | None,
+    out: Path | None,
+    runs: Path | None,
+) -> str | None:
+    """The command line that starts this run again, quoted for a shell (None for --resume)."""
+    if recipe is None:
+        return None
+    import shlex
+
+    args = [str(recipe)] + [w for s in sets for w in ("--set", s)]
+    for flag, value in (("--data-dir", data_dir), ("--out", out), ("--runs", runs)):
+        if value is not None:
+            args += [flag, str(value)]
+    return f"{command} run {shlex.join(args)}"
 
 
 def _launch(
@@ -331,7 +353,7 @@ def validate(
     """Check recipes without training: every problem of every file, with file:line:column."""
 
     def body() -> None:
-        from mnistkit.recipe.model_check import describe_size, model_size, static_notes
+        from mnistkit.recipe.model_check import describe_model_size, static_notes
         from mnistkit.recipe.schema import load_document, validate_document
         from mnistkit.registry import registries
 
@@ -352,8 +374,8 @@ def validate(
                     from mnistkit.build.dry_run import dry_run
 
                     dry_run(rec, doc)
-                size = model_size(rec, registries())
-                typer.echo(f"ok {path}" + (f" ({describe_size(size)})" if size is not None else ""))
+                size = describe_model_size(rec, registries())
+                typer.echo(f"ok {path}" + (f" ({size})" if size is not None else ""))
             except RecipeError as exc:
                 failed += 1
                 print_problems(exc)  # and go on: every file is checked
@@ -393,6 +415,7 @@ def list_(
         from rich.console import Console
         from rich.table import Table
 
+        from mnistkit.recipe.reference import DATASET_FACTS, dataset_facts
         from mnistkit.registry import registries
         from mnistkit.registry.core import did_you_mean
 
@@ -420,8 +443,15 @@ def list_(
             table = Table(title=f"{name} — {registry.description}", title_justify="left", show_lines=False)
             table.add_column("name", style="bold cyan", no_wrap=True)
             table.add_column("description")
-            table.add_column("parameters", style="dim")
+            if name == "datasets":  # no parameters: what each gives, as docs/recipe.md says
+                for fact in DATASET_FACTS:
+                    table.add_column(fact, style="dim")
+            else:
+                table.add_column("parameters", style="dim")
             for entry in registry:
+                if name == "datasets":
+                    table.add_row(entry.name, entry.description, *dataset_facts(entry))
+                    continue
                 params = "\n".join(f"{p}: {spec.describe()}" for p, spec in entry.params.items())
                 table.add_row(entry.name, entry.description, params)
             if name == "layers":
@@ -503,7 +533,8 @@ def show(
 
 
 cache_app = typer.Typer(
-    help="See and clear the per-user cache (downloads, decoded features).", no_args_is_help=False
+    help="See and clear the per-user cache (downloads, decoded features and images).",
+    no_args_is_help=False,
 )
 app.add_typer(cache_app, name="cache")
 
@@ -530,7 +561,8 @@ def cache_clear(
         bool, typer.Option("--downloads", help="Also remove downloaded datasets (data/).")
     ] = False,
 ) -> None:
-    """Remove decoded features (recomputed on the next run); with --downloads also the downloads."""
+    """Remove decoded features and images (recomputed on the next run); with --downloads also
+    the downloads."""
 
     def body() -> None:
         from mnistkit.data.cache import KINDS, clear_cache, human_size

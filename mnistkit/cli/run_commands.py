@@ -153,6 +153,11 @@ def runs(
     ] = Path("runs"),
 ) -> None:
     """List runs: name, start, epochs done/planned, best metric, training time, status."""
+
+    import textwrap
+
+    from rich.markup import escape
+
     from mnistkit.runs.listing import scan_runs
 
     infos = scan_runs(root)
@@ -161,15 +166,38 @@ def runs(
         con.print(f"no runs in {root}" + ("" if root.exists() else " (no such folder yet)"))
         return
     con.print(_fit(con, [lambda s=s: _runs_table(infos, root, s) for s in range(len(_RUNS_SHAPES))]))
+    # Why a run stopped early, and how to continue one, under the table: a sentence in a table
+    # cell would wrap to a word per line at 80 columns.
+    for note in _runs_notes(infos):
+        wrapped = textwrap.fill(
+            note, width=con.width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
+        )
+        con.print(escape(wrapped))
+
+
+def _runs_notes(infos: list[Any]) -> list[str]:
+    import shlex
+
+    from mnistkit.cli.invocation import invoked_as
+
+    notes = []
+    for i in infos:
+        if i.status == "finished" and i.stop_reason and i.stop_reason != "finished":
+            notes.append(f"{i.name}: {i.stop_reason}")
+        if i.resumable:
+            notes.append(f"{i.name}: continue with {invoked_as()} run --resume {shlex.quote(str(i.path))}")
+    return notes
 
 
 # From widest to narrowest: the start time loses its year, then goes; the best metric's name
-# moves into the header when every run shares it. Names, epochs, figures and status always stay.
+# moves into the header when every run shares it; last, the best epoch goes. Names, epochs,
+# figures and status always stay.
 _RUNS_SHAPES = (
-    {"started": "%Y-%m-%d %H:%M", "box": True, "metric_in_header": False},
-    {"started": "%m-%d %H:%M", "box": True, "metric_in_header": False},
-    {"started": "%m-%d %H:%M", "box": False, "metric_in_header": True},
-    {"started": None, "box": False, "metric_in_header": True},
+    {"started": "%Y-%m-%d %H:%M", "box": True, "metric_in_header": False, "best_epoch": True},
+    {"started": "%m-%d %H:%M", "box": True, "metric_in_header": False, "best_epoch": True},
+    {"started": "%m-%d %H:%M", "box": False, "metric_in_header": True, "best_epoch": True},
+    {"started": None, "box": False, "metric_in_header": True, "best_epoch": True},
+    {"started": None, "box": False, "metric_in_header": True, "best_epoch": False},
 )
 
 
@@ -221,20 +249,18 @@ def _runs_table(infos: list[Any], root: Path, shape: int) -> Any:
     best_header = f"best {one_metric}" if one_metric else "best"
     table.add_column(best_header, justify="right", no_wrap=True, overflow="fold")
     table.add_column("time", justify="right", no_wrap=True, overflow="fold")
-    table.add_column("status", min_width=8)
+    # One or two words ("failed (killed)"); why a run stopped early is said under the table.
+    table.add_column("status", no_wrap=True, overflow="fold")
     colours = {"finished": "green", "running": "cyan", "interrupted": "yellow"}
     for i in infos:
         planned = "?" if i.epochs_planned is None else str(i.epochs_planned)
         best = format_metric(i.best_metric, i.best)
         if i.best is not None:
-            best = f"{best} (ep {i.best_epoch})"
+            if opts["best_epoch"]:
+                best = f"{best} (ep {i.best_epoch})"
             if not one_metric:
                 best = f"{i.best_metric} {best}"
         status = f"[{colours.get(i.status, 'red')}]{escape(i.status)}[/]"
-        if i.status == "finished" and i.stop_reason and i.stop_reason != "finished":
-            status += f" [dim]({escape(i.stop_reason)})[/]"
-        if i.resumable:
-            status += " [dim]· --resume[/]"
         cells = [escape(i.name)]
         if opts["started"]:
             started = i.started and dt.datetime.fromtimestamp(float(i.started)).strftime(str(opts["started"]))

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from mnistkit.data.types import LoadedData, Split
-from mnistkit.errors import DataError
+from mnistkit.errors import DataError, set_hint
 from mnistkit.fsutil import atomic_path
 
 log = logging.getLogger("mnistkit.data.audio")
@@ -341,7 +341,7 @@ def _apply_bad_policy(bad: dict[str, str], base: Path, skip_bad: bool) -> None:
     if not skip_bad:
         raise DataError(
             f"{len(bad)} audio file(s) under {base} could not be decoded:\n{listing}\n"
-            "Fix or remove these files, or set `data.skip_bad_files: true` in the recipe to "
+            f"Fix or remove these files, or {set_hint('data.skip_bad_files', 'true')} to "
             "train without them."
         )
     log.warning("skipped %d unreadable audio file(s) under %s:\n%s", len(bad), base, listing)
@@ -378,6 +378,7 @@ def _to_loaded(
         # Aligned with the samples: files[i] is train sample i, files[len(train) + j] test j.
         files=[base / name for name, _ in [*train, *test]],
         source=source,
+        test_files=[base / name for name, _ in test],
     )
 
 
@@ -476,7 +477,12 @@ class FolderKind:
     add: str = "Add recordings"
 
 
-def _scan_classes(parent: Path, base: Path, kind: FolderKind = FolderKind()) -> dict[str, list[str]]:
+def _scan_classes(
+    parent: Path, base: Path, kind: FolderKind = FolderKind(), problems: list[str] | None = None
+) -> dict[str, list[str]]:
+    """Class name → its files (relative to ``base``). Empty class folders are an error; given a
+    ``problems`` list, they are added to it and left out instead, so the caller can go on to find
+    every other problem in the same scan."""
     try:
         found = {d.name: _audio_files(d, base, kind.extensions) for d in _class_dirs(parent)}
     except OSError as e:
@@ -488,11 +494,14 @@ def _scan_classes(parent: Path, base: Path, kind: FolderKind = FolderKind()) -> 
         )
     empty = [c for c, files in found.items() if not files]
     if empty:
-        raise DataError(
+        message = (
             f"Class folder(s) without {kind.files} ({', '.join(kind.extensions)}) in {parent}: "
             f"{', '.join(str(parent / c) for c in empty)}. {kind.add} or remove these folders."
         )
-    return found
+        if problems is None or len(empty) == len(found):
+            raise DataError("\n".join([*(problems or []), message]))
+        problems.append(message)
+    return {c: files for c, files in found.items() if files}
 
 
 def _seeded_split(files: list[str], test_fraction: float, seed: int, cls: str) -> tuple[list[str], list[str]]:
@@ -510,31 +519,38 @@ def _seeded_split(files: list[str], test_fraction: float, seed: int, cls: str) -
 
 
 def split_class_folders(
-    root: Path, kind: FolderKind, test_fraction: float, seed: int
+    root: Path, kind: FolderKind, test_fraction: float, seed: int, problems: list[str] | None = None
 ) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]], str]:
     """``root/train/<class>`` + ``root/test/<class>``, or ``root/<class>`` split per class by
-    :func:`_seeded_split`: (classes, train (relative path, class), test (...), how it was split)."""
+    :func:`_seeded_split`: (classes, train (relative path, class), test (...), how it was split).
+
+    Given a ``problems`` list, problems with some class folders are added to it (and those
+    folders left out) instead of raised, so one scan reports them all (:func:`_scan_classes`)."""
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
 
     train_names: list[tuple[str, str]] = []  # (relative path, class)
     test_names: list[tuple[str, str]] = []
     if (root / "train").is_dir() and (root / "test").is_dir():
-        train_found = _scan_classes(root / "train", root, kind)
-        test_found = _scan_classes(root / "test", root, kind)
+        train_found = _scan_classes(root / "train", root, kind, problems)
+        test_found = _scan_classes(root / "test", root, kind, problems)
         unknown = sorted(set(test_found) - set(train_found))
         if unknown:
-            raise DataError(
+            message = (
                 f"Class folder(s) {', '.join(unknown)} exist in {root / 'test'} but not in "
                 f"{root / 'train'}: the model could never learn them. Add training files or "
                 "remove them from test."
             )
+            if problems is None:
+                raise DataError(message)
+            problems.append(message)
+            test_found = {c: f for c, f in test_found.items() if c not in unknown}
         classes = sorted(train_found)
         train_names = [(f, c) for c in classes for f in train_found[c]]
         test_names = [(f, c) for c in sorted(test_found) for f in test_found[c]]
         how = "split by train/ and test/ folders"
     else:
-        found = _scan_classes(root, root, kind)
+        found = _scan_classes(root, root, kind, problems)
         classes = sorted(found)
         for c in classes:
             tr, te = _seeded_split(found[c], test_fraction, seed, c)

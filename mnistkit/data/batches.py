@@ -50,6 +50,7 @@ class Prepared:
     # the training data's own per-channel mean in [0, 1], whatever data.normalize says (predict
     # uses it to tell light-on-dark datasets from dark-on-light ones)
     pixel_mean: tuple[float, ...] = ()
+    test_files: list[Path] | None = None  # LoadedData.test_files, test_limit applied
 
     @property
     def num_classes(self) -> int:
@@ -153,6 +154,7 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
         x_mul=mul,
         x_add=add,
         pixel_mean=tuple(float(m) for m in loaded.mean),
+        test_files=loaded.test_files[: len(test.y)] if loaded.test_files is not None else None,
     )
 
 

@@ -1,10 +1,10 @@
 """The per-user cache: what is in it, and clearing it (``mnistkit cache``).
 
 ``$MNISTKIT_CACHE`` (default: the platform's user cache folder, e.g. ``~/.cache/mnistkit``) holds
-``data/`` (datasets downloaded by torchvision) and ``features/`` (decoded audio features and
-images, one ``.npz`` per dataset and parameter set). Features are recomputed when missing, so
-clearing them only costs time; downloads are kept unless asked for, because re-downloading needs
-the network.
+the folders listed in :data:`KINDS`: ``data/`` (datasets downloaded by torchvision),
+``features/`` (decoded audio features) and ``images/`` (decoded image folders), one ``.npz`` per
+dataset and parameter set. Decoded data is recomputed when missing, so clearing it only costs
+time; downloads are kept unless asked for, because re-downloading needs the network.
 """
 
 from __future__ import annotations
@@ -26,11 +26,22 @@ def user_cache_dir() -> Path:
     return Path(_ucd("mnistkit"))
 
 
-#: Cache folders, what they hold, and whether `mnistkit cache clear` removes them by default.
+#: Every folder mnistkit writes under the cache, what it holds, and whether `mnistkit cache clear`
+#: removes it by default. The loaders get their folder from :func:`cache_folder`, so a folder
+#: missing here cannot be written (and so never escapes `mnistkit cache`).
 KINDS: dict[str, tuple[str, bool]] = {
-    "features": ("decoded features and images (recomputed on the next run)", True),
+    "features": ("decoded audio features (recomputed on the next run)", True),
+    "images": ("decoded image folders (recomputed on the next run)", True),
     "data": ("downloaded datasets (downloaded again only with network access)", False),
 }
+
+
+def cache_folder(kind: str, root: Path | None = None) -> Path:
+    """The cache folder for ``kind`` (a key of :data:`KINDS`) under ``root`` (default: the user
+    cache)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown cache folder {kind!r}: add it to KINDS in {__name__}")
+    return (root or user_cache_dir()) / kind
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,7 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     root = root or user_cache_dir()
     out = []
     for kind in KINDS:
-        folder = root / kind
+        folder = cache_folder(kind, root)
         files = [f for f in folder.rglob("*") if f.is_file()] if folder.is_dir() else []
         out.append(CacheEntry(kind, folder, len(files), sum(f.stat().st_size for f in files)))
     return out

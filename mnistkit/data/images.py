@@ -25,7 +25,7 @@ import numpy as np
 
 from mnistkit.data.audio import FolderKind, Progress, decode_cached, split_class_folders
 from mnistkit.data.types import LoadedData, Split
-from mnistkit.errors import DataError
+from mnistkit.errors import DataError, set_hint
 
 log = logging.getLogger("mnistkit.images")
 
@@ -33,7 +33,7 @@ log = logging.getLogger("mnistkit.images")
 IMAGE_VERSION = 1
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-IMAGES = FolderKind(IMAGE_EXTENSIONS, "images", "*.png (or .jpg, .bmp, .gif, .webp)", "Add images")
+IMAGES = FolderKind(IMAGE_EXTENSIONS, "images", "*.png (or .jpg, .bmp, .gif, .webp, .tif)", "Add images")
 
 
 def decode_image(path: Path, channels: int, height: int, width: int) -> np.ndarray:
@@ -82,14 +82,17 @@ def load_image_folder(
         raise DataError(
             f"Image folder {root} does not exist: expected {root}/<class name>/*.png (or .jpg, "
             f"...), or {root}/train/<class name>/ and {root}/test/<class name>/. Fix: pass "
-            "--data-dir DIR or set data.root."
+            f"--data-dir DIR or {set_hint('data.root', 'DIR')}."
         )
-    classes, train_names, test_names, how = split_class_folders(root, IMAGES, test_fraction, seed)
+    # Every problem is found in one scan and reported together: the folders first (without
+    # stopping), then every file decoded.
+    problems: list[str] = []
+    classes, train_names, test_names, how = split_class_folders(root, IMAGES, test_fraction, seed, problems)
     test_classes = {c for _, c in test_names}
     if how.startswith("split by"):
         missing = [c for c in classes if c not in test_classes]
         if missing:
-            raise DataError(
+            problems.append(
                 f"Class folder(s) {', '.join(str(root / 'train' / c) for c in missing)} have no "
                 f"counterpart in {root / 'test'}: the test set could not measure them. Add test "
                 f"images under {root / 'test'}/<class>/, or remove these classes from train/."
@@ -119,12 +122,20 @@ def load_image_folder(
                     f"A decompression bomb is an image with more pixels than Pillow's limit "
                     f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}): shrink it.\n"
                 )
-            raise DataError(
+            problems.append(
                 f"{len(feats.bad)} file(s) under {root} cannot be used as images:\n{listing}\n"
-                f"{bomb}Fix or remove these files, or set `data.skip_bad_files: true` in the "
-                "recipe to train without them."
+                f"{bomb}Fix or remove these files, or {set_hint('data.skip_bad_files', 'true')} "
+                "to train without them."
             )
-        log.warning("skipped %d unreadable image(s) under %s:\n%s", len(feats.bad), root, listing)
+        else:
+            log.warning("skipped %d unreadable image(s) under %s:\n%s", len(feats.bad), root, listing)
+    if len(problems) > 1:
+        raise DataError(
+            f"{len(problems)} problems in image folder {root}:\n"
+            + "\n".join(f"{i}. {p}" for i, p in enumerate(problems, 1))
+        )
+    if problems:
+        raise DataError(problems[0])
 
     label = {c: i for i, c in enumerate(classes)}
     train = [(f, label[c]) for f, c in train_names if f not in feats.bad]
@@ -172,4 +183,5 @@ def load_image_folder(
         std=tuple(float(s) for s in std),
         files=[root / name for name, _ in [*train, *test]],
         source=source,
+        test_files=[root / name for name, _ in test],
     )

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 import torch
 
 from mnistkit.data.batches import Prepared, prepare
-from mnistkit.data.sources import DataContext, data_roots, user_cache_dir
+from mnistkit.data.cache import user_cache_dir
+from mnistkit.data.sources import DataContext, data_roots
 from mnistkit.data.types import LoadedData
 from mnistkit.errors import DataError, RunError
 from mnistkit.recipe.sections import RecipeBase

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnistkit.data.cache import user_cache_dir
+from mnistkit.data.cache import cache_folder
 from mnistkit.data.types import LoadedData
-from mnistkit.errors import DataError
+from mnistkit.errors import DataError, set_hint
 from mnistkit.recipe.sections import DataSection
 
 ENV_DATA = "MNISTKIT_DATA"
@@ -43,7 +43,7 @@ class DataContext:
 def data_roots(section: DataSection, data_dir: str | Path | None) -> list[Path]:
     """Search order: --data-dir, the recipe's data.root, $MNISTKIT_DATA, the user cache."""
     roots: list[Path] = []
-    for cand in (data_dir, section.root, os.environ.get(ENV_DATA), user_cache_dir() / "data"):
+    for cand in (data_dir, section.root, os.environ.get(ENV_DATA), cache_folder("data")):
         if cand:
             p = Path(cand).expanduser()
             if p not in roots:
@@ -120,8 +120,8 @@ def _find_audio_root(ctx: DataContext, names: tuple[str, ...]) -> Path:
     raise DataError(
         f"dataset {ctx.section.dataset!r}: no folder of audio files (.wav, .flac, .ogg) found. Looked in:\n  "
         + "\n  ".join(tried)
-        + "\nFix: pass --data-dir DIR (the folder with the recordings, or its parent), set "
-        "data.root in the recipe, or set MNISTKIT_DATA."
+        + "\nFix: pass --data-dir DIR (the folder with the recordings, or its parent), "
+        f"{set_hint('data.root', 'DIR')}, or set MNISTKIT_DATA."
     )
 
 
@@ -132,7 +132,7 @@ def fsdd(ctx: DataContext) -> LoadedData:
     return load_fsdd(
         root,
         _audio_spec(ctx),
-        ctx.cache_dir / "features",
+        cache_folder("features", ctx.cache_dir),
         ctx.section.skip_bad_files,
         progress=_progress(ctx),
     )
@@ -148,7 +148,7 @@ def image_folder(ctx: DataContext) -> LoadedData:
         root,
         image.channels,
         image.size,
-        ctx.cache_dir / "images",
+        cache_folder("images", ctx.cache_dir),
         ctx.section.skip_bad_files,
         test_fraction=ctx.section.test_fraction,
         seed=ctx.seed,
@@ -163,14 +163,15 @@ def _images_progress(report: Callable[[str, int, int], None]) -> Callable[[int, 
 def _find_folder(ctx: DataContext) -> Path:
     """The first of --data-dir, data.root, $MNISTKIT_DATA that exists (never the user cache:
     downloads live there, not someone's pictures)."""
-    given = [r for r in ctx.roots if r != user_cache_dir() / "data"]
+    given = [r for r in ctx.roots if r != cache_folder("data")]
     for root in given:
         if root.is_dir():
             return root
     looked = ("Looked in:\n  " + "\n  ".join(map(str, given))) if given else "No folder was given."
     raise DataError(
         f"dataset {ctx.section.dataset!r}: no image folder found. {looked}\nFix: pass --data-dir "
-        "DIR (a folder holding <class>/ sub-folders, or train/ and test/), or set data.root."
+        "DIR (a folder holding <class>/ sub-folders, or train/ and test/), or "
+        f"{set_hint('data.root', 'DIR')}."
     )
 
 
@@ -181,7 +182,7 @@ def audio_folder(ctx: DataContext) -> LoadedData:
     return load_audio_folder(
         root,
         _audio_spec(ctx),
-        ctx.cache_dir / "features",
+        cache_folder("features", ctx.cache_dir),
         ctx.section.skip_bad_files,
         test_fraction=ctx.section.test_fraction,
         seed=ctx.seed,

@@ -32,3 +32,6 @@ class LoadedData:
     std: tuple[float, ...]
     files: list[Path]
     source: str
+    # Folder datasets: the file of each test sample (test_files[i] is test sample i), so plots
+    # and listings can name a sample; None where samples have no file of their own (MNIST).
+    test_files: list[Path] | None = None

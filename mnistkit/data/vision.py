@@ -11,6 +11,7 @@ normalization with ``LoadedData.mean``/``std`` is the training layer's job.
 from __future__ import annotations
 
 import gzip
+import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +324,25 @@ def _not_found_message(
     return "\n".join(lines)
 
 
+def _first_missing(path: Path, top: Path) -> Path | None:
+    """The outermost of ``path`` and its parents up to ``top`` that does not exist yet (None:
+    ``path`` exists)."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+        if p == top:
+            break
+    return missing
+
+
+def _remove_made(made: Path | None) -> None:
+    """Remove ``made``, a folder that did not exist before the download, with what it holds."""
+    if made is not None and made.is_dir():
+        shutil.rmtree(made, ignore_errors=True)
+
+
 def _download(name: str, download_root: Path) -> None:
     """Let torchvision fetch the raw files into ``download_root/<Name>/raw``."""
     import torchvision  # only when a download is needed: importing it is slow
@@ -355,13 +375,18 @@ def load_mnist_family(name: str, roots: list[Path], download_root: Path | None) 
     raw_dir = download_root / spec.tv_name / "raw"
     files, _ = _check_dir(raw_dir)
     if files is None:
+        made = _first_missing(raw_dir, download_root)  # what the download creates
         try:
             _download(name, download_root)
-        except Exception as e:  # network, DNS, HTTP, checksum, disk...: all end the same way
+        except BaseException as e:  # network, DNS, HTTP, checksum, disk, Ctrl-C: all end the same way
+            _remove_made(made)  # a failed download leaves nothing behind (no empty MNIST/raw/)
+            if not isinstance(e, Exception):
+                raise
             searched.append((raw_dir, "download target"))
             raise DataError(_not_found_message(name, searched, download_root, _short_reason(e))) from e
         files, why = _check_dir(raw_dir)
         if files is None:
+            _remove_made(made)
             searched.append((raw_dir, f"after download: {why}"))
             raise DataError(
                 _not_found_message(

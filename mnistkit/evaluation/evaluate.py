@@ -92,6 +92,7 @@ def write_run_plots(
     idx = worst_indices(probs, y)
     images = denormalize(data.test.x[idx], data.mean, data.std)
     n_wrong = int((pred != y).sum())
+    files = [data.test_files[i] for i in idx] if data.test_files is not None else None
     paths.append(
         plot_worst(
             images,
@@ -104,9 +105,49 @@ def write_run_plots(
             f"({len(idx)} of {n_wrong:,} mistakes in {len(y):,})",
             # Audio features are spectrograms even when square (FSDD: 64x64): draw them as such.
             spectrogram=recipe.data.features is not None,
+            names=[_short_name(f) for f in files] if files is not None else None,
         )
     )
+    paths.append(write_worst_csv(out / "worst.csv", idx, y, pred, probs, data.classes, files))
     return paths
+
+
+def _short_name(path: Path, limit: int = 26) -> str:
+    """``class/file.png`` for a plot cell; the middle cut out (``…``) when longer than ``limit``."""
+    name = f"{path.parent.name}/{path.name}"
+    return name if len(name) <= limit else name[: limit // 2 - 1] + "…" + name[-(limit // 2) :]
+
+
+def write_worst_csv(
+    path: Path,
+    idx: np.ndarray,
+    y: np.ndarray,
+    pred: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    files: list[Path] | None,
+) -> Path:
+    """worst.csv beside worst.png: the samples it shows, in its order, with the file of each
+    (folder datasets; empty otherwise) so a mislabelled one can be found and fixed."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["rank", "test_index", "file", "true", "predicted", "confidence"])
+    for rank, i in enumerate(idx, 1):
+        writer.writerow(
+            [
+                rank,
+                int(i),
+                str(files[rank - 1]) if files is not None else "",
+                classes[int(y[i])],
+                classes[int(pred[i])],
+                f"{float(probs[i, pred[i]]):.4f}",
+            ]
+        )
+    atomic_write_text(path, buf.getvalue())
+    return path
 
 
 # ------------------------------------------------------------------------------ mnistkit eval

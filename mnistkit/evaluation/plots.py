@@ -192,8 +192,10 @@ def plot_worst(
     title: str = "",
     *,
     spectrogram: bool | None = None,
+    names: list[str] | None = None,
 ) -> Path:
-    """A grid (up to 5 columns) of misclassified examples titled "true: X / pred: Y (97%)".
+    """A grid (up to 5 columns) of misclassified examples titled "true: X / pred: Y (97%)",
+    with the sample's file name above when ``names`` gives one per image.
 
     ``images`` is ``[N, C, H, W]`` in any value range (each is min-max scaled for display);
     the caller has already chosen the N to show. ``confidence`` is the predicted class's
@@ -207,7 +209,7 @@ def plot_worst(
     if images.ndim != 4:
         raise ValueError(f"images must be [N, C, H, W], got shape {images.shape}")
     n = images.shape[0]
-    if not (len(true) == len(pred) == len(confidence) == n):
+    if not (len(true) == len(pred) == len(confidence) == n) or (names is not None and len(names) != n):
         raise ValueError(f"{n} images but {len(true)} true, {len(pred)} pred, {len(confidence)} confidence")
     if spectrogram is None:
         spectrogram = images.shape[1] == 1 and images.shape[2] != images.shape[3]
@@ -224,6 +226,8 @@ def plot_worst(
     ncols = min(5, n)
     nrows = math.ceil(n / ncols)
     cell_w, cell_h = (2.8, 2.4) if spectrogram else (2.1, 2.5)
+    if names is not None:
+        cell_w, cell_h = cell_w + 0.5, cell_h + 0.25  # room for a file name line
     fig = _figure(ncols * cell_w, nrows * cell_h + (0.4 if title else 0.0))
     axes: list[Axes] = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
     for k, ax in enumerate(axes):
@@ -238,10 +242,8 @@ def plot_worst(
         else:
             ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
         conf = float(np.clip(confidence[k], 0.0, 1.0))
-        ax.set_title(
-            f"true: {_name(classes, true[k])}\npred: {_name(classes, pred[k])} ({conf:.0%})",
-            fontsize=9,
-        )
+        label = f"true: {_name(classes, true[k])}\npred: {_name(classes, pred[k])} ({conf:.0%})"
+        ax.set_title(label if names is None else f"{names[k]}\n{label}", fontsize=9)
     if title:
         fig.suptitle(title)
     return _save(fig, path)

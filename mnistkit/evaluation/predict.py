@@ -384,25 +384,69 @@ def print_predictions(result: dict[str, Any], console: Any, err_console: Any) ->
 
     preds = result["predictions"]
     k = max((len(p["top"]) for p in preds), default=1)
-    table = Table(
-        title=f"{result['model']} (exported from {result['checkpoint']}.pt, {result['checkpoint_when']})"
+    title = (
+        f"{result['model']} (exported from {result['checkpoint']}.pt, {result['checkpoint_when']})"
         if "model" in result  # predict model.onnx (mnistkit.export.runtime)
-        else f"{result['run_dir']} {result['checkpoint']}.pt ({result['checkpoint_when']})",
-        title_justify="left",
-        show_edge=False,
-        pad_edge=False,
+        else f"{result['run_dir']} {result['checkpoint']}.pt ({result['checkpoint_when']})"
     )
-    table.add_column("file", overflow="fold")
-    table.add_column("class", style="bold cyan")
-    table.add_column("probability", justify="right")
+    # File names are never broken: shown relative to the folder they share (named once above),
+    # and where even those do not fit beside the figures, one file per line with its figures under.
+    folder, names = _common_folder([p["file"] for p in preds])
+    console.print(escape(_wrap(title, console.width, keep=str(result.get("run_dir", "")))))
+    if folder:
+        console.print(escape(_wrap(f"files in {folder}/", console.width, keep=folder)))
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("file", no_wrap=True)
+    table.add_column("class", style="bold cyan", no_wrap=True)
+    table.add_column("probability", justify="right", no_wrap=True)
     if k > 1:
         table.add_column(f"next {k - 1}")
-    for p in preds:
-        cells = [escape(p["file"]), escape(p["class"]), f"{p['probability']:.2%}"]
+    rows = []
+    for p, name in zip(preds, names, strict=True):
+        cells = [escape(p["class"]), f"{p['probability']:.2%}"]
         if k > 1:
             cells.append(", ".join(f"{escape(t['class'])} {t['probability']:.1%}" for t in p["top"][1:]))
-        table.add_row(*cells)
-    console.print(table)
+        rows.append((name, cells))
+        table.add_row(escape(name), *cells)
+    if _table_width(console, table) <= console.width:
+        console.print(table)
+    else:
+        for name, cells in rows:
+            console.print(escape(name))
+            console.print(f"    class {cells[0]}  {cells[1]}" + (f"  next: {cells[2]}" if k > 1 else ""))
     for p in preds:
         if "note" in p:
-            err_console.print(f"[yellow]note[/] {escape(p['file'])}: {escape(p['note'])}")
+            note = _wrap(f"{p['file']}: {p['note']}", err_console.width - 5, keep=p["file"])
+            err_console.print("[yellow]note[/] " + escape(note))
+
+
+def _common_folder(files: list[str]) -> tuple[str, list[str]]:
+    """The folder every file is in ('' if none) and each file's name relative to it."""
+    import os
+
+    parents = {os.path.dirname(f) for f in files}
+    folder = os.path.commonpath(list(parents)) if len(files) > 1 and all(parents) else ""
+    try:
+        if folder and not all(os.path.commonpath([folder, p]) == folder for p in parents):
+            folder = ""
+    except ValueError:  # absolute and relative paths mixed
+        folder = ""
+    return folder, [os.path.relpath(f, folder) if folder else f for f in files]
+
+
+def _wrap(text: str, width: int, keep: str = "") -> str:
+    """``text`` wrapped between words (a path or a number is never broken; nor ``keep``, a file
+    name that may hold spaces)."""
+    import textwrap
+
+    if keep:
+        text = text.replace(keep, keep.replace(" ", "\0"))
+    return textwrap.fill(
+        text, width=max(width, 20), subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
+    ).replace("\0", " ")
+
+
+def _table_width(console: Any, table: Any) -> int:
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum

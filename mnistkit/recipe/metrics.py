@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mnistkit.errors import set_hint
+
 Mode = Literal["min", "max"]
 
 #: metrics.csv, in column order (val_* only in runs with a validation split).
@@ -126,5 +128,8 @@ def selection_on_test_notes(metrics: RunMetrics) -> list[str]:
     for what, metric, explicit in metrics.on_test:
         chosen = f"{what} is selected on {metric}" if what == "best.pt" else f"{what} watches {metric}"
         why = "as the recipe says" if explicit else "the recipe has no data.val_split"
-        lines.append(f"{chosen}: the test set ({why}); set data.val_split to select on a validation set")
+        lines.append(
+            f"{chosen}: the test set ({why}); to select on a validation set, "
+            + set_hint("data.val_split", "0.1")
+        )
     return lines

@@ -155,16 +155,33 @@ def _output_mismatch(out: Shape, num_classes: int, recipe: RecipeBase) -> tuple[
     )
 
 
-def model_size(recipe: RecipeBase, reg: Registries) -> int | None:
+def model_size(recipe: RecipeBase, reg: Registries, num_classes: int | None = None) -> int | None:
     """The model's learnable parameters, counted without torch; None when a layer's count (or
     the input shape) is not known statically. With a dataset that declares no class count the
-    head is counted for 2 classes, so the figure is a lower bound there."""
+    head is counted for ``num_classes`` (default 2), so the default figure is a lower bound there."""
     in_shape = input_shape(recipe, reg)
     if in_shape is None:
         return None
     declared = reg.datasets.get(recipe.data.dataset).meta.get("num_classes")
-    layers = layer_specs(recipe, declared or PLACEHOLDER_CLASSES, reg)
+    layers = layer_specs(recipe, declared or num_classes or PLACEHOLDER_CLASSES, reg)
     return infer([ls.spec for ls in layers], in_shape, reg).parameters
+
+
+def describe_model_size(recipe: RecipeBase, reg: Registries) -> str | None:
+    """What ``mnistkit validate`` says of the model's size; for a dataset whose classes are its
+    folders (unknown to validate), the class count the figure assumes and what each further
+    class adds."""
+    size = model_size(recipe, reg)
+    if size is None:
+        return None
+    if reg.datasets.get(recipe.data.dataset).meta.get("num_classes") is not None:
+        return describe_size(size)
+    more = model_size(recipe, reg, PLACEHOLDER_CLASSES + 1)
+    per_class = f", +{more - size:,} per further class" if more is not None and more > size else ""
+    return (
+        f"{describe_size(size)} counted for {PLACEHOLDER_CLASSES} classes{per_class}: "
+        "the classes are the data's class folders, which validate does not read"
+    )
 
 
 def describe_size(parameters: int) -> str:

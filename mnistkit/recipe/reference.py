@@ -375,17 +375,30 @@ def _params_md(entry: Entry) -> str:
     )
 
 
+#: What docs/recipe.md and `mnistkit list datasets` say about each dataset, beside its description.
+DATASET_FACTS = ("input", "classes", "download")
+
+
+def dataset_facts(entry: Entry) -> tuple[str, str, str]:
+    """A dataset's input shape (or the recipe key that sets it), classes, and whether it can be
+    downloaded: the :data:`DATASET_FACTS` of one registry entry."""
+    shape = entry.meta.get("shape")
+    if shape:
+        shape_text = "x".join(map(str, shape))
+    else:  # set by the recipe: audio by its log-mel features, images by data.image
+        shape_text = "from data.features" if entry.meta.get("kind") == "audio" else "from data.image"
+    classes = str(entry.meta.get("num_classes") or "from the folder")
+    return shape_text, classes, "yes" if entry.meta.get("download") else "no"
+
+
 def _registry_md(kind: str, registry: Registry, reg: Registries) -> list[str]:
     title = kind.capitalize()
     lines = [f"### {title}", "", f"{_md(registry.description.capitalize())}.", ""]
     if kind == "datasets":
-        lines += ["| name | description | input | classes | download |", "|---|---|---|---|---|"]
+        lines += [f"| name | description | {' | '.join(DATASET_FACTS)} |", "|---|---|---|---|---|"]
         for e in registry:
-            shape = e.meta.get("shape")
-            shape_text = "x".join(map(str, shape)) if shape else "from data.features"
-            classes = e.meta.get("num_classes") or "from the folder"
-            download = "yes" if e.meta.get("download") else "no"
-            lines.append(f"| `{e.name}` | {_md(e.description)} | {shape_text} | {classes} | {download} |")
+            facts = " | ".join(dataset_facts(e))
+            lines.append(f"| `{e.name}` | {_md(e.description)} | {facts} |")
         return lines + [""]
     lines += ["| name | description | parameters |", "|---|---|---|"]
     for e in registry:

@@ -30,7 +30,7 @@ from pydantic import (
     create_model,
 )
 
-from mnistkit.errors import Problem, RecipeError, dotted
+from mnistkit.errors import Problem, RecipeError, dotted, set_hint
 from mnistkit.recipe.model_check import OUTPUT_ONLY, check_model
 from mnistkit.recipe.sections import (
     DataSection,
@@ -643,7 +643,7 @@ def check_recipe(
                 where("data", "num_workers", key=True),
                 "data.num_workers",
                 "num_workers applies to loader: dataloader; the memory loader has no workers",
-                "set data.loader: dataloader, or remove num_workers",
+                set_hint("data.loader", "dataloader") + ", or remove num_workers",
             )
         )
     reads = _dataset_reads(recipe, reg)
@@ -706,7 +706,7 @@ def check_recipe(
                 where("optimizer", "nesterov"),
                 "optimizer.nesterov",
                 "Nesterov momentum needs momentum > 0",
-                "set optimizer.momentum, e.g. 0.9",
+                set_hint("optimizer.momentum", "0.9"),
             )
         )
 
@@ -726,7 +726,7 @@ def check_recipe(
                     where(*loc),
                     dotted(loc),
                     f"{metric} needs a validation split",
-                    "set data.val_split (e.g. 0.1) or monitor a test_* metric",
+                    set_hint("data.val_split", "0.1") + ", or monitor a test_* metric",
                 )
             )
     updated = recipe.model_copy(update={"data": data}) if data is not recipe.data else recipe

@@ -233,7 +233,7 @@ _DATASETS: list[tuple[str, str, str, dict[str, object]]] = [
     (
         "image_folder",
         "mnistkit.data.sources:image_folder",
-        "any folder of images (PNG, JPEG, BMP, GIF, WebP) with one sub-folder per class",
+        "any folder of images (PNG, JPEG, BMP, GIF, WebP, TIFF) with one sub-folder per class",
         {
             "shape": None,  # from data.image
             "num_classes": None,

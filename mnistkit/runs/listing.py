@@ -119,10 +119,10 @@ def format_started(ts: float | None) -> str:
 
 
 def format_seconds(seconds: float | None) -> str:
+    """One format for every duration in a column: ``m:ss`` (``0:04``, ``3:40``), ``h:mm:ss`` from an
+    hour on; ``-`` when unknown."""
     if seconds is None:
         return "-"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

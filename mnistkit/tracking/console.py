@@ -6,7 +6,9 @@ refreshed only then (``auto_refresh=False``: no background thread competing for 
 
 from __future__ import annotations
 
+import re
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -33,6 +35,10 @@ DEFAULT_VALUE_WIDTH = 7
 #: Dropped first when the live display is too narrow for every column (a number is never cut).
 DROP_ORDER = ("samples_per_s", "seconds", "train_loss", "val_loss", "lr")
 BEST_MARK = "*"  # after the row of an epoch that improved the best metric (best.pt)
+#: "selection: " — the header and summary labels, values starting in the column after.
+LABEL_WIDTH = 11
+#: Lines never wrapped: what they hold is copied whole (the run folder, the resume command).
+UNWRAPPED = ("run dir", "saved", "resume")
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -55,12 +61,33 @@ class Reporter:
         self.has_val = False
         self.show_lr = False
 
+    def labelled(self, key: str, value: str) -> None:
+        """``key:`` then ``value`` in the value column, wrapped between words at the console's
+        width (80 in a pipe) with continuation lines indented to that column: a word, a number
+        or a path is never broken (one longer than the line stays whole)."""
+        label = f"{key + ':':<{LABEL_WIDTH}}"
+        if key in UNWRAPPED:  # a command or a path to copy: a line break would cut the paste
+            self.console.print(label + value)
+            return
+        # `code` (a recipe line to copy) is kept on one line, like a word.
+        value = re.sub(r"`[^`\n]*`", lambda m: m.group().replace(" ", "\0"), value)
+        self.console.print(
+            textwrap.fill(
+                value,
+                width=max(self.console.width, len(label) + 20),
+                initial_indent=label,
+                subsequent_indent=" " * len(label),
+                break_long_words=False,
+                break_on_hyphens=False,
+            ).replace("\0", " ")
+        )
+
     # -- lifecycle -------------------------------------------------------------------------
     def header(self, lines: list[tuple[str, str]]) -> None:
         if self.quiet:
             return
         for key, value in lines:
-            self.console.print(f"{key + ':':<10} {value}")
+            self.labelled(key, value)
 
     def model_summary(self, rows: list[tuple[str, str, str, int]], total: int) -> None:
         """rows: (index, type, output shape, parameters)."""
@@ -114,7 +141,7 @@ class Reporter:
             return
         for key, value in lines:
             if not self.quiet or key in ("saved", "resume"):
-                self.console.print(f"{key + ':':<10} {value}")
+                self.labelled(key, value)
 
 
 class RichReporter(Reporter):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mnistkit.errors import RunError
+from mnistkit.errors import RunError, set_hint
 
 
 def summary_writer_class() -> Any:
@@ -20,8 +20,8 @@ def summary_writer_class() -> Any:
     except ImportError:
         raise RunError(
             "train.tensorboard is true but the tensorboard package is not installed: "
-            "pip install tensorboard (or pip install 'mnistkit[tensorboard]'), "
-            "or set train.tensorboard: false"
+            "pip install tensorboard (or pip install 'mnistkit[tensorboard]'), or "
+            + set_hint("train.tensorboard", "false")
         ) from None
     return SummaryWriter
 

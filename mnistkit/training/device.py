@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mnistkit.data.batches import Prepared
-from mnistkit.errors import RunError
+from mnistkit.errors import RunError, set_hint
 from mnistkit.recipe.sections import RecipeBase
 from mnistkit.training.threads import available_cores, candidates, core_share, load_average
 
@@ -57,7 +57,7 @@ def probe_candidates(recipe: RecipeBase, device: torch.device, distributed: bool
 def threads_note(recipe: RecipeBase, threads: int, probing: list[int]) -> str:
     """The run header's word on threads: what was chosen, and why."""
     if isinstance(recipe.train.threads, int):
-        return f"{threads} threads{_busy_note(threads)}"
+        return f"{_n_threads(threads)}{_busy_note(threads)}"
     load = load_average()
     at_load = f"; load {load:.1f}" if load is not None else ""
     if len(probing) > 1:
@@ -65,7 +65,11 @@ def threads_note(recipe: RecipeBase, threads: int, probing: list[int]) -> str:
         return f"threads: auto, timing the first steps at {tried} threads{at_load}"
     cores, share = available_cores(), core_share()
     why = f"{cores} cores shared by {cores // share} processes" if share < cores else f"{cores} core(s)"
-    return f"{threads} threads (auto: {why}{at_load})"
+    return f"{_n_threads(threads)} (auto: {why}{at_load})"
+
+
+def _n_threads(n: int) -> str:
+    return f"{n} thread{'s' * (n != 1)}"
 
 
 def _busy_note(threads: int) -> str:
@@ -73,9 +77,8 @@ def _busy_note(threads: int) -> str:
     wait for each other, so one busy core can make a 2-thread step several times slower."""
     load = load_average()
     if load is not None and threads > 1 and load >= threads:  # a core-count of other work
-        return (
-            f"; load average {load:.1f}: if other jobs are running and training is slow, "
-            "set train.threads: auto (or 1)"
+        return f"; load average {load:.1f}: if other jobs are running and training is slow, " + set_hint(
+            "train.threads", "auto"
         )
     return ""
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mnistkit.data.types import Split
-from mnistkit.errors import RunError
+from mnistkit.errors import RunError, set_hint
 
 # Collectives give up after this long (seconds; $MNISTKIT_DIST_TIMEOUT overrides). A process that
 # dies is noticed at once (its sockets close, torchrun stops the others); this bounds the rarer
@@ -147,7 +147,7 @@ class Context:
             f"{min(smallest, n_train)} sample(s), fewer than the {self.world_size} processes: some "
             "process would have nothing to train on in that step. "
             "Use a batch size of at least the number of processes"
-            + (", or set data.drop_last: true (the last partial batch is dropped)" if rest else "")
+            + (f", or {set_hint('data.drop_last', 'true')} (the last partial batch goes)" if rest else "")
         )
 
     def close(self, finished: bool = False) -> None:

@@ -2,6 +2,8 @@
 
 * ``MNISTKIT_KILL_AT=E:S[:SIG]`` sends signal SIG (default KILL; e.g. INT for a Ctrl-C) to this
   process during training step S of epoch E (both 1-based), after that step's forward pass.
+  ``MNISTKIT_KILL_AT=0:0[:SIG]``: before the training loop starts (the run folder is made, no
+  checkpoint yet; :func:`signal_before_training`), as a Ctrl-C in a run's first seconds.
 * ``MNISTKIT_NAN_AT=E:S`` makes the loss of step S of epoch E NaN.
 * ``MNISTKIT_RAISE_AT=E:S`` raises a RuntimeError in training step S of epoch E.
 * ``MNISTKIT_HOOK_RANK=R``: in a distributed run, the three hooks above act only in the process
@@ -62,6 +64,25 @@ class _TestHookLoss(torch.nn.Module):
         return loss
 
 
+def _signal(spec: str) -> int:
+    name = spec.split(":")[2] if spec.count(":") >= 2 else "KILL"
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+    except KeyError:
+        raise RunError(f"{KILL_ENV}={spec!r}: unknown signal {name!r}") from None
+
+
+def signal_before_training(rank: int = 0) -> None:
+    """``MNISTKIT_KILL_AT=0:0[:SIG]``: send SIG now (called just before the training loop)."""
+    spec = os.environ.get(KILL_ENV, "")
+    hook_rank = os.environ.get(HOOK_RANK_ENV)
+    if not spec.startswith("0:0") or (hook_rank and hook_rank.strip() != str(rank)):
+        return
+    sig = _signal(spec)
+    print(f"{KILL_ENV}: signal {sig} before training", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), sig)
+
+
 def with_test_hooks(loss_fn: torch.nn.Module, steps: int, done: int, rank: int = 0) -> torch.nn.Module:
     """``loss_fn``, wrapped with the hooks the environment asks for (itself when none); ``done``
     is the number of training steps the run has already taken (a resumed run counts on)."""
@@ -82,13 +103,9 @@ def with_test_hooks(loss_fn: torch.nn.Module, steps: int, done: int, rank: int =
         return (epoch - 1) * steps + step, (parts[2] if len(parts) > 2 else "KILL")
 
     kill = None
-    if kill_spec:
-        at, sig_name = global_step(KILL_ENV, kill_spec)
-        try:
-            sig = signal.Signals[sig_name if sig_name.startswith("SIG") else "SIG" + sig_name]
-        except KeyError:
-            raise RunError(f"{KILL_ENV}={kill_spec!r}: unknown signal {sig_name!r}") from None
-        kill = (at, int(sig))
+    if kill_spec and not kill_spec.startswith("0:0"):  # 0:0: signal_before_training's
+        at, _ = global_step(KILL_ENV, kill_spec)
+        kill = (at, _signal(kill_spec))
     nan = global_step(NAN_ENV, nan_spec)[0] if nan_spec else None
     fail = global_step(RAISE_ENV, raise_spec)[0] if raise_spec else None
     return _TestHookLoss(loss_fn, done, kill, nan, fail)

@@ -29,6 +29,7 @@ from mnistkit.data.batches import (
     num_batches,
     shard_part,
 )
+from mnistkit.errors import set_hint
 from mnistkit.recipe.metrics import run_metrics
 from mnistkit.recipe.schema import Recipe
 from mnistkit.training.device import autocast_context, match_layout, uses_channels_last
@@ -45,7 +46,7 @@ class NonFiniteLoss(Exception):
         self.epoch, self.step, self.value = epoch, step, value
         super().__init__(
             f"loss became {value} at epoch {epoch}, step {step}: training stopped. "
-            "Lower optimizer.lr, set train.grad_clip, or check the data. "
+            f"Lower optimizer.lr, {set_hint('train.grad_clip', '1.0')}, or check the data. "
             "The last good checkpoint is kept."
         )
 
