@@ -89,6 +89,7 @@ def test_every_shipped_recipes_model_exports_and_matches_torch(name: str) -> Non
     model, _ = build_model(recipe, in_shape, 10, registries())
     for m in model.modules():  # BatchNorm with non-trivial statistics, as after training
         if isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None, f"{name}: {m} has no statistics"
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     scale = 1.0 if feats is not None else 1 / 255
