@@ -151,8 +151,11 @@ class TrainSection(Section):
     """CPU threads for torch; default: the number of physical cores available."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocast for forward passes (CUDA; on CPU only if supported). Weights stay fp32."""
-    compile: StrictBool = False
-    """torch.compile the model; compile time is reported apart from training time."""
+    compile: Literal["auto"] | StrictBool = "auto"
+    """torch.compile the training step (normalization, forward, loss and backward as one graph):
+    true, false, or 'auto': compile when the run has enough steps to earn the compile time back
+    (the run header says what was decided and why). On CPU it needs a C++ compiler; without one
+    the run trains eagerly, with a note. Compile time is reported apart from training time."""
     target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
     """Stop as soon as test (or validation) accuracy reaches this fraction, e.g. 0.88."""
     grad_clip: Annotated[float, Field(gt=0)] | None = None
