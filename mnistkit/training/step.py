@@ -5,8 +5,9 @@ the gradient sync of a distributed run and ``train.grad_clip``). With ``train.co
 function as a whole goes through ``torch.compile``: the uint8 → float normalization, the forward
 pass and the loss become one graph, and AOTAutograd compiles the backward pass with it. The
 optimizer is already one fused kernel on CPU (build/components.py); compiling its ``step`` too
-was measured no faster (docs/performance.md) and would need the learning rate as a tensor, which
-changes what checkpoints and metrics.csv hold, so it stays eager.
+was no faster in a first measurement (docs/performance.md) and would need the learning rate as a
+tensor (else every scheduler step recompiles), which changes what checkpoints and metrics.csv
+hold, so it stays eager.
 
 ``auto`` compiles when the run has enough steps left to earn the compile time back (see
 :data:`AUTO_MIN_STEPS`); the run header says what was decided and why.
@@ -27,9 +28,12 @@ from mnistkit.training.device import autocast_context, match_layout
 
 # ``train.compile: auto`` compiles a run of at least this many training steps (every epoch's
 # steps, counted from where a resumed run starts). Measured for mlp5 on the 2-core dev machine
-# (docs/performance.md, "Compiled step"): compiling takes 10-60 s there depending on the load,
-# and saves too little per step to earn that back in the runs mnistkit's recipes make.
-AUTO_MIN_STEPS = 1_000_000
+# (docs/performance.md, "Compiled training step"): compiling costs ~18 CPU seconds (90 s of wall
+# time at load 13), and the compiled step was not measurably faster than the eager one (5.5 vs
+# 6.1 s per 188-step epoch, within that run's noise). Even granting it 10% of a ~1.7 ms step,
+# earning 18 s back takes ~100,000 steps: auto stays off below twice that, which keeps it off
+# for every recipe mnistkit ships (mlp5: 9,380 steps).
+AUTO_MIN_STEPS = 200_000
 
 
 def find_cxx() -> str | None:
