@@ -9,7 +9,10 @@ One run of this script measures, on the same Fashion-MNIST files and the same hy
   (b) a bare in-memory loop: one pre-normalized float tensor indexed by a fresh permutation;
   (c) mnistkit's trainer through the code path ``mnistkit run`` uses (mnistkit.session.run), with
       the Rich progress display on and really rendering (to a file, as if it were a terminal);
-  (c0) the same with ``--progress none``, to put a number on the display's cost.
+  (c0) the same with ``--progress none``, to put a number on the display's cost;
+  (g) the floor: only the matrix multiplies an epoch of mlp5 must do (per batch 5 forward, 5
+      weight-gradient and 4 input-gradient GEMMs, batch sizes as in the epoch), into
+      preallocated outputs: what no training loop can beat on this BLAS. c/g is its overhead.
 
 Each runs in its own process, so peak RSS (from wait4) is that of a complete run. The processes
 are started one after the other (their setup does not overlap) and then advance in lock step:
@@ -60,10 +63,12 @@ VARIANTS = {
     "b": "(b) bare in-memory loop",
     "c": "(c) mnistkit run, progress rich",
     "c0": "(c0) mnistkit run, progress none",
+    "g": "(g) GEMM floor: mlp5's matmuls alone",
 }
 
 # Goals from the issue, checked at the end.
 GOAL_CA, GOAL_ACC_PTS, GOAL_CB = 0.40, 0.5, 1.10
+GOAL_CG = 1.15  # mnistkit's mlp5 epoch <= 1.15x the same GEMMs alone
 GOAL_HELP_S, GOAL_VALIDATE_S, GOAL_FAST = 0.3, 0.5, 0.15
 GOAL_HELP_X, GOAL_VALIDATE_X = 1.5, 2.0  # start-up as a multiple of the floor (issue 18)
 GOAL_DISPLAY = 0.02
@@ -263,6 +268,42 @@ def child_bare(args: argparse.Namespace, ch: Channel) -> None:
     ch.finish(epochs=epochs, n_train=len(y))
 
 
+def child_gemm(args: argparse.Namespace, ch: Channel) -> None:
+    """(g) The GEMMs of mlp5's training epochs and nothing else: the floor for c."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # as mnistkit (training/device.py)
+    n = args.limit or len(read_idx(idx_file(Path(args.data_dir), "train-labels-idx1-ubyte")))
+    sizes = [BATCH] * (n // BATCH) + ([n % BATCH] if n % BATCH else [])
+    dims = (28 * 28, *HIDDEN, 10)
+    torch.manual_seed(SEED)
+    weights = [torch.randn(o, i) * 0.05 for i, o in zip(dims, dims[1:], strict=False)]
+    wgrads = [torch.empty_like(w) for w in weights]
+
+    def buffers(b: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        acts = [torch.randn(b, d) for d in dims]  # layer inputs / outputs
+        grads = [torch.randn(b, d) for d in dims[1:]]  # gradients w.r.t. layer outputs
+        return acts, grads
+
+    bufs = {b: buffers(b) for b in set(sizes)}
+    epochs = []
+    for epoch in range(args.epochs):
+        ch.gate()
+        t0 = time.perf_counter()
+        for b in sizes:
+            acts, grads = bufs[b]
+            for k, w in enumerate(weights):  # forward: out = x @ W^T
+                torch.mm(acts[k], w.t(), out=acts[k + 1])
+            for k in reversed(range(len(weights))):  # backward
+                torch.mm(grads[k].t(), acts[k], out=wgrads[k])  # dW = g^T x
+                if k > 0:
+                    torch.mm(grads[k], weights[k], out=grads[k - 1])  # dx = g W
+        seconds = time.perf_counter() - t0
+        epochs.append({"seconds": seconds, "test_acc": float("nan")})
+        ch.send(event="epoch", epoch=epoch + 1, **epochs[-1])
+    ch.finish(epochs=epochs, n_train=n)
+
+
 def child_mnistkit(args: argparse.Namespace, ch: Channel, recipe_path: Path, progress: str) -> None:
     """(c) / fast: ``mnistkit run RECIPE --data-dir ... --progress ...`` in this process.
 
@@ -327,6 +368,8 @@ def child_main(args: argparse.Namespace) -> None:
         child_tutorial(args, ch)
     elif args.child == "b":
         child_bare(args, ch)
+    elif args.child == "g":
+        child_gemm(args, ch)
     elif args.child in ("c", "c0"):
         progress = "rich" if args.child == "c" else "none"
         child_mnistkit(args, ch, REPO / "recipes" / "mlp5.yaml", progress)
@@ -618,7 +661,7 @@ def parent_main(args: argparse.Namespace) -> None:
     print("CLI start-up ...", flush=True)
     results["cli"] = time_cli(args.cli_reps)
 
-    kinds = ["a", "b", "c"] + ([] if args.no_display_ab else ["c0"])
+    kinds = ["a", "b", "c"] + ([] if args.no_display_ab else ["c0"]) + ["g"]
     with tempfile.TemporaryDirectory(prefix="mnistkit-bench-") as tmp:
         work = Path(tmp)
         print(f"training {', '.join(kinds)} in lock step ...", flush=True)
@@ -666,8 +709,10 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
     ca, cb = c["median_s"] / a["median_s"], c["median_s"] / b["median_s"]
     acc_gap = (c["test_acc"] - a["test_acc"]) * 100
     print()
-    print(f"c/a = {ca:.3f}   c/b = {cb:.3f}   test acc c - a = {acc_gap:+.2f} points")
+    cg = c["median_s"] / runs["g"]["median_s"]
+    print(f"c/a = {ca:.3f}   c/b = {cb:.3f}   c/g = {cg:.3f}   test acc c - a = {acc_gap:+.2f} points")
     checks = [
+        (f"c/g <= {GOAL_CG} (mnistkit's epoch over the same GEMMs alone)", cg <= GOAL_CG),
         (f"c/a <= {GOAL_CA}", ca <= GOAL_CA),
         (f"|acc(c) - acc(a)| <= {GOAL_ACC_PTS} points after {n} epochs", abs(acc_gap) <= GOAL_ACC_PTS),
         (f"c/b <= {GOAL_CB}", cb <= GOAL_CB),
@@ -738,7 +783,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cli-only", action="store_true", help="only the CLI start-up times and ratios")
     p.add_argument("--json", help="also write the results to this file")
     # internal: child processes
-    p.add_argument("--child", choices=["a", "b", "c", "c0", "fast"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["a", "b", "c", "c0", "g", "fast"], help=argparse.SUPPRESS)
     p.add_argument("--msg-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--gated", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--epochs-override", action="store_true", help=argparse.SUPPRESS)

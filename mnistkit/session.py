@@ -50,11 +50,11 @@ from mnistkit.training.device import (
     resolve_device,
     threads_note,
     uses_channels_last,
-    warm_up,
 )
 from mnistkit.training.faults import signal_before_training, with_test_hooks
 from mnistkit.training.loop import Hooks, NonFiniteLoss, train_loop
 from mnistkit.training.state import CHECKPOINT_FORMAT, LoopState, check_format, checkpoint_state, restore
+from mnistkit.training.step import TrainStep, decide_compile, train_batch_sizes
 from mnistkit.training.threads import Decision, ThreadProbe, openmp_record
 
 __all__ = ["CHECKPOINT_FORMAT", "RunOptions", "RunResult", "Session", "run"]
@@ -327,7 +327,7 @@ class Session:
 
     # ------------------------------------------------------------------ restore
     def restore(self) -> None:
-        """Continue from last.pt (``--resume``); then compile (``train.compile``), off the clock."""
+        """Continue from last.pt (``--resume``)."""
         recipe, ckpt = self.recipe, self.resume_ckpt
         if ckpt is not None:
             self.state = restore(
@@ -343,14 +343,6 @@ class Session:
                 self.reporter.message(
                     f"nothing to do: the run already has {state.epoch} of {recipe.epochs} epochs"
                 )
-        if recipe.train.compile:
-            t0 = time.perf_counter()
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
-            warm_up(self.model, self.data, recipe, self.device)
-            self.compile_seconds = time.perf_counter() - t0
-            self.reporter.message(
-                f"compiled the model in {self.compile_seconds:.1f} s (not counted as training time)"
-            )
 
     # ------------------------------------------------------------------ record
     def record_start(self) -> None:
@@ -409,6 +401,7 @@ class Session:
         done = self.state.epoch * self.steps + self.state.step
         ctx = self.ctx
         loss_fn = with_test_hooks(self.loss_fn, self.steps, done, ctx.rank)
+        step = self._train_step(loss_fn, done)
         tb = (
             TensorBoard(run.tensorboard_dir, self.state.epoch)
             if recipe.train.tensorboard and ctx.is_main
@@ -445,7 +438,7 @@ class Session:
         try:
             self.state = train_loop(
                 recipe, self.data, self.model, loss_fn, self.optimizer, self.schedule, self.state,
-                self.generator, hooks, self.device, self.augment, ctx,
+                self.generator, hooks, self.device, self.augment, ctx, step,
             )  # fmt: skip
             self.status = "interrupted" if self.state.stop_reason == "interrupted" else "finished"
         except NonFiniteLoss as exc:
@@ -478,6 +471,33 @@ class Session:
             self.run.update_env(
                 threads=decision.chosen, threads_auto=[d.record() for d in self.thread_decisions]
             )
+
+    def _train_step(self, loss_fn: torch.nn.Module, done: int) -> TrainStep:
+        """The loop's forward/backward step; compiled (``train.compile``) and warmed up here,
+        off the clock: the compile time is reported apart from training time."""
+        recipe, device, t = self.recipe, self.device, self.recipe.train
+        choice = decide_compile(t.compile, recipe.epochs * self.steps - done, device, self.ctx.distributed)
+        self.reporter.header([("compile", choice.reason)])
+        channels_last = uses_channels_last(self.model, device)
+        step = TrainStep(
+            self.model,
+            loss_fn,
+            self.optimizer,
+            self.data,
+            t.precision,
+            device,
+            channels_last,
+            choice.compiled,
+        )
+        if choice.compiled:
+            t0 = time.perf_counter()
+            d = recipe.data
+            step.warm_up(train_batch_sizes(len(self.data.train.y), d.batch_size, d.drop_last))
+            self.compile_seconds = time.perf_counter() - t0
+            self.reporter.message(
+                f"compiled the training step in {self.compile_seconds:.1f} s (not counted as training time)"
+            )
+        return step
 
     def _save(self, st: LoopState, is_best: bool) -> None:
         """The loop's checkpoint hook: best.pt, last.pt, then metrics.csv."""

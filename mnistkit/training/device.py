@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnistkit.data.batches import Prepared
 from mnistkit.errors import RunError, set_hint
 from mnistkit.recipe.sections import RecipeBase
 from mnistkit.training.threads import available_cores, candidates, core_share, load_average
@@ -104,43 +103,6 @@ def match_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     if channels_last and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
-
-
-def warm_up(model: torch.nn.Module, data: Prepared, recipe: RecipeBase, device: torch.device) -> None:
-    """Compile every graph training will need, before the clock starts, changing nothing.
-
-    One training step (forward + backward) and one evaluation pass per batch size the run will
-    see: the full batch and the last partial one, under the run's autocast and memory layout,
-    so no recompilation lands inside a timed epoch. Gradients are dropped, and buffers
-    (BatchNorm running statistics) and RNG streams (dropout) are restored afterwards.
-    """
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
-    buffers = [b.detach().clone() for b in model.buffers()]
-    channels_last = uses_channels_last(model, device)
-    bs, ebs = recipe.data.batch_size, recipe.data.eval_batch_size
-    n_train, n_test = len(data.train.y), len(data.test.y)
-    train_sizes = {min(bs, n_train)}
-    if n_train % bs and not recipe.data.drop_last:
-        train_sizes.add(n_train % bs)
-    eval_sizes = {min(ebs, n_test)} | ({n_test % ebs} if n_test % ebs else set())
-    with autocast_context(recipe.train.precision, device):
-        model.train()
-        for size in sorted(train_sizes):
-            xb = data.inputs(data.train.x[:size].to(device))
-            model(match_layout(xb, channels_last)).float().sum().backward()
-        for p in model.parameters():
-            p.grad = None
-        model.eval()
-        with torch.inference_mode():
-            for size in sorted(eval_sizes):
-                model(match_layout(data.test.x[:size], channels_last))
-    with torch.no_grad():
-        for b, saved in zip(model.buffers(), buffers, strict=True):
-            b.copy_(saved)
-    torch.set_rng_state(rng)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def device_memory(device: torch.device) -> int | None:

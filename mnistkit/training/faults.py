@@ -46,9 +46,18 @@ class _TestHookLoss(torch.nn.Module):
         super().__init__()
         self.inner, self.done, self.kill, self.nan, self.fail = inner, done, kill, nan, fail
 
+    paused = False  # set while a compiled step is warmed up (training/step.py): not a training step
+
     def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = self.inner(out, target)
         if not torch.is_grad_enabled():
+            return loss
+        return self._hooks(loss)
+
+    # Python side effects: under train.compile this part runs eagerly between the compiled graphs.
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    def _hooks(self, loss: torch.Tensor) -> torch.Tensor:
+        if self.paused:
             return loss
         self.done += 1
         if self.kill is not None and self.done == self.kill[0]:

@@ -32,11 +32,12 @@ from mnistkit.data.batches import (
 from mnistkit.errors import set_hint
 from mnistkit.recipe.metrics import run_metrics
 from mnistkit.recipe.schema import Recipe
-from mnistkit.training.device import autocast_context, match_layout, uses_channels_last
+from mnistkit.training.device import uses_channels_last
 from mnistkit.training.distributed import SINGLE, Context, GradSync
 from mnistkit.training.evaluation import evaluate
 from mnistkit.training.rules import judge_epoch
 from mnistkit.training.state import LoopState
+from mnistkit.training.step import TrainStep
 
 PROGRESS_INTERVAL_S = 0.25  # live display refresh: often enough to look alive, rare enough to be free
 
@@ -98,6 +99,7 @@ def train_loop(
     device: torch.device,
     augment: Augment | None = None,
     ctx: Context = SINGLE,
+    train_step: TrainStep | None = None,
 ) -> LoopState:
     """Train from ``state`` to ``recipe.epochs``; returns the final state (with stop_reason).
 
@@ -109,6 +111,9 @@ def train_loop(
     and trains on its part of each global batch; ``GradSync`` averages the gradients over the
     global batch and hands back the global loss, correct count and stop decision, so every rank
     holds the same counters and takes the same branches below. Only the hooks differ by rank.
+
+    ``train_step`` (training/step.py) runs forward and backward for a batch; the session passes a
+    compiled one for ``train.compile``, else an eager one is made here.
     """
     d, t = recipe.data, recipe.train
     n_train = len(data.train.y)
@@ -121,7 +126,10 @@ def train_loop(
     # an accelerator it would be a host sync per step, stalling the queue of launched kernels, so
     # there it is checked only at display refreshes and epoch ends.
     check_every_step = device.type == "cpu"
-    channels_last = uses_channels_last(model, device)
+    if train_step is None:
+        train_step = TrainStep(
+            model, loss_fn, optimizer, data, t.precision, device, uses_channels_last(model, device)
+        )
     loader = None  # the DataLoader path is built once: its workers (if any) persist across epochs
     sync = GradSync(model, ctx) if ctx.distributed else None  # None: one process, no collectives
     shard = (ctx.rank, ctx.world_size)
@@ -167,18 +175,12 @@ def train_loop(
                     raw = augment(raw, generator)
                     if whole_batches:  # this rank's part of the augmented global batch
                         raw, yb = shard_part(raw, shard), shard_part(yb, shard)
-                # uint8 → normalized float32 here, per batch (see data.Prepared for why).
-                xb = match_layout(data.inputs(raw), channels_last)
-                with autocast_context(t.precision, device):
-                    out = model(xb)
-                    loss = loss_fn(out.float(), yb)  # fp32 loss under bf16; a no-op in fp32
-                optimizer.zero_grad(set_to_none=True)  # frees grads instead of writing zeros
-                batch_correct = (out.detach().argmax(1) == yb).sum()
+                # normalize, forward, loss, backward: eager or compiled (training/step.py)
                 if sync is None:
-                    loss.backward()
+                    loss, batch_correct = train_step(raw, yb)
                     n_batch, stop_now = len(yb), stop.requested
                 else:  # global-batch mean: see GradSync
-                    (loss * len(yb)).backward()
+                    loss, batch_correct = train_step(raw, yb, scale=len(yb))
                     loss, batch_correct, n_batch, stop_now = sync(
                         loss, batch_correct, len(yb), stop.requested
                     )
