@@ -254,3 +254,7 @@ def test_importances_are_refused_with_few_complete_trials_and_say_how_many(tmp_p
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{folder / 'study.db'}")
     title = plots.importances(study).axes[0].get_title()
     assert STUDY in title and "7 complete trials" in title and "rough guide" in title
+    folder = make_study(tmp_path / "enough", TRIALS + more + more)  # 11 complete: no warning
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{folder / 'study.db'}")
+    title = plots.importances(study).axes[0].get_title()
+    assert "11 complete trials" in title and "rough guide" not in title

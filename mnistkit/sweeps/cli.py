@@ -214,14 +214,12 @@ def _run(
     if done < need:  # the timeout ended it
         con.print(f"[yellow]timeout[/]: {done} of {need} trials finished. Continue with:\n    {again}")
     elif already >= need:  # nothing ran: say how to run more
-        con.print(
-            escape(
-                f"finished: this study already has {already} of {need} trials; nothing was run. "
-                "To run more:\n"
-                f"    raise `trials:` in {path} (this study continues where it stopped), or\n"
-                f"    start a new search: a new `study:` name in {path}, or --out DIR"
-            )
+        more = (
+            f"this study already has {already} of {need} trials; nothing was run. To run more: "
+            f"raise `trials:` in {path} (this study continues), or start a new search with a new "
+            f"`study:` name in {path} or --out DIR"
         )
+        print_lines(con, [("finished", [more])])
 
 
 def _print_saved(con: Any, written: Any, sweep_dir: Path) -> None:

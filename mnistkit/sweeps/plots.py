@@ -157,7 +157,7 @@ def importances(study: optuna.Study) -> Figure:
     title = f"sweep {study.study_name}: parameter importances from {n} complete trials"
     if n < FEW_IMPORTANCE_TRIALS:
         title += f"\nonly {n} complete trials (fewer than {FEW_IMPORTANCE_TRIALS}): a rough guide"
-    ax.set_title(title, color="tab:red" if n < FEW_IMPORTANCE_TRIALS else None)
+    ax.set_title(title, **({"color": "tab:red"} if n < FEW_IMPORTANCE_TRIALS else {}))
     ax.set_xlim(0, max(imp.values(), default=1.0) * 1.15 or 1.0)
     return fig
 
