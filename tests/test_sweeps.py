@@ -36,8 +36,10 @@ def test_a_sweep_runs_trials_as_ordinary_runs_and_leaves_its_results(cli, tmp_pa
     assert summary["states"]["COMPLETE"] == 3 and summary["epochs_run"] == 6
     best_yaml = (out / "best.yaml").read_text()
     assert f"trial {best['number']} " in best_yaml.splitlines()[0]
-    trial_recipe = load_recipe(out / best["run_dir"] / "recipe.yaml")
-    assert resolved_dict(load_recipe(out / "best.yaml")) == resolved_dict(trial_recipe)
+    trial_recipe = resolved_dict(load_recipe(out / best["run_dir"] / "recipe.yaml"))
+    assert trial_recipe["train"]["plots"] is False
+    trial_recipe["train"]["plots"] = True  # best.yaml reruns the winner with plots
+    assert resolved_dict(load_recipe(out / "best.yaml")) == trial_recipe
     assert (out / "plots" / "optimization_history.png").stat().st_size > 0
 
     # `mnistkit run` of a trial's recipe.yaml reproduces the trial.
@@ -53,11 +55,15 @@ def test_a_sweep_runs_trials_as_ordinary_runs_and_leaves_its_results(cli, tmp_pa
     assert res.returncode == 0, res.stderr
     assert "continuing: 3 of 3 trials already finished" in res.stdout
     assert len(read_trials(out)) == 3 and not (out / "trials/0003").exists()
+    # ... and says how to run more.
+    hint = " ".join(res.stdout.split())
+    assert "nothing was run. To run more:" in hint, res.stdout
+    assert f"raise `trials:` in {sweep}" in hint and "a new `study:` name" in hint and "--out DIR" in hint
 
-    # status regenerates everything from the storage.
+    # status --refresh regenerates everything from the storage.
     for name in ("trials.csv", "best.yaml", "summary.json"):
         (out / name).unlink()
-    res = cli("sweep", "status", out, timeout=120)
+    res = cli("sweep", "status", out, "--refresh", timeout=120)
     assert res.returncode == 0, res.stderr
     assert "3 of 3 finished: 3 COMPLETE" in res.stdout
     assert "epochs:    6 run of 6 unpruned" in res.stdout

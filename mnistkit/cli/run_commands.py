@@ -16,6 +16,10 @@ from typing import Annotated, Any
 
 import typer
 
+from mnistkit.runs.tables import column_chunks
+from mnistkit.runs.tables import fit as _fit
+from mnistkit.runs.tables import table as _table
+
 
 class Checkpoint(str, Enum):
     best = "best"
@@ -201,33 +205,6 @@ _RUNS_SHAPES = (
 )
 
 
-def _fit(con: Any, tables: list[Callable[[], Any]]) -> Any:
-    """The first table (widest first) that fits the console's width; else the narrowest."""
-    table = None
-    for make in tables:
-        table = make()
-        if _width(con, table) <= con.width:
-            return table
-    return table
-
-
-def _width(con: Any, table: Any) -> int:
-    """The width ``table`` takes with room to spare (``console.measure`` caps it at the console's)."""
-    from rich.measure import Measurement
-
-    return Measurement.get(con, con.options.update_width(10_000), table).maximum
-
-
-def _table(box: bool = True, **kwargs: Any) -> Any:
-    from rich import box as boxes
-    from rich.table import Table
-
-    if box:
-        return Table(title_justify="left", **kwargs)
-    # Borderless: 2 spaces between columns instead of 3 box characters.
-    return Table(title_justify="left", box=boxes.SIMPLE_HEAD, show_edge=False, pad_edge=False, **kwargs)
-
-
 def _runs_table(infos: list[Any], root: Path, shape: int) -> Any:
     import datetime as dt
 
@@ -319,12 +296,7 @@ def _metrics_tables(con: Any, rows_a: list[dict[str, Any]], rows_b: list[dict[st
     cols = metric_columns(rows_a, rows_b)
     # The names are in the A:/B: lines below; in the title they would push it past 80 columns.
     title = "metrics per epoch (A, B: the runs named below)"
-    chunks: list[list[str]] = []
-    for c in cols:
-        if chunks and _width(con, _metrics_table(rows_a, rows_b, [*chunks[-1], c], "")) <= con.width:
-            chunks[-1].append(c)
-        else:
-            chunks.append([c])
+    chunks = column_chunks(con, cols, lambda chunk: _metrics_table(rows_a, rows_b, chunk, ""))
     return [_metrics_table(rows_a, rows_b, chunk, title if i == 0 else "") for i, chunk in enumerate(chunks)]
 
 

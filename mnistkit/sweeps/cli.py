@@ -17,6 +17,8 @@ from typing import Annotated, Any
 import typer
 
 from mnistkit.errors import Problem, RecipeError, RunError
+from mnistkit.recipe.metrics import format_metric
+from mnistkit.runs.listing import format_seconds
 
 DEFAULT_ROOT = Path("runs") / "sweeps"
 
@@ -74,9 +76,20 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
             Path | None, typer.Option("--data-dir", "-d", help="Folder with the dataset files.")
         ] = None,
         progress: Annotated[str, typer.Option("--progress", help="auto | rich | plain | none")] = "auto",
+        refresh: Annotated[
+            bool,
+            typer.Option(
+                "--refresh",
+                help="With `status`: also rewrite trials.csv, best.yaml, summary.json and plots/ "
+                "from the storage (plain `status` only reads).",
+            ),
+        ] = False,
         worker_index: Annotated[int | None, typer.Option("--worker-index", hidden=True)] = None,
     ) -> None:
         """Search a recipe's hyperparameters with Optuna; `sweep status DIR` summarizes a sweep.
+
+        `sweep status` only reads (it writes nothing); `sweep status --refresh` also rewrites
+        the sweep's result files from the storage, as the sweep does when it ends.
 
         Runs trials until the sweep's budget of finished trials is reached; running the same
         command again continues the study, and the same command on another machine with the same
@@ -90,7 +103,18 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
                     [Problem("usage", "", f"--progress {progress!r}: use auto, rich, plain or none")]
                 )
             if target == "status":
-                return _status(folder, storage, study, out)
+                return _status(folder, storage, study, out, refresh)
+            if refresh:
+                raise RecipeError(
+                    [
+                        Problem(
+                            "usage",
+                            "",
+                            "--refresh goes with `sweep status`",
+                            "mnistkit sweep status DIR --refresh",
+                        )
+                    ]
+                )
             if folder is not None:
                 raise RecipeError(
                     [
@@ -174,15 +198,12 @@ def _run(
         display.refresh(study, force=True)
     finally:
         display.stop()
+    from mnistkit.sweeps.table import KEY_WIDTH, print_lines, status_lines
+
     written = outputs.write_outputs(study, sweep_dir, need)
-    for key, value in outputs.status_lines(study, need):
-        con.print(f"{key + ':':<10} {value}")
-    con.print(f"{'time:':<10} {time.time() - t0:.1f} s")
-    con.print(
-        f"{'saved:':<10} "
-        + ", ".join(str(p.relative_to(sweep_dir)) for p in written if p.parent == sweep_dir)
-        + f" in {sweep_dir}"
-    )
+    print_lines(con, status_lines(study, need, sweep_dir))
+    con.print(f"{'time:':<{KEY_WIDTH}}{time.time() - t0:.1f} s")
+    _print_saved(con, written, sweep_dir)
     from rich.markup import escape
 
     again = escape("mnistkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -192,6 +213,35 @@ def _run(
     done = len(counted(study.get_trials(deepcopy=False)))
     if done < need:  # the timeout ended it
         con.print(f"[yellow]timeout[/]: {done} of {need} trials finished. Continue with:\n    {again}")
+    elif already >= need:  # nothing ran: say how to run more
+        more = (
+            f"this study already has {already} of {need} trials; nothing was run. To run more: "
+            f"raise `trials:` in {path} (this study continues), or start a new search with a new "
+            f"`study:` name in {path} or --out DIR"
+        )
+        print_lines(con, [("finished", [more])])
+
+
+def _print_saved(con: Any, written: Any, sweep_dir: Path) -> None:
+    """What the sweep (or `status --refresh`) wrote, plots not drawn yet, and the rerun command."""
+    from mnistkit.sweeps.table import print_lines
+
+    names = [str(p.relative_to(sweep_dir)) for p in written.paths if p.parent == sweep_dir]
+    if any(p.parent == sweep_dir / "plots" for p in written.paths):
+        names.append("plots/")
+    print_lines(con, [("saved", [*names[:-1], f"{names[-1]} in {sweep_dir}"])])
+    print_lines(con, [("plots", [note]) for note in written.notes])
+    _print_rerun(con, sweep_dir)
+
+
+def _print_rerun(con: Any, sweep_dir: Path) -> None:
+    """The command that reruns the best trial, with the path as the user gave the folder (it works
+    from where they are)."""
+    from mnistkit.sweeps.table import print_lines
+
+    best = sweep_dir / "best.yaml"
+    if best.is_file():
+        print_lines(con, [("rerun", [f"the best trial with plots: mnistkit run {shlex.quote(str(best))}"])])
 
 
 def _write_meta(sweep_dir: Path, sweep: Any, url: str, need: int) -> None:
@@ -208,7 +258,10 @@ def _write_meta(sweep_dir: Path, sweep: Any, url: str, need: int) -> None:
     atomic_write_text(sweep_dir / "sweep.json", json.dumps(meta, indent=2) + "\n")
 
 
-def _status(folder: Path | None, storage: str | None, study_name: str | None, out: Path | None) -> None:
+def _status(
+    folder: Path | None, storage: str | None, study_name: str | None, out: Path | None, refresh: bool
+) -> None:
+    """The trials and the summary, read from the storage; writes nothing unless ``refresh``."""
     import optuna
 
     from mnistkit.sweeps import outputs
@@ -247,12 +300,15 @@ def _status(folder: Path | None, storage: str | None, study_name: str | None, ou
         study = optuna.load_study(study_name=study_name, storage=open_storage(url))
     except KeyError:
         raise RunError(f"no study {study_name!r} in {redact(url)}") from None
+    from mnistkit.sweeps.table import fitted_table, print_lines, status_lines
+
     con = _console()
-    con.print(outputs.trials_table(study, budget, last=50))
-    for key, value in outputs.status_lines(study, budget):
-        con.print(f"{key + ':':<10} {value}")
-    written = outputs.write_outputs(study, sweep_dir, budget)
-    con.print(f"{'saved:':<10} {', '.join(p.name for p in written if p.parent == sweep_dir)} in {sweep_dir}")
+    con.print(fitted_table(con, study, budget, last=50))
+    print_lines(con, status_lines(study, budget, sweep_dir))
+    if refresh:
+        _print_saved(con, outputs.write_outputs(study, sweep_dir, budget), sweep_dir)
+    else:
+        _print_rerun(con, sweep_dir)
 
 
 class _Display:
@@ -275,9 +331,10 @@ class _Display:
         from rich.markup import escape
 
         from mnistkit.sweeps import outputs
+        from mnistkit.sweeps.table import NOT_PARAMS, fitted_table, format_params
 
         if self.mode == "rich":
-            table = outputs.trials_table(study, self.budget)
+            table = fitted_table(self.console, study, self.budget)
             if self.live is None:
                 from rich.live import Live
 
@@ -285,19 +342,17 @@ class _Display:
                 self.live.start()
             self.live.update(table, refresh=True)
             return
+        metric = study.user_attrs.get("metric")
         for r in outputs.trial_rows(study):
             if r["state"] in ("COMPLETE", "PRUNED", "FAIL") and r["number"] not in self.seen:
                 self.seen.add(r["number"])
-                params = ", ".join(
-                    f"{k}={v}"
-                    for k, v in r.items()
-                    if k
-                    not in ("number", "state", "value", "epochs", "seconds", "run_dir", "retry_of", "reason")
-                )
-                value = f" {r['value']:.4f}" if r["value"] is not None else ""
+                params = ", ".join(format_params({k: v for k, v in r.items() if k not in NOT_PARAMS}))
+                value = f" {format_metric(metric, r['value'])}" if r["value"] is not None else ""
                 note = f" ({r['reason']})" if r["reason"] else ""
                 line = f"trial {r['number']:>3} {r['state']:<8}{value} {params}"
-                self.console.print(escape(f"{line} ({r['epochs']} epochs, {r['seconds']} s){note}"))
+                self.console.print(
+                    escape(f"{line} ({r['epochs']} epochs, {format_seconds(r['seconds'])}){note}")
+                )
 
     def stop(self) -> None:
         if self.live is not None:

@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 
 from mnistkit.errors import RecipeError, RunError
+from mnistkit.recipe.metrics import format_metric
 from mnistkit.sweeps.spec import ParamSpec, Sweep
 
 TRIALS_DIR = "trials"
@@ -130,7 +131,7 @@ class Objective:
             # A trial that ran all its epochs is finished, whatever the pruner would say now.
             if value is not None and row["epoch"] < recipe.epochs and trial.should_prune():
                 pruned.append(
-                    f"pruned after epoch {row['epoch']}: {metric} {value:.4f} "
+                    f"pruned after epoch {row['epoch']}: {metric} {format_metric(metric, value)} "
                     f"({sweep.spec.pruner.name} pruner)"
                 )
                 return pruned[-1]

@@ -2,19 +2,20 @@
 
 ``trials.csv`` (one row per trial), ``best.yaml`` (the best trial's exact recipe, runnable as is),
 ``summary.json`` (counts by state, the best trial, epochs run vs. an unpruned sweep) and
-``plots/`` (Optuna's matplotlib plots). Everything comes from the study in the storage, so a
+``plots/`` (:mod:`mnistkit.sweeps.plots`). Everything comes from the study in the storage, so a
 sweep run by workers on several machines is summarized the same way on any of them.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
-import math
+import shlex
 import time
-import warnings
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,28 +98,47 @@ def summary(study: optuna.Study, budget: int | None = None) -> dict[str, Any]:
     }
 
 
-def best_yaml(study: optuna.Study) -> str | None:
-    """The best trial's exact recipe as YAML, with a header naming the trial and its value."""
+def best_yaml(study: optuna.Study, path: Path | None = None) -> str | None:
+    """The best trial's exact recipe as YAML, with plots on, and a header naming the trial, its
+    value and the command that reruns it (``path``: where the file is written)."""
+    from mnistkit.recipe.metrics import format_metric
+
     best = best_trial(study)
     if best is None or "recipe" not in best.user_attrs:
         return None
     metric = study.user_attrs.get("metric", "value")
+    recipe = copy.deepcopy(best.user_attrs["recipe"])
+    # The trials ran without plots (the sweep files set train.plots: false); the rerun draws them.
+    plots_off = recipe.get("train", {}).get("plots") is False
+    recipe.setdefault("train", {})["plots"] = True
     params = ", ".join(f"{k}={v}" for k, v in best.params.items())
+    where = shlex.quote(str(path.resolve())) if path is not None else "best.yaml"
     head = (
         f"# Best trial of sweep study {study.study_name!r}: trial {best.number} "
-        f"({best.user_attrs.get('run_dir')}), {metric} = {best.value:.6g} ({study.direction.name.lower()}).\n"
+        f"({best.user_attrs.get('run_dir')}), {metric} {format_metric(metric, best.value)} "
+        f"({study.direction.name.lower()}).\n"
         f"# Parameters: {params}\n"
-        f"# Its exact recipe (seed = base seed + trial number): rerun with `mnistkit run best.yaml`.\n"
+        f"# Its exact recipe (seed = base seed + trial number)"
+        + (", with train.plots: true (the trials ran without plots)" if plots_off else "")
+        + f".\n# Rerun it: mnistkit run {where}\n"
     )
-    return head + yaml.safe_dump(
-        best.user_attrs["recipe"], sort_keys=False, default_flow_style=None, width=100
-    )
+    return head + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=100)
 
 
-def write_outputs(study: optuna.Study, sweep_dir: Path, budget: int | None = None) -> list[Path]:
+@dataclass
+class Written:
+    """What :func:`write_outputs` wrote, and notes on what it did not (plots not drawn yet)."""
+
+    paths: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def write_outputs(study: optuna.Study, sweep_dir: Path, budget: int | None = None) -> Written:
     """trials.csv, best.yaml, summary.json and plots/ in ``sweep_dir`` (atomically, each)."""
+    from mnistkit.sweeps.plots import write_plots
+
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = Written()
     rows = trial_rows(study)
     buf = io.StringIO()
     cols = list(rows[0]) if rows else ["number", "state", "value"]
@@ -129,124 +149,13 @@ def write_outputs(study: optuna.Study, sweep_dir: Path, budget: int | None = Non
             {k: ("" if v is None else json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()}
         )
     atomic_write_text(sweep_dir / "trials.csv", buf.getvalue())
-    written.append(sweep_dir / "trials.csv")
-    text = best_yaml(study)
+    written.paths.append(sweep_dir / "trials.csv")
+    text = best_yaml(study, sweep_dir / "best.yaml")
     if text is not None:
         atomic_write_text(sweep_dir / "best.yaml", text)
-        written.append(sweep_dir / "best.yaml")
+        written.paths.append(sweep_dir / "best.yaml")
     atomic_write_text(sweep_dir / "summary.json", json.dumps(summary(study, budget), indent=2) + "\n")
-    written.append(sweep_dir / "summary.json")
-    written += write_plots(study, sweep_dir / "plots")
+    written.paths.append(sweep_dir / "summary.json")
+    plots, written.notes = write_plots(study, sweep_dir / "plots")
+    written.paths += plots
     return written
-
-
-PLOTS = (
-    ("optimization_history", "plot_optimization_history"),
-    ("param_importances", "plot_param_importances"),
-    ("parallel_coordinate", "plot_parallel_coordinate"),
-    ("intermediate_values", "plot_intermediate_values"),
-)
-
-
-def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
-    """Optuna's matplotlib plots; one that cannot be drawn yet (too few trials) is skipped."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for name, fn in PLOTS:
-        if name == "param_importances" and len(complete) < 2:
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ax = getattr(ovm, fn)(study)
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-            fig.set_size_inches(8, 5)
-            fig.tight_layout()
-            tmp = folder / f".{name}.tmp.png"
-            fig.savefig(tmp, dpi=100)
-            tmp.replace(folder / f"{name}.png")
-            out.append(folder / f"{name}.png")
-        except Exception:  # a plot must never cost the sweep its results  # noqa: S112
-            continue
-        finally:
-            plt.close("all")
-    return out
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
-def trials_table(study: optuna.Study, budget: int | None = None, last: int = 20) -> Any:
-    """A Rich table of the latest trials (the live display and `sweep status`)."""
-    from rich.table import Table
-
-    rows = trial_rows(study)
-    s = summary(study, budget)
-    best = (s["best"] or {}).get("number")
-    title = (
-        f"study {s['study']}: {s['finished']}"
-        + (f" of {budget}" if budget else "")
-        + " finished"
-        + (f", best {s['metric']} {s['best']['value']:.4g} (trial {best})" if best is not None else "")
-    )
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    params = [
-        k
-        for k in (rows[0] if rows else {})
-        if k not in ("number", "state", "value", "epochs", "seconds", "run_dir", "retry_of", "reason")
-    ]
-    for col in ("#", "state", s["metric"], *params, "epochs", "s", "note"):
-        table.add_column(col, overflow="fold")
-    styles = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
-    for r in rows[-last:]:
-        note = r["reason"] or (f"retry of {r['retry_of']}" if r["retry_of"] is not None else "")
-        table.add_row(
-            str(r["number"]) + (" *" if r["number"] == best else ""),
-            f"[{styles.get(r['state'], '')}]{r['state']}[/]",
-            _fmt(r["value"]),
-            *(_fmt(r[p]) for p in params),
-            _fmt(r["epochs"]),
-            _fmt(r["seconds"]),
-            note,
-            end_section=False,
-        )
-    return table
-
-
-def status_lines(study: optuna.Study, budget: int | None = None) -> list[tuple[str, str]]:
-    s = summary(study, budget)
-    st = s["states"]
-    lines = [
-        ("study", f"{s['study']} ({s['direction']} {s['metric']})"),
-        (
-            "trials",
-            f"{s['finished']}"
-            + (f" of {budget}" if budget else "")
-            + " finished: "
-            + ", ".join(f"{n} {k}" for k, n in st.items() if n),
-        ),
-    ]
-    if s["best"] is not None:
-        b = s["best"]
-        params = ", ".join(f"{k}={v}" for k, v in b["params"].items())
-        lines.append(
-            ("best", f"trial {b['number']}: {s['metric']} {b['value']:.4g} ({params}) in {b['run_dir']}")
-        )
-    if s["epochs_unpruned"]:
-        ratio = s["epochs_run"] / s["epochs_unpruned"]
-        lines.append(("epochs", f"{s['epochs_run']} run of {s['epochs_unpruned']} unpruned ({ratio:.0%})"))
-    return lines
