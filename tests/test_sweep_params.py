@@ -10,6 +10,7 @@ records exactly the values its trial has in the study's storage.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ SPACE = (
     "  data.batch_size: {int: [16, 64], step: 16}\n"
     "  epochs: {int: [1, 1000], log: true}\n"
     "  model.hidden: {choice: [[32], [16, 8]]}\n"
+    "  model.activation: {choice: [relu, tanh]}\n"
 )
 
 
@@ -59,15 +61,17 @@ def sweep_file(folder: Path, sampler: str, space: str = SPACE, trials: int = 3, 
 Draws = list[dict[str, Any]]
 
 
-def sample(sweep: Sweep, n: int) -> tuple[Draws, optuna.Study]:
+def sample(sweep: Sweep, n: int, worker: int = 0) -> tuple[Draws, optuna.Study]:
     """``n`` trials' parameters from the sweep's own sampler and ``suggest``, as a worker gets them."""
     quiet_optuna()
-    study = optuna.create_study(direction=sweep.direction, sampler=make_sampler(sweep, 0))
-    drawn = []
-    for _ in range(n):
-        trial = study.ask()
+    study = optuna.create_study(direction=sweep.direction, sampler=make_sampler(sweep, worker))
+    drawn: Draws = []
+
+    def objective(trial: optuna.Trial) -> float:
         drawn.append(suggest(trial, sweep))
-        study.tell(trial, 0.5)
+        return 0.5
+
+    study.optimize(objective, n_trials=n)
     return drawn, study
 
 
@@ -88,7 +92,9 @@ def test_each_range_is_handed_to_optuna_as_the_distribution_the_file_declares(ra
             "loss.label_smoothing": FloatDistribution(0.0, 0.2, step=0.05),
             "data.batch_size": IntDistribution(16, 64, step=16),
             "epochs": IntDistribution(1, 1000, log=True),
+            # a list is stored as its JSON text (Optuna's choices are scalars), a name as itself
             "model.hidden": CategoricalDistribution(["[32]", "[16, 8]"]),
+            "model.activation": CategoricalDistribution(["relu", "tanh"]),
         }
 
 
@@ -138,6 +144,7 @@ def test_tpe_keeps_every_value_inside_its_range_and_on_its_step(tmp_path: Path) 
 
 def test_a_trial_recipe_holds_exactly_the_trial_s_values(random_draws) -> None:
     sweep, drawn, _ = random_draws
+    base_doc = copy.deepcopy(sweep.base_doc.data)
     for number, params in enumerate(drawn[:20]):
         recipe = sweep.trial_recipe(params, number)
         assert recipe.optimizer.lr == params["optimizer.lr"]
@@ -147,10 +154,58 @@ def test_a_trial_recipe_holds_exactly_the_trial_s_values(random_draws) -> None:
         assert recipe.data.batch_size == params["data.batch_size"]
         assert recipe.epochs == params["epochs"]
         assert list(recipe.model.hidden) == params["model.hidden"]
+        assert recipe.model.activation.name == params["model.activation"]
         assert recipe.seed == sweep.base.seed + number
         assert recipe.name == f"quickstart-t{number:04d}"
         # The rest of the base recipe (and the sweep's fixed `set:`) is kept.
         assert (recipe.data.limit, recipe.data.val_split, recipe.optimizer.name) == (240, 0.25, "adam")
+    # No trial's values leak into the base recipe the next trials (and best.yaml) start from.
+    assert sweep.base_doc.data == base_doc
+
+
+SMALL = (
+    "params:\n"
+    "  optimizer.lr: {float: [1.0e-4, 1.0e-1], log: true}\n"
+    "  data.batch_size: {int: [16, 64], step: 16}\n"
+)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_seeded_sampler_repeats_its_values_and_each_worker_draws_its_own(
+    sampler: str, tmp_path: Path
+) -> None:
+    def draws(seed: object, worker: int = 0) -> Draws:
+        spec = f"{{name: {sampler}, seed: {seed}, startup_trials: 3}}"
+        return sample(load_sweep(sweep_file(tmp_path, spec, SMALL)), 6, worker)[0]
+
+    first = draws(5)
+    assert draws(5) == first  # the same sweep again: the same values in the same order
+    assert draws(5, worker=2) == draws(7)  # worker k of seed s draws as seed s + k...
+    assert draws(5, worker=1) != first  # ...so extra workers do not repeat the first one
+    assert draws("null") != draws("null")  # seed: null, different every time
+
+
+def test_tpe_draws_its_first_startup_trials_at_random_then_from_its_model(tmp_path: Path) -> None:
+    # startup_trials: 4 -> the first 4 trials are the seeded random sampler's, the 5th is TPE's own.
+    tpe = sample(load_sweep(sweep_file(tmp_path, "{name: tpe, seed: 2, startup_trials: 4}", SMALL)), 5)[0]
+    rnd = sample(load_sweep(sweep_file(tmp_path, "{name: random, seed: 2}", SMALL)), 5)[0]
+    assert tpe[:4] == rnd[:4] and tpe[4] != rnd[4]
+
+
+def test_the_grid_sampler_tries_every_combination_once_in_a_seeded_order(tmp_path: Path) -> None:
+    space = (
+        "params:\n  optimizer.lr: {choice: [0.1, 0.01, 0.001]}\n  model.hidden: {choice: [[32], [16, 8]]}\n"
+    )
+
+    def order(seed: int) -> list[tuple[float, tuple[int, ...]]]:
+        sweep = load_sweep(sweep_file(tmp_path, f"{{name: grid, seed: {seed}}}", space, trials=6))
+        drawn = sample(sweep, 6)[0]
+        return [(d["optimizer.lr"], tuple(d["model.hidden"])) for d in drawn]
+
+    first = order(0)
+    assert sorted(first) == sorted((lr, h) for lr in (0.1, 0.01, 0.001) for h in ((32,), (16, 8)))
+    assert order(0) == first
+    assert order(1) != first
 
 
 def test_a_real_sweep_s_run_directories_record_the_values_in_the_study(cli, tmp_path: Path) -> None:
