@@ -63,10 +63,12 @@ CONTEXT: dict[tuple[str, str], dict[str, Any]] = {
     ("optimizers", "sgd"): {"momentum": 0.9},
 }
 
-# What a layer is put after, tried in order until both values build: the digits' (1, 8, 8) image,
-# a (time 8, features 8) sequence, a flat (64,) vector, a 4-channel image (for groups).
+# What a layer is put after, tried in order until a value shows: the digits' (1, 8, 8) image, a
+# (time 8, features 5) sequence (not square: time and features cannot be mixed up unseen), a
+# (8, 8) sequence, a flat (64,) vector, a 4-channel image (for groups).
 LAYER_INPUTS: list[list[dict[str, Any]]] = [
     [],
+    [{"type": "to_sequence"}, {"type": "linear", "out_features": 5}],
     [{"type": "to_sequence"}],
     [{"type": "flatten"}],
     [{"type": "conv2d", "out_channels": 4, "kernel_size": 1}],
