@@ -23,12 +23,17 @@ from mnistkit.registry import registries
 LR, EPOCHS, STEPS = 0.1, 4, 5  # 20 optimizer steps
 
 
-def lrs(scheduler: dict[str, Any], metrics: list[dict[str, float]] | None = None) -> list[float]:
-    """The learning rate of each of the EPOCHS x STEPS optimizer steps."""
+def lrs(
+    scheduler: dict[str, Any],
+    metrics: list[dict[str, float]] | None = None,
+    optimizer: dict[str, Any] | None = None,
+    key: str = "lr",
+) -> list[Any]:
+    """The learning rate (or ``key`` of the param group) of each of the EPOCHS x STEPS steps."""
     doc = {
         "data": {"dataset": "digits"},
         "model": {"hidden": [4]},
-        "optimizer": {"name": "sgd", "lr": LR, "momentum": 0.9},
+        "optimizer": optimizer or {"name": "sgd", "lr": LR, "momentum": 0.9},
         "scheduler": scheduler,
         "epochs": EPOCHS,
     }
@@ -39,7 +44,7 @@ def lrs(scheduler: dict[str, Any], metrics: list[dict[str, float]] | None = None
     seen = []
     for epoch in range(EPOCHS):
         for _ in range(STEPS):
-            seen.append(opt.param_groups[0]["lr"])
+            seen.append(opt.param_groups[0][key])
             opt.step()
             schedule.after_step()
         schedule.after_epoch(metrics[epoch] if metrics else {})
@@ -91,6 +96,16 @@ def test_onecycle_is_torch_s_one_cycle_over_the_whole_run() -> None:
         ref.step()
     assert close(got, expected)
     assert got[0] == pytest.approx(0.05) and max(got) == pytest.approx(0.5)
+
+
+def test_onecycle_cycles_adam_s_beta1_and_takes_optimizers_without_momentum() -> None:
+    # Adam has betas, not momentum: 1cycle moves beta1 from 0.95 down to 0.85 and back up.
+    betas = lrs({"name": "onecycle", "max_lr": 0.5}, optimizer={"name": "adam", "lr": LR}, key="betas")
+    beta1 = [b[0] for b in betas]
+    assert beta1[0] == pytest.approx(0.95) and min(beta1) == pytest.approx(0.85, abs=1e-3)
+    # Adagrad has neither: the schedule still runs (only the rate cycles).
+    rates = lrs({"name": "onecycle", "max_lr": 0.5}, optimizer={"name": "adagrad", "lr": LR})
+    assert rates[0] == pytest.approx(0.02) and max(rates) == pytest.approx(0.5, rel=0.05)
 
 
 def test_plateau_watches_its_metric_the_right_way_round() -> None:
