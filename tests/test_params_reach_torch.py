@@ -30,6 +30,7 @@ from mnistkit.errors import RecipeError
 from mnistkit.layers.shapes import ShapeError
 from mnistkit.recipe.schema import load_recipe_text
 from mnistkit.registry import Entry, Param, Registries, registries
+from mnistkit.registry.builtins import register_builtins
 
 IN_SHAPE = (1, 8, 8)  # the digits the recipes below name
 CLASSES = 10
@@ -427,3 +428,26 @@ MIN_CHECKED = {
     "layers": 65,
     "augmentations": 11,
 }
+
+
+def plain_sgd(params: Any, *, lr: float, momentum: float = 0.0) -> torch.optim.Optimizer:
+    """A plugin's optimizer factory that takes neither ``fused`` nor ``foreach``."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, foreach=False)
+
+
+def test_a_plugin_optimizer_without_fused_or_foreach_gets_its_parameters(one_thread: None) -> None:
+    # The built-ins all take fused or foreach; a plugin's may take neither, and build_optimizer's
+    # last fallback must still pass the recipe's parameters.
+    reg = Registries()
+    register_builtins(reg)
+    entry = reg.optimizers.register(
+        "plain_sgd",
+        plain_sgd,
+        "SGD without the fast paths",
+        {
+            "lr": Param("float", 0.01, "learning rate", gt=0),
+            "momentum": Param("float", 0.0, "momentum", ge=0, lt=1),
+        },
+    )
+    problems = [check_param("optimizers", entry, p, SITES["optimizers"][0], reg, {}) for p in entry.params]
+    assert problems == [None, None], problems
