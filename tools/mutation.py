@@ -52,6 +52,23 @@ TARGETS: dict[str, list[str]] = {
     "mnistkit/training/state.py": ["checkpoint_state", "restore"],
     # which metric `mnistkit runs` reports as a run's best
     "mnistkit/runs/listing.py": ["best_metric_of"],
+    # sweep sampling: a search space -> Optuna's distributions -> a trial's values -> its recipe
+    "mnistkit/sweeps/objective.py": ["encoded_choices", "suggest"],
+    "mnistkit/sweeps/spec.py": ["Sweep.trial_recipe", "_set_arg"],
+    "mnistkit/sweeps/worker.py": ["make_sampler"],
+    # component builders: a recipe section -> the torch object, its parameters passed on
+    "mnistkit/build/components.py": [
+        "spec_params",
+        "build_loss",
+        "build_optimizer",
+        "Schedule.after_step",
+        "Schedule.after_epoch",
+        "build_schedule",
+        "build_augment",
+    ],
+    "mnistkit/build/schedules.py": ["constant", "step", "cosine", "onecycle", "plateau"],
+    "mnistkit/layers/modules.py": ["_torch", "lstm", "gru", "attention_pool", "build_layer"],
+    "mnistkit/registry/core.py": ["Entry.renamed", "Entry.arguments", "Entry.create"],
 }
 
 # The tests that cover them: the tests written about these rules, not every test that happens to
@@ -86,6 +103,19 @@ TESTS: list[str] = [
     # issue 9: the rules and the metric vocabulary on scripted rows, no training
     "tests/test_rules.py",
     "tests/test_metric_vocabulary.py",
+    # issue 17: every declared parameter reaches torch; sweep distributions (in-process tests
+    # only: the file's real sweep runs in a subprocess, which mutmut cannot trace)
+    "tests/test_params_reach_torch.py",
+    "tests/test_schedules.py",
+    "tests/test_layers.py::test_declared_defaults_reach_builder_and_shape_function",
+    "tests/test_sweep_params.py::test_each_range_is_handed_to_optuna_as_the_distribution_the_file_declares",
+    "tests/test_sweep_params.py::test_a_log_range_is_sampled_on_a_log_scale",
+    "tests/test_sweep_params.py::test_steps_give_only_values_on_the_grid_and_reach_both_bounds",
+    "tests/test_sweep_params.py::test_tpe_keeps_every_value_inside_its_range_and_on_its_step",
+    "tests/test_sweep_params.py::test_a_trial_recipe_holds_exactly_the_trial_s_values",
+    "tests/test_sweep_params.py::test_a_seeded_sampler_repeats_its_values_and_each_worker_draws_its_own",
+    "tests/test_sweep_params.py::test_tpe_draws_its_first_startup_trials_at_random_then_from_its_model",
+    "tests/test_sweep_params.py::test_the_grid_sampler_tries_every_combination_once_in_a_seeded_order",
 ]
 # ----------------------------------------------------------------------------------------------
 
