@@ -48,6 +48,14 @@ class RunError(Exception):
     exit_code = 1
 
 
+class PeerStopped(RunError):
+    """One process of a distributed job stopped because another one failed or was killed (exit
+    code 3), so the launcher can tell the process that failed by itself from those it took down
+    with it, whichever of them exited first."""
+
+    exit_code = 3
+
+
 def dotted(loc: tuple[object, ...]) -> str:
     """``('model', 'hidden', 2)`` → ``model.hidden[2]``."""
     out = ""

@@ -30,7 +30,7 @@ from mnistkit.build.components import build_augment, build_loss, build_model, bu
 from mnistkit.data.augment import Augment
 from mnistkit.data.batches import Prepared, num_batches
 from mnistkit.data.loading import data_info, load_data
-from mnistkit.errors import RecipeError, RunError
+from mnistkit.errors import PeerStopped, RecipeError, RunError
 from mnistkit.fsutil import atomic_write_text
 from mnistkit.layers.shapes import ShapeError
 from mnistkit.recipe.metrics import format_metric, run_metrics, selection_on_test_notes
@@ -116,7 +116,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         why = distributed.peer_failure(exc) if ctx.distributed else None
         if why is None:
             raise
-        raise RunError(why) from None
+        raise PeerStopped(why) from None
     finally:
         ctx.close(finished)
 

@@ -10,6 +10,7 @@ samples: the uneven case is the one tested. One fixture starts the 2-process run
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -245,7 +246,11 @@ def _fault_on_rank_1(recipe: Path, out: Path, hook: str, at: str) -> str:
 def test_exception_on_one_rank_ends_the_job(runs: dict[str, Path], tmp_path: Path) -> None:
     output = _fault_on_rank_1(runs["recipe"], tmp_path / "run", "MNISTKIT_RAISE_AT", "2:3")
     assert "(rank 1) RuntimeError: MNISTKIT_RAISE_AT" in output  # that rank's message
-    assert "process rank 1" in output and "exited with code 1" in output
+    # rank 1 is named whether it exited (code 1) before torchrun noticed rank 0 stopping, or was
+    # still in interpreter shutdown and got SIGTERM; rank 0 never looks like the cause
+    ended = r"(was stopped by torchrun|was killed by SIGKILL)"
+    assert re.search(rf"process rank 1 \(pid \d+\) (exited with code 1|{ended})", output), output
+    assert re.search(rf"process rank 0 \(pid \d+\) (stopped: it lost its connection|{ended})", output), output
 
 
 def test_kill_9_then_resume_equals_uninterrupted(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def guarded(fn: Callable[[], T]) -> T:
         raise typer.Exit(2) from None
     except RunError as exc:
         _stderr().print(f"[bold red]error:[/]{_rank_tag()} {_esc(str(exc))}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _stderr().print("interrupted")
         raise typer.Exit(130) from None

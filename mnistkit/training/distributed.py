@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mnistkit.data.types import Split
-from mnistkit.errors import RunError, set_hint
+from mnistkit.errors import PeerStopped, RunError, set_hint
 
 # Collectives give up after this long (seconds; $MNISTKIT_DIST_TIMEOUT overrides). A process that
 # dies is noticed at once (its sockets close, torchrun stops the others); this bounds the rarer
@@ -396,10 +396,13 @@ def launch(nproc: int, worker_args: list[str]) -> int:
 
 
 def _report_failures(exc: Any, nproc: int) -> int:
-    """A line per process that failed by itself, in rank order (their own messages are above).
+    """A line per process that ended, in rank order (their own messages are above): the ones
+    that failed by themselves, the ones that stopped because they lost a peer (exit code 3,
+    ``PeerStopped``), and the ones torchrun stopped with SIGTERM.
 
-    Processes that torchrun stopped with SIGTERM after another one failed are left out; a
-    process that failed because its peer died says so in its own message (``peer_failure``).
+    Which process exits first is a race: the process that failed closes its connections before
+    its interpreter has finished exiting, so its peers may stop, and torchrun may send it SIGTERM
+    while it is still exiting. The exit code is the lowest-ranked own failure's.
     """
     failures = exc.failures  # global rank -> ProcessFailure
     if not failures:
@@ -412,19 +415,20 @@ def _report_failures(exc: Any, nproc: int) -> int:
             file=sys.stderr,
         )
         return 130
-    stopped_by_torchrun = -int(signal.SIGTERM)
-    failed = {r: f for r, f in failures.items() if f.exitcode != stopped_by_torchrun} or failures
-    for rank, f in sorted(failed.items()):
-        how = f"was killed by {f.signal_name()}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
+    sigterm, peer = -int(signal.SIGTERM), PeerStopped.exit_code
+    own = {r: f for r, f in failures.items() if f.exitcode not in (sigterm, peer)}
+    for rank, f in sorted(failures.items()):
+        if f.exitcode == sigterm:
+            how = "was stopped by torchrun (SIGTERM)"
+        elif f.exitcode == peer:
+            how = "stopped: it lost its connection to another process"
+        elif f.exitcode < 0:
+            how = f"was killed by {f.signal_name()}"
+        else:
+            how = f"exited with code {f.exitcode}"
         print(f"error: process rank {rank} (pid {f.pid}) {how}", file=sys.stderr)
-    others = len(failures) - len(failed)
-    print(
-        "       "
-        + (f"torchrun stopped the other {others} process(es); " if others else "")
-        + "each process's own message is above",
-        file=sys.stderr,
-    )
-    code = next(iter(sorted(failed.items())))[1].exitcode
+    print("       each process's own message is above", file=sys.stderr)
+    code = next(iter(sorted(own.items())))[1].exitcode if own else 1
     return code if code > 0 else 1
 
 
