@@ -584,12 +584,13 @@ def _register_more() -> str | None:
     the CLI without a word: :func:`main` reports it and exits 1.
     """
     try:
-        from mnistkit.cli import export_command, run_commands
+        from mnistkit.cli import data_command, export_command, run_commands
         from mnistkit.sweeps import cli as sweep_commands
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
     run_commands.register(app, guarded)
     export_command.register(app, guarded)
+    data_command.register(app, guarded)
     sweep_commands.register(app, guarded)
     return None
 

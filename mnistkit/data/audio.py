@@ -379,6 +379,7 @@ def _to_loaded(
         files=[base / name for name, _ in [*train, *test]],
         source=source,
         test_files=[base / name for name, _ in test],
+        bad_files={str(base / name): reason for name, reason in feats.bad.items()},
     )
 
 

@@ -3,7 +3,8 @@
 ``$MNISTKIT_CACHE`` (default: the platform's user cache folder, e.g. ``~/.cache/mnistkit``) holds
 the folders listed in :data:`KINDS`: ``data/`` (datasets downloaded by torchvision),
 ``features/`` (decoded audio features) and ``images/`` (decoded image folders), one ``.npz`` per
-dataset and parameter set. Decoded data is recomputed when missing, so clearing it only costs
+dataset and parameter set, and ``checks/`` (data check results, one ``.json`` per dataset
+content, :mod:`mnistkit.data.check`). Decoded data is recomputed when missing, so clearing it only costs
 time; downloads are kept unless asked for, because re-downloading needs the network.
 """
 
@@ -32,6 +33,7 @@ def user_cache_dir() -> Path:
 KINDS: dict[str, tuple[str, bool]] = {
     "features": ("decoded audio features (recomputed on the next run)", True),
     "images": ("decoded image folders (recomputed on the next run)", True),
+    "checks": ("data check results (recomputed on the next run)", True),
     "data": ("downloaded datasets (downloaded again only with network access)", False),
 }
 

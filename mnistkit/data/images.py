@@ -184,4 +184,5 @@ def load_image_folder(
         files=[root / name for name, _ in [*train, *test]],
         source=source,
         test_files=[root / name for name, _ in test],
+        bad_files={str(root / name): reason for name, reason in feats.bad.items()},
     )

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 
 from mnistkit.data.batches import Prepared, prepare
-from mnistkit.data.cache import user_cache_dir
+from mnistkit.data.cache import cache_folder, user_cache_dir
 from mnistkit.data.sources import DataContext, data_roots
 from mnistkit.data.types import LoadedData
 from mnistkit.errors import DataError, RunError
@@ -74,6 +74,22 @@ def load_dataset(
         return entry.load()(ctx)
     except DataError as exc:
         raise RunError(str(exc)) from None
+
+
+def check_dataset(
+    recipe: RecipeBase, reg: Registries, loaded: LoadedData, *, files: bool = False
+) -> tuple[dict[str, Any], bool]:
+    """The data check of ``loaded`` (:mod:`mnistkit.data.check`), cached under the user cache's
+    ``checks/``: (report, whether it came from the cache)."""
+    from mnistkit.data.check import cached_check
+
+    kind = str(reg.datasets.get(recipe.data.dataset).meta.get("kind", "image"))
+    features = recipe.data.features
+    rate = features.sample_rate if features is not None else None
+    report, cached = cached_check(loaded, kind, rate, cache_folder("checks"), files=files)
+    report["dataset"] = recipe.data.dataset
+    report["source"] = loaded.source
+    return report, cached
 
 
 def data_info(recipe: RecipeBase, data: Prepared, data_dir: Path | None = None) -> dict[str, Any]:

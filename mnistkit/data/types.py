@@ -5,7 +5,7 @@ No torch import at module level: importing this module must stay cheap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,3 +35,6 @@ class LoadedData:
     # Folder datasets: the file of each test sample (test_files[i] is test sample i), so plots
     # and listings can name a sample; None where samples have no file of their own (MNIST).
     test_files: list[Path] | None = None
+    # Folder datasets loaded with data.skip_bad_files: every file left out, and why (the data
+    # check lists them).
+    bad_files: dict[str, str] = field(default_factory=dict)

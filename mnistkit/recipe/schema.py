@@ -67,6 +67,8 @@ def _param_annotation(p: Param) -> Any:
     elif p.type == "int_or_pair":
         item = Annotated[StrictInt, Field(**bounds)]
         ann = Union[item, tuple[item, item]]  # noqa: UP007
+    elif p.type == "class_weights":
+        ann = Union[Literal["auto"], Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]]  # noqa: UP007
     elif p.type == "int_list":
         ann = list[Annotated[StrictInt, Field(**bounds)]]
     else:

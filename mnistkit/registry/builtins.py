@@ -42,19 +42,30 @@ _ACTIVATIONS: list[tuple[str, str, str, dict[str, Param]]] = [
 ]
 
 # --- losses -----------------------------------------------------------------------------------
+_CLASS_WEIGHTS = P(
+    "class_weights",
+    None,
+    "weight of each class in the loss: auto = inverse frequency in the training split "
+    "(n / (classes x count), shown in the run header), or one weight per class; null: all 1",
+    nullable=True,
+    target_name="weight",
+)
 _LOSSES: list[tuple[str, str, str, dict[str, Param], dict[str, object]]] = [
     (
         "cross_entropy",
         "torch.nn:CrossEntropyLoss",
         "softmax cross-entropy on raw logits (= log_softmax + nll); the last layer stays linear",
-        {"label_smoothing": P("float", 0.0, "mix targets with the uniform distribution", ge=0, lt=1)},
+        {
+            "label_smoothing": P("float", 0.0, "mix targets with the uniform distribution", ge=0, lt=1),
+            "class_weights": _CLASS_WEIGHTS,
+        },
         {"expects": "logits"},
     ),
     (
         "nll",
         "torch.nn:NLLLoss",
         "negative log-likelihood of log-probabilities; the model ends in log_softmax",
-        {},
+        {"class_weights": _CLASS_WEIGHTS},
         {"expects": "log_probs"},
     ),
 ]

@@ -21,7 +21,17 @@ from typing import Any
 
 REQUIRED: Any = ...  # marks a parameter that has no default
 
-PARAM_TYPES = ("int", "float", "bool", "str", "float_pair", "int_pair", "int_list", "int_or_pair")
+PARAM_TYPES = (
+    "int",
+    "float",
+    "bool",
+    "str",
+    "float_pair",
+    "int_pair",
+    "int_list",
+    "int_or_pair",
+    "class_weights",
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ _TYPE_WORDS = {
     "int_pair": "pair of ints",
     "int_list": "list of ints",
     "int_or_pair": "int or pair of ints",
+    "class_weights": "auto or a list of floats > 0, one per class",
 }
 
 
