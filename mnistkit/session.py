@@ -26,11 +26,20 @@ import torch
 import yaml
 from rich.markup import escape
 
-from mnistkit.build.components import build_augment, build_loss, build_model, build_optimizer, build_schedule
+from mnistkit.build.components import (
+    build_augment,
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    class_counts,
+)
 from mnistkit.data.augment import Augment
-from mnistkit.data.batches import Prepared, num_batches
-from mnistkit.data.loading import data_info, load_data
-from mnistkit.errors import PeerStopped, RecipeError, RunError
+from mnistkit.data.batches import Prepared, num_batches, prepare
+from mnistkit.data.check import leak_warning, short_form, write_json
+from mnistkit.data.loading import check_dataset, data_info, load_dataset
+from mnistkit.data.types import LoadedData
+from mnistkit.errors import PeerStopped, RecipeError, RunError, set_hint
 from mnistkit.fsutil import atomic_write_text
 from mnistkit.layers.shapes import ShapeError
 from mnistkit.recipe.metrics import format_metric, run_metrics, selection_on_test_notes
@@ -255,11 +264,13 @@ class Session:
         ctx = self.ctx
         try:
             with ctx.main_first():  # downloads and feature caches: made once, by rank 0
-                data = load_data(recipe, self.reg, self.data_dir, self.device, self.reporter)
+                loaded = load_dataset(recipe, self.reg, self.data_dir, self.reporter)
         except BaseException:
             if ctx.is_main and self.resume_ckpt is None and self.run.is_empty():
                 self.run.path.rmdir()  # no data, no run: leave no empty run directory behind
             raise
+        checked = self._check_data(loaded) if ctx.is_main else []
+        data = prepare(loaded, recipe.data, recipe.seed, self.device)
         if ctx.distributed:
             if recipe.data.loader != "memory":
                 raise RunError(
@@ -284,7 +295,17 @@ class Session:
                 ),
                 ("source", data.source),
             ]
+            + checked
         )
+
+    def _check_data(self, loaded: LoadedData) -> list[tuple[str, str]]:
+        """The data check's header lines (cached per data content: ~0.05 s on a hit for
+        Fashion-MNIST), its report written to the run directory as data_check.json."""
+        report, cached = check_dataset(self.recipe, self.reg, loaded)
+        write_json(self.run.path / "data_check.json", report)
+        lines = [("check", short_form(report, cached))]
+        leak = leak_warning(report)
+        return lines + ([("warning", leak)] if leak else [])
 
     # ------------------------------------------------------------------ build
     def build(self) -> None:
@@ -310,7 +331,7 @@ class Session:
             sum(p.numel() for p in model.parameters()),
         )
         self.model = model
-        self.loss_fn = build_loss(recipe, self.reg)
+        self.loss_fn = self._loss(class_counts(data.train.y, data.num_classes))
         self.optimizer = build_optimizer(recipe, model, self.reg)
         self.steps = num_batches(len(data.train.y), recipe.data.batch_size, recipe.data.drop_last)
         self.schedule = build_schedule(recipe, self.optimizer, self.steps, self.reg)
@@ -324,6 +345,31 @@ class Session:
                 )
             if not self.reporter.quiet:
                 self.reporter.labelled("augment", f"{', '.join(self.augment.names)} (training batches only)")
+
+    def _loss(self, counts: list[int]) -> torch.nn.Module:
+        """The loss on the device; the header shows auto class weights and a balanced sampler."""
+        recipe = self.recipe
+        given = getattr(recipe.loss, "class_weights", None)
+        if given is not None and self.ctx.distributed:
+            # GradSync sums (mean loss x shard size): exact for per-sample means only, and a
+            # weighted loss is a mean over the batch's weights instead.
+            raise RunError(
+                "loss.class_weights is not supported with several processes yet (the gradient "
+                "average assumes a per-sample mean loss); train with one process, or use "
+                + set_hint("data.sampler", "balanced")
+                + " instead"
+            )
+        loss = build_loss(recipe, self.reg, counts).to(self.device)
+        if given == "auto" and not self.reporter.quiet:
+            shown = ", ".join(f"{w:.3g}" for w in loss.weight.tolist())
+            self.reporter.labelled("weights", f"class weights auto (n / (classes x count)): {shown}")
+        if recipe.data.sampler == "balanced" and not self.reporter.quiet:
+            self.reporter.labelled(
+                "sampler",
+                f"balanced: each epoch draws {sum(counts):,} samples with replacement, every class "
+                f"equally likely (1/{len(counts)}); smallest class {min(counts):,}, largest {max(counts):,}",
+            )
+        return loss
 
     # ------------------------------------------------------------------ restore
     def restore(self) -> None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mnistkit.data.augment import Augment
+from mnistkit.errors import RunError, set_hint
 from mnistkit.layers.modules import Shape, build_layers
 from mnistkit.layers.shapes import LayerInfo
 from mnistkit.recipe.model_check import layer_specs
@@ -44,8 +45,49 @@ def build_model(
     return build_layers(model_layer_specs(recipe, num_classes, reg), in_shape, reg)
 
 
-def build_loss(recipe: Recipe, reg: Registries) -> nn.Module:
-    return reg.losses.create(recipe.loss.name, **spec_params(recipe.loss))
+def build_loss(recipe: Recipe, reg: Registries, counts: list[int] | None = None) -> nn.Module:
+    """The loss; ``loss.class_weights`` becomes its ``weight`` (``auto``: from ``counts``, the
+    training split's samples per class, see :func:`resolve_class_weights`)."""
+    params = spec_params(recipe.loss)
+    if params.get("class_weights") is not None:
+        weights = resolve_class_weights(params["class_weights"], counts)
+        params["class_weights"] = torch.tensor(weights, dtype=torch.float32)
+    return reg.losses.create(recipe.loss.name, **params)
+
+
+def class_counts(y: torch.Tensor, num_classes: int) -> list[int]:
+    """Samples per class of the labels ``y``."""
+    return [int(c) for c in torch.bincount(y.cpu(), minlength=num_classes)[:num_classes]]
+
+
+def resolve_class_weights(given: Any, counts: list[int] | None) -> list[float]:
+    """``loss.class_weights`` as one weight per class, for the training ``counts`` per class.
+
+    ``auto``: inverse frequency, ``n / (classes x count_c)`` (scikit-learn's "balanced": every
+    class then weighs as much in total, and the weights average 1 over the samples). A list is
+    checked against the number of classes (validation already checks it where the dataset
+    declares its class count; for folder datasets it is known only here). Without ``counts``
+    (a loss built apart from any data) a list is taken as given.
+    """
+    if counts is None:
+        if given == "auto":
+            raise RunError("loss.class_weights: auto needs the training split's class counts")
+        return [float(w) for w in given]
+    n, k = sum(counts), len(counts)
+    if given != "auto":
+        if len(given) != k:
+            raise RunError(
+                f"loss.class_weights has {len(given)} weight(s) but the data has {k} classes: give "
+                f"one per class, or {set_hint('loss.class_weights', 'auto')} (inverse frequency)"
+            )
+        return [float(w) for w in given]
+    empty = [i for i, c in enumerate(counts) if c == 0]
+    if empty:
+        raise RunError(
+            f"loss.class_weights: auto cannot weigh class(es) {empty}: no training sample. "
+            f"Give the weights as a list (--set loss.class_weights=[...]) or remove the key"
+        )
+    return [n / (k * c) for c in counts]
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module, reg: Registries) -> torch.optim.Optimizer:

@@ -163,11 +163,27 @@ def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
-def epoch_order(n: int, shuffle: bool, generator: torch.Generator) -> torch.Tensor:
+def epoch_order(
+    n: int, shuffle: bool, generator: torch.Generator, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """This epoch's sample order: a fresh ``torch.randperm(n, generator)``, the permutation a
     shuffling DataLoader's RandomSampler draws (it draws and discards a second one per epoch, so
-    the streams agree only in the first epoch; the semantics are the same)."""
+    the streams agree only in the first epoch; the semantics are the same).
+
+    ``weights`` (``data.sampler: balanced``, :func:`balanced_weights`): ``n`` draws with
+    replacement instead, sample ``i`` with probability proportional to ``weights[i]`` (what
+    torch's WeightedRandomSampler draws, from the same generator)."""
+    if weights is not None:
+        return torch.multinomial(weights, n, replacement=True, generator=generator)
     return torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+
+
+def balanced_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-sample weights that make every class equally likely: ``1 / count(class of i)``
+    (float64 on the CPU, where the shuffling generator lives)."""
+    y = y.cpu()
+    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
+    return 1.0 / counts[y]
 
 
 def memory_batches(

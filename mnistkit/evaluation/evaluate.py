@@ -204,7 +204,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: Path | None 
     Returns the report (what the JSON holds). The checkpoint is loaded first, so a refused or
     corrupt file fails before any data is read.
     """
-    from mnistkit.build.components import build_loss
+    from mnistkit.build.components import build_loss, class_counts
     from mnistkit.data.loading import load_data
     from mnistkit.evaluation.metrics import confusion_matrix, per_class_report
     from mnistkit.evaluation.plots import plot_confusion
@@ -227,7 +227,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: Path | None 
         data.test,
         recipe.data.eval_batch_size,
         precision=recipe.train.precision,
-        loss_fn=build_loss(recipe, reg),
+        loss_fn=build_loss(recipe, reg, class_counts(data.train.y, data.num_classes)).to(device),
         keep_probs=True,
     )
     probs, loss = ev.probs, ev.loss

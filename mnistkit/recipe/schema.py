@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from mnistkit.errors import Problem, RecipeError, dotted, set_hint
+from mnistkit.recipe.balance import CLASS_WEIGHTS, balance_problems
 from mnistkit.recipe.model_check import OUTPUT_ONLY, check_model
 from mnistkit.recipe.sections import (
     DataSection,
@@ -68,7 +69,7 @@ def _param_annotation(p: Param) -> Any:
         item = Annotated[StrictInt, Field(**bounds)]
         ann = Union[item, tuple[item, item]]  # noqa: UP007
     elif p.type == "class_weights":
-        ann = Union[Literal["auto"], Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]]  # noqa: UP007
+        ann = CLASS_WEIGHTS
     elif p.type == "int_list":
         ann = list[Annotated[StrictInt, Field(**bounds)]]
     else:
@@ -731,6 +732,7 @@ def check_recipe(
                     set_hint("data.val_split", "0.1") + ", or monitor a test_* metric",
                 )
             )
+    problems += balance_problems(recipe, reg, where)
     updated = recipe.model_copy(update={"data": data}) if data is not recipe.data else recipe
     if (m.hidden is None) != (m.layers is None):
         # Layer shapes, statically (pure Python, no torch): a layer that cannot take what the

@@ -76,6 +76,12 @@ class DataSection(Section):
     """Examples per forward pass during evaluation: large, since no gradients are kept."""
     shuffle: StrictBool = True
     """Visit the training set in a fresh random order every epoch."""
+    sampler: Literal["epoch", "balanced"] = "epoch"
+    """'epoch': every training sample once per epoch (in a fresh order when shuffle is true).
+    'balanced': for imbalanced classes, each epoch draws as many samples as the training split
+    holds, with replacement, every class equally likely (a sample's chance is 1 / (classes x its
+    class's count)): small classes repeat, large ones are subsampled. Seeded by `seed`; --resume
+    continues the same draws; the batches are split across --nproc processes as usual."""
     drop_last: StrictBool = False
     """Drop the last partial training batch of each epoch (default keeps it: every sample is seen
     once per epoch)."""

@@ -22,6 +22,7 @@ from mnistkit.build.components import Schedule
 from mnistkit.data.augment import Augment
 from mnistkit.data.batches import (
     Prepared,
+    balanced_weights,
     dataloader_batches,
     epoch_order,
     make_dataloader,
@@ -139,6 +140,7 @@ def train_loop(
     # generator, which also shuffles: the ranks' epoch orders would drift apart. It costs each
     # rank the augmentation of the whole batch (crop + flip: ~0.1 ms per 128 images on CPU).
     whole_batches = augment is not None and ctx.distributed
+    draw_weights = balanced_weights(data.train.y, data.num_classes) if d.sampler == "balanced" else None
     if d.loader == "dataloader":
         loader = make_dataloader(data.train, d.batch_size, d.drop_last, d.num_workers, device)
 
@@ -148,7 +150,7 @@ def train_loop(
             hooks.on_epoch_start(epoch + 1, steps)
             model.train()
             if state.step == 0 or state.order is None:
-                state.order = epoch_order(n_train, d.shuffle, generator)
+                state.order = epoch_order(n_train, d.shuffle, generator, draw_weights)
                 state.loss_sum, state.correct, state.seen, state.elapsed = 0.0, 0, 0, 0.0
             # Resuming mid-epoch: serve only the batches not trained on yet (same order).
             first = state.step
