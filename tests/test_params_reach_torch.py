@@ -46,6 +46,9 @@ VALUES: dict[tuple[str, str, str], list[Any]] = {
     ("layers", "maxpool2d", "stride"): [1],
     ("layers", "avgpool1d", "stride"): [1],
     ("layers", "avgpool2d", "stride"): [1],
+    # one weight per class (the digits' 10), not all equal: equal weights leave the mean as it is
+    ("losses", "cross_entropy", "class_weights"): [[float(i) for i in range(1, CLASSES + 1)]],
+    ("losses", "nll", "class_weights"): [[float(i) for i in range(1, CLASSES + 1)]],
 }
 
 # Values of *other* parameters a parameter needs to show at all. Key: (kind, entry).

@@ -45,7 +45,7 @@ EXAMPLES = 5
 # ------------------------------------------------------------------------------- hashing
 def row_keys(x: np.ndarray) -> np.ndarray:
     """One opaque, comparable value per sample: its bytes as a numpy void scalar."""
-    flat = np.ascontiguousarray(x).reshape(len(x), -1)
+    flat = np.ascontiguousarray(x).reshape(len(x), int(np.prod(x.shape[1:])))
     width = flat.shape[1] * flat.itemsize
     return flat.view(np.dtype((np.void, max(width, 1)))).ravel() if width else np.zeros(len(x), "V1")
 
