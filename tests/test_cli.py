@@ -362,7 +362,7 @@ def test_set_expands_a_bare_name_to_set_a_key_inside_it(cli, tmp_path: Path) -> 
     res = cli("show", recipe, "--set", "loss.label_smoothing=0.1", "--set", "optimizer.lr=0.01")
     assert res.returncode == 0, res.stderr
     shown = yaml.safe_load(res.stdout)
-    assert shown["loss"] == {"name": "cross_entropy", "label_smoothing": 0.1}
+    assert shown["loss"] == {"name": "cross_entropy", "label_smoothing": 0.1, "class_weights": None}
     assert shown["optimizer"]["name"] == "adam" and shown["optimizer"]["lr"] == 0.01  # the default optimizer
     nothing = cli("validate", recipe, "--set", "scheduler.max_lr=0.1")  # no default scheduler to expand
     assert nothing.returncode == 2
