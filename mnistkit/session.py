@@ -29,7 +29,7 @@ from rich.markup import escape
 from mnistkit.build.components import build_augment, build_loss, build_model, build_optimizer, build_schedule
 from mnistkit.data.augment import Augment
 from mnistkit.data.batches import Prepared, num_batches
-from mnistkit.data.loading import data_info, load_data
+from mnistkit.data.loading import SharedData, data_info, load_data
 from mnistkit.errors import PeerStopped, RecipeError, RunError
 from mnistkit.fsutil import atomic_write_text
 from mnistkit.layers.shapes import ShapeError
@@ -72,6 +72,11 @@ class RunOptions:
     # Called after every epoch with its metrics row (before the checkpoint is written); a returned
     # string stops the run after that epoch with it as the stop reason (a sweep's pruner).
     on_epoch: Callable[[dict[str, Any]], str | None] | None = None
+    # Datasets loaded by earlier runs of this process, shared (the seeds of a group, seeds.py).
+    shared_data: SharedData | None = None
+    # The command that continues this run, where it is not its own --resume (a group's member:
+    # the group's --resume, which also runs the seeds after it).
+    resume_as: str | None = None
 
 
 @dataclass
@@ -253,9 +258,13 @@ class Session:
         if self.data_dir is None and self.resume_ckpt is not None:
             self.data_dir = self.run.recorded_data_dir()  # the --data-dir the run was started with
         ctx = self.ctx
+        shared = self.opts.shared_data
+        loads = shared.loads if shared is not None else 0
         try:
             with ctx.main_first():  # downloads and feature caches: made once, by rank 0
-                data = load_data(recipe, self.reg, self.data_dir, self.device, self.reporter)
+                data = load_data(
+                    recipe, self.reg, self.data_dir, self.device, self.reporter, self.opts.shared_data
+                )
         except BaseException:
             if ctx.is_main and self.resume_ckpt is None and self.run.is_empty():
                 self.run.path.rmdir()  # no data, no run: leave no empty run directory behind
@@ -280,7 +289,12 @@ class Session:
                 (
                     "data",
                     f"{recipe.data.dataset}: {split_sizes}, {data.num_classes} classes, "
-                    f"input {'x'.join(map(str, data.in_shape))} ({time.perf_counter() - t_data:.1f} s)",
+                    f"input {'x'.join(map(str, data.in_shape))} ({time.perf_counter() - t_data:.1f} s"
+                    + (
+                        ", loaded by an earlier run of this group)"
+                        if shared and shared.loads == loads
+                        else ")"
+                    ),
                 ),
                 ("source", data.source),
             ]
@@ -567,6 +581,8 @@ class Session:
     @property
     def resume_command(self) -> str:
         """The command that continues this run, as the user ran mnistkit (cli/invocation.py)."""
+        if self.opts.resume_as is not None:
+            return self.opts.resume_as
         nproc = f" --nproc {self.ctx.world_size}" if self.ctx.distributed else ""
         return f"{self.opts.command} run --resume {shlex.quote(str(self.run.path))}{nproc}"
 
