@@ -160,7 +160,7 @@ def _close(con: Console, path: Path, resume_as: str, *, interrupted: bool) -> No
     con.print(escape(groups.STD_NOTE), style="dim")
     for member, status in summary["not_finished"].items():
         con.print(f"{escape(member)}: {escape(status)}")
-    con.print(f"saved: {escape(str(path))} (group.json, summary.json, one run directory per seed)")
+    con.print(f"saved: {escape(str(path))}")
     if interrupted or any(s != "failed" for s in summary["not_finished"].values()):
         con.print(f"resume: {escape(resume_as)}")
 
