@@ -37,7 +37,7 @@ from mnistkit.build.components import (
 from mnistkit.data.augment import Augment
 from mnistkit.data.batches import Prepared, num_batches, prepare
 from mnistkit.data.check import leak_warning, short_form, write_json
-from mnistkit.data.loading import check_dataset, data_info, load_dataset
+from mnistkit.data.loading import SharedData, check_dataset, data_info, load_dataset
 from mnistkit.data.types import LoadedData
 from mnistkit.errors import PeerStopped, RecipeError, RunError, set_hint
 from mnistkit.fsutil import atomic_write_text
@@ -81,6 +81,11 @@ class RunOptions:
     # Called after every epoch with its metrics row (before the checkpoint is written); a returned
     # string stops the run after that epoch with it as the stop reason (a sweep's pruner).
     on_epoch: Callable[[dict[str, Any]], str | None] | None = None
+    # Datasets loaded by earlier runs of this process, shared (the seeds of a group, seeds.py).
+    shared_data: SharedData | None = None
+    # The command that continues this run, where it is not its own --resume (a group's member:
+    # the group's --resume, which also runs the seeds after it).
+    resume_as: str | None = None
 
 
 @dataclass
@@ -262,9 +267,11 @@ class Session:
         if self.data_dir is None and self.resume_ckpt is not None:
             self.data_dir = self.run.recorded_data_dir()  # the --data-dir the run was started with
         ctx = self.ctx
+        shared = self.opts.shared_data
+        loads = shared.loads if shared is not None else 0
         try:
             with ctx.main_first():  # downloads and feature caches: made once, by rank 0
-                loaded = load_dataset(recipe, self.reg, self.data_dir, self.reporter)
+                loaded = load_dataset(recipe, self.reg, self.data_dir, self.reporter, shared)
         except BaseException:
             if ctx.is_main and self.resume_ckpt is None and self.run.is_empty():
                 self.run.path.rmdir()  # no data, no run: leave no empty run directory behind
@@ -291,7 +298,12 @@ class Session:
                 (
                     "data",
                     f"{recipe.data.dataset}: {split_sizes}, {data.num_classes} classes, "
-                    f"input {'x'.join(map(str, data.in_shape))} ({time.perf_counter() - t_data:.1f} s)",
+                    f"input {'x'.join(map(str, data.in_shape))} ({time.perf_counter() - t_data:.1f} s"
+                    + (
+                        ", loaded by an earlier run of this group)"
+                        if shared and shared.loads == loads
+                        else ")"
+                    ),
                 ),
                 ("source", data.source),
             ]
@@ -613,6 +625,8 @@ class Session:
     @property
     def resume_command(self) -> str:
         """The command that continues this run, as the user ran mnistkit (cli/invocation.py)."""
+        if self.opts.resume_as is not None:
+            return self.opts.resume_as
         nproc = f" --nproc {self.ctx.world_size}" if self.ctx.distributed else ""
         return f"{self.opts.command} run --resume {shlex.quote(str(self.run.path))}{nproc}"
 

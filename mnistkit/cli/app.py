@@ -195,6 +195,17 @@ def run(
             show_default=False,
         ),
     ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds",
+            min=1,
+            metavar="N",
+            help="Train the recipe N times, with seeds seed, seed+1, ...: one group folder of runs "
+            "and a summary (mean ± std, min, max). See docs/runs.md.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a recipe: live progress, a row per epoch, everything saved to a run directory."""
 
@@ -218,11 +229,27 @@ def run(
             )
         if progress is not None and progress not in ("auto", "rich", "plain", "none"):
             raise RecipeError([_usage(f"--progress {progress!r}: use auto, rich, plain or none")])
+        from mnistkit.cli import seeds_cli
+        from mnistkit.runs.group import is_group
+
+        if resume is not None and is_group(resume):  # a group of seeds: continue all of it
+            if seeds is not None:
+                raise RecipeError([_usage("--seeds cannot be used with --resume: a group keeps its seeds")])
+            seeds_cli.refuse_nproc(nproc)
+            _exit(seeds_cli.resume(resume, set_ or [], data_dir, progress))
+            return
         if resume is not None:
             rec = _resume_recipe(resume, set_ or [])
         else:
             assert recipe is not None
             rec = load_recipe(recipe, set_ or [])
+            group = seeds_cli.seeds_of(recipe, rec, seeds, set_ or [])
+            if group is not None:
+                seeds_cli.refuse_nproc(nproc)
+                _exit(seeds_cli.start(recipe, rec, group, data_dir, out, runs_root, progress))
+                return
+        if seeds is not None:
+            raise RecipeError([_usage("--seeds cannot be used with --resume RUN_DIR (one run)")])
         if nproc is not None:
             # Checked here, after the recipe: a bad recipe is reported once, not by N processes.
             code = _launch(nproc, recipe, set_ or [], data_dir, out, runs_root, resume, progress)
@@ -250,6 +277,11 @@ def run(
             raise typer.Exit(130)
 
     guarded(body)
+
+
+def _exit(code: int) -> None:
+    if code:
+        raise typer.Exit(code)
 
 
 def _again(

@@ -153,26 +153,42 @@ def predict(
 def runs(
     root: Annotated[
         Path,
-        typer.Argument(help="Folder holding run directories (or one run directory).", metavar="RUNS_DIR"),
+        typer.Argument(
+            help="Folder holding run directories (or one run directory, or a group of seeds).",
+            metavar="RUNS_DIR",
+        ),
     ] = Path("runs"),
+    members: Annotated[
+        bool,
+        typer.Option("--members", help="Also list each group's runs (one per seed) among the runs."),
+    ] = False,
 ) -> None:
-    """List runs: name, start, epochs done/planned, best metric, training time, status."""
+    """List runs: name, start, epochs done/planned, best metric, training time, status.
+
+    A group of seeds (`run --seeds N`) is one line of its own table: seeds finished, mean ± std
+    of the best metric, status; --members lists its runs too (or give the group's folder)."""
 
     import textwrap
 
     from rich.markup import escape
 
+    from mnistkit.runs.group import scan_groups
     from mnistkit.runs.listing import scan_runs
 
     infos = scan_runs(root)
+    groups = scan_groups(root)
     con = _console()
-    if not infos:
+    if not infos and not groups:
         con.print(f"no runs in {root}" + ("" if root.exists() else " (no such folder yet)"))
         return
-    con.print(_fit(con, [lambda s=s: _runs_table(infos, root, s) for s in range(len(_RUNS_SHAPES))]))
+    shown = infos + (_group_members(groups) if members else [])
+    if shown:
+        con.print(_fit(con, [lambda s=s: _runs_table(shown, root, s) for s in range(len(_RUNS_SHAPES))]))
+    if groups:
+        con.print(_fit(con, [lambda s=s: _groups_table(groups, root, s) for s in range(len(_GROUP_SHAPES))]))
     # Why a run stopped early, and how to continue one, under the table: a sentence in a table
     # cell would wrap to a word per line at 80 columns.
-    for note in _runs_notes(infos):
+    for note in _runs_notes(infos) + _groups_notes(groups):
         wrapped = textwrap.fill(
             note, width=con.width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
         )
@@ -191,6 +207,65 @@ def _runs_notes(infos: list[Any]) -> list[str]:
         if i.resumable:
             notes.append(f"{i.name}: continue with {invoked_as()} run --resume {shlex.quote(str(i.path))}")
     return notes
+
+
+def _group_members(groups: list[Any]) -> list[Any]:
+    """Each group's runs, named GROUP/seed-K (their notes are the group's: resume the group)."""
+    import dataclasses
+
+    return [
+        dataclasses.replace(m, name=f"{g.name}/{m.name}", resumable=False)
+        for g in groups
+        for m in g.members
+        if m.status != "not started"
+    ]
+
+
+def _groups_notes(groups: list[Any]) -> list[str]:
+    import shlex
+
+    from mnistkit.cli.invocation import invoked_as
+
+    notes = []
+    for g in groups:
+        if g.status == "interrupted":
+            notes.append(f"{g.name}: continue with {invoked_as()} run --resume {shlex.quote(str(g.path))}")
+    return notes
+
+
+# Widest first: boxed, then borderless; the best metric's name moves into the header when every
+# group shares it.
+_GROUP_SHAPES = ({"box": True, "metric_in_header": False}, {"box": False, "metric_in_header": True})
+
+
+def _groups_table(groups: list[Any], root: Path, shape: int) -> Any:
+    from rich.markup import escape
+
+    from mnistkit.recipe.metrics import format_metric
+    from mnistkit.runs.listing import format_seconds
+
+    opts = _GROUP_SHAPES[shape]
+    metrics = {g.best_metric for g in groups if g.best_metric}
+    one_metric = next(iter(metrics)) if len(metrics) == 1 and opts["metric_in_header"] else None
+    table = _table(bool(opts["box"]), title=f"groups of seeds in {escape(str(root))}")
+    table.add_column("name", no_wrap=True, overflow="fold")
+    table.add_column("seeds", justify="right", no_wrap=True, overflow="fold")
+    best_header = f"best {one_metric}\nmean ± std" if one_metric else "best: mean ± std"
+    table.add_column(best_header, justify="right", no_wrap=True, overflow="fold")
+    table.add_column("time", justify="right", no_wrap=True, overflow="fold")
+    table.add_column("status", no_wrap=True, overflow="fold")
+    colours = {"finished": "green", "running": "cyan", "interrupted": "yellow"}
+    for g in groups:
+        best = "-"
+        if g.best["n"]:
+            std = "-" if g.best["std"] is None else format_metric(g.best_metric, g.best["std"])
+            best = f"{format_metric(g.best_metric, g.best['mean'])} ± {std}"
+            if not one_metric:
+                best = f"{g.best_metric} {best}"
+        status = f"[{colours.get(g.status, 'red')}]{escape(g.status)}[/]"
+        seeds = f"{g.finished}/{len(g.members)}"
+        table.add_row(escape(g.name), seeds, best, format_seconds(g.seconds), status)
+    return table
 
 
 # From widest to narrowest: the start time loses its year, then goes; the best metric's name

@@ -6,7 +6,9 @@ Also :func:`data_info`: what ``predict`` needs to preprocess a file exactly as t
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,20 +39,60 @@ def download_root(roots: list[Path]) -> Path:
     return next((r for r in roots[:-1] if r.is_dir()), roots[-1])
 
 
+@dataclass
+class _SeedWatch(DataContext):
+    """A DataContext that notes whether the loader read ``seed`` (a seeded split of class folders,
+    a plugin's generated data): only then does the loaded data depend on the run's seed."""
+
+    seed_read: bool = False
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "seed":
+            object.__setattr__(self, "seed_read", True)
+        return super().__getattribute__(name)
+
+
+@dataclass
+class SharedData:
+    """Datasets loaded once and shared by the runs of one process (the seeds of a group).
+
+    What a loader returns depends on the recipe's ``data`` section and the folders searched, and
+    on the seed only where the loader reads it; a run reuses a kept dataset only when all of these
+    agree, so it trains on exactly what loading it alone would give. The kept data is raw (as
+    loaded): each run still limits, splits and normalizes it with its own seed (:func:`prepare`).
+    """
+
+    kept: list[tuple[str, int | None, LoadedData]] = field(default_factory=list)
+    loads: int = 0  # datasets actually loaded (the others were shared)
+
+    def find(self, key: str, seed: int) -> LoadedData | None:
+        return next((d for k, s, d in self.kept if k == key and s in (None, seed)), None)
+
+
 def load_data(
     recipe: RecipeBase,
     reg: Registries,
     data_dir: Path | None,
     device: torch.device,
     reporter: Messages | None = None,
+    shared: SharedData | None = None,
 ) -> Prepared:
-    return prepare(load_dataset(recipe, reg, data_dir, reporter), recipe.data, recipe.seed, device)
+    loaded = load_dataset(recipe, reg, data_dir, reporter, shared)
+    return prepare(loaded, recipe.data, recipe.seed, device)
 
 
 def load_dataset(
-    recipe: RecipeBase, reg: Registries, data_dir: Path | None, reporter: Messages | None = None
+    recipe: RecipeBase,
+    reg: Registries,
+    data_dir: Path | None,
+    reporter: Messages | None = None,
+    shared: SharedData | None = None,
 ) -> LoadedData:
-    """The recipe's dataset as its loader returns it: raw, not yet limited, split or normalized."""
+    """The recipe's dataset as its loader returns it: raw, not yet limited, split or normalized
+    (from ``shared`` when an earlier run of this process loaded the same)."""
+    key = json.dumps([recipe.data.model_dump(mode="json"), str(data_dir)], sort_keys=True)
+    if shared is not None and (found := shared.find(key, recipe.seed)) is not None:
+        return found
     entry = reg.datasets.get(recipe.data.dataset)
     roots = data_roots(recipe.data, data_dir)
     may_download = recipe.data.download and entry.meta.get("download", False)
@@ -62,7 +104,7 @@ def load_dataset(
             last[0] = now
             reporter.message(f"  {what}: {done}/{total}")
 
-    ctx = DataContext(
+    ctx = _SeedWatch(
         section=recipe.data,
         roots=roots,
         download_root=download_root(roots) if may_download else None,
@@ -71,9 +113,13 @@ def load_dataset(
         progress=progress,
     )
     try:
-        return entry.load()(ctx)
+        loaded = entry.load()(ctx)
     except DataError as exc:
         raise RunError(str(exc)) from None
+    if shared is not None:
+        shared.loads += 1
+        shared.kept.append((key, recipe.seed if ctx.seed_read else None, loaded))
+    return loaded
 
 
 def check_dataset(

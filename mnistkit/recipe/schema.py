@@ -770,6 +770,8 @@ def resolved_dict(recipe: RecipeBase, reg: Registries | None = None) -> dict[str
     """
     out = recipe.model_dump(mode="json")
     out.pop("base", None)  # resolved: complete in itself, whatever it was built on
+    if out.get("seeds") is None:
+        out.pop("seeds", None)  # one run: nothing to say (a group's runs each have their seed)
     if recipe.model.layers is not None:
         for key in MLP_ONLY:
             out["model"].pop(key, None)

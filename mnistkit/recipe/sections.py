@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 PosInt = Annotated[StrictInt, Field(ge=1)]
 
@@ -205,6 +205,10 @@ class RecipeBase(Section):
     """Run name (run directories are <name>-<timestamp>); default: the recipe file's name."""
     seed: Annotated[StrictInt, Field(ge=0)] = 0
     """Seeds weights, shuffling and splits: the same seed gives the same run on CPU."""
+    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)] | None = None
+    """Train the recipe once per seed, e.g. [0, 1, 2]: a group of runs (one run directory per
+    seed) with the mean, standard deviation, min and max of every metric (docs/runs.md). Like
+    `mnistkit run --seeds N`, which uses seed, seed+1, ...; each run's own `seed` is one of these."""
     plugins: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = []
     """Python modules whose register(reg) function adds activations, layers, optimizers, losses
     or datasets (imported from the recipe's folder or sys.path)."""
@@ -222,3 +226,11 @@ class RecipeBase(Section):
     """Passes over the training set."""
     train: TrainSection = TrainSection()
     """Loop options."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        repeated = sorted({s for s in seeds or [] if (seeds or []).count(s) > 1})
+        if repeated:
+            raise ValueError(f"each seed once: {', '.join(map(str, repeated))} repeated")
+        return seeds
