@@ -250,18 +250,22 @@ def _runs_table(infos: list[Any], root: Path, shape: int) -> Any:
 
 def compare(
     run_a: Annotated[
-        Path, typer.Argument(help="First run directory, or group of seeds.", show_default=False, metavar="A")
+        Path,
+        typer.Argument(help="First run directory, or group of seeds.", show_default=False, metavar="RUN_A"),
     ],
     run_b: Annotated[
-        Path, typer.Argument(help="Second run directory, or group of seeds.", show_default=False, metavar="B")
+        Path,
+        typer.Argument(help="Second run directory, or group of seeds.", show_default=False, metavar="RUN_B"),
     ],
 ) -> None:
-    """Two runs (or groups of seeds) side by side, and whether their difference is real.
+    """Two runs (or groups of seeds) side by side: is their difference real?
 
-    Prints the recipe keys that differ, the metrics of every epoch, then the test accuracy
-    difference B - A with a 95 % confidence interval and a significance test: for two runs, a
-    paired bootstrap over the test samples and McNemar's exact test on their predictions.npz;
-    for two groups (folders with a group.json), Welch's t interval and test over the seeds."""
+    Prints the recipe keys that differ and the metrics of every epoch,
+    then the test accuracy difference B - A with a 95 % confidence interval
+    and a significance test, and a verdict in words.
+    Two runs: a paired bootstrap over the test samples and McNemar's exact
+    test, on the predictions.npz each run saves at its end.
+    Two groups (folders with a group.json): Welch's t interval and test over seeds."""
     from rich.markup import escape
 
     from mnistkit.cli.invocation import invoked_as
