@@ -320,3 +320,14 @@ def test_compare_fits_80_columns(runs: dict[str, Path], pair: tuple[str, str]) -
         if not line.startswith(("A: ", "B: ")) and " " in line.strip()
     ]
     assert max(len(line) for line in lines) <= 80, res.output
+
+
+def test_a_damaged_predictions_file_is_named_with_the_fix(runs: dict[str, Path], tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs["a"], damaged)
+    (damaged / "predictions.npz").write_bytes(b"not a zip")
+    res = invoke("compare", damaged, runs["b"])
+    assert res.exit_code == 1
+    flat = " ".join(res.output.split())
+    assert f"{damaged / 'predictions.npz'}: damaged" in flat and f"eval {damaged} --checkpoint last" in flat
+    assert "Traceback" not in res.output

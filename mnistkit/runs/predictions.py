@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,11 @@ def load_predictions(path: Path) -> Predictions:
                 test_set=json.loads(str(f["test_set"])),
                 model=json.loads(str(f["model"])),
             )
-    except (OSError, ValueError, KeyError) as exc:  # missing keys, not an npz, corrupt zip
-        raise RunError(f"{path}: not a predictions file written by mnistkit ({exc})") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # not an npz, a key missing
+        raise RunError(
+            f"{path}: damaged, or not a predictions file written by mnistkit; write it again "
+            f"with `mnistkit eval {path.parent} --checkpoint last`"
+        ) from None
     if not (len(pred.labels) == len(pred.predicted) == len(pred.probabilities)):
         raise RunError(f"{path}: its arrays differ in length: the file is damaged")
     return pred
