@@ -580,7 +580,7 @@ class Session:
 
     # ------------------------------------------------------------------ record the end
     def record_end(self) -> None:
-        """status.json's final fields, and the plots of a finished run."""
+        """status.json's final fields; a finished run's predictions.npz and plots."""
         state = self.state
         self.run.write_status(
             status=self.status,
@@ -592,8 +592,11 @@ class Session:
             train_seconds=self.train_seconds,
             compile_seconds=self.compile_seconds,
         )
-        if self.status == "finished" and self.recipe.train.plots and state.rows:
-            _write_plots(self.run.path, self.recipe, self.model, self.data, state, self.reporter)
+        if self.status == "finished" and state.rows:
+            # The final model's test predictions: what `mnistkit compare` tests differences on.
+            probs = _write_predictions(self.run, self.recipe, self.model, self.data, state, self.reporter)
+            if self.recipe.train.plots:
+                _write_plots(self.run.path, self.recipe, self.model, self.data, state, self.reporter, probs)
 
     def interrupted(self) -> None:
         """Ctrl-C outside the training loop's safe points (loading, building, a second Ctrl-C):
@@ -724,6 +727,25 @@ def _schedule_note(recipe: Recipe, old_epochs: int | None, steps: int) -> str:
     return head + f"the {name} schedule continues unchanged (it does not depend on the run length)"
 
 
+def _write_predictions(
+    run: RunDir, recipe: Recipe, model: torch.nn.Module, data: Prepared, state: LoopState, reporter: Reporter
+) -> Any:
+    """predictions.npz of the model as it is at the end (the weights of last.pt); returns the
+    test probabilities for the plots, or None where this failed (said; the run is kept)."""
+    try:
+        from mnistkit.evaluation.evaluate import test_probabilities, write_predictions
+
+        probs = test_probabilities(model, data, recipe)
+        weights = "last.pt" if recipe.train.checkpoint else "final weights (no checkpoint)"
+        info = {"checkpoint": weights, "epoch": state.rows[-1]["epoch"], "step": 0, "written_by": "run"}
+        write_predictions(run, probs, data, recipe, info)
+        return probs
+    except Exception as exc:  # like a plot, never worth the user's finished run
+        why = escape(f"could not write {run.PREDICTIONS}: {type(exc).__name__}: {exc}")
+        reporter.message(f"[yellow]{why}[/yellow]")
+        return None
+
+
 def _write_plots(
     run_dir: Path,
     recipe: Recipe,
@@ -731,13 +753,14 @@ def _write_plots(
     data: Prepared,
     state: LoopState,
     reporter: Reporter,
+    probs: Any = None,
 ) -> None:
     # Any failure here, a missing matplotlib included, is said and costs nothing else: the run
     # itself is finished and saved.
     try:
         from mnistkit.evaluation.evaluate import write_run_plots
 
-        paths = write_run_plots(run_dir, model, data, state.rows, recipe)
+        paths = write_run_plots(run_dir, model, data, state.rows, recipe, probs)
         if not reporter.quiet:
             reporter.labelled("plots", ", ".join(str(p.relative_to(run_dir)) for p in paths))
     except Exception as exc:  # a plot must never cost the user their finished run

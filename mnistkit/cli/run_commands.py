@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mnistkit.errors import RunError
 from mnistkit.runs.tables import column_chunks
 from mnistkit.runs.tables import fit as _fit
 from mnistkit.runs.tables import table as _table
@@ -323,30 +324,117 @@ def _runs_table(infos: list[Any], root: Path, shape: int) -> Any:
 
 
 def compare(
-    run_a: Annotated[Path, typer.Argument(help="First run directory.", show_default=False, metavar="RUN_A")],
-    run_b: Annotated[Path, typer.Argument(help="Second run directory.", show_default=False, metavar="RUN_B")],
+    run_a: Annotated[
+        Path,
+        typer.Argument(help="First run directory, or group of seeds.", show_default=False, metavar="RUN_A"),
+    ],
+    run_b: Annotated[
+        Path,
+        typer.Argument(help="Second run directory, or group of seeds.", show_default=False, metavar="RUN_B"),
+    ],
 ) -> None:
-    """Two runs side by side: the recipe keys that differ, then the metrics of every epoch."""
+    """Two runs (or groups of seeds) side by side: is their difference real?
+
+    Prints the recipe keys that differ and the metrics of every epoch,
+    then the test accuracy difference B - A with a 95 % confidence interval
+    and a significance test, and a verdict in words.
+    Two runs: a paired bootstrap over the test samples and McNemar's exact
+    test, on the predictions.npz each run saves at its end.
+    Two groups (folders with a group.json): Welch's t interval and test over seeds."""
     from rich.markup import escape
 
+    from mnistkit.cli.invocation import invoked_as
     from mnistkit.runs.directory import RunDir
+    from mnistkit.runs.groups import is_group
     from mnistkit.runs.listing import effective_status, recipe_diff
+    from mnistkit.runs.significance import runs_section
 
-    a, b = RunDir.open(run_a), RunDir.open(run_b)
     con = _console()
+    if is_group(run_a) or is_group(run_b):
+        _compare_groups(con, run_a, run_b)
+        return
+    a, b = RunDir.open(run_a), RunDir.open(run_b)
     a_name, b_name = run_a.name or str(run_a), run_b.name or str(run_b)
     if run_a.resolve() == run_b.resolve():
         b_name += " (same)"
-    diff = recipe_diff(a.read_recipe_dict(), b.read_recipe_dict())
-    if diff:
-        shapes = [lambda box=box: _diff_table(diff, a_name, b_name, box) for box in (True, False)]
-        con.print(_fit(con, shapes))
-    else:
-        con.print("recipe: identical (apart from the name)")
+    _print_diff(con, recipe_diff(a.read_recipe_dict(), b.read_recipe_dict()), a_name, b_name)
     for table in _metrics_tables(con, a.read_metrics(), b.read_metrics()):
         con.print(table)
     for label, d in (("A", a), ("B", b)):
         con.print(f"{label}: {escape(str(d.path))}  status {escape(effective_status(d.read_status()))}")
+    con.print()
+    _print_lines(con, runs_section(a, b, invoked_as()))
+
+
+def _print_diff(con: Any, diff: list[tuple[str, Any, Any]], a_name: str, b_name: str, but: str = "") -> None:
+    if diff:
+        shapes = [lambda box=box: _diff_table(diff, a_name, b_name, box) for box in (True, False)]
+        con.print(_fit(con, shapes))
+    else:
+        con.print(f"recipe: identical (apart from the name{but})")
+
+
+def _print_lines(con: Any, lines: list[str]) -> None:
+    """Sentences wrapped to the console's width, continuation lines indented under their start."""
+    import textwrap
+
+    from rich.markup import escape
+
+    for line in lines:
+        indent = " " * (len(line) - len(line.lstrip()) + 2)
+        # "p = 0.002" and "95 % CI" stay on one line (textwrap does not break at a no-break space)
+        kept = line.replace("p = ", "p\xa0=\xa0").replace("95 % CI", "95\xa0%\xa0CI")
+        wrapped = textwrap.fill(
+            kept, width=con.width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+        )
+        con.print(escape(wrapped.replace("\xa0", " ")))
+
+
+def _compare_groups(con: Any, path_a: Path, path_b: Path) -> None:
+    """compare where A or B is a group of seeds: the recipes, every member's final test accuracy,
+    and Welch's t interval and test over the seeds (two groups)."""
+    from rich.markup import escape
+
+    from mnistkit.runs.directory import RunDir
+    from mnistkit.runs.groups import is_group, open_group
+    from mnistkit.runs.listing import effective_status, recipe_diff
+    from mnistkit.runs.significance import final_test_accuracy, groups_section, run_vs_group_section
+
+    sides = []  # (name, members, is a group)
+    for path in (path_a, path_b):
+        if is_group(path):
+            g = open_group(path)
+            sides.append((g.name, g.members, True))
+        else:
+            sides.append((path.name or str(path), [RunDir.open(path)], False))
+    (a_name, a_runs, a_group), (b_name, b_runs, b_group) = sides
+    if not a_runs or not b_runs:
+        empty = path_a if not a_runs else path_b
+        raise RunError(f"{empty}: the group has no members (group.json lists none)")
+    diff = recipe_diff(a_runs[0].read_recipe_dict(), b_runs[0].read_recipe_dict())
+    _print_diff(con, [d for d in diff if d[0] != "seed"], a_name, b_name, " and the seed")
+    accs: tuple[list[float], list[float]] = ([], [])
+    notes = []
+    t = _table(True, title="final test accuracy of each run")
+    for col in ("", "run", "test_acc", "status"):
+        t.add_column(col, no_wrap=True, overflow="fold", justify="right" if col == "test_acc" else "left")
+    for label, runs_, acc in (("A", a_runs, accs[0]), ("B", b_runs, accs[1])):
+        for r in runs_:
+            status, value = effective_status(r.read_status()), final_test_accuracy(r)
+            if status == "finished" and value is not None:
+                acc.append(value)
+            else:
+                notes.append(f"{label}: {r.path} left out: {status}, not finished")
+            t.add_row(label, escape(r.name), "-" if value is None else f"{value:.2%}", escape(status))
+    con.print(t)
+    for label, path, is_grp, n in (("A", path_a, a_group, len(a_runs)), ("B", path_b, b_group, len(b_runs))):
+        con.print(f"{label}: {escape(str(path))}  " + (f"group of {n} runs" if is_grp else "one run"))
+    con.print()
+    if a_group and b_group:
+        lines = groups_section((a_name, b_name), accs)
+    else:
+        lines = run_vs_group_section("A" if not a_group else "B")
+    _print_lines(con, [*lines[:1], *(f"  {n}" for n in notes), *lines[1:]])
 
 
 def _diff_table(diff: list[tuple[str, Any, Any]], a_name: str, b_name: str, box: bool = True) -> Any:

@@ -51,6 +51,9 @@ class Prepared:
     # uses it to tell light-on-dark datasets from dark-on-light ones)
     pixel_mean: tuple[float, ...] = ()
     test_files: list[Path] | None = None  # LoadedData.test_files, test_limit applied
+    # sha256 of the test inputs as stored (before normalization), test_limit applied: which samples
+    # a run was tested on, in which order, whatever its normalization (predictions.npz records it)
+    test_inputs_sha256: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -155,7 +158,18 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
         x_add=add,
         pixel_mean=tuple(float(m) for m in loaded.mean),
         test_files=loaded.test_files[: len(test.y)] if loaded.test_files is not None else None,
+        test_inputs_sha256=tensor_sha256(test.x),
     )
+
+
+def tensor_sha256(x: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and values (C order): equal exactly when the data is."""
+    import hashlib
+
+    arr = x.detach().cpu().contiguous().numpy()
+    h = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------------------- batching

@@ -6,7 +6,9 @@
 * :func:`evaluate_run` -- ``mnistkit eval RUN_DIR``: the model is rebuilt from the run's
   ``recipe.yaml`` and the weights of one of its checkpoints (loaded with ``weights_only``: a
   checkpoint cannot run code), evaluated on the test split, and the report is written next to
-  the checkpoints as ``eval-<checkpoint>.json`` and ``eval-<checkpoint>-confusion.png``.
+  the checkpoints as ``eval-<checkpoint>.json`` and ``eval-<checkpoint>-confusion.png``;
+  ``--checkpoint last`` also (re)writes ``predictions.npz`` (the final model's predictions).
+* :func:`write_predictions` -- ``predictions.npz``, written at the end of every finished run.
 
 Evaluation is the training loop's own (:func:`mnistkit.training.evaluation.evaluate`: large
 batches, the run's precision), so ``mnistkit eval --checkpoint last`` of a finished run
@@ -55,6 +57,30 @@ def worst_indices(probs: np.ndarray, y: np.ndarray, k: int = WORST_SHOWN) -> np.
     return wrong[np.argsort(-conf, kind="stable")[:k]]
 
 
+# ------------------------------------------------------------------------------ predictions.npz
+def test_probabilities(model: torch.nn.Module, data: Prepared, recipe: Recipe) -> np.ndarray:
+    """The model's class probabilities on the test split (the loop's own evaluation pass)."""
+    from mnistkit.training.evaluation import evaluate
+
+    probs = evaluate(
+        model, data.test, recipe.data.eval_batch_size, precision=recipe.train.precision, keep_probs=True
+    ).probs
+    assert probs is not None
+    return probs
+
+
+def write_predictions(
+    run: RunDir, probs: np.ndarray, data: Prepared, recipe: Recipe, model: dict[str, Any]
+) -> Path:
+    """``predictions.npz`` (:mod:`mnistkit.runs.predictions`) from the test probabilities;
+    ``model`` says which weights made them (checkpoint, epoch, step, written_by)."""
+    from mnistkit.runs.predictions import save_predictions, test_set_identity
+
+    labels = data.test.y.cpu().numpy()
+    identity = test_set_identity(recipe.data.dataset, labels, data.test_inputs_sha256)
+    return save_predictions(run.predictions_path, labels, probs, identity, model)
+
+
 # ------------------------------------------------------------------------------ run plots
 def write_run_plots(
     run_dir: Path,
@@ -62,8 +88,11 @@ def write_run_plots(
     data: Prepared,
     rows: list[dict[str, Any]],
     recipe: Recipe,
+    probs: np.ndarray | None = None,
 ) -> list[Path]:
-    """curves.png, confusion.png and worst.png of a finished run, under ``run_dir/plots``."""
+    """curves.png, confusion.png and worst.png of a finished run, under ``run_dir/plots``.
+
+    ``probs``: the final model's test probabilities where the caller has them already."""
     from mnistkit.evaluation.metrics import confusion_matrix
     from mnistkit.evaluation.plots import plot_confusion, plot_curves, plot_worst
 
@@ -72,12 +101,8 @@ def write_run_plots(
     epochs = rows[-1]["epoch"] if rows else 0
     paths = [plot_curves(rows, out / "curves.png", title=f"{name}: learning curves")]
 
-    from mnistkit.training.evaluation import evaluate
-
-    probs = evaluate(
-        model, data.test, recipe.data.eval_batch_size, precision=recipe.train.precision, keep_probs=True
-    ).probs
-    assert probs is not None
+    if probs is None:
+        probs = test_probabilities(model, data, recipe)
     y = data.test.y.cpu().numpy()
     pred = probs.argmax(1)
     cm = confusion_matrix(y, pred, data.num_classes)
@@ -265,6 +290,10 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data_dir: Path | None 
         title=f"{recipe.name or run.name} {checkpoint}.pt ({checkpoint_when(ckpt)})",
     )
     result["saved"] = [str(json_path), str(png_path)]
+    if checkpoint == "last":  # the final model's: what `compare` tests (runs/predictions.py)
+        model_info = {"checkpoint": ckpt_file.name, "epoch": result["checkpoint_epoch"]}
+        model_info |= {"step": result["checkpoint_step"], "written_by": "mnistkit eval"}
+        result["saved"].append(str(write_predictions(run, probs, data, recipe, model_info)))
     return result
 
 

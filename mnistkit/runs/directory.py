@@ -11,6 +11,8 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
                    what `mnistkit predict` needs to preprocess a file exactly as in training
     last.pt        checkpoint after the latest epoch (or Ctrl-C point)
     best.pt        checkpoint of the best epoch by train.best_metric
+    predictions.npz   test-set labels, predictions and probabilities of the final model
+                   (runs/predictions.py; what `mnistkit compare` tests differences on)
     plots/         curves.png, confusion.png, worst.png
     tb/            TensorBoard event files (train.tensorboard: true)
     eval-<checkpoint>.json, eval-<checkpoint>-confusion.png   written by `mnistkit eval`
@@ -55,6 +57,7 @@ class RunDir:
     STATUS = "status.json"
     ENV = "env.json"
     DATA = "data.json"
+    PREDICTIONS = "predictions.npz"
     PLOTS = "plots"
     TENSORBOARD = "tb"
 
@@ -134,6 +137,10 @@ class RunDir:
     @property
     def data_path(self) -> Path:
         return self.path / self.DATA
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.path / self.PREDICTIONS
 
     @property
     def plots_dir(self) -> Path:
