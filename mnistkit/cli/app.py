@@ -4,7 +4,7 @@
 Start-up stays instant: this module imports neither torch nor anything that does; commands that
 train or evaluate import :mod:`mnistkit.session` (and torch) only when they run.
 Exit codes: 0 ok, 1 runtime failure (missing data, bad checkpoint), 2 invalid recipe or usage,
-130 interrupted by Ctrl-C.
+4 a recipe's expectation missed (``expect:``), 130 interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -248,6 +248,10 @@ def run(
         )
         if result.status == "interrupted":
             raise typer.Exit(130)
+        from mnistkit.recipe.expect import EXIT_MISSED, missed
+
+        if missed(result.expectations):
+            raise typer.Exit(EXIT_MISSED)
 
     guarded(body)
 
@@ -584,12 +588,13 @@ def _register_more() -> str | None:
     the CLI without a word: :func:`main` reports it and exits 1.
     """
     try:
-        from mnistkit.cli import export_command, run_commands
+        from mnistkit.cli import check_command, export_command, run_commands
         from mnistkit.sweeps import cli as sweep_commands
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
     run_commands.register(app, guarded)
     export_command.register(app, guarded)
+    check_command.register(app, guarded)
     sweep_commands.register(app, guarded)
     return None
 
@@ -603,7 +608,7 @@ def main() -> None:
     if _BROKEN is not None:
         _stderr().print(
             f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs, "
-            f"compare, export and sweep could not be loaded ({_esc(_BROKEN)})\n"
+            f"compare, export, sweep and check could not be loaded ({_esc(_BROKEN)})\n"
             "    reinstall: pip install -e . (or rerun make setup)"
         )
         raise SystemExit(1)
