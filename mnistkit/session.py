@@ -616,7 +616,8 @@ class Session:
             shown = format_metric(best_metric, state.best)
             lines.append(("best", f"{best_metric} {shown} at epoch {state.best_epoch} (best.pt)"))
         # (What was selected on the test set is said once, in the run header, and in status.json.)
-        lines += summary_lines(self.outcomes)
+        # --progress none shows only a missed expectation (it explains the exit code).
+        lines += summary_lines([o for o in self.outcomes if not (o.met and self.reporter.quiet)])
         lines.append(("saved", str(run_dir)))
         if status == "interrupted":
             if self.recipe.train.checkpoint:

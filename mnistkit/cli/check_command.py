@@ -119,29 +119,25 @@ def _check(paths: list[Path], overrides: list[str], data_dir: Path | None, runs_
 
 
 def _load_all(paths: list[Path], overrides: list[str]) -> list[tuple[Path, Any]]:
-    """Every recipe validated before any trains; all problems of all files, then exit 2."""
-    from mnistkit.cli.app import print_problems
+    """Every recipe validated before any trains; all problems of all files at once (exit 2)."""
     from mnistkit.recipe.schema import load_recipe
     from mnistkit.sweeps import is_sweep_file
 
-    out, bad = [], 0
+    out: list[tuple[Path, Any]] = []
+    problems: list[Problem] = []
+    bad = 0
     for path in paths:
         try:
             if is_sweep_file(path):
-                raise RecipeError(
-                    [
-                        Problem(
-                            str(path), "", "is a sweep file; check runs recipes", "give the recipe it sweeps"
-                        )
-                    ]
-                )
+                what = "is a sweep file; check runs recipes"
+                raise RecipeError([Problem(str(path), "", what, "give the recipe it sweeps")])
             out.append((path, load_recipe(path, overrides)))
         except RecipeError as exc:
             bad += 1
-            print_problems(exc)
+            problems += exc.problems
     if bad:
         typer.echo(f"{bad} of {len(paths)} recipe(s) invalid: nothing was run", err=True)
-        raise typer.Exit(2)
+        raise RecipeError(problems)
     return out
 
 
@@ -149,7 +145,6 @@ def _check_one(path: Path, rec: Any, data_dir: Path | None, runs_root: Path, tal
     """Train one recipe silently, then one line per expectation."""
     from rich.markup import escape
 
-    from mnistkit.cli.app import _stderr
     from mnistkit.cli.invocation import invoked_as
     from mnistkit.recipe.expect import outcome_line
     from mnistkit.session import RunOptions, run
@@ -159,11 +154,11 @@ def _check_one(path: Path, rec: Any, data_dir: Path | None, runs_root: Path, tal
         result = run(rec, opts)
     except RunError as exc:
         tally.failed.append(str(path))
-        _stderr().print(f"[bold red]error:[/] {escape(str(path))}: {escape(str(exc))}")
+        _console(stderr=True).print(f"[bold red]error:[/] {escape(str(path))}: {escape(str(exc))}")
         return
     if result.status == "interrupted":
         raise KeyboardInterrupt  # Ctrl-C during a run: stop checking (exit 130)
-    con = _stdout()
+    con = _console()
     for o in result.expectations:
         con.print("  " + outcome_line(o))
     tally.met += sum(o.met for o in result.expectations)
@@ -171,7 +166,7 @@ def _check_one(path: Path, rec: Any, data_dir: Path | None, runs_root: Path, tal
     con.print(f"  run: {escape(str(result.run_dir))}", soft_wrap=True)
 
 
-def _stdout() -> Any:
+def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
