@@ -128,7 +128,7 @@ def test_check_runs_each_recipe_and_gates_on_its_expectations(tmp_path: Path) ->
     [run_dir] = (tmp_path / "out").iterdir()  # plain.yaml has no expect: it is not run
     acc = read_csv(run_dir / "metrics.csv")[-1]["test_acc"]
     assert res.stdout.splitlines() == [
-        "met.yaml: training 1 epochs, 2 expectations ...",
+        "met.yaml: training 1 epoch, 2 expectations ...",
         f"  test_acc >= 50%: met ({acc:.2%})",
         "  epochs_done == 1: met (1)",
         f"  run: out/{run_dir.name}",

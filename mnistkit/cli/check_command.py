@@ -99,7 +99,8 @@ def _check(paths: list[Path], overrides: list[str], data_dir: Path | None, runs_
             continue
         tally.checked += 1
         n = len(rec.expect)
-        typer.echo(f"{path}: training {rec.epochs} epochs, {n} expectation{'s' * (n != 1)} ...")
+        e = rec.epochs
+        typer.echo(f"{path}: training {e} epoch{'s' * (e != 1)}, {n} expectation{'s' * (n != 1)} ...")
         _check_one(path, rec, data_dir, runs_root, tally)
     if not tally.checked:
         raise RecipeError(

@@ -270,7 +270,10 @@ class Outcome:
 
     def record(self) -> dict[str, Any]:
         """status.json's entry."""
-        return {"name": self.name, "condition": self.condition, "value": self.value, "met": self.met}
+        value = self.value
+        if value is not None and self.name in ("best_epoch", "epochs_done"):
+            value = int(value)  # a count, as status.json's other epoch fields
+        return {"name": self.name, "condition": self.condition, "value": value, "met": self.met}
 
 
 def recorded_value(name: str, rows: list[dict[str, Any]], best_epoch: int | None) -> float | None:
