@@ -84,8 +84,8 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
     ) -> None:
         """Run recipes and check their expect: blocks: one line per expectation, met or missed.
 
-        Exit code 0 when every expectation is met, 4 when one or more is missed, 1 when a run
-        failed. Recipes without an expect: block are not run (they are listed)."""
+        Exit code 0: every expectation met; 4: one or more missed; 1: a run failed.
+        Recipes without an expect: block are listed, not run."""
         guarded(lambda: _check(recipes, set_ or [], data_dir, runs_root or Path("runs")))
 
 
