@@ -42,6 +42,7 @@ from mnistkit.data.types import LoadedData
 from mnistkit.errors import PeerStopped, RecipeError, RunError, set_hint
 from mnistkit.fsutil import atomic_write_text
 from mnistkit.layers.shapes import ShapeError
+from mnistkit.recipe.expect import Outcome, evaluate, summary_lines
 from mnistkit.recipe.metrics import format_metric, run_metrics, selection_on_test_notes
 from mnistkit.recipe.model_check import model_size
 from mnistkit.recipe.resume import RESUMABLE, edited_keys, with_resumable
@@ -97,6 +98,7 @@ class RunResult:
     train_seconds: float
     best: float | None
     best_epoch: int | None
+    expectations: list[Outcome] = field(default_factory=list)  # recipe.expect, checked (finished runs)
 
 
 def run(recipe: Recipe, opts: RunOptions) -> RunResult:
@@ -166,6 +168,7 @@ class Session:
     rows_before: int = 0
     status: str = "failed"
     batchnorm: str = "none"  # distributed: sync | per-rank | none
+    outcomes: list[Outcome] = field(default_factory=list)  # recipe.expect checked at the end
 
     # ------------------------------------------------------------------ set-up
     def set_up(self) -> None:
@@ -449,7 +452,11 @@ class Session:
             ended=None,
             error=None,
             stop_reason=None,
-            **({"resumed": [*self.previous.get("resumed", []), self.started]} if resumed else {}),
+            **(
+                {"resumed": [*self.previous.get("resumed", []), self.started], "expect": None}
+                if resumed
+                else {}
+            ),
         )
 
     # ------------------------------------------------------------------ train
@@ -582,7 +589,10 @@ class Session:
     def record_end(self) -> None:
         """status.json's final fields; a finished run's predictions.npz and plots."""
         state = self.state
+        if self.status == "finished" and self.recipe.expect:  # an interrupted run is not judged
+            self.outcomes = evaluate(self.recipe.expect, state.rows, state.best_epoch)
         self.run.write_status(
+            **({"expect": [o.record() for o in self.outcomes]} if self.outcomes else {}),
             status=self.status,
             ended=time.time(),
             epochs_done=len(state.rows),
@@ -669,6 +679,8 @@ class Session:
             shown = format_metric(best_metric, state.best)
             lines.append(("best", f"{best_metric} {shown} at epoch {state.best_epoch} (best.pt)"))
         # (What was selected on the test set is said once, in the run header, and in status.json.)
+        # --progress none shows only a missed expectation (it explains the exit code).
+        lines += summary_lines([o for o in self.outcomes if not (o.met and self.reporter.quiet)])
         lines.append(("saved", str(run_dir)))
         if status == "interrupted":
             if self.recipe.train.checkpoint:
@@ -688,6 +700,7 @@ class Session:
             self.train_seconds,
             state.best,
             state.best_epoch,
+            self.outcomes,
         )
 
 

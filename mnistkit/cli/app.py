@@ -4,7 +4,7 @@
 Start-up stays instant: this module imports neither torch nor anything that does; commands that
 train or evaluate import :mod:`mnistkit.session` (and torch) only when they run.
 Exit codes: 0 ok, 1 runtime failure (missing data, bad checkpoint), 2 invalid recipe or usage,
-130 interrupted by Ctrl-C.
+4 a recipe's expectation missed (``expect:``), 130 interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -275,6 +275,10 @@ def run(
         )
         if result.status == "interrupted":
             raise typer.Exit(130)
+        from mnistkit.recipe.expect import EXIT_MISSED, missed
+
+        if missed(result.expectations):
+            raise typer.Exit(EXIT_MISSED)
 
     guarded(body)
 
@@ -351,7 +355,7 @@ def _resume_recipe(run_dir: Path, overrides: list[str]) -> Any:
         )
     for ov in overrides:
         key = ov.partition("=")[0].strip()
-        if key not in RESUMABLE:
+        if key.split(".")[0] != "expect" and key not in RESUMABLE:  # expect.test_acc=... too
             raise RecipeError([_problem_for_set(ov, key)])
     return load_recipe(run.recipe_path, overrides)
 
@@ -616,13 +620,14 @@ def _register_more() -> str | None:
     the CLI without a word: :func:`main` reports it and exits 1.
     """
     try:
-        from mnistkit.cli import data_command, export_command, run_commands
+        from mnistkit.cli import check_command, data_command, export_command, run_commands
         from mnistkit.sweeps import cli as sweep_commands
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
     run_commands.register(app, guarded)
     export_command.register(app, guarded)
     data_command.register(app, guarded)
+    check_command.register(app, guarded)
     sweep_commands.register(app, guarded)
     return None
 
@@ -636,7 +641,7 @@ def main() -> None:
     if _BROKEN is not None:
         _stderr().print(
             f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs, "
-            f"compare, export and sweep could not be loaded ({_esc(_BROKEN)})\n"
+            f"compare, export, sweep and check could not be loaded ({_esc(_BROKEN)})\n"
             "    reinstall: pip install -e . (or rerun make setup)"
         )
         raise SystemExit(1)

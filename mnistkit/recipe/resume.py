@@ -19,6 +19,7 @@ RESUMABLE = (
     "train.tensorboard",
     "train.threads",
     "data.root",
+    "expect",  # checked after training; changes nothing in it
 )
 
 

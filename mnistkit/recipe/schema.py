@@ -32,6 +32,7 @@ from pydantic import (
 
 from mnistkit.errors import Problem, RecipeError, dotted, set_hint
 from mnistkit.recipe.balance import CLASS_WEIGHTS, balance_problems
+from mnistkit.recipe.expect import check_expectations
 from mnistkit.recipe.model_check import OUTPUT_ONLY, check_model
 from mnistkit.recipe.sections import (
     DataSection,
@@ -733,6 +734,7 @@ def check_recipe(
                 )
             )
     problems += balance_problems(recipe, reg, where)
+    problems += check_expectations(recipe, where)
     updated = recipe.model_copy(update={"data": data}) if data is not recipe.data else recipe
     if (m.hidden is None) != (m.layers is None):
         # Layer shapes, statically (pure Python, no torch): a layer that cannot take what the

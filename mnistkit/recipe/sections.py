@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 PosInt = Annotated[StrictInt, Field(ge=1)]
+#: ``expect:``'s conditions by name; null (``--set expect=null``) means none.
+Expectations = Annotated[dict[str, str | int | float], BeforeValidator(lambda v: {} if v is None else v)]
 
 
 class Section(BaseModel):
@@ -226,6 +228,18 @@ class RecipeBase(Section):
     """Passes over the training set."""
     train: TrainSection = TrainSection()
     """Loop options."""
+
+    expect: Expectations = {}
+    """Conditions the finished run must meet, checked and shown at its end and recorded in
+    status.json; one missed makes `run` and `check` exit with code 4. E.g. {test_acc: ">= 0.97",
+    train_seconds: "<= 60", best_epoch: "<= 8"}. Forms: ">= X", "<= X", "> X", "< X", "== X",
+    "between X and Y" (quote them: YAML reads a leading > as a block of text). Names: a
+    metrics.csv column (train_loss, train_acc, val_loss, val_acc, test_loss, test_acc, lr,
+    samples_per_s) means its value at the last epoch; best_<column> (best_test_acc,
+    best_val_loss, ...) the best over all epochs; best_epoch (the epoch of best.pt), epochs_done,
+    train_seconds (training time, evaluation included), epoch_seconds (mean per epoch).
+    Accuracies are fractions as in metrics.csv (">= 0.97") or percentages with % (">= 97%").
+    null: none (--set expect=null drops a recipe's expectations)."""
 
     @field_validator("seeds")
     @classmethod

@@ -163,6 +163,9 @@ _SYNTAX_HINTS = (
     ("found character '\\t'", "YAML does not allow tabs for indentation; use spaces"),
     ("could not find expected ':'", "a key is missing its ':', or a quote is not closed"),
     ("found undefined alias", "an *alias refers to an &anchor that is not defined above it"),
+    # `test_acc: >= 0.97`: a leading > starts a block of text (an expect: condition unquoted).
+    ("scanning a block scalar", "a value that starts with > or | must be quoted: test_acc: '>= 0.97'"),
+    ("found character '>'", "a value that starts with > must be quoted: test_acc: '>= 0.97'"),
 )
 
 
@@ -175,7 +178,8 @@ def _syntax_hint(msg: str, exc: yaml.MarkedYAMLError | None = None, source: str 
     The parser only gives up at the next token it cannot use (often the next line), so the
     place that needs the fix is the context mark: the bracket that was never closed.
     """
-    hint = next((hint for key, hint in _SYNTAX_HINTS if key in msg), "")
+    said = msg + " " + str(getattr(exc, "context", None) or "")
+    hint = next((hint for key, hint in _SYNTAX_HINTS if key in said), "")
     where_opened = ""
     if exc is not None and exc.context_mark is not None and exc.problem_mark is not None:
         ctx, cm, pm = exc.context or "", exc.context_mark, exc.problem_mark
@@ -342,8 +346,12 @@ def apply_overrides(
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            problems.append(Problem(label, path.strip(), *_override_yaml_error(raw, exc)))
-            continue
+            if not raw.lstrip().startswith(">"):
+                problems.append(Problem(label, path.strip(), *_override_yaml_error(raw, exc)))
+                continue
+            # `--set 'expect.test_acc=>= 0.97'`: a leading > starts a YAML block of text, which
+            # cannot be written on one line; the only thing such a value can mean is the text.
+            value = raw.strip()
         parts: list[Any] = [int(p) if p.isdigit() else p for p in path.strip().split(".")]
         target: Any = doc.data
         ok = True

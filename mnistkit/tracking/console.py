@@ -136,11 +136,12 @@ class Reporter:
         pass
 
     def summary(self, lines: list[tuple[str, str]]) -> None:
-        # --progress none still says where the run is (and how to resume it): one line or two.
+        # --progress none still says where the run is (and how to resume it), and the recipe's
+        # expectations (a missed one is a non-zero exit code, never unexplained).
         if self.silent:
             return
         for key, value in lines:
-            if not self.quiet or key in ("saved", "resume"):
+            if not self.quiet or key in ("saved", "resume", "expect"):
                 self.labelled(key, value)
 
 
