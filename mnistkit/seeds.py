@@ -28,6 +28,7 @@ from rich.markup import escape
 
 from mnistkit.data.loading import SharedData
 from mnistkit.errors import RunError
+from mnistkit.recipe.expect import EXIT_MISSED, format_value
 from mnistkit.recipe.metrics import format_metric
 from mnistkit.recipe.schema import Recipe, load_recipe, load_recipe_text, resolved_dict
 from mnistkit.runs import group as groups
@@ -48,7 +49,8 @@ class GroupOptions:
 
 
 def run_group(recipe: Recipe, recipe_path: Path, seeds: list[int], opts: GroupOptions) -> int:
-    """A new group: one run per seed. Returns the exit code (0, 1 if a seed failed, 130 on Ctrl-C)."""
+    """A new group: one run per seed. Returns the exit code (0, 1 if a seed failed, 4 if one
+    missed an expectation, 130 on Ctrl-C)."""
     path = RunDir.create(opts.runs_root, f"{recipe.name or 'run'}-seeds", opts.out).path
     base = recipe.model_copy(update={"seeds": None})
     group = {
@@ -139,7 +141,23 @@ def _run_members(
             _close(con, path, resume_as, interrupted=True)
             return 130
     _close(con, path, resume_as, interrupted=False)
-    return 1 if failed else 0
+    if failed:
+        return 1
+    return EXIT_MISSED if _report_missed(con, path, members) else 0
+
+
+def _report_missed(con: Console, path: Path, members: list[str]) -> int:
+    """A line per seed whose run missed an expectation of the recipe's ``expect:`` (its
+    status.json says which); the group exits as a single run would (code 4) when any did."""
+    n = 0
+    for member in members:
+        outcomes = RunDir(path / member).read_status().get("expect") or []
+        for o in outcomes:
+            if not o.get("met"):
+                n += 1
+                what = f"{o['name']} {o['condition']}: {format_value(o['name'], o['value'])}"
+                con.print(f"[bold red]missed:[/] {escape(member)}: {escape(what)}")
+    return n
 
 
 def _member_recipe(base: Recipe, seed: int, overrides: list[str]) -> Recipe:

@@ -244,3 +244,23 @@ def test_shared_data_is_loaded_once_unless_the_loader_reads_the_seed() -> None:
             assert [int(d.train.x[0, 0, 0, 0]) for d in got] == [0, 1, 1, 0]
             assert got[1] is got[2] and got[0] is got[3]
     assert calls == ["fixed", "seeded", "seeded"] and shared.loads == 3
+
+
+def test_a_seed_that_misses_an_expectation_makes_the_group_exit_4(
+    recipe_file: Path, plain: dict[int, Path], tmp_path: Path
+) -> None:
+    """Each seed's run is judged on the recipe's expect: block, and the group exits as a run
+    that missed would (4), naming the seeds that missed: the bound sits above the worst seed."""
+    final = {s: float(read_csv(plain[s])[1][-1]["test_acc"]) for s in SEEDS}
+    worst = min(final, key=lambda s: final[s])
+    assert sorted(final.values())[1] > final[worst]  # only the worst seed misses
+    path = tmp_path / "g"
+    res = invoke(
+        "run", recipe_file, "--seeds", "3", "--out", path, "--set", f"expect.test_acc=> {final[worst]!r}"
+    )
+    assert res.exit_code == 4, res.output
+    missed = [line for line in res.output.splitlines() if line.startswith("missed:")]
+    assert missed == [f"missed: seed-{worst}: test_acc > {final[worst]!r}: {final[worst]:.2%}"]
+    for s in SEEDS:
+        status = json.loads((path / f"seed-{s}" / "status.json").read_text())
+        assert [o["met"] for o in status["expect"]] == [s != worst]
