@@ -17,7 +17,7 @@ quickstart: $(STAMP)
 	$(VENV)/bin/mnistkit run recipes/quickstart.yaml
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -rs
+	$(VENV)/bin/python -m pytest -q -rs --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mnistkit tests bench
