@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 import pytest
+import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from sweep_helpers import REPO, read_trials
 
@@ -234,3 +235,21 @@ def test_a_real_sweep_s_run_directories_record_the_values_in_the_study(cli, tmp_
         assert float(rows[t.number]["optimizer.lr"]) == t.params["optimizer.lr"]
         values.add(tuple(t.params.values()))
     assert len(values) == 3  # three different trials, not one value repeated
+
+
+def test_trials_are_not_judged_by_the_base_recipe_s_expectations(tmp_path: Path) -> None:
+    """quickstart.yaml states what it reaches as written (expect:); a trial runs other values, so
+    neither it nor best.yaml carries that block, unless the sweep's own set: gives one."""
+    assert load_sweep(sweep_file(tmp_path, "{name: random, seed: 0}")).base.expect == {}
+    recipe_expect = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())["expect"]
+    assert recipe_expect  # the base recipe does have expectations
+    path = tmp_path / "with.yaml"
+    path.write_text(
+        sweep_file(tmp_path, "{name: random, seed: 0}")
+        .read_text()
+        .replace("set:\n", "set:\n  expect.val_acc: '>= 0.5'\n"),
+        encoding="utf-8",
+    )
+    sweep = load_sweep(path)
+    trial = sweep.trial_recipe({"optimizer.lr": 0.01}, 0)
+    assert trial.expect == {"val_acc": ">= 0.5"}

@@ -234,6 +234,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         )
         raise RecipeError(problems)
     base_doc = load_file(recipe_path)
+    # The base recipe's expect: block states what that recipe reaches as written; a trial is
+    # another recipe (other values, often fewer epochs), so it is not judged by it, and neither
+    # is best.yaml. The sweep's own set: may give trials expectations again.
+    _apply(base_doc, ["expect=null"])
     for key, value in spec.set.items():  # problems they cause point into the sweep file
         loc = ("set", key)
         apply_located(base_doc, key, value, doc.where(loc, key=True), doc.where(loc))
