@@ -212,23 +212,7 @@ def run(
     def body() -> None:
         from mnistkit.recipe.schema import load_recipe
 
-        if resume is not None and recipe is not None:
-            raise RecipeError([_usage("give either a recipe or --resume RUN_DIR, not both")])
-        if resume is None and recipe is None:
-            raise RecipeError([_usage("missing recipe: mnistkit run RECIPE.yaml (or --resume RUN_DIR)")])
-        if resume is not None and (out is not None or runs_root is not None):
-            flag = "--out" if out is not None else "--runs"
-            raise RecipeError(
-                [
-                    _usage(
-                        f"{flag} cannot be used with --resume: a resumed run continues in its own "
-                        f"directory ({resume})",
-                        "drop the option; to start a new run elsewhere, run the recipe with --out",
-                    )
-                ]
-            )
-        if progress is not None and progress not in ("auto", "rich", "plain", "none"):
-            raise RecipeError([_usage(f"--progress {progress!r}: use auto, rich, plain or none")])
+        _check_run_args(recipe, resume, out, runs_root, progress)
         from mnistkit.cli import seeds_cli
         from mnistkit.runs.group import is_group
 
@@ -281,6 +265,29 @@ def run(
             raise typer.Exit(EXIT_MISSED)
 
     guarded(body)
+
+
+def _check_run_args(
+    recipe: Path | None, resume: Path | None, out: Path | None, runs_root: Path | None, progress: str | None
+) -> None:
+    """`run`'s options that exclude each other, and --progress's values (RecipeError, exit 2)."""
+    if resume is not None and recipe is not None:
+        raise RecipeError([_usage("give either a recipe or --resume RUN_DIR, not both")])
+    if resume is None and recipe is None:
+        raise RecipeError([_usage("missing recipe: mnistkit run RECIPE.yaml (or --resume RUN_DIR)")])
+    if resume is not None and (out is not None or runs_root is not None):
+        flag = "--out" if out is not None else "--runs"
+        raise RecipeError(
+            [
+                _usage(
+                    f"{flag} cannot be used with --resume: a resumed run continues in its own "
+                    f"directory ({resume})",
+                    "drop the option; to start a new run elsewhere, run the recipe with --out",
+                )
+            ]
+        )
+    if progress is not None and progress not in ("auto", "rich", "plain", "none"):
+        raise RecipeError([_usage(f"--progress {progress!r}: use auto, rich, plain or none")])
 
 
 def _exit(code: int) -> None:
