@@ -42,6 +42,7 @@ def run_once(
     cmd = [sys.executable, "-m", "mnistkit", "run", str(recipe), "--out", str(out), "--progress", "none"]
     cmd += ["--data-dir", str(data_dir), "--set", "data.dataset=fashion_mnist"]
     cmd += ["--set", f"epochs={epochs}", "--set", f"train.threads={threads}", "--set", "train.plots=false"]
+    cmd += ["--set", "expect=null"]  # a shortened run is timed, not judged by the recipe's expect:
     if limit:
         cmd += ["--set", f"data.limit={limit}"]
     if nproc > 1:
