@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from mnistkit.cli.options import DataDirOpt, RunsOpt, SetOpt
 from mnistkit.errors import RecipeError, RunError
 from mnistkit.recipe.resume import RESUMABLE
 from mnistkit.training.threads import quiet_openmp
@@ -58,25 +59,6 @@ def _help_shows_words_not_types() -> None:
 
 
 _help_shows_words_not_types()
-
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        "-s",
-        metavar="KEY=VALUE",
-        help="Override a recipe value, e.g. --set optimizer.lr=0.1 (repeatable; see `mnistkit fields`).",
-    ),
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        "-d",
-        help="Folder with the dataset files (beats data.root and $MNISTKIT_DATA).",
-        metavar="DIR",
-    ),
-]
 
 T = TypeVar("T")
 
@@ -174,10 +156,7 @@ def run(
         Path | None,
         typer.Option("--out", "-o", help="Run directory (must not exist or be empty).", metavar="DIR"),
     ] = None,
-    runs_root: Annotated[
-        Path | None,
-        typer.Option("--runs", help="Parent folder of run directories (default: runs).", metavar="DIR"),
-    ] = None,
+    runs_root: RunsOpt = None,
     resume: Annotated[
         Path | None,
         typer.Option("--resume", help="Continue the run in this run directory.", metavar="RUN_DIR"),

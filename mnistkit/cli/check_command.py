@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mnistkit.cli.options import DataDirOpt, RunsOpt
 from mnistkit.errors import Problem, RecipeError, RunError
 
 
@@ -66,21 +67,8 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
                 "--set 'expect.test_acc=>= 0.9' (repeatable).",
             ),
         ] = None,
-        data_dir: Annotated[
-            Path | None,
-            typer.Option(
-                "--data-dir",
-                "-d",
-                help="Folder with the dataset files (beats data.root and $MNISTKIT_DATA).",
-                metavar="DIR",
-            ),
-        ] = None,
-        runs_root: Annotated[
-            Path | None,
-            typer.Option(
-                "--runs", help="Parent folder of the run directories (default: runs).", metavar="DIR"
-            ),
-        ] = None,
+        data_dir: DataDirOpt = None,
+        runs_root: RunsOpt = None,
     ) -> None:
         """Run recipes and check their expect: blocks: one line per expectation, met or missed.
 

@@ -13,23 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-LABEL = 12  # "unreadable: " and the other labels, then the text, wrapped under it
+from mnistkit.cli.options import DataDirOpt, SetOpt
 
-# The same options as `run` (mnistkit.cli.app declares them; imported from there, this module
-# would be half-initialized when app.py registers it).
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a recipe value (repeatable)."),
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        "-d",
-        help="Folder with the dataset files (beats data.root and $MNISTKIT_DATA).",
-        metavar="DIR",
-    ),
-]
+LABEL = 12  # "unreadable: " and the other labels, then the text, wrapped under it
 
 data_app = typer.Typer(help="Look at a recipe's dataset without training.", no_args_is_help=True)
 

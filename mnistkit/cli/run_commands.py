@@ -239,6 +239,10 @@ def _groups_notes(groups: list[Any]) -> list[str]:
 _GROUP_SHAPES = ({"box": True, "metric_in_header": False}, {"box": False, "metric_in_header": True})
 
 
+# The colour of a run's or a group's status in `runs`; any other status (failed, ...) is red.
+_STATUS_COLOURS = {"finished": "green", "running": "cyan", "interrupted": "yellow"}
+
+
 def _groups_table(groups: list[Any], root: Path, shape: int) -> Any:
     from rich.markup import escape
 
@@ -255,7 +259,6 @@ def _groups_table(groups: list[Any], root: Path, shape: int) -> Any:
     table.add_column(best_header, justify="right", no_wrap=True, overflow="fold")
     table.add_column("time", justify="right", no_wrap=True, overflow="fold")
     table.add_column("status", no_wrap=True, overflow="fold")
-    colours = {"finished": "green", "running": "cyan", "interrupted": "yellow"}
     for g in groups:
         best = "-"
         if g.best["n"]:
@@ -263,7 +266,7 @@ def _groups_table(groups: list[Any], root: Path, shape: int) -> Any:
             best = f"{format_metric(g.best_metric, g.best['mean'])} ± {std}"
             if not one_metric:
                 best = f"{g.best_metric} {best}"
-        status = f"[{colours.get(g.status, 'red')}]{escape(g.status)}[/]"
+        status = f"[{_STATUS_COLOURS.get(g.status, 'red')}]{escape(g.status)}[/]"
         seeds = f"{g.finished}/{len(g.members)}"
         table.add_row(escape(g.name), seeds, best, format_seconds(g.seconds), status)
     return table
@@ -304,7 +307,6 @@ def _runs_table(infos: list[Any], root: Path, shape: int) -> Any:
     table.add_column("time", justify="right", no_wrap=True, overflow="fold")
     # One or two words ("failed (killed)"); why a run stopped early is said under the table.
     table.add_column("status", no_wrap=True, overflow="fold")
-    colours = {"finished": "green", "running": "cyan", "interrupted": "yellow"}
     for i in infos:
         planned = "?" if i.epochs_planned is None else str(i.epochs_planned)
         best = format_metric(i.best_metric, i.best)
@@ -313,7 +315,7 @@ def _runs_table(infos: list[Any], root: Path, shape: int) -> Any:
                 best = f"{best} (ep {i.best_epoch})"
             if not one_metric:
                 best = f"{i.best_metric} {best}"
-        status = f"[{colours.get(i.status, 'red')}]{escape(i.status)}[/]"
+        status = f"[{_STATUS_COLOURS.get(i.status, 'red')}]{escape(i.status)}[/]"
         cells = [escape(i.name)]
         if opts["started"]:
             started = i.started and dt.datetime.fromtimestamp(float(i.started)).strftime(str(opts["started"]))
