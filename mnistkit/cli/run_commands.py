@@ -347,7 +347,7 @@ def compare(
 
     from mnistkit.cli.invocation import invoked_as
     from mnistkit.runs.directory import RunDir
-    from mnistkit.runs.groups import is_group
+    from mnistkit.runs.group import is_group
     from mnistkit.runs.listing import effective_status, recipe_diff
     from mnistkit.runs.significance import runs_section
 
@@ -398,7 +398,7 @@ def _compare_groups(con: Any, path_a: Path, path_b: Path) -> None:
     from rich.markup import escape
 
     from mnistkit.runs.directory import RunDir
-    from mnistkit.runs.groups import is_group, open_group
+    from mnistkit.runs.group import is_group, open_group
     from mnistkit.runs.listing import effective_status, recipe_diff
     from mnistkit.runs.significance import final_test_accuracy, groups_section, run_vs_group_section
 

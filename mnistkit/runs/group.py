@@ -45,6 +45,32 @@ def is_group(path: Path) -> bool:
     return (Path(path) / GROUP_FILE).is_file()
 
 
+@dataclass
+class Group:
+    """A group opened for reading its runs (``compare``)."""
+
+    path: Path
+    name: str
+    recipe: Any
+    members: list[RunDir]
+
+
+def open_group(path: Path) -> Group:
+    """The group in ``path``: its group.json checked (:func:`read_group`), every member a run
+    directory."""
+    path = Path(path)
+    group = read_group(path)
+    members = group["members"]
+    if not all(isinstance(m, str) for m in members):
+        raise RunError(f'{path / GROUP_FILE}: "members" must be a list of run folder names inside {path}')
+    return Group(
+        path=path,
+        name=str(group.get("name") or path.name),
+        recipe=group.get("recipe"),
+        members=[RunDir.open(path / m, f"{path / GROUP_FILE}: member") for m in members],
+    )
+
+
 def write_group(path: Path, group: dict[str, Any]) -> None:
     atomic_write_text(Path(path) / GROUP_FILE, json.dumps(group, indent=2) + "\n")
 

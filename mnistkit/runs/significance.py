@@ -2,7 +2,7 @@
 
 Two runs (their ``predictions.npz``, see :mod:`mnistkit.runs.predictions`): the test accuracy
 difference B - A with a 95 % paired bootstrap interval over the test samples, and McNemar's
-exact test on the discordant pairs. Two groups of seeds (:mod:`mnistkit.runs.groups`): the
+exact test on the discordant pairs. Two groups of seeds (:mod:`mnistkit.runs.group`): the
 difference of the members' mean final test accuracy with Welch's t interval over seeds, and
 Welch's t-test. A difference is called significant when p < 0.05; the interval says how large
 it is. Distributions come from numpy and scipy, none is written by hand here. Torch-free.
