@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import browser  # noqa: F401  (the `browser` fixture: tests/browser.py)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_TEST_DATA = "MNISTKIT_TEST_DATA"
