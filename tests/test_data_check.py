@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,8 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train/ and test/ with classes a and b, 28x28 grey; planted: one copy within train (same
     pixels saved as BMP under another name), one test image that is a training image (a leak),
     one file that is no image, one 40x30 RGB image among 28x28 L ones."""
-    root = tmp_path_factory.mktemp("planted")
+    # A deep folder, as users have: the unreadable file's path alone is wider than a line.
+    root = tmp_path_factory.mktemp("planted") / ("a-long-folder-name-" * 4)
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, size=(12, 28, 28), dtype=np.uint8)
     for i in range(4):
@@ -142,6 +144,8 @@ def test_planted_folder_check(planted: Path, tmp_path: Path, monkeypatch: pytest
     assert not cached
     stdout = "\n".join(wrapped(k, v) for k, v in summary_lines(report))
     assert max(map(len, stdout.splitlines())) <= 80, stdout
+    for line in stdout.splitlines():  # a label, a colon and a space; or a continuation under it
+        assert re.match(r"([a-z/ ]+: +\S| {12}\S)", line), line
     d = report["duplicates"]
     assert d["train"]["copies"] == 1
     assert sorted(Path(n).name for n in d["train"]["examples"][0]) == ["a1.png", "copy_of_a1.bmp"]

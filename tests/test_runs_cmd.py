@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,18 @@ def row(epoch: int, acc: float, loss: float = 0.5) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module")
+def live_pid() -> Iterator[int]:
+    """A live Python process standing for a run in progress (not this test process: a runner
+    such as pytest-xdist may retitle it, and then it no longer looks like a Python program)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
 @pytest.fixture
-def runs_root(tmp_path: Path) -> Path:
+def runs_root(tmp_path: Path, live_pid: int) -> Path:
     now = time.time()
     root = tmp_path / "runs"
     make_run(
@@ -104,7 +115,7 @@ def runs_root(tmp_path: Path) -> Path:
     make_run(
         root,
         "e-running",
-        {"status": "running", "started": now - 100, "epochs": 4, "pid": os.getpid()},
+        {"status": "running", "started": now - 100, "epochs": 4, "pid": live_pid},
         [row(1, 0.5, loss=0.9)],
         recipe={"name": "e", "epochs": 4, "train": {"best_metric": "test_loss"}},
     )
@@ -157,8 +168,8 @@ def test_runs_missing_folder_and_empty_folder(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "no runs" in res.output
 
 
-def test_effective_status() -> None:
-    assert effective_status({"status": "running", "pid": os.getpid()}) == "running"
+def test_effective_status(live_pid: int) -> None:
+    assert effective_status({"status": "running", "pid": live_pid}) == "running"
     assert effective_status({"status": "running", "pid": dead_pid()}) == "failed (killed)"
     assert effective_status({"status": "running"}) == "failed (killed)"
     assert effective_status({}) == "unknown"

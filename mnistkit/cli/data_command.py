@@ -74,13 +74,16 @@ def check_recipe_data(
 
 
 def wrapped(key: str, value: str, width: int = 80) -> str:
-    """``key:`` then ``value`` wrapped between words to ``width`` columns, indented under it."""
+    """``key:`` then ``value`` wrapped between words to ``width`` columns, indented under it.
+
+    A word wider than a whole line (a long path) is the one thing broken inside: 80 columns hold.
+    """
     label = f"{key + ':':<{LABEL}}"
     return textwrap.fill(
         value,
         width=width,
         initial_indent=label,
         subsequent_indent=" " * LABEL,
-        break_long_words=False,
+        break_long_words=True,
         break_on_hyphens=False,
     )

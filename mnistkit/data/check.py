@@ -443,5 +443,5 @@ def summary_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
             text += ": " + "; ".join(
                 f"{Path(e['file']).name} {e['size'][0]}x{e['size'][1]} {e['mode']}" for e in files["examples"]
             )
-        out.append(("image files", text))
+        out.append(("images", text))
     return out
