@@ -7,7 +7,8 @@
   ``recipe.yaml`` and the weights of one of its checkpoints (loaded with ``weights_only``: a
   checkpoint cannot run code), evaluated on the test split, and the report is written next to
   the checkpoints as ``eval-<checkpoint>.json`` and ``eval-<checkpoint>-confusion.png``;
-  ``--checkpoint last`` also (re)writes ``predictions.npz`` (the final model's predictions).
+  ``--checkpoint last`` also (re)writes ``predictions.npz`` (the final model's predictions) and
+  ``gallery.npz`` (the inputs ``mnistkit report`` shows).
 * :func:`write_predictions` -- ``predictions.npz``, written at the end of every finished run.
 
 Evaluation is the training loop's own (:func:`mnistkit.training.evaluation.evaluate`: large

@@ -136,6 +136,7 @@ def _selection(facts: RunFacts) -> dict[str, Any]:
     metric = facts.info.best_metric or "-"
     notes = list(facts.status.get("selected_on_test") or [])
     split = metric.split("_")[0] if "_" in metric else metric
+    split = {"val": "validation", "train": "training"}.get(split, split)
     return {"metric": metric, "split": split, "on_test": split == "test" or bool(notes), "notes": notes}
 
 
