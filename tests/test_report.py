@@ -244,7 +244,7 @@ def test_ece_against_a_hand_computed_example() -> None:
     assert rel.counts.tolist() == [1, 4]
     assert rel.ece == pytest.approx(0.1, abs=1e-12)
     assert rel.accuracy.tolist() == [0.0, 0.75]
-    # 10 bins: every sample alone in its bin except none; gaps |0-0.5|, |1-0.6|, |1-0.7|, |0-0.8|, |1-0.9|
+    # 10 bins: each sample alone in its bin; gaps |0-0.5|, |1-0.6|, |1-0.7|, |0-0.8|, |1-0.9|
     rel10 = reliability(probs, labels, bins=10)
     assert rel10.ece == pytest.approx((0.5 + 0.4 + 0.3 + 0.8 + 0.1) / 5, abs=1e-12)
 

@@ -72,5 +72,8 @@ def write_report(paths: list[Path], out: Path | None = None) -> Written:
         target = target / REPORT_FILE
     if not target.parent.is_dir():
         raise RunError(f"-o {target}: the folder {target.parent} does not exist")
-    atomic_write_text(target, html)
+    try:
+        atomic_write_text(target, html)
+    except OSError as exc:
+        raise RunError(f"cannot write {target}: {exc.strerror}; write elsewhere with -o FILE") from None
     return Written(target, target.stat().st_size, time.perf_counter() - t0)

@@ -57,8 +57,11 @@ def curves_uri(rows: list[dict[str, Any]], best_epoch: int | None, best_metric: 
         axes[2].set_ylabel("learning rate (at epoch end)")
         axes[2].set_title("learning rate")
         axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    epochs = [x for key in ("train_loss", "test_loss", "lr") for x in series(rows, key)[0]]
     for ax in axes:
         ax.set_xlabel("epoch")
+        if epochs:  # half an epoch of margin, as plots.plot_curves (one epoch: no 0.995 ticks)
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         if best_epoch is not None:
@@ -100,15 +103,19 @@ def reliability_uri(bins: Any) -> str:
     top.plot(
         [0, 100], [0, 100], color=OKABE_ITO["black"], linestyle="--", linewidth=1, label="perfect calibration"
     )
+    centers = (bins.edges[:-1] + bins.edges[1:]) / 2
+    # The mean confidence drawn at each bin's centre: the distance to the bar's top is the gap
+    # ECE averages.
     top.scatter(
+        100 * centers[filled],
         100 * bins.confidence[filled],
-        100 * bins.accuracy[filled],
         color=OKABE_ITO["vermillion"],
-        s=14,
+        s=18,
+        marker="D",
         zorder=3,
         label="mean confidence in bin",
     )
-    top.set_ylabel("accuracy (%)")
+    top.set_ylabel("accuracy, confidence (%)")
     top.set_ylim(0, 100)
     top.legend(fontsize=8, loc="upper left")
     top.set_title(f"reliability, {len(bins.counts)} equal-width bins: ECE {100 * bins.ece:.2f} %")
@@ -121,7 +128,7 @@ def reliability_uri(bins: Any) -> str:
         edgecolor="white",
     )
     bottom.set_yscale("log" if bins.counts.max(initial=0) > 0 else "linear")
-    bottom.set_ylabel("predictions")
+    bottom.set_ylabel("predictions (count)")
     bottom.set_xlabel("confidence: probability of the predicted class (%)")
     bottom.set_xlim(0, 100)
     top.set_xlim(0, 100)
