@@ -10,7 +10,6 @@ that names the command which writes it; the report is still written.
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 from mnistkit.errors import RunError
@@ -55,7 +54,7 @@ class RunFacts:
         self.status = run.read_status()
         self.recipe = run.read_recipe_dict()
         self.rows = run.read_metrics()
-        self.env = _read_json(run.env_path)
+        self.env = run.read_env()
         self.data = run.read_data_info() or {}
 
     @classmethod
@@ -72,15 +71,6 @@ class RunFacts:
         names = [str(c) for c in self.data.get("classes") or []]
         n = pred.probabilities.shape[1]
         return names if len(names) == n else [str(i) for i in range(n)]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 # ------------------------------------------------------------------------------ header

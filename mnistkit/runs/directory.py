@@ -349,6 +349,14 @@ class RunDir:
         env.update(fields)
         atomic_write_text(self.env_path, json.dumps(env, indent=2) + "\n")
 
+    def read_env(self) -> dict[str, Any]:
+        """env.json, or {} where the run has none (killed before writing it) or it is damaged."""
+        try:
+            env = json.loads(self.env_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return env if isinstance(env, dict) else {}
+
     def write_data_info(self, info: dict[str, Any]) -> Path:
         """data.json: how inputs were preprocessed in training (read by ``mnistkit predict``)."""
         atomic_write_text(self.data_path, json.dumps(info, indent=2) + "\n")
