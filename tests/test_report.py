@@ -108,6 +108,13 @@ def test_page_in_a_real_browser(report: tuple[Path, str], run: Path, browser, tm
         with open(run / "metrics.csv", newline="") as fh:
             last = list(csv.DictReader(fh))[-1]
         assert page.page.inner_text("#accuracy") == f"{100 * float(last['test_acc']):.2f} %"
+        # The header: the best epoch by test_acc (the earliest of equal values), the test set's size.
+        with open(run / "metrics.csv", newline="") as fh:
+            accs = [(float(r["test_acc"]), int(r["epoch"])) for r in csv.DictReader(fh)]
+        best_acc, best_epoch = max(accs, key=lambda a: (a[0], -a[1]))
+        best_row = page.page.inner_text('td[data-fact="best"]')
+        assert best_row == f"test_acc {100 * best_acc:.2f}% at epoch {best_epoch}"
+        assert f"{len(labels)} test" in page.page.inner_text('td[data-fact="data"]')
         # Selected on the test set (no val_split): said plainly.
         assert "chosen on the test set" in page.page.inner_text("section#summary")
         # The recipe value's origin: the --set that gave it.
@@ -165,9 +172,18 @@ def test_gallery_shows_the_runs_most_confident_mistakes(report: tuple[Path, str]
 def test_run_without_predictions_says_which_command_adds_them(run: Path, tmp_path: Path) -> None:
     old = tmp_path / "old"
     shutil.copytree(run, old, ignore=shutil.ignore_patterns("predictions.npz", "gallery.npz", "report.html"))
+    # metrics.csv is the source of the best epoch: make epoch 1 the best of this copy.
+    with open(old / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[0]["test_acc"] = "0.9991"
+    with open(old / "metrics.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     res = invoke("report", old)
     assert res.exit_code == 0, res.output
     html = (old / "report.html").read_text(encoding="utf-8")
+    assert '<td data-fact="best">test_acc 99.91% at epoch 1</td>' in html
     assert f"mnistkit eval {old} --checkpoint last" in html
     for sid in SECTIONS:
         assert f'<section id="{sid}">' in html
