@@ -196,6 +196,19 @@ def test_run_without_predictions_says_which_command_adds_them(run: Path, tmp_pat
     assert 'id="gallery-mistakes"' in html and "data:image/png" in html
 
 
+def test_run_without_gallery_lists_the_samples_and_says_how_to_add_pictures(
+    run: Path, tmp_path: Path
+) -> None:
+    older = tmp_path / "older"
+    shutil.copytree(run, older, ignore=shutil.ignore_patterns("gallery.npz", "report.html"))
+    res = invoke("report", older)
+    assert res.exit_code == 0, res.output
+    html = (older / "report.html").read_text(encoding="utf-8")
+    gallery = html[html.index('<section id="gallery">') : html.index('<section id="calibration">')]
+    assert "no gallery.npz" in gallery and f"mnistkit eval {older} --checkpoint last" in gallery
+    assert "<img" not in gallery and 'id="gallery-mistakes"' in gallery  # the samples, listed
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
