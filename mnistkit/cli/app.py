@@ -606,7 +606,7 @@ def _register_more() -> str | None:
     the CLI without a word: :func:`main` reports it and exits 1.
     """
     try:
-        from mnistkit.cli import check_command, data_command, export_command, run_commands
+        from mnistkit.cli import check_command, data_command, export_command, report_command, run_commands
         from mnistkit.sweeps import cli as sweep_commands
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -615,6 +615,7 @@ def _register_more() -> str | None:
     data_command.register(app, guarded)
     check_command.register(app, guarded)
     sweep_commands.register(app, guarded)
+    report_command.register(app, guarded)
     return None
 
 
@@ -627,7 +628,7 @@ def main() -> None:
     if _BROKEN is not None:
         _stderr().print(
             f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs, "
-            f"compare, export, sweep and check could not be loaded ({_esc(_BROKEN)})\n"
+            f"compare, export, sweep, check and report could not be loaded ({_esc(_BROKEN)})\n"
             "    reinstall: pip install -e . (or rerun make setup)"
         )
         raise SystemExit(1)

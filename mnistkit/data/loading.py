@@ -158,4 +158,10 @@ def data_info(recipe: RecipeBase, data: Prepared, data_dir: Path | None = None) 
         "features": features.model_dump(mode="json") if features is not None else None,
         "source": data.source,
         "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
+        # samples per split as trained (val_split and test_limit applied): the report's header
+        "samples": {
+            "train": len(data.train.y),
+            "val": len(data.val.y) if data.val is not None else None,
+            "test": len(data.test.y),
+        },
     }

@@ -72,13 +72,31 @@ def test_probabilities(model: torch.nn.Module, data: Prepared, recipe: Recipe) -
 def write_predictions(
     run: RunDir, probs: np.ndarray, data: Prepared, recipe: Recipe, model: dict[str, Any]
 ) -> Path:
-    """``predictions.npz`` (:mod:`mnistkit.runs.predictions`) from the test probabilities;
+    """``predictions.npz`` (:mod:`mnistkit.runs.predictions`) from the test probabilities, and
+    beside it ``gallery.npz`` (the inputs a report shows: :mod:`mnistkit.runs.gallery`);
     ``model`` says which weights made them (checkpoint, epoch, step, written_by)."""
     from mnistkit.runs.predictions import save_predictions, test_set_identity
 
     labels = data.test.y.cpu().numpy()
     identity = test_set_identity(recipe.data.dataset, labels, data.test_inputs_sha256)
-    return save_predictions(run.predictions_path, labels, probs, identity, model)
+    path = save_predictions(run.predictions_path, labels, probs, identity, model)
+    write_gallery(run, probs, data, recipe)
+    return path
+
+
+def write_gallery(run: RunDir, probs: np.ndarray, data: Prepared, recipe: Recipe) -> Path:
+    """``gallery.npz``: the test inputs of the most confident mistakes and the least confident
+    correct answers, before normalization, with their file names where the dataset has files."""
+    from mnistkit.runs.gallery import pick, save_gallery
+
+    labels = data.test.y.cpu().numpy()
+    mistakes, unsure = pick(probs, labels)
+    idx = np.concatenate([mistakes, unsure])
+    inputs = denormalize(data.test.x[idx], data.mean, data.std)
+    files = data.test_files
+    names = [_short_name(files[i]) for i in idx] if files is not None else None
+    spectrogram = recipe.data.features is not None
+    return save_gallery(run.gallery_path, mistakes, unsure, inputs, spectrogram, names)
 
 
 # ------------------------------------------------------------------------------ run plots

@@ -23,8 +23,27 @@ if TYPE_CHECKING:
 
 DPI = 110
 
+# Okabe & Ito's colour-blind-safe palette (https://jfly.uni-koeln.de/color/): distinguishable
+# with every common colour-vision deficiency, unlike matplotlib's default tab10.
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky blue": "#56B4E9",
+    "bluish green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish purple": "#CC79A7",
+}
+
 # One colour per split, the same in every panel.
-_SPLITS = (("train", "tab:blue"), ("val", "tab:green"), ("test", "tab:orange"))
+SPLITS = (("train", OKABE_ITO["blue"]), ("val", OKABE_ITO["bluish green"]), ("test", OKABE_ITO["orange"]))
+_SPLITS = SPLITS
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A Figure with constrained layout that never touches pyplot (see the module's doc)."""
+    return _figure(width, height)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -57,6 +76,11 @@ def _num(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(x) else x
+
+
+def series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of one metrics.csv column, the rows without a value left out."""
+    return _series(rows, key)
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -127,6 +151,12 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
     Colours are row-normalised (fraction of each true class), so rare classes are as visible as
     common ones; the numbers are the raw counts.
     """
+    return _save(confusion_figure(cm, classes, title), path)
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "", normalized: bool = False) -> Figure:
+    """The figure of :func:`plot_confusion`; ``normalized`` writes each cell's fraction of its
+    true class (in percent) instead of the count."""
     cm = np.asarray(cm)
     n = len(classes)
     if cm.shape != (n, n):
@@ -141,7 +171,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
     cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
     cbar.set_label("fraction of true class")
 
-    digits = len(str(int(cm.max()))) if cm.size else 1
+    digits = 3 if normalized else (len(str(int(cm.max()))) if cm.size else 1)
     # Fit the longest count in a cell: a cell is about 0.8 * side / n inches wide and a digit
     # about 0.6 em; never below 5 pt, never above 10 pt.
     cell_pt = 0.8 * side / max(n, 1) * 72
@@ -153,7 +183,8 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
                 colour = "0.75"  # zeros in light grey: the eye goes to the real mistakes
             else:
                 colour = "white" if frac[i, j] > 0.5 else "black"
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=fontsize, color=colour)
+            text = f"{100 * frac[i, j]:.0f}" if normalized and count else str(count)
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=colour)
 
     ax.set_xticks(range(n), [str(c) for c in classes])
     ax.set_yticks(range(n), [str(c) for c in classes])
@@ -163,12 +194,13 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
         lab.set_rotation(45)
         lab.set_ha("right")
         lab.set_rotation_mode("anchor")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
     total = int(cm.sum())
     acc = float(np.trace(cm)) / total if total else 0.0
-    ax.set_title(f"{title + ' - ' if title else ''}accuracy {acc:.2%} of {total}")
-    return _save(fig, path)
+    what = " (cells: % of the true class)" if normalized else ""
+    ax.set_title(f"{title + ' - ' if title else ''}accuracy {acc:.2%} of {total}{what}")
+    return fig
 
 
 def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:

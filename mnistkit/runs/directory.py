@@ -13,6 +13,9 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
     best.pt        checkpoint of the best epoch by train.best_metric
     predictions.npz   test-set labels, predictions and probabilities of the final model
                    (runs/predictions.py; what `mnistkit compare` tests differences on)
+    gallery.npz    the few test inputs `mnistkit report` shows (runs/gallery.py)
+    origins.json   where each recipe value came from: file:line:col, --set, or a base recipe
+    report.html    written by `mnistkit report`
     plots/         curves.png, confusion.png, worst.png
     tb/            TensorBoard event files (train.tensorboard: true)
     eval-<checkpoint>.json, eval-<checkpoint>-confusion.png   written by `mnistkit eval`
@@ -58,6 +61,8 @@ class RunDir:
     ENV = "env.json"
     DATA = "data.json"
     PREDICTIONS = "predictions.npz"
+    GALLERY = "gallery.npz"
+    ORIGINS = "origins.json"
     PLOTS = "plots"
     TENSORBOARD = "tb"
 
@@ -143,6 +148,14 @@ class RunDir:
         return self.path / self.PREDICTIONS
 
     @property
+    def gallery_path(self) -> Path:
+        return self.path / self.GALLERY
+
+    @property
+    def origins_path(self) -> Path:
+        return self.path / self.ORIGINS
+
+    @property
     def plots_dir(self) -> Path:
         return self.path / self.PLOTS
 
@@ -196,6 +209,21 @@ class RunDir:
         from mnistkit.recipe.schema import load_recipe
 
         return load_recipe(RunDir.open(self.path).recipe_path)
+
+    # -------------------------------------------------------------- origins.json
+    def write_origins(self, origins: dict[str, str]) -> Path:
+        """origins.json: dotted recipe key -> where its value was written (``file:line:col`` or
+        ``--set key=value``); a key not listed took the schema's default."""
+        atomic_write_text(self.origins_path, json.dumps(origins, indent=1, sort_keys=True) + "\n")
+        return self.origins_path
+
+    def read_origins(self) -> dict[str, str] | None:
+        """origins.json, or None for a run that did not record it."""
+        try:
+            data = json.loads(self.origins_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
 
     # -------------------------------------------------------------- plugins
     def keep_plugins(self, modules: list[str]) -> list[str]:
