@@ -18,20 +18,32 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
     def report(
         paths: Annotated[
             list[Path],
-            typer.Argument(help="A run directory.", show_default=False, metavar="RUN_DIR"),
+            typer.Argument(
+                help="A run directory, a group of seeds (run --seeds N), a sweep folder, or several "
+                "runs and groups to set side by side.",
+                show_default=False,
+                metavar="DIR...",
+            ),
         ],
         out: Annotated[
             Path | None,
             typer.Option(
                 "--out",
                 "-o",
-                help="The HTML file to write (default: report.html in the folder).",
+                help="The HTML file to write (default: report.html in the folder; required for "
+                "several folders).",
                 metavar="FILE",
             ),
         ] = None,
     ) -> None:
         """Write one HTML file that explains a run: curves, per-class scores, confusion matrix,
-        mistakes, calibration. Everything inline: it opens offline, from anywhere."""
+        mistakes, calibration. Everything inline: it opens offline, from anywhere.
+
+        A group of seeds: the members' curves with mean ± std, the group's summary, a link to
+        each member's report. A sweep: optimization history, parameter importances, parallel
+        coordinates, the trials (sortable), the best trial's report linked, pruning savings.
+        Several folders (runs or groups, -o FILE required): curves overlaid, metrics, recipe
+        differences and, for two, compare's significance verdict."""
 
         def body() -> None:
             from mnistkit.report import write_report

@@ -401,7 +401,7 @@ def _compare_groups(con: Any, path_a: Path, path_b: Path) -> None:
     from mnistkit.runs.directory import RunDir
     from mnistkit.runs.group import is_group, open_group
     from mnistkit.runs.listing import recipe_diff
-    from mnistkit.runs.significance import section, finished_accuracies
+    from mnistkit.runs.significance import finished_accuracies, section
 
     sides = []  # (name, members, is a group)
     for path in (path_a, path_b):

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnistkit.errors import RunError
 from mnistkit.fsutil import atomic_write_text
-from mnistkit.sweeps.worker import counted, retried_numbers
+from mnistkit.sweeps.trials import counted, retried_numbers
 
 META_FILE = "sweep.json"
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -63,7 +63,7 @@ def open_sweep(folder: Path, storage: str | None = None, study_name: str | None 
 def load_study(url: str, study_name: str, given: str | None = None) -> optuna.Study:
     """Study ``study_name`` in the storage at ``url`` (``given``: the --storage URL, checked)."""
     from mnistkit.sweeps.storage import check_url, open_storage, redact
-    from mnistkit.sweeps.worker import quiet_optuna
+    from mnistkit.sweeps.trials import quiet_optuna
 
     if given:
         check_url(given, "--storage")
