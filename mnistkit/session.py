@@ -87,6 +87,8 @@ class RunOptions:
     # The command that continues this run, where it is not its own --resume (a group's member:
     # the group's --resume, which also runs the seeds after it).
     resume_as: str | None = None
+    # Where each recipe value was written (Located.origins): origins.json, for `mnistkit report`.
+    origins: dict[str, str] | None = None
 
 
 @dataclass
@@ -419,6 +421,8 @@ class Session:
             # from any folder and offline, instead of trying to download them.
             resolved["data"]["root"] = str(Path(root).expanduser().resolve())
         run.write_recipe(resolved, self.opts.command)
+        if self.opts.origins is not None and self.opts.resume is None:
+            run.write_origins(self.opts.origins)
         run.keep_plugins(list(recipe.plugins))  # the run directory stays self-contained
         run.write_data_info(data_info(recipe, data, self.data_dir))
         run.write_env(

@@ -189,7 +189,7 @@ def run(
     """Train a recipe: live progress, a row per epoch, everything saved to a run directory."""
 
     def body() -> None:
-        from mnistkit.recipe.schema import load_recipe
+        from mnistkit.recipe.schema import load_recipe_located
 
         _check_run_args(recipe, resume, out, runs_root, progress)
         from mnistkit.cli import seeds_cli
@@ -201,11 +201,12 @@ def run(
             seeds_cli.refuse_nproc(nproc)
             _exit(seeds_cli.resume(resume, set_ or [], data_dir, progress))
             return
+        origins = None
         if resume is not None:
             rec = _resume_recipe(resume, set_ or [])
         else:
             assert recipe is not None
-            rec = load_recipe(recipe, set_ or [])
+            rec, origins = load_recipe_located(recipe, set_ or [])
             group = seeds_cli.seeds_of(recipe, rec, seeds, set_ or [])
             if group is not None:
                 seeds_cli.refuse_nproc(nproc)
@@ -234,6 +235,7 @@ def run(
                 progress=progress,
                 command=command,
                 again=_again(command, recipe, set_ or [], data_dir, out, runs_root),
+                origins=origins,
             ),
         )
         if result.status == "interrupted":

@@ -180,9 +180,19 @@ def load_recipe(
     reg: Registries | None = None,
 ) -> RecipeBase:
     """Read, override, validate: the one entry point from a YAML file to a Recipe."""
+    return load_recipe_located(path, overrides, reg)[0]
+
+
+def load_recipe_located(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    reg: Registries | None = None,
+) -> tuple[RecipeBase, dict[str, str]]:
+    """:func:`load_recipe`, and where each value was written (:meth:`Located.origins`)."""
     path = Path(path)
     doc = load_document(path, overrides)
-    return validate_document(doc, [], reg, default_name=path.stem, base_dir=path.parent)
+    recipe = validate_document(doc, [], reg, default_name=path.stem, base_dir=path.parent)
+    return recipe, doc.origins()
 
 
 def load_document(path: str | Path, overrides: list[str] | None = None) -> Located:

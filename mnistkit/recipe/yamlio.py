@@ -38,6 +38,17 @@ class Located:
     keys: dict[Loc, str] = field(default_factory=dict)  # path -> "file:line:col" of the key
     values: dict[Loc, str] = field(default_factory=dict)  # path -> position of the value
 
+    def origins(self) -> dict[str, str]:
+        """Where each value was written, by dotted key (``optimizer.lr``, ``model.layers[2].type``):
+        ``file:line:col`` (a ``base:`` recipe's own file for what it set) or ``--set key=value``.
+        What is not listed took the schema's default (recorded in a run's origins.json)."""
+        own = f"{self.source}:"
+        return {
+            dotted_loc(loc): where if where.startswith((own, "--set ")) else f"base: {where}"
+            for loc, where in self.values.items()
+            if loc
+        }
+
     def where(self, loc: Loc, *, key: bool = False) -> str:
         """Best position for ``loc``: itself, else its nearest ancestor that has one."""
         table = self.keys if key else self.values
@@ -50,6 +61,14 @@ class Located:
             if sub in table:
                 return table[sub]
         return self.source
+
+
+def dotted_loc(loc: Loc) -> str:
+    """``("model", "layers", 2, "type")`` -> ``model.layers[2].type`` (as runs.listing.flatten)."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 def _pos(source: str, mark: yaml.Mark) -> str:

@@ -171,13 +171,24 @@ def recipe_section(facts: RunFacts) -> Section:
     from mnistkit.runs.listing import flatten
 
     origins = facts.run.read_origins()
-    rows = []
-    for key, value in flatten(facts.recipe).items():
-        origin = origins.get(key, "default") if origins is not None else ""
-        rows.append((key, _yaml_scalar(value), origin))
+    rows = [
+        (key, _yaml_scalar(value), _origin(origins, key) if origins is not None else "")
+        for key, value in flatten(facts.recipe).items()
+    ]
     note = "" if origins is not None else "where each value came from was not recorded by this run"
     body = render_part("parts/recipe.html.j2", rows=rows, recorded=origins is not None)
     return Section("recipe", "Recipe", body, note=note)
+
+
+def _origin(origins: dict[str, str], key: str) -> str:
+    """Where ``key``'s value was written; a registry name given in short (``loss: cross_entropy``,
+    resolved to ``loss.name``) has its parent's place; anything else unlisted is the default."""
+    if key in origins:
+        return origins[key]
+    parent, _, last = key.rpartition(".")
+    if last == "name" and parent in origins:
+        return origins[parent]
+    return "default"
 
 
 def _yaml_scalar(value: Any) -> str:
