@@ -39,13 +39,8 @@ NOT_A_REPORT_FOLDER = (
 )
 
 
-def build_page(paths: list[Path], out: Path) -> Page:
-    """The report for ``paths``, by what they are (a RunError for anything else), to be written
-    at ``out`` (the links in it are relative to that place)."""
-    from mnistkit.runs.directory import RunDir
-    from mnistkit.runs.group import is_group
-    from mnistkit.sweeps.outputs import is_sweep
-
+def check_folders(paths: list[Path]) -> None:
+    """Each path an existing folder (a RunError naming the first that is not)."""
     for path in paths:
         if not path.exists():
             raise RunError(
@@ -53,6 +48,16 @@ def build_page(paths: list[Path], out: Path) -> Page:
             )
         if not path.is_dir():
             raise RunError(f"{path}: not a folder (give a run directory, a group of seeds or a sweep folder)")
+
+
+def build_page(paths: list[Path], out: Path) -> Page:
+    """The report for ``paths``, by what they are (a RunError for anything else), to be written
+    at ``out`` (the links in it are relative to that place)."""
+    from mnistkit.runs.directory import RunDir
+    from mnistkit.runs.group import is_group
+    from mnistkit.sweeps.outputs import is_sweep
+
+    check_folders(paths)
     if len(paths) == 1:
         path = paths[0]
         if is_sweep(path):
@@ -111,6 +116,7 @@ def write_report(paths: list[Path], out: Path | None = None) -> Written:
         raise RunError("give a run directory, a group of seeds or a sweep folder: mnistkit report DIR")
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]
+    check_folders(paths)
     target = Path(out) if out is not None else default_output(paths)
     if target.is_dir():
         target = target / REPORT_FILE
