@@ -144,7 +144,7 @@ def test_sweep_report_shows_the_trials_the_best_and_what_pruning_saved(
     # The trials table: one row per trial, pruned-after filled for pruned trials only, sortable.
     rows = page.page.eval_on_selector_all(
         "#trials-table tbody tr",
-        "rs => rs.map(r => [r.dataset.trial, r.cells[r.cells.length - 3].innerText])",
+        "rs => rs.map(r => [r.dataset.trial, r.querySelector('td.pruned-after').innerText])",
     )
     assert [int(n) for n, _ in rows] == list(range(len(SWEEP_TRIALS)))
     assert [p for _, p in rows] == [str(len(t[3])) if t[0] == "PRUNED" else "" for t in SWEEP_TRIALS]

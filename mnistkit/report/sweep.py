@@ -121,7 +121,7 @@ def _trials(study: Any, metric: str, best: int | None) -> dict[str, Any]:
                 "reason": r["reason"] if r["state"] != "PRUNED" else None,
             }
         )
-    return {"params": params, "rows": rows, "metric": metric}
+    return {"params": params, "rows": rows, "metric": metric, "notes": any(r["reason"] for r in rows)}
 
 
 def _best(
