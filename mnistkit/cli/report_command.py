@@ -22,7 +22,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
                 help="A run directory, a group of seeds (run --seeds N), a sweep folder, or several "
                 "runs and groups to set side by side.",
                 show_default=False,
-                metavar="DIR...",
+                metavar="DIR",
             ),
         ],
         out: Annotated[
@@ -39,11 +39,9 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
         """Write one HTML file that explains a run: curves, per-class scores, confusion matrix,
         mistakes, calibration. Everything inline: it opens offline, from anywhere.
 
-        A group of seeds: the members' curves with mean ± std, the group's summary, a link to
-        each member's report. A sweep: optimization history, parameter importances, parallel
-        coordinates, the trials (sortable), the best trial's report linked, pruning savings.
-        Several folders (runs or groups, -o FILE required): curves overlaid, metrics, recipe
-        differences and, for two, compare's significance verdict."""
+        A group of seeds: members' curves with mean ± std, the summary, their reports.
+        A sweep: history, importances, parallel coordinates, trials, pruning savings.
+        Several runs or groups (-o FILE): side by side, with compare's verdict."""
 
         def body() -> None:
             from mnistkit.report import write_report
