@@ -221,6 +221,28 @@ def test_a_group_beside_its_runs(browser: Any, group: Path, tmp_path: Path) -> N
     assert "two at a time" in text(page, "#significance-none")
     page.close()
 
+    # A group and a run: compare's words on why that is not tested, as it prints them.
+    res = invoke("report", group, group / "seed-0", "-o", tmp_path / "pair.html")
+    assert res.exit_code == 0, res.output
+    page = browser.open((tmp_path / "pair.html").resolve().as_uri())
+    printed = CliRunner().invoke(app, ["compare", str(group), str(group / "seed-0")], env={"COLUMNS": "400"})
+    said = next(ln.strip() for ln in printed.output.splitlines() if ln.strip().startswith("not tested:"))
+    assert said in text(page, "#significance-lines").splitlines()[-1]
+    assert page.page.query_selector("#verdict") is None
+    page.close()
+
+
+def test_a_sweep_with_few_complete_trials_says_what_it_cannot_show(browser: Any, tmp_path: Path) -> None:
+    folder = make_study(tmp_path / "few", TRIALS)  # 3 complete trials; no trial's run folder here
+    res = invoke("report", folder)
+    assert res.exit_code == 0, res.output
+    page = open_page(browser, folder / "report.html", tmp_path / "few.png")
+    complete = sum(t[0] == "COMPLETE" for t in TRIALS)
+    assert page.page.query_selector("#importances img") is None
+    assert f"{complete} complete trials, parameter importances need at least 5" in text(page, "#importances")
+    assert "is not here" in text(page, "#best") and page.page.query_selector("#best-report") is None
+    page.close()
+
 
 @pytest.mark.parametrize(
     ("case", "code", "words"),
