@@ -247,3 +247,17 @@ def test_ece_against_a_hand_computed_example() -> None:
     # 10 bins: every sample alone in its bin except none; gaps |0-0.5|, |1-0.6|, |1-0.7|, |0-0.8|, |1-0.9|
     rel10 = reliability(probs, labels, bins=10)
     assert rel10.ece == pytest.approx((0.5 + 0.4 + 0.3 + 0.8 + 0.1) / 5, abs=1e-12)
+
+
+def test_origins_name_the_file_line_the_base_recipe_and_the_set(tmp_path: Path) -> None:
+    from mnistkit.recipe.schema import load_recipe_located
+
+    (tmp_path / "base.yaml").write_text(RECIPE, encoding="utf-8")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\noptimizer:\n  lr: 0.01\n", encoding="utf-8")
+    _, origins = load_recipe_located(child, ["epochs=2"])
+    assert origins["optimizer.lr"] == f"{child}:3:7"  # the child's own line 3, column 7
+    column = RECIPE.splitlines()[2].index("digits") + 1
+    assert origins["data.dataset"] == f"base: {tmp_path / 'base.yaml'}:3:{column}"
+    assert origins["epochs"] == "--set epochs=2"
+    assert "data.val_split" not in origins  # a default

@@ -103,11 +103,14 @@ def summary_section(facts: RunFacts) -> Section:
     epochs = f"{info.epochs_done} of {info.epochs_planned}" if info.epochs_planned else str(info.epochs_done)
     wall = None
     if status.get("started") and status.get("ended"):
-        wall = format_seconds(float(status["ended"]) - float(status["started"]))
-    duration = f"{format_seconds(info.seconds)} training" + (f", {wall} in all" if wall else "")
+        wall = _seconds(float(status["ended"]) - float(status["started"]))
+    duration = f"{_seconds(info.seconds)} training" + (f", {wall} in all" if wall else "")
     rows_out = [
         ("name", status.get("name") or facts.recipe.get("name") or facts.run.name),
-        ("status", info.status + (f" ({info.stop_reason})" if info.stop_reason else "")),
+        (
+            "status",
+            info.status + (f" ({info.stop_reason})" if info.stop_reason not in (None, info.status) else ""),
+        ),
         ("epochs", epochs),
         ("best", best or "-"),
         ("final", final or "- (no epoch finished)"),
@@ -115,10 +118,17 @@ def summary_section(facts: RunFacts) -> Section:
         ("device", _device(facts.env)),
         ("data", _data_text(facts)),
         ("seed", str(facts.env.get("seed", facts.recipe.get("seed", "-")))),
-        ("mnistkit", _versions(facts.env)),
+        ("versions", _versions(facts.env)),
     ]
     body = render_part("parts/summary.html.j2", rows=rows_out, selection=selection)
     return Section("summary", "Summary", body)
+
+
+def _seconds(seconds: float | None) -> str:
+    """``4.2 s`` under a minute, else ``m:ss`` / ``h:mm:ss`` as ``mnistkit runs`` shows them."""
+    if seconds is not None and seconds < 60:
+        return f"{seconds:.1f} s"
+    return format_seconds(seconds)
 
 
 def _selection(facts: RunFacts) -> dict[str, Any]:
