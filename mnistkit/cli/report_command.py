@@ -18,20 +18,30 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
     def report(
         paths: Annotated[
             list[Path],
-            typer.Argument(help="A run directory.", show_default=False, metavar="RUN_DIR"),
+            typer.Argument(
+                help="A run directory, a group of seeds (run --seeds N), a sweep folder, or several "
+                "runs and groups to set side by side.",
+                show_default=False,
+                metavar="DIR",
+            ),
         ],
         out: Annotated[
             Path | None,
             typer.Option(
                 "--out",
                 "-o",
-                help="The HTML file to write (default: report.html in the folder).",
+                help="The HTML file to write (default: report.html in the folder; required for "
+                "several folders).",
                 metavar="FILE",
             ),
         ] = None,
     ) -> None:
         """Write one HTML file that explains a run: curves, per-class scores, confusion matrix,
-        mistakes, calibration. Everything inline: it opens offline, from anywhere."""
+        mistakes, calibration. Everything inline: it opens offline, from anywhere.
+
+        A group of seeds: members' curves with mean ± std, the summary, their reports.
+        A sweep: history, importances, parallel coordinates, trials, pruning savings.
+        Several runs or groups (-o FILE): side by side, with compare's verdict."""
 
         def body() -> None:
             from mnistkit.report import write_report

@@ -397,10 +397,11 @@ def _compare_groups(con: Any, path_a: Path, path_b: Path) -> None:
     and Welch's t interval and test over the seeds (two groups)."""
     from rich.markup import escape
 
+    from mnistkit.cli.invocation import invoked_as
     from mnistkit.runs.directory import RunDir
     from mnistkit.runs.group import is_group, open_group
-    from mnistkit.runs.listing import effective_status, recipe_diff
-    from mnistkit.runs.significance import final_test_accuracy, groups_section, run_vs_group_section
+    from mnistkit.runs.listing import recipe_diff
+    from mnistkit.runs.significance import finished_accuracies, section
 
     sides = []  # (name, members, is a group)
     for path in (path_a, path_b):
@@ -415,28 +416,17 @@ def _compare_groups(con: Any, path_a: Path, path_b: Path) -> None:
         raise RunError(f"{empty}: the group has no members (group.json lists none)")
     diff = recipe_diff(a_runs[0].read_recipe_dict(), b_runs[0].read_recipe_dict())
     _print_diff(con, [d for d in diff if d[0] != "seed"], a_name, b_name, " and the seed")
-    accs: tuple[list[float], list[float]] = ([], [])
-    notes = []
     t = _table(True, title="final test accuracy of each run")
     for col in ("", "run", "test_acc", "status"):
         t.add_column(col, no_wrap=True, overflow="fold", justify="right" if col == "test_acc" else "left")
-    for label, runs_, acc in (("A", a_runs, accs[0]), ("B", b_runs, accs[1])):
-        for r in runs_:
-            status, value = effective_status(r.read_status()), final_test_accuracy(r)
-            if status == "finished" and value is not None:
-                acc.append(value)
-            else:
-                notes.append(f"{label}: {r.path} left out: {status}, not finished")
+    for label, runs_ in (("A", a_runs), ("B", b_runs)):
+        for r, status, value in finished_accuracies(runs_, label)[1]:
             t.add_row(label, escape(r.name), "-" if value is None else f"{value:.2%}", escape(status))
     con.print(t)
     for label, path, is_grp, n in (("A", path_a, a_group, len(a_runs)), ("B", path_b, b_group, len(b_runs))):
         con.print(f"{label}: {escape(str(path))}  " + (f"group of {n} runs" if is_grp else "one run"))
     con.print()
-    if a_group and b_group:
-        lines = groups_section((a_name, b_name), accs)
-    else:
-        lines = run_vs_group_section("A" if not a_group else "B")
-    _print_lines(con, [*lines[:1], *(f"  {n}" for n in notes), *lines[1:]])
+    _print_lines(con, section(path_a, path_b, invoked_as()))
 
 
 def _diff_table(diff: list[tuple[str, Any, Any]], a_name: str, b_name: str, box: bool = True) -> Any:

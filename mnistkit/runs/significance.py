@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -158,6 +159,48 @@ def final_test_accuracy(run: RunDir) -> float | None:
     rows = run.read_metrics()
     value = rows[-1].get("test_acc") if rows else None
     return None if value is None else float(value)
+
+
+def finished_accuracies(
+    runs: list[RunDir], label: str
+) -> tuple[list[float], list[tuple[RunDir, str, float | None]], list[str]]:
+    """The final test accuracies that count (finished runs with one), every run's (run, status,
+    value), and a note for each run left out."""
+    from mnistkit.runs.listing import effective_status
+
+    accs: list[float] = []
+    shown: list[tuple[RunDir, str, float | None]] = []
+    notes: list[str] = []
+    for r in runs:
+        status, value = effective_status(r.read_status()), final_test_accuracy(r)
+        if status == "finished" and value is not None:
+            accs.append(value)
+        else:
+            notes.append(f"{label}: {r.path} left out: {status}, not finished")
+        shown.append((r, status, value))
+    return accs, shown, notes
+
+
+def section(a: Path, b: Path, command: str) -> list[str]:
+    """compare's "is the difference real?" lines for two runs or groups of seeds at ``a``, ``b``."""
+    from mnistkit.runs.group import is_group, open_group
+
+    if not is_group(a) and not is_group(b):
+        return runs_section(RunDir.open(a), RunDir.open(b), command)
+    sides = [open_group(p) if is_group(p) else None for p in (a, b)]
+    accs: list[list[float]] = []
+    notes: list[str] = []
+    for label, path, group in zip(("A", "B"), (a, b), sides, strict=True):
+        runs = group.members if group is not None else [RunDir.open(path)]
+        acc, _, left_out = finished_accuracies(runs, label)
+        accs.append(acc)
+        notes += left_out
+    ga, gb = sides
+    if ga is not None and gb is not None:
+        lines = groups_section((ga.name, gb.name), (accs[0], accs[1]))
+    else:
+        lines = run_vs_group_section("A" if ga is None else "B")
+    return [*lines[:1], *(f"  {n}" for n in notes), *lines[1:]]
 
 
 def groups_section(names: tuple[str, str], accs: tuple[list[float], list[float]]) -> list[str]:

@@ -262,22 +262,11 @@ def _status(
     folder: Path | None, storage: str | None, study_name: str | None, out: Path | None, refresh: bool
 ) -> None:
     """The trials and the summary, read from the storage; writes nothing unless ``refresh``."""
-    import optuna
-
     from mnistkit.sweeps import outputs
-    from mnistkit.sweeps.storage import check_url, open_storage, redact
-    from mnistkit.sweeps.worker import quiet_optuna
 
-    budget = None
     if folder is not None:
-        meta_path = folder / "sweep.json"
-        if not meta_path.is_file():
-            raise RunError(f"{folder}: not a sweep folder (no sweep.json)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        url = storage or meta["storage"]
-        study_name = study_name or meta["study"]
-        budget = meta.get("budget")
-        sweep_dir = out or folder
+        opened = outputs.open_sweep(folder, storage, study_name)
+        study, budget, sweep_dir = opened.study, opened.budget, out or folder
     else:
         url = storage or os.environ.get("MNISTKIT_SWEEP_STORAGE") or ""
         if not url or not study_name:
@@ -290,16 +279,8 @@ def _status(
                     )
                 ]
             )
-        sweep_dir = out or DEFAULT_ROOT / study_name
-    if storage:
-        check_url(storage, "--storage")
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise RunError(f"no sweep storage at {url.removeprefix('sqlite:///')}")  # do not create one
-    quiet_optuna()
-    try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(url))
-    except KeyError:
-        raise RunError(f"no study {study_name!r} in {redact(url)}") from None
+        study = outputs.load_study(url, study_name, storage)
+        budget, sweep_dir = None, out or DEFAULT_ROOT / study_name
     from mnistkit.sweeps.table import fitted_table, print_lines, status_lines
 
     con = _console()

@@ -23,11 +23,57 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from mnistkit.errors import RunError
 from mnistkit.fsutil import atomic_write_text
-from mnistkit.sweeps.worker import counted, retried_numbers
+from mnistkit.sweeps.trials import counted, retried_numbers
 
 META_FILE = "sweep.json"
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+def is_sweep(path: Path) -> bool:
+    return (Path(path) / META_FILE).is_file()
+
+
+@dataclass
+class OpenedSweep:
+    """A sweep folder's study, read from its storage (``sweep status``, ``report``)."""
+
+    folder: Path
+    study: optuna.Study
+    budget: int | None
+    meta: dict[str, Any]
+
+
+def open_sweep(folder: Path, storage: str | None = None, study_name: str | None = None) -> OpenedSweep:
+    """The study of the sweep in ``folder`` (its sweep.json names the storage and the study;
+    ``storage`` and ``study_name`` override them). Reads only: never creates a storage."""
+    meta_path = Path(folder) / META_FILE
+    if not meta_path.is_file():
+        raise RunError(f"{folder}: not a sweep folder (no {META_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        url, name = storage or meta["storage"], study_name or meta["study"]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise RunError(f"{meta_path}: unreadable ({type(exc).__name__}: {exc})") from None
+    study = load_study(url, name, storage)
+    return OpenedSweep(Path(folder), study, meta.get("budget"), meta)
+
+
+def load_study(url: str, study_name: str, given: str | None = None) -> optuna.Study:
+    """Study ``study_name`` in the storage at ``url`` (``given``: the --storage URL, checked)."""
+    from mnistkit.sweeps.storage import check_url, open_storage, redact
+    from mnistkit.sweeps.trials import quiet_optuna
+
+    if given:
+        check_url(given, "--storage")
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise RunError(f"no sweep storage at {url.removeprefix('sqlite:///')}")  # do not create one
+    quiet_optuna()
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(url))
+    except KeyError:
+        raise RunError(f"no study {study_name!r} in {redact(url)}") from None
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:

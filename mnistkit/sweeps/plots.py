@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mnistkit.evaluation.plots import _figure, _save
+from mnistkit.evaluation.plots import OKABE_ITO, _figure, _save
 from mnistkit.recipe.metrics import higher_is_better
 
 if TYPE_CHECKING:
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 MIN_IMPORTANCE_TRIALS = 5  # fewer complete trials: no importances at all
 FEW_IMPORTANCE_TRIALS = 10  # fewer: drawn, with a warning in the title
 
-_COMPLETE, _PRUNED = "tab:blue", "tab:orange"
+# Okabe-Ito, colour-blind-safe, as the runs' plots.
+_COMPLETE, _PRUNED, _BEST = OKABE_ITO["blue"], OKABE_ITO["orange"], OKABE_ITO["vermillion"]
 
 
 class TooFewTrials(Exception):
@@ -90,7 +91,7 @@ def history(study: optuna.Study) -> Figure:
             xs.append(t.number)
             ys.append(k * best)
         last = max(t.number for t in trials)
-        ax.step([*xs, last], [*ys, ys[-1]], where="post", color="tab:red", label="best complete so far")
+        ax.step([*xs, last], [*ys, ys[-1]], where="post", color=_BEST, label="best complete so far")
     _integer_axis(ax.xaxis, [t.number for t in trials])
     ax.set_xlabel("trial")
     ax.set_ylabel(_ylabel(metric))
@@ -157,7 +158,7 @@ def importances(study: optuna.Study) -> Figure:
     title = f"sweep {study.study_name}: parameter importances from {n} complete trials"
     if n < FEW_IMPORTANCE_TRIALS:
         title += f"\nonly {n} complete trials (fewer than {FEW_IMPORTANCE_TRIALS}): a rough guide"
-    ax.set_title(title, **({"color": "tab:red"} if n < FEW_IMPORTANCE_TRIALS else {}))
+    ax.set_title(title, **({"color": _BEST} if n < FEW_IMPORTANCE_TRIALS else {}))
     ax.set_xlim(0, max(imp.values(), default=1.0) * 1.15 or 1.0)
     return fig
 

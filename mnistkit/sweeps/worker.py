@@ -21,41 +21,19 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from mnistkit.errors import RunError
 from mnistkit.sweeps.objective import Objective, SweepInterrupted, TrialFailed, encoded_choices
 from mnistkit.sweeps.spec import Sweep
 from mnistkit.sweeps.storage import open_storage
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def quiet_optuna() -> None:
-    """Optuna logs every trial (with a traceback for failures) and warns about experimental
-    features; mnistkit shows trials in its own table and records failure reasons instead."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", module="optuna")
-
-
-def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
-    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-
-
-def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The finished trials the budget counts: a FAIL that was retried is counted by its retry."""
-    retried = retried_numbers(trials)
-    return [
-        t for t in trials if t.state in FINISHED and not (t.state == TrialState.FAIL and t.number in retried)
-    ]
+from mnistkit.sweeps.trials import counted, quiet_optuna
 
 
 def budget(sweep: Sweep) -> int:

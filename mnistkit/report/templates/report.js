@@ -13,6 +13,7 @@
     var rows = Array.prototype.slice.call(body.rows);
     rows.sort(function (a, b) {
       var x = cellValue(a, i), y = cellValue(b, i);
+      if (x === "" || y === "") return (x === "") - (y === "");  // empty cells last, either way
       var c = (typeof x === typeof y) ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === "number" ? -1 : 1);
       return asc ? c : -c;
     });
