@@ -16,8 +16,11 @@ setup: $(STAMP)
 quickstart: $(STAMP)
 	$(VENV)/bin/mnistkit run recipes/quickstart.yaml
 
+# Two workers by default (TEST_WORKERS=0: one process); --dist loadfile keeps each test file on one
+# worker, so a module's fixture (a trained run, a server) is made once.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -rs --durations=15
+	$(VENV)/bin/python -m pytest -q -rs --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mnistkit tests bench
