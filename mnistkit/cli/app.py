@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from mnistkit.cli.options import DataDirOpt, RunsOpt, SetOpt
+from mnistkit.cli.options import DataDirOpt, RunsOpt, SetOpt, TrackOpt, track_sets
 from mnistkit.errors import RecipeError, RunError
 from mnistkit.recipe.resume import RESUMABLE
 from mnistkit.training.threads import quiet_openmp
@@ -185,8 +185,10 @@ def run(
             show_default=False,
         ),
     ] = None,
+    track: TrackOpt = None,
 ) -> None:
     """Train a recipe: live progress, a row per epoch, everything saved to a run directory."""
+    set_ = [*(set_ or []), *track_sets(track)]
 
     def body() -> None:
         from mnistkit.recipe.schema import load_recipe
@@ -377,6 +379,7 @@ def validate(
     def body() -> None:
         from mnistkit.recipe.model_check import describe_model_size, static_notes
         from mnistkit.recipe.schema import load_document, validate_document
+        from mnistkit.recipe.tracking import tracker_problems
         from mnistkit.registry import registries
 
         failed = 0
@@ -390,6 +393,9 @@ def validate(
                     continue
                 doc = load_document(path, set_ or [])
                 rec = validate_document(doc, [], default_name=path.stem, base_dir=path.parent)
+                missing = tracker_problems(rec, doc)  # importable? (no import: find_spec)
+                if missing:
+                    raise RecipeError(missing)
                 for note in static_notes(rec, registries()):
                     con.print(f"note {path}: {_esc(note)}", style="dim")
                 if build:
@@ -606,7 +612,7 @@ def _register_more() -> str | None:
     the CLI without a word: :func:`main` reports it and exits 1.
     """
     try:
-        from mnistkit.cli import check_command, data_command, export_command, run_commands
+        from mnistkit.cli import check_command, data_command, export_command, run_commands, track_command
         from mnistkit.sweeps import cli as sweep_commands
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -614,6 +620,7 @@ def _register_more() -> str | None:
     export_command.register(app, guarded)
     data_command.register(app, guarded)
     check_command.register(app, guarded)
+    track_command.register(app, guarded)
     sweep_commands.register(app, guarded)
     return None
 

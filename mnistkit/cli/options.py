@@ -33,3 +33,17 @@ RunsOpt = Annotated[
     Path | None,
     typer.Option("--runs", help="Parent folder of run directories (default: runs).", metavar="DIR"),
 ]
+TrackOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--track",
+        metavar="TRACKER",
+        help="Log the run to an experiment tracker: mlflow or tensorboard (repeatable; the same as "
+        "--set train.track=[...]; see docs/tracking.md).",
+    ),
+]
+
+
+def track_sets(track: list[str] | None) -> list[str]:
+    """``--track mlflow`` as the ``--set`` it stands for (validated with the recipe)."""
+    return [f"train.track=[{','.join(track)}]"] if track else []
