@@ -48,10 +48,13 @@ def resolve_uri(recipe_uri: str | None, given: str | None = None) -> str:
 
 
 def _http_defaults() -> None:
-    """A server that is down fails a request at once instead of MLflow's 7 retries with
-    back-off (minutes of a stalled training loop); the user's own settings win."""
+    """No URL printed by MLflow itself; a server that is down fails a request at once
+    instead of MLflow's 7 retries with back-off (minutes of a stalled training loop); the
+    user's own retry and timeout settings win."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # MLflow prints "View run ... at: URL" with the URL's password; mnistkit says where, masked.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -88,7 +91,8 @@ class Expected:
         env = _read_json(run.env_path)
         data = run.read_data_info() or {}
         params = flatten(recipe)
-        params["data_folder"] = str(data.get("data_dir") or (recipe.get("data") or {}).get("root"))
+        folder = data.get("data_dir") or (recipe.get("data") or {}).get("root")
+        params["data_folder"] = str(folder) if folder else "null"  # null: no files (or the cache)
         state = status.get("status", "running")
         if state == "running" and not run_process_alive(status.get("pid")):
             state = "interrupted"  # killed without a word: MLflow's KILLED
@@ -110,12 +114,17 @@ class Expected:
         )
         if state == "finished" and rows:
             out.summary = _summary(rows, status)
-        files = env.get("data_files") or {}
-        if files:
-            digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:32]
-            name = str((recipe.get("data") or {}).get("dataset", "data"))
-            out.dataset = (name, digest, str(env.get("data_source") or params["data_folder"]))
+        if env:
+            out.dataset = (str((recipe.get("data") or {}).get("dataset")), *dataset_digest(env))
         return out
+
+
+def dataset_digest(env: dict[str, Any]) -> tuple[str, str]:
+    """(digest, source) of the data a run read: the hashes env.json lists for its files (none
+    for a dataset shipped in a package: its source then), 32 hex digits."""
+    source = str(env.get("data_source") or "")
+    seen = {"source": source, "files": env.get("data_files") or {}}
+    return hashlib.sha256(json.dumps(seen, sort_keys=True).encode()).hexdigest()[:32], source
 
 
 def _summary(rows: list[dict[str, Any]], status: dict[str, Any]) -> dict[str, float]:
