@@ -282,3 +282,46 @@ def test_an_unreachable_server_costs_nothing_and_track_completes_the_record(live
         assert res.exit_code == 0, res.output
     assert "0 metric points were missing" in res.output
     assert_complete(MlflowClient(live["uri"]), run)
+
+
+# --------------------------------------------------------------------------- without mlflow
+#: sitecustomize for a child Python in which mlflow cannot be imported (as if not installed).
+_NO_MLFLOW = """
+import sys
+class _NoMlflow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "mlflow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NoMlflow())
+"""
+
+
+def test_validate_without_mlflow_says_how_to_install_it(tmp_path: Path, cli) -> None:
+    (tmp_path / "sitecustomize.py").write_text(_NO_MLFLOW)
+    recipe = tmp_path / "tracked.yaml"
+    recipe.write_text(f"base: {QUICK}\ntrain:\n  track: [mlflow]\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    res = cli("validate", recipe, env=env)
+    assert res.returncode == 2, res.stdout + res.stderr
+    text = said(res.stderr)
+    assert f"{recipe}:3:10: train.track:" in text and "pip install 'mnistkit[mlflow]'" in text
+    assert "Traceback" not in res.stderr
+    res = cli("validate", QUICK, env=env)  # a recipe that does not track needs no mlflow
+    assert res.returncode == 0, res.stderr
+
+
+def test_help_and_validate_do_not_import_mlflow(tmp_path: Path) -> None:
+    recipe = tmp_path / "tracked.yaml"
+    recipe.write_text(f"base: {QUICK}\ntrain:\n  track: [mlflow]\n")
+    code = (
+        "import sys\nfrom mnistkit.cli.app import main\nsys.argv = ['mnistkit', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "seen = sorted({'mlflow', 'torch'} & set(sys.modules))\n"
+        "print('exit', code or 0, 'imported', seen, file=sys.stderr)"
+    )
+    for args in (["--help"], ["validate", str(recipe)], ["track", "--help"]):
+        res = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, cwd=REPO
+        )
+        assert res.stderr.splitlines()[-1] == "exit 0 imported []", (args, res.stderr)
