@@ -88,6 +88,8 @@ class RunOptions:
     # The command that continues this run, where it is not its own --resume (a group's member:
     # the group's --resume, which also runs the seeds after it).
     resume_as: str | None = None
+    # A sweep's trial: the MLflow run of its study, under which the trial's run is nested.
+    mlflow_parent: str | None = None
 
 
 @dataclass
@@ -477,7 +479,10 @@ class Session:
                 if not reporter.quiet:
                     reporter.labelled("tracking", escape(text))
 
-            self.trackers = open_trackers(recipe.train, run, self.state.epoch, say, self.opts.command)
+            opts = self.opts
+            self.trackers = open_trackers(
+                recipe.train, run, self.state.epoch, say, opts.command, opts.mlflow_parent
+            )
         state, on_epoch = self.state, self.opts.on_epoch
 
         def epoch_end(row: dict[str, Any], improved: bool) -> None:

@@ -325,3 +325,59 @@ def test_help_and_validate_do_not_import_mlflow(tmp_path: Path) -> None:
             [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, cwd=REPO
         )
         assert res.stderr.splitlines()[-1] == "exit 0 imported []", (args, res.stderr)
+
+
+# --------------------------------------------------------------------------- sweeps
+SWEEP = """
+recipe: {recipe}
+set: {{data.val_split: 0.2, epochs: 2, train.plots: false}}
+metric: val_acc
+trials: {trials}
+sampler: {{name: random, seed: 0}}
+pruner: {{name: none}}
+params:
+  optimizer.lr: {{float: [1.0e-3, 1.0e-2], log: true}}
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A sweep of 2 trials, then continued to 3 (trials raised in the sweep file)."""
+    base = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    spec = base / "sweep.yaml"
+    for trials in (2, 3):
+        spec.write_text(SWEEP.format(recipe=QUICK, trials=trials))
+        args = ["sweep", spec, "--track", "mlflow", "--out", base / "s", "--progress", "plain"]
+        res = tracked(args, {"MLFLOW_TRACKING_URI": uri}, base)
+        assert res.exit_code == 0, res.output
+    return {"client": MlflowClient(uri), "dir": base / "s"}
+
+
+def test_a_sweep_is_one_parent_run_with_a_nested_run_per_trial(swept: dict[str, Any]) -> None:
+    client = swept["client"]
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    parents = [r for r in runs if "mnistkit.study" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # continued: the same parent
+    parent = parents[0].info.run_id
+    trials = sorted(
+        (r for r in runs if r is not parents[0]), key=lambda r: int(r.data.tags["mnistkit.trial"])
+    )
+    assert [r.data.tags["mnistkit.trial"] for r in trials] == ["0", "1", "2"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent for r in trials)
+    assert all(r.data.tags["mnistkit.state"] == "COMPLETE" for r in trials)
+    rows = {int(r["number"]): r for r in _csv(swept["dir"] / "trials.csv")}
+    for r in trials:  # each nested run is its trial: the trial's own values
+        assert float(r.data.params["optimizer.lr"]) == float(
+            rows[int(r.data.tags["mnistkit.trial"])]["optimizer.lr"]
+        )
+    best = json.loads((swept["dir"] / "summary.json").read_text())["best"]["number"]
+    assert [r.data.tags["mnistkit.trial"] for r in trials if r.data.tags.get("mnistkit.best")] == [str(best)]
+    assert parents[0].data.tags["mnistkit.best_trial"] == str(best)
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))

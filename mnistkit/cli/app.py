@@ -17,9 +17,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from mnistkit.cli.options import DataDirOpt, RunsOpt, SetOpt, TrackOpt, track_sets
+from mnistkit.cli.options import DataDirOpt, RunsOpt, SetOpt, TrackOpt
 from mnistkit.errors import RecipeError, RunError
 from mnistkit.recipe.resume import RESUMABLE
+from mnistkit.recipe.tracking import track_sets
 from mnistkit.training.threads import quiet_openmp
 
 app = typer.Typer(

@@ -42,8 +42,3 @@ TrackOpt = Annotated[
         "--set train.track=[...]; see docs/tracking.md).",
     ),
 ]
-
-
-def track_sets(track: list[str] | None) -> list[str]:
-    """``--track mlflow`` as the ``--set`` it stands for (validated with the recipe)."""
-    return [f"train.track=[{','.join(track)}]"] if track else []

@@ -30,3 +30,8 @@ def tracker_problems(recipe: RecipeBase, doc: Located) -> list[Problem]:
         return []
     hint = f"install it ({MLFLOW_INSTALL}), or " + set_hint("train.track", "[]")
     return [Problem(doc.where(("train", "track")), "train.track", why, hint)]
+
+
+def track_sets(track: list[str] | None) -> list[str]:
+    """``--track mlflow`` (run, sweep) as the ``--set`` it stands for (validated with the recipe)."""
+    return [f"train.track=[{','.join(track)}]"] if track else []

@@ -24,6 +24,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from mnistkit.errors import RunError
 from mnistkit.sweeps.objective import Objective, SweepInterrupted, TrialFailed, encoded_choices
 from mnistkit.sweeps.spec import Sweep
 from mnistkit.sweeps.storage import open_storage
+from mnistkit.sweeps.tracked import tag_trial, tracks
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -164,6 +166,7 @@ def run_worker(
     hb = sweep.spec.heartbeat
     start = time.monotonic()
     ran = 0
+    after = [partial(tag_trial, sweep, sweep_dir)] if tracks(sweep) else []  # MLflow: state tags
     try:
         while True:
             if sweep.spec.timeout is not None and time.monotonic() - start >= sweep.spec.timeout:
@@ -179,7 +182,7 @@ def run_worker(
                 continue
             objective.current = None
             try:
-                study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=after)
             finally:
                 ran += objective.current is not None
                 refresh(study)

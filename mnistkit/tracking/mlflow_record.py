@@ -323,3 +323,60 @@ class MlflowRecord:
         before = self.sent
         self.close()
         return self.sent - before
+
+
+# ---------------------------------------------------------------------- sweeps
+STUDY_TAG = "mnistkit.study"
+
+
+def sweep_parent(
+    settings: MlflowSettings, study_name: str, known: str | None, tags: dict[str, str]
+) -> tuple[str, str]:
+    """The parent MLflow run of a sweep's study: ``known`` (the id kept in the study's storage,
+    which every worker and every continuation reads) when it is there, else a new one.
+    Returns (run id, the URI shown, masked)."""
+    _http_defaults()
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_uri(settings.tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    if known:
+        try:
+            if client.get_run(known).info.lifecycle_stage == "active":
+                client.update_run(known, status="RUNNING")  # the sweep continues
+                return known, mask(uri)
+        except Exception as exc:
+            if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(exc, "error_code", exc)):
+                raise
+    experiment = client.get_experiment_by_name(settings.experiment)
+    exp_id = experiment.experiment_id if experiment else client.create_experiment(settings.experiment)
+    run = client.create_run(exp_id, tags={STUDY_TAG: study_name, **tags}, run_name=f"sweep {study_name}")
+    return run.info.run_id, mask(uri)
+
+
+def tag_runs(tags: dict[str, dict[str, str | None]], uri: str | None = None) -> None:
+    """Set (or, with None, delete) tags on MLflow runs: keyed by run id."""
+    _http_defaults()
+    from mlflow.entities import RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=resolve_uri(uri))
+    for run_id, values in tags.items():
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in values.items() if v is not None])
+        have = client.get_run(run_id).data.tags
+        for k in [k for k, v in values.items() if v is None and k in have]:
+            client.delete_tag(run_id, k)
+
+
+def run_id_of(run: RunDir, uri: str | None) -> str | None:
+    """The MLflow run id kept in a run directory for the tracking URI now in effect."""
+    runs = _read_json(run.path / STATE_FILE).get("runs") or {}
+    return (runs.get(mask(resolve_uri(uri))) or {}).get("run_id")
+
+
+def end_run(run_id: str, status: str, uri: str | None = None) -> None:
+    """Set a run's end status (a sweep's parent)."""
+    _http_defaults()
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=resolve_uri(uri)).set_terminated(run_id, status)

@@ -65,8 +65,10 @@ class MlflowTracker(Tracker):
     """Live MLflow logging; on the first failure it says what failed, once, and stops trying
     (each try could wait for a timeout): everything stays in the run directory."""
 
-    def __init__(self, run: RunDir, say: Callable[[str], None], command: str) -> None:
-        self.run, self.say, self.command = run, say, command
+    def __init__(
+        self, run: RunDir, say: Callable[[str], None], command: str, parent: str | None = None
+    ) -> None:
+        self.run, self.say, self.command, self.parent = run, say, command, parent
         self.record: Any = None
         self.failed = False
         self._try(self._open)
@@ -74,7 +76,7 @@ class MlflowTracker(Tracker):
     def _open(self) -> None:
         from mnistkit.tracking.mlflow_record import MlflowRecord
 
-        self.record = MlflowRecord(self.run)
+        self.record = MlflowRecord(self.run, parent_run_id=self.parent)
         run_id = self.record.open()
         self.say(
             f"MLflow run {run_id} (experiment {self.record.expected.settings.experiment!r}) "
@@ -111,16 +113,21 @@ class MlflowTracker(Tracker):
 
 
 def open_trackers(
-    train: TrainSection, run: RunDir, epochs_done: int, say: Callable[[str], None], command: str
+    train: TrainSection,
+    run: RunDir,
+    epochs_done: int,
+    say: Callable[[str], None],
+    command: str,
+    mlflow_parent: str | None = None,
 ) -> list[Tracker]:
-    """The recipe's trackers, started (rank 0 only: the session does not call this elsewhere)."""
+    """The recipe's trackers, started (rank 0 only: the session does not call this elsewhere);
+    ``mlflow_parent``: a sweep's parent run, under which this run is nested."""
     out: list[Tracker] = []
     for name in wanted(train):
-        out.append(
-            TensorBoardTracker(run, epochs_done)
-            if name == "tensorboard"
-            else MlflowTracker(run, say, command)
-        )
+        if name == "tensorboard":
+            out.append(TensorBoardTracker(run, epochs_done))
+        else:
+            out.append(MlflowTracker(run, say, command, mlflow_parent))
     return out
 
 
