@@ -7,6 +7,7 @@ directory, so the result is the same; running it again sends only what is missin
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,10 +63,11 @@ def _track(run_dirs: list[Path], to: str | None) -> None:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             typer.echo(mask(f"error: {path}: {type(exc).__name__}: {first}"), err=True)
             continue
-        typer.echo(
+        said = (
             f"tracked {path}: MLflow run {record.run_id} at {record.shown_uri} "
             f"({record.expected.status.lower()}, {len(record.expected.rows)} epochs, "
             f"{missing} metric points were missing)"
-        )
+        )  # 80 columns; a path or URI longer than a line stays whole
+        typer.echo(textwrap.fill(said, 80, subsequent_indent="    ", break_long_words=False))
     if failed:
         raise typer.Exit(1)
