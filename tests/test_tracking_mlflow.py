@@ -381,3 +381,20 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+# --------------------------------------------------------------------------- --nproc 2
+@pytest.mark.distributed
+def test_nproc_2_is_one_mlflow_run_logged_by_rank_0(tmp_path: Path, cli) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = tmp_path / "run"
+    res = cli(
+        "run", QUICK, *TRACK, "--nproc", "2", "--out", run, env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1  # not one per process
+    assert runs[0].data.tags["mnistkit.world_size"] == "2"
+    rows = RunDir(run).read_metrics()
+    assert series(client, runs[0].info.run_id, "test_acc") == [(r["epoch"], r["test_acc"]) for r in rows]
