@@ -385,16 +385,15 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 # --------------------------------------------------------------------------- --nproc 2
 @pytest.mark.distributed
-def test_nproc_2_is_one_mlflow_run_logged_by_rank_0(tmp_path: Path, cli) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_nproc_2_is_one_mlflow_run_logged_by_rank_0(tmp_path: Path, cli, server: dict[str, Any]) -> None:
+    uri = server["wait"]()  # a server: every rank could reach it (an SQLite file may lock one out)
     run = tmp_path / "run"
     res = cli(
         "run", QUICK, *TRACK, "--nproc", "2", "--out", run, env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     client = MlflowClient(uri)
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-    assert len(runs) == 1  # not one per process
-    assert runs[0].data.tags["mnistkit.world_size"] == "2"
+    rec = one_run(client, run)  # not one per process
+    assert rec.data.tags["mnistkit.world_size"] == "2"
     rows = RunDir(run).read_metrics()
-    assert series(client, runs[0].info.run_id, "test_acc") == [(r["epoch"], r["test_acc"]) for r in rows]
+    assert series(client, rec.info.run_id, "test_acc") == [(r["epoch"], r["test_acc"]) for r in rows]
