@@ -8,6 +8,7 @@ exit code 1.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -79,3 +80,12 @@ def set_hint(key: str, value: str) -> str:
     command-line user is not left to translate YAML into ``--set``.
     """
     return f"set `{key}: {value}` in the recipe (or --set {shlex.quote(f'{key}={value}')})"
+
+
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:)[^/@\s]*@")
+
+
+def mask_credentials(text: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://user:***@host`` anywhere in ``text``: a
+    password in a URI (a tracking server's, a database's) is never printed or written."""
+    return _CREDENTIALS.sub(r"\1***@", text)

@@ -16,6 +16,7 @@ import os
 import platform
 import shlex
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from mnistkit.recipe.schema import Recipe, load_recipe_text, resolved_dict
 from mnistkit.registry import registries
 from mnistkit.runs.directory import EDITED_RECIPE, RunDir, run_process_alive
 from mnistkit.tracking.console import Reporter, duration, make_reporter
-from mnistkit.tracking.tensorboard import TensorBoard, summary_writer_class
+from mnistkit.tracking.trackers import Tracker, check_installed, open_trackers
 from mnistkit.training import distributed
 from mnistkit.training.checkpoint import load_checkpoint, save_checkpoint
 from mnistkit.training.device import (
@@ -89,6 +90,8 @@ class RunOptions:
     resume_as: str | None = None
     # Where each recipe value was written (Located.origins): origins.json, for `mnistkit report`.
     origins: dict[str, str] | None = None
+    # A sweep's trial: the MLflow run of its study, under which the trial's run is nested.
+    mlflow_parent: str | None = None
 
 
 @dataclass
@@ -121,6 +124,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
         session.train()
         if ctx.is_main:  # the rest writes files and prints: rank 0's part
             session.record_end()
+            session.close_trackers()
             result = session.summarize()
         else:
             result = session.result()
@@ -136,6 +140,7 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
             raise
         raise PeerStopped(why) from None
     finally:
+        session.close_trackers()  # failed or interrupted: status.json says which
         ctx.close(finished)
 
 
@@ -171,6 +176,7 @@ class Session:
     status: str = "failed"
     batchnorm: str = "none"  # distributed: sync | per-rank | none
     outcomes: list[Outcome] = field(default_factory=list)  # recipe.expect checked at the end
+    trackers: list[Tracker] = field(default_factory=list)  # train.track (rank 0 only)
 
     # ------------------------------------------------------------------ set-up
     def set_up(self) -> None:
@@ -187,8 +193,7 @@ class Session:
         check_weights_fit(model_size(recipe, self.reg), self.device)  # before any data or run dir
         # Only rank 0 prints (and writes the run directory); the others train silently.
         self.reporter = make_reporter(opts.progress or recipe.train.progress if ctx.is_main else "silent")
-        if recipe.train.tensorboard:
-            summary_writer_class()  # a missing package fails now, not after loading the data
+        check_installed(recipe.train)  # a missing tracker package fails now, not after the data
         if self.resume_ckpt is None:  # rank 0 chooses the name (it contains the time), all learn it
             made = RunDir.create(opts.runs_root, recipe.name or "run", opts.out) if ctx.is_main else None
             self.run = RunDir(Path(ctx.broadcast_object(str(made.path) if made is not None else None)))
@@ -453,6 +458,7 @@ class Session:
             # What is chosen on the test set (best.pt, early stopping, plateau), said, not hidden.
             selected_on_test=selection_on_test_notes(run_metrics(recipe)),
             pid=os.getpid(),
+            command_line=shlex.join(sys.argv),  # a tracker's tag (passwords masked there)
             ended=None,
             error=None,
             stop_reason=None,
@@ -471,18 +477,20 @@ class Session:
         ctx = self.ctx
         loss_fn = with_test_hooks(self.loss_fn, self.steps, done, ctx.rank)
         step = self._train_step(loss_fn, done)
-        tb = (
-            TensorBoard(run.tensorboard_dir, self.state.epoch)
-            if recipe.train.tensorboard and ctx.is_main
-            else None
-        )
-        consumers = [reporter.epoch_end] + ([tb.on_epoch_end] if tb is not None else [])
+        if ctx.is_main:  # one tracked run per job, logged by rank 0
 
+            def say(text: str) -> None:
+                if not reporter.quiet:
+                    reporter.labelled("tracking", escape(text))
+
+            opts = self.opts
+            self.trackers = open_trackers(
+                recipe.train, run, self.state.epoch, say, opts.command, opts.mlflow_parent
+            )
         state, on_epoch = self.state, self.opts.on_epoch
 
         def epoch_end(row: dict[str, Any], improved: bool) -> None:
-            for consume in consumers:
-                consume(row, improved)
+            reporter.epoch_end(row, improved)
             if on_epoch is not None and (reason := on_epoch(row)):
                 state.stop_reason = reason  # the loop's own state object: it stops after this epoch
 
@@ -528,8 +536,6 @@ class Session:
             raise
         finally:
             reporter.stop()
-            if tb is not None:
-                tb.close()
 
     def _threads_decided(self, decision: Decision) -> None:
         """train.threads: auto chose: say so, and keep every decision in env.json."""
@@ -588,8 +594,15 @@ class Session:
         # After the checkpoints: metrics.csv never lists an epoch that --resume would redo.
         if ctx.is_main:
             self.run.write_metrics(st.rows, self.data.val is not None)
+            for tracker in self.trackers:  # after metrics.csv: an epoch is never logged twice
+                tracker.log_epochs(st.rows)
 
     # ------------------------------------------------------------------ record the end
+    def close_trackers(self) -> None:
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
+
     def record_end(self) -> None:
         """status.json's final fields; a finished run's predictions.npz and plots."""
         state = self.state

@@ -17,9 +17,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from mnistkit.cli.options import DataDirOpt, RunsOpt, SetOpt
+from mnistkit.cli.options import DataDirOpt, RunsOpt, SetOpt, TrackOpt
 from mnistkit.errors import RecipeError, RunError
 from mnistkit.recipe.resume import RESUMABLE
+from mnistkit.recipe.tracking import track_sets
 from mnistkit.training.threads import quiet_openmp
 
 app = typer.Typer(
@@ -185,8 +186,10 @@ def run(
             show_default=False,
         ),
     ] = None,
+    track: TrackOpt = None,
 ) -> None:
     """Train a recipe: live progress, a row per epoch, everything saved to a run directory."""
+    set_ = [*(set_ or []), *track_sets(track)]
 
     def body() -> None:
         from mnistkit.recipe.schema import load_recipe_located
@@ -379,6 +382,7 @@ def validate(
     def body() -> None:
         from mnistkit.recipe.model_check import describe_model_size, static_notes
         from mnistkit.recipe.schema import load_document, validate_document
+        from mnistkit.recipe.tracking import tracker_problems
         from mnistkit.registry import registries
 
         failed = 0
@@ -392,6 +396,9 @@ def validate(
                     continue
                 doc = load_document(path, set_ or [])
                 rec = validate_document(doc, [], default_name=path.stem, base_dir=path.parent)
+                missing = tracker_problems(rec, doc)  # importable? (no import: find_spec)
+                if missing:
+                    raise RecipeError(missing)
                 for note in static_notes(rec, registries()):
                     con.print(f"note {path}: {_esc(note)}", style="dim")
                 if build:
@@ -608,7 +615,14 @@ def _register_more() -> str | None:
     the CLI without a word: :func:`main` reports it and exits 1.
     """
     try:
-        from mnistkit.cli import check_command, data_command, export_command, report_command, run_commands
+        from mnistkit.cli import (
+            check_command,
+            data_command,
+            export_command,
+            report_command,
+            run_commands,
+            track_command,
+        )
         from mnistkit.sweeps import cli as sweep_commands
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -616,6 +630,7 @@ def _register_more() -> str | None:
     export_command.register(app, guarded)
     data_command.register(app, guarded)
     check_command.register(app, guarded)
+    track_command.register(app, guarded)
     sweep_commands.register(app, guarded)
     report_command.register(app, guarded)
     return None

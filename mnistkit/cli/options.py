@@ -33,3 +33,12 @@ RunsOpt = Annotated[
     Path | None,
     typer.Option("--runs", help="Parent folder of run directories (default: runs).", metavar="DIR"),
 ]
+TrackOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--track",
+        metavar="TRACKER",
+        help="Log the run to an experiment tracker: mlflow or tensorboard (repeatable; the same as "
+        "--set train.track=[...]; see docs/tracking.md).",
+    ),
+]

@@ -17,6 +17,8 @@ RESUMABLE = (
     "train.progress",
     "train.plots",
     "train.tensorboard",
+    "train.track",  # trackers only read what the run writes
+    "train.mlflow",
     "train.threads",
     "data.root",
     "expect",  # checked after training; changes nothing in it

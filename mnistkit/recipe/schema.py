@@ -30,7 +30,7 @@ from pydantic import (
     create_model,
 )
 
-from mnistkit.errors import Problem, RecipeError, dotted, set_hint
+from mnistkit.errors import Problem, RecipeError, dotted, mask_credentials, set_hint
 from mnistkit.recipe.balance import CLASS_WEIGHTS, balance_problems
 from mnistkit.recipe.expect import check_expectations
 from mnistkit.recipe.model_check import OUTPUT_ONLY, check_model
@@ -537,7 +537,7 @@ def _problem(err: Any, doc: Located, cls: type[BaseModel]) -> Problem:
     msg = err["msg"]
     got = err.get("input")
     if not isinstance(got, dict | list) or len(repr(got)) < 60:
-        msg += f" (got {got!r})"
+        msg += f" (got {mask_credentials(repr(got))})"  # a URI's password is never shown
     return Problem(doc.where(path), field, msg, _field_doc(cls, loc))
 
 

@@ -9,6 +9,7 @@ from the registries.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator
@@ -150,6 +151,41 @@ class EarlyStopping(Section):
     """Smallest change that counts as an improvement."""
 
 
+class MlflowSettings(Section):
+    """MLflow tracking (`train.track: [mlflow]` or `run --track mlflow`); see docs/tracking.md."""
+
+    experiment: Annotated[str, Field(min_length=1)] = "mnistkit"
+    """MLflow experiment the run is logged in (created when missing)."""
+    tracking_uri: Annotated[str, Field(min_length=1)] | None = None
+    """Where runs are logged: a tracking server (http://host:5000) or a database
+    (sqlite:///mlflow.db). $MLFLOW_TRACKING_URI wins over this; with neither, MLflow's own default
+    (an embedded store in the current folder). No credentials here (the recipe is copied into the
+    run directory): give them in $MLFLOW_TRACKING_URI or $MLFLOW_TRACKING_USERNAME/PASSWORD."""
+    run_name: Annotated[str, Field(min_length=1)] | None = None
+    """MLflow run name; default: the run directory's name."""
+    tags: dict[str, str] = {}
+    """Extra tags on the MLflow run, e.g. {team: vision}."""
+    artifacts: list[Literal["recipe", "metrics", "env", "plots", "model"]] = [
+        "recipe",
+        "metrics",
+        "env",
+        "plots",
+    ]
+    """Files copied to the MLflow run: recipe (recipe.yaml), metrics (metrics.csv), env
+    (env.json), plots (plots/*.png), model (best.pt: never by default; it can be large)."""
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, uri: str | None) -> str | None:
+        if uri is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", uri):
+            raise ValueError(
+                "no password in the recipe (it is copied into the run directory and printed): "
+                "give the URI in $MLFLOW_TRACKING_URI, or the user and password in "
+                "$MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD"
+            )
+        return uri
+
+
 class TrainSection(Section):
     """How the loop runs: device, precision, stopping rules, checkpoints, display."""
 
@@ -190,6 +226,12 @@ class TrainSection(Section):
     """Write `last` and `best` checkpoints to the run directory (needed for --resume)."""
     tensorboard: StrictBool = False
     """Also log metrics to TensorBoard (run directory / tb); needs the tensorboard package."""
+    track: list[Literal["mlflow", "tensorboard"]] = []
+    """Experiment trackers the run is logged to, e.g. [mlflow] (settings: train.mlflow; needs
+    pip install 'mnistkit[mlflow]'); tensorboard is the same as tensorboard: true. Also
+    `run --track mlflow`. See docs/tracking.md."""
+    mlflow: MlflowSettings = MlflowSettings()
+    """MLflow settings (used when track lists mlflow)."""
     plots: StrictBool = True
     """Write PNG plots (curves, confusion matrix, worst mistakes) at the end of the run."""
     progress: Literal["auto", "rich", "plain", "none"] = "auto"

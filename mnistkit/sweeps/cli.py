@@ -18,6 +18,7 @@ import typer
 
 from mnistkit.errors import Problem, RecipeError, RunError
 from mnistkit.recipe.metrics import format_metric
+from mnistkit.recipe.tracking import track_sets
 from mnistkit.runs.listing import format_seconds
 
 DEFAULT_ROOT = Path("runs") / "sweeps"
@@ -85,6 +86,15 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
             ),
         ] = False,
         worker_index: Annotated[int | None, typer.Option("--worker-index", hidden=True)] = None,
+        track: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--track",
+                metavar="TRACKER",
+                help="Log the sweep to MLflow: a parent run per study, a nested run per trial "
+                "(the same as --set 'train.track=[mlflow]'; see docs/tracking.md).",
+            ),
+        ] = None,
     ) -> None:
         """Search a recipe's hyperparameters with Optuna; `sweep status DIR` summarizes a sweep.
 
@@ -128,7 +138,8 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
                 )
             if workers < 1:
                 raise RecipeError([Problem("usage", "", "--workers must be at least 1")])
-            _run(Path(target), workers, storage, out, set_ or [], data_dir, progress, worker_index)
+            sets = [*(set_ or []), *track_sets(track)]  # --track mlflow: the base recipe's train.track
+            _run(Path(target), workers, storage, out, sets, data_dir, progress, worker_index)
 
         guarded(body)
 
@@ -171,6 +182,12 @@ def _run(
     )
     con.print(f"storage:   {redact(url)}")
     con.print(f"folder:    {sweep_dir}")
+    from rich.markup import escape
+
+    from mnistkit.sweeps.tracked import end_parent, open_parent, tracks
+
+    if tracks(sweep):  # before any trial: every worker nests its trials under this run
+        con.print(escape(f"tracking:  {open_parent(sweep, study, sweep_dir)}"))
     already = len(counted(study.get_trials(deepcopy=False)))
     if already:
         con.print(f"continuing: {already} of {need} trials already finished")
@@ -201,6 +218,8 @@ def _run(
     from mnistkit.sweeps.table import KEY_WIDTH, print_lines, status_lines
 
     written = outputs.write_outputs(study, sweep_dir, need)
+    if tracks(sweep):
+        end_parent(sweep, sweep_dir, study, interrupted)
     print_lines(con, status_lines(study, need, sweep_dir))
     con.print(f"{'time:':<{KEY_WIDTH}}{time.time() - t0:.1f} s")
     _print_saved(con, written, sweep_dir)

@@ -145,6 +145,7 @@ class Objective:
             resume=resume,
             progress="silent",  # not even "saved:": the sweep's own display reports each trial
             on_epoch=on_epoch,
+            mlflow_parent=trial.study.user_attrs.get("mlflow_parent"),  # sweeps/tracked.py
         )
         t0 = time.perf_counter()
         try:

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from mnistkit.errors import RunError
 from mnistkit.sweeps.objective import Objective, SweepInterrupted, TrialFailed, encoded_choices
 from mnistkit.sweeps.spec import Sweep
 from mnistkit.sweeps.storage import open_storage
+from mnistkit.sweeps.tracked import tag_trial, tracks
 from mnistkit.sweeps.trials import counted, quiet_optuna
 
 
@@ -142,6 +144,7 @@ def run_worker(
     hb = sweep.spec.heartbeat
     start = time.monotonic()
     ran = 0
+    after = [partial(tag_trial, sweep, sweep_dir)] if tracks(sweep) else []  # MLflow: state tags
     try:
         while True:
             if sweep.spec.timeout is not None and time.monotonic() - start >= sweep.spec.timeout:
@@ -157,7 +160,7 @@ def run_worker(
                 continue
             objective.current = None
             try:
-                study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=after)
             finally:
                 ran += objective.current is not None
                 refresh(study)

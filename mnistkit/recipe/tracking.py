@@ -1,0 +1,37 @@
+"""Whether the trackers a recipe asks for can run here (checked by ``validate``, without
+importing them: ``validate`` never imports mlflow or torch)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from mnistkit.errors import Problem, set_hint
+from mnistkit.recipe.sections import RecipeBase, TrainSection
+from mnistkit.recipe.yamlio import Located
+
+MLFLOW_INSTALL = "pip install 'mnistkit[mlflow]'"
+
+
+def missing_mlflow(train: TrainSection) -> str | None:
+    """The message for a recipe that lists mlflow where the package is not installed."""
+    if "mlflow" not in train.track:
+        return None
+    try:  # found, not imported: validate stays fast and torch-free
+        if importlib.util.find_spec("mlflow") is not None:
+            return None
+    except (ImportError, ValueError):  # an import hook that refuses it: not importable either
+        pass
+    return f"train.track lists mlflow but the mlflow package is not installed: {MLFLOW_INSTALL}"
+
+
+def tracker_problems(recipe: RecipeBase, doc: Located) -> list[Problem]:
+    why = missing_mlflow(recipe.train)
+    if why is None:
+        return []
+    hint = f"install it ({MLFLOW_INSTALL}), or " + set_hint("train.track", "[]")
+    return [Problem(doc.where(("train", "track")), "train.track", why, hint)]
+
+
+def track_sets(track: list[str] | None) -> list[str]:
+    """``--track mlflow`` (run, sweep) as the ``--set`` it stands for (validated with the recipe)."""
+    return [f"train.track=[{','.join(track)}]"] if track else []
