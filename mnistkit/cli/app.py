@@ -1,5 +1,5 @@
 """Command line: ``mnistkit run | validate | list | schema | fields | eval | predict | runs | compare``,
-``export``.
+``export``, ``serve``.
 
 Start-up stays instant: this module imports neither torch nor anything that does; commands that
 train or evaluate import :mod:`mnistkit.session` (and torch) only when they run.
@@ -606,12 +606,13 @@ def _register_more() -> str | None:
     the CLI without a word: :func:`main` reports it and exits 1.
     """
     try:
-        from mnistkit.cli import check_command, data_command, export_command, run_commands
+        from mnistkit.cli import check_command, data_command, export_command, run_commands, serve_command
         from mnistkit.sweeps import cli as sweep_commands
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
     run_commands.register(app, guarded)
     export_command.register(app, guarded)
+    serve_command.register(app, guarded)
     data_command.register(app, guarded)
     check_command.register(app, guarded)
     sweep_commands.register(app, guarded)
@@ -627,7 +628,7 @@ def main() -> None:
     if _BROKEN is not None:
         _stderr().print(
             f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs, "
-            f"compare, export, sweep and check could not be loaded ({_esc(_BROKEN)})\n"
+            f"compare, export, serve, sweep and check could not be loaded ({_esc(_BROKEN)})\n"
             "    reinstall: pip install -e . (or rerun make setup)"
         )
         raise SystemExit(1)
