@@ -61,7 +61,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         try:
@@ -292,6 +292,8 @@ def test_metadata_health_openapi_and_metrics(server: Server, model: Path) -> Non
     "case,status,problem,says",
     [
         ("too-large", 413, "body_too_large", "larger than the server's limit"),
+        ("too-large-chunked", 413, "body_too_large", "larger than the server's limit"),
+        ("declared-too-large", 413, "body_too_large", "larger than the server's limit"),
         ("too-many-files", 400, "too_many_files", "at most 4"),
         ("bomb", 422, "unreadable_input", "decompression bomb"),
         ("truncated", 422, "unreadable_input", "truncated"),
@@ -308,8 +310,10 @@ def test_bad_input_is_a_4xx_json_naming_it_and_the_server_goes_on(
 ) -> None:
     png = images[0].read_bytes()
     one = images[0].name
-    bodies: dict[str, tuple[str, bytes, str]] = {
+    bodies: dict[str, tuple[str, Any, str]] = {
         "too-large": ("/predict", os.urandom(60_000), "image/png"),
+        # no Content-Length (chunked): the limit is counted as the body arrives
+        "too-large-chunked": ("/predict", (os.urandom(10_000) for _ in range(6)), "image/png"),
         "too-many-files": ("/predict", *multipart([(f"{i}.png", png) for i in range(5)])),
         "bomb": ("/predict", *multipart([("bomb.png", bomb_png())])),
         "truncated": ("/predict", *multipart([("cut.png", png[: len(png) * 2 // 3])])),
@@ -320,8 +324,13 @@ def test_bad_input_is_a_4xx_json_naming_it_and_the_server_goes_on(
         "wrong-field": ("/predict", *multipart([(one, png)], field="file")),
         "bad-top": ("/predict?top=0", *multipart([(one, png)])),
     }
+    # Content-Length says 1 GB, 100 bytes come: refused from the header, without waiting for the rest
+    bodies["declared-too-large"] = ("/predict", png[:100], "image/png")
     path, body, ctype = bodies[case]
-    got, _, raw = server.request("POST", path, body, {"Content-Type": ctype})
+    headers = {"Content-Type": ctype}
+    if case == "declared-too-large":
+        headers["Content-Length"] = str(10**9)
+    got, _, raw = server.request("POST", path, body, headers)
     text = raw.decode()
     assert "Traceback" not in text
     answer = json.loads(text)
