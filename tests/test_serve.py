@@ -99,6 +99,31 @@ class Server:
             time.sleep(0.05)
 
 
+class HeldRequest:
+    """A ``POST /predict`` sent in two parts: its headers and the first bytes of its body now, the
+    rest on :meth:`finish`. In between the server has started on it (``mnistkit_requests_arriving``)
+    and a batch in the making waits for it: how a slow upload looks to the server."""
+
+    def __init__(self, server: Server, files: list[Path]) -> None:
+        body, ctype = multipart([(f.name, f.read_bytes()) for f in files])
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        self.conn.putrequest("POST", "/predict?top=3")
+        self.conn.putheader("Content-Type", ctype)
+        self.conn.putheader("Content-Length", str(len(body)))
+        self.conn.endheaders(body[:16])
+        self.rest = body[16:]
+
+    def send_rest(self) -> None:
+        self.conn.send(self.rest)
+
+    def answer(self) -> tuple[int, Any]:
+        resp = self.conn.getresponse()
+        try:
+            return resp.status, json.loads(resp.read())
+        finally:
+            self.conn.close()
+
+
 def multipart(parts: list[tuple[str, bytes]], field: str = "files") -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     out = b""
@@ -228,7 +253,8 @@ def model(run: Path, server: Server) -> Path:
 
 @pytest.fixture(scope="module")
 def batching_server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A batch is held until 8 inputs are in (20 s at most): batching is certain, not likely."""
+    """While another request is arriving, a batch waits for it (20 s at most) until 8 inputs are
+    in: with held requests (HeldRequest), batching is certain, not likely."""
     log = tmp_path_factory.mktemp("logs") / "batching.log"
     s = start_server(
         model, log, "--max-batch", "8", "--max-wait-ms", "20000", "--max-queue", "8", "--max-files", "8"
@@ -344,67 +370,76 @@ def test_bad_input_is_a_4xx_json_naming_it_and_the_server_goes_on(
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_answer(
     batching_server: Server, model: Path, images: list[Path]
 ) -> None:
-    files = images[:8]  # eight distinct digits, one request each, sent together
+    files = images[:8]  # eight distinct digits, one request each, all under way at once
     expected = reference(model, files)
-    answers: dict[int, Any] = {}
-
-    def send(i: int) -> None:
-        answers[i] = batching_server.predict([files[i]])
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(files))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(150)
-    assert sorted(answers) == list(range(len(files)))
-    for i, (status, _, data) in answers.items():
+    held = [HeldRequest(batching_server, [f]) for f in files]
+    batching_server.wait_until(
+        "8 requests arriving", lambda: batching_server.metric("mnistkit_requests_arriving") == 8
+    )
+    batches_before = batching_server.metric("mnistkit_batch_size_count")
+    for h in held:
+        h.send_rest()
+    for h, want in zip(held, expected, strict=True):
+        status, data = h.answer()
         assert status == 200, data
-        assert_same(data["predictions"], [expected[i]])
-    batches = batching_server.metric("mnistkit_batch_size_count")
-    singles = batching_server.metric("mnistkit_batch_size_bucket", le="1")
-    assert batches - singles >= 1, "no batch held more than one input"
-    assert batching_server.metric("mnistkit_inputs_total") >= len(files)
+        assert_same(data["predictions"], [want])
+    batches = batching_server.metric("mnistkit_batch_size_count") - batches_before
+    assert batches < len(files), "every request ran alone: no batching"
+    assert batching_server.metric("mnistkit_batch_size_bucket", le="1") == 0  # not one ran alone
 
 
 def test_overload_is_503_with_retry_after_and_the_queue_recovers(
     batching_server: Server, model: Path, images: list[Path]
 ) -> None:
-    """--max-queue 8: six inputs wait for a batch of 8; three more cannot be queued (503); two
-    more fit, fill the batch, and both waiting requests are answered."""
-    held: dict[str, Any] = {}
-    first = threading.Thread(target=lambda: held.update(a=batching_server.predict(images[:6])))
+    """--max-queue 8: six inputs wait for a batch (a 2-file request is on its way); three more
+    cannot be queued (503); the 2 files arrive, fill the batch, and both waiting requests are
+    answered."""
+    coming = HeldRequest(batching_server, images[6:8])
+    batching_server.wait_until(
+        "a request arriving", lambda: batching_server.metric("mnistkit_requests_arriving") == 1
+    )
+    answers: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: answers.update(a=batching_server.predict(images[:6])))
     first.start()
     batching_server.wait_until(
         "6 inputs queued", lambda: batching_server.metric("mnistkit_queue_inputs") == 6
     )
-    status, headers, data = batching_server.predict(images[6:9])
+    status, headers, data = batching_server.predict(images[7:10])
     assert status == 503, data
     assert data["problem"] == "overloaded" and "--max-queue" in data["error"]
     assert headers["retry-after"].isdigit()
-    status, _, data = batching_server.predict(images[6:8])
+    coming.send_rest()
+    status, data = coming.answer()
     first.join(150)
     assert status == 200, data
     assert_same(data["predictions"], reference(model, images[6:8]))
-    assert held["a"][0] == 200
-    assert_same(held["a"][2]["predictions"], reference(model, images[:6]))
+    assert answers["a"][0] == 200
+    assert_same(answers["a"][2]["predictions"], reference(model, images[:6]))
 
 
-def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
+def test_sigterm_lets_the_requests_in_flight_finish_then_exits_0(
     model: Path, images: list[Path], tmp_path: Path
 ) -> None:
-    # A batch would wait 60 s for a second input: only the shutdown's drain answers it sooner.
-    server = start_server(model, tmp_path / "server.log", "--max-batch", "2", "--max-wait-ms", "60000")
+    """One request waits for a batch (another is arriving, --max-wait-ms 60000): SIGTERM must answer
+    it now, take the other one's body, answer it too, and exit 0."""
+    server = start_server(model, tmp_path / "server.log", "--max-batch", "8", "--max-wait-ms", "60000")
     try:
-        held: dict[str, Any] = {}
-        inflight = threading.Thread(target=lambda: held.update(a=server.predict(images[:1])))
-        inflight.start()
-        server.wait_until("the request queued", lambda: server.metric("mnistkit_queue_inputs") == 1)
+        coming = HeldRequest(server, images[1:2])
+        server.wait_until("a request arriving", lambda: server.metric("mnistkit_requests_arriving") == 1)
+        answers: dict[str, Any] = {}
+        waiting = threading.Thread(target=lambda: answers.update(a=server.predict(images[:1])))
+        waiting.start()
+        server.wait_until("an input queued", lambda: server.metric("mnistkit_queue_inputs") == 1)
         server.proc.send_signal(signal.SIGTERM)
-        inflight.join(150)
-        assert server.proc.wait(60) == 0, server.log.read_text()
-        status, _, data = held["a"]
+        waiting.join(150)
+        status, _, data = answers["a"]
         assert status == 200, data
         assert_same(data["predictions"], reference(model, images[:1]))
+        coming.send_rest()
+        status, data = coming.answer()
+        assert status == 200, data
+        assert_same(data["predictions"], reference(model, images[1:2]))
+        assert server.proc.wait(60) == 0, server.log.read_text()
         assert "Traceback" not in server.log.read_text()
     finally:
         stop(server)

@@ -90,6 +90,8 @@ class _State:
 
     # ------------------------------------------------------------------ endpoints
     async def predict(self, request: Any) -> Any:
+        self.batcher.announce()  # a batch in the making may wait for this request's inputs
+        submitted = False
         try:
             top, invert = _query(request)
             files = await request_inputs(request, int(self.config.max_body_mb * 1e6), self.config.max_files)
@@ -105,11 +107,15 @@ class _State:
             except RunError as exc:
                 raise ServeError(422, "unreadable_input", str(exc)) from None
             try:
+                submitted = True
                 probs = await self.batcher.probabilities(raw)
             except Overloaded as exc:
                 raise ServeError(503, "overloaded", str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
         except ServeError as exc:
             return _error(exc.status, exc.problem, str(exc), exc.headers)
+        finally:
+            if not submitted:
+                self.batcher.withdraw()
         items = prediction_items(files, probs, raw, info, top, invert, notes, note_list=True)
         return _json({"predictions": items, "model": self.model_summary})
 

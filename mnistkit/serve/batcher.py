@@ -4,9 +4,13 @@ Every input (one file of a request) is queued with a future. One task takes the 
 keeps taking more until ``max_batch`` inputs are in hand or ``max_wait_ms`` has passed since the
 first, and runs them as one batch in a worker thread (ONNX Runtime releases the GIL, so the event
 loop keeps accepting requests meanwhile). While one batch runs the next one gathers, so under load
-batches fill without any wait. Admission is bounded: ``max_queue`` inputs at most are waiting or
-running; a request that would go beyond it is refused (:class:`Overloaded`, a 503) instead of
-letting memory grow. :meth:`Batcher.drain` (on SIGTERM) stops the waiting: what is queued runs now.
+batches fill without any wait. The wait is only spent while another request is on its way (its
+handler has started: :meth:`Batcher.announce`, body still arriving or being decoded): a lone
+request runs at once, so batching costs nothing at concurrency 1.
+
+Admission is bounded: ``max_queue`` inputs at most are waiting or running; a request that would
+go beyond it is refused (:class:`Overloaded`, a 503) instead of letting memory grow.
+:meth:`Batcher.drain` (on SIGTERM) stops the waiting: what is queued runs now.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
         self.pending = 0  # inputs admitted and not yet answered
+        self.arriving = 0  # requests announced (being read or decoded), not yet submitted
+        self._arrived = asyncio.Event()  # set when an input is queued or an announced request ends
         self._metrics = metrics
         self._queue: asyncio.Queue[_Item | object] = asyncio.Queue()
         self._draining = False
@@ -69,9 +75,25 @@ class Batcher:
         """From now on run what is queued at once (shutdown: in-flight requests finish quickly)."""
         self._draining = True
         self._queue.put_nowait(_DRAIN)
+        self._arrived.set()  # a batch waiting to fill stops waiting
+
+    def announce(self) -> None:
+        """A request has started: a batch in the making may wait for its inputs. Every
+        announcement ends with :meth:`probabilities` or :meth:`withdraw`."""
+        self.arriving += 1
+        self._metrics.set_arriving(self.arriving)
+
+    def withdraw(self) -> None:
+        """An announced request will not submit inputs (refused, or the client went away)."""
+        self.arriving -= 1
+        self._metrics.set_arriving(self.arriving)
+        self._arrived.set()
 
     async def probabilities(self, raw: np.ndarray) -> np.ndarray:
-        """Class probabilities ``[N, classes]`` of a request's raw inputs ``[N, C, ...]``."""
+        """Class probabilities ``[N, classes]`` of an announced request's raw inputs ``[N, C, ...]``."""
+        self.arriving -= 1
+        self._metrics.set_arriving(self.arriving)
+        self._arrived.set()
         n = len(raw)
         if self.pending + n > self.max_queue:
             raise Overloaded(
@@ -85,37 +107,50 @@ class Batcher:
         try:
             for item in items:
                 self._queue.put_nowait(item)
+            self._arrived.set()
             return np.stack(await asyncio.gather(*(i.future for i in items)))
         finally:
             self.pending -= n
             self._metrics.set_queue(self.pending)
 
-    async def _next(self, timeout: float | None) -> _Item | None:
-        """The next queued input, or None when the wait is over (or a drain asks to stop waiting)."""
-        try:
-            if timeout is None:
-                got = await self._queue.get()
-            elif timeout <= 0 or self._draining:
+    def _take(self) -> _Item | None:
+        """A queued input without waiting, or None (a drain marker is dropped)."""
+        while True:
+            try:
                 got = self._queue.get_nowait()
-            else:
-                got = await asyncio.wait_for(self._queue.get(), timeout)
-        except (asyncio.QueueEmpty, asyncio.TimeoutError):
-            return None
-        return got if isinstance(got, _Item) else None
+            except asyncio.QueueEmpty:
+                return None
+            if isinstance(got, _Item):
+                return got
+
+    async def _gather(self, first: _Item) -> list[_Item]:
+        """``first`` and what joins it: all that is queued, then, while another request is on its
+        way and the wait is not over, what arrives, up to ``max_batch``."""
+        loop = asyncio.get_running_loop()
+        batch = [first]
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_batch:
+            item = self._take()
+            if item is not None:
+                batch.append(item)
+                continue
+            remaining = deadline - loop.time()
+            if self.arriving <= 0 or self._draining or remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return batch
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            first = await self._next(None)
-            if first is None:
+            first = await self._queue.get()
+            if not isinstance(first, _Item):
                 continue  # a drain marker with nothing waiting
-            batch = [first]
-            deadline = loop.time() + self.max_wait
-            while len(batch) < self.max_batch:
-                item = await self._next(deadline - loop.time())
-                if item is None:
-                    break
-                batch.append(item)
+            batch = await self._gather(first)
             batch = [i for i in batch if not i.future.done()]  # callers gone (disconnected)
             if not batch:
                 continue

@@ -47,6 +47,7 @@ class Metrics:
         self.batch = _Histogram(BATCH_BUCKETS)
         self.inputs = 0
         self.queue = 0
+        self.arriving = 0
 
     def observe_request(self, path: str, status: int, seconds: float) -> None:
         self.requests[(path, status)] += 1
@@ -58,6 +59,9 @@ class Metrics:
 
     def set_queue(self, pending: int) -> None:
         self.queue = pending
+
+    def set_arriving(self, requests: int) -> None:
+        self.arriving = requests
 
     def text(self) -> str:
         worker = f'worker="{os.getpid()}"'
@@ -83,5 +87,8 @@ class Metrics:
             "# HELP mnistkit_queue_inputs Inputs queued or running now.",
             "# TYPE mnistkit_queue_inputs gauge",
             f"mnistkit_queue_inputs{{{worker}}} {self.queue}",
+            "# HELP mnistkit_requests_arriving Predict requests being received or decoded now.",
+            "# TYPE mnistkit_requests_arriving gauge",
+            f"mnistkit_requests_arriving{{{worker}}} {self.arriving}",
         ]
         return "\n".join(lines) + "\n"
