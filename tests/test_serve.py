@@ -445,6 +445,15 @@ def test_sigterm_lets_the_requests_in_flight_finish_then_exits_0(
         stop(server)
 
 
+def test_without_the_serve_extra_it_says_what_to_install(cli, tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"never read")
+    res = cli("serve", model, prelude="import sys; sys.modules['uvicorn'] = None")
+    assert res.returncode == 1, res.stderr
+    assert "pip install 'mnistkit[serve]'" in res.stderr and "uvicorn" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 # ----------------------------------------------------------------------------------- the page
 def test_page_upload_and_drawing_in_a_real_browser(
     browser, server: Server, model: Path, images: list[Path], tmp_path: Path

@@ -20,9 +20,14 @@ INSTALL_HINT = "pip install 'mnistkit[serve]'"
 
 
 def _missing_extra() -> str | None:
-    import importlib.util
+    import importlib
 
-    missing = [m for m in ("starlette", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in ("starlette", "uvicorn", "multipart"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     return ", ".join(missing) or None
 
 
