@@ -377,7 +377,16 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_answer(
         "8 requests arriving", lambda: batching_server.metric("mnistkit_requests_arriving") == 8
     )
     batches_before = batching_server.metric("mnistkit_batch_size_count")
-    for h in held:
+    # The first one complete: its input must wait for the seven still arriving, not run alone.
+    held[0].send_rest()
+    batching_server.wait_until(
+        "the first input queued (or run)",
+        lambda: (
+            batching_server.metric("mnistkit_queue_inputs") == 1
+            or batching_server.metric("mnistkit_batch_size_count") > batches_before
+        ),
+    )
+    for h in held[1:]:
         h.send_rest()
     for h, want in zip(held, expected, strict=True):
         status, data = h.answer()
