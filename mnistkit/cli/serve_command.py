@@ -74,6 +74,10 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
         max_files: Annotated[
             int, typer.Option("--max-files", min=1, help="Most files in one request.", metavar="N")
         ] = _D.max_files,
+        access_log: Annotated[
+            bool,
+            typer.Option("--access-log/--no-access-log", help="Log one line per request (off: faster)."),
+        ] = _D.access_log,
     ) -> None:
         """Serve a model over HTTP: POST /predict, /health, /metadata, /metrics, a page at /.
 
@@ -99,6 +103,7 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
                 max_queue=max_queue,
                 max_body_mb=max_body_mb,
                 max_files=max_files,
+                access_log=access_log,
             )
             config.check()  # before a possibly long export
             from dataclasses import replace

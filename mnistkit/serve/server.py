@@ -30,6 +30,7 @@ def serve(config: ServeConfig, log_level: str = "info") -> None:
         "log_level": log_level,
         "timeout_graceful_shutdown": config.timeout_graceful_s,
         "server_header": False,
+        "access_log": config.access_log,
     }
     from mnistkit.serve.app import create_app
 
