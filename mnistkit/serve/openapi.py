@@ -44,6 +44,28 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 def openapi(meta: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
+    def get(summary: str) -> dict[str, Any]:
+        return {"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": f"mnistkit serve: {meta['recipe_name']} ({meta['dataset']})",
+            "version": __version__,
+            "description": "An exported mnistkit model in ONNX Runtime. See docs/serving.md.",
+        },
+        "paths": {
+            "/predict": {"post": _predict(meta, config)},
+            "/health": get("live and ready (503 while shutting down)"),
+            "/metadata": get("classes, input contract, model hash, source run"),
+            "/metrics": get("Prometheus text: requests, latency, batch sizes"),
+            "/": get("a page to try the model (HTML)"),
+        },
+        "components": {"schemas": {"Error": _ERROR}},
+    }
+
+
+def _predict(meta: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
     classes = [str(c) for c in meta["classes"]]
     binary = {"type": "string", "format": "binary"}
     top_class = {
@@ -73,88 +95,54 @@ def openapi(meta: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
         },
     }
     return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": f"mnistkit serve: {meta['recipe_name']} ({meta['dataset']})",
-            "version": __version__,
-            "description": "An exported mnistkit model in ONNX Runtime. See docs/serving.md.",
-        },
-        "paths": {
-            "/predict": {
-                "post": {
-                    "summary": "Classify one or more files; one prediction per file, in order.",
-                    "parameters": [
-                        {
-                            "name": "top",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "default": 1},
-                        },
-                        {
-                            "name": "invert",
-                            "in": "query",
-                            "schema": {"type": "boolean", "default": False},
-                            "description": "invert image brightness first (dark drawings on light paper)",
-                        },
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "files": {
-                                            "type": "array",
-                                            "items": binary,
-                                            "maxItems": config.max_files,
-                                        }
-                                    },
-                                }
-                            },
-                            "image/*": {"schema": binary},
-                            "audio/wav": {"schema": binary},
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "the predictions",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "predictions": {"type": "array", "items": prediction},
-                                            "model": {"type": "object"},
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **_errors(400, 413, 415, 422, 503),
-                    },
-                }
+        "summary": "Classify one or more files; one prediction per file, in order.",
+        "parameters": [
+            {
+                "name": "top",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "default": 1},
             },
-            "/health": {
-                "get": {
-                    "summary": "live and ready (503 while shutting down)",
-                    "responses": {"200": {"description": "ok"}},
-                }
+            {
+                "name": "invert",
+                "in": "query",
+                "schema": {"type": "boolean", "default": False},
+                "description": "invert image brightness first (dark drawings on light paper)",
             },
-            "/metadata": {
-                "get": {
-                    "summary": "classes, input contract, model hash, source run",
-                    "responses": {"200": {"description": "ok"}},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus text: requests, latency, batch sizes",
-                    "responses": {"200": {"description": "ok"}},
-                }
-            },
-            "/": {
-                "get": {"summary": "a page to try the model", "responses": {"200": {"description": "HTML"}}}
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "files": {
+                                "type": "array",
+                                "items": binary,
+                                "maxItems": config.max_files,
+                            }
+                        },
+                    }
+                },
+                "image/*": {"schema": binary},
+                "audio/wav": {"schema": binary},
             },
         },
-        "components": {"schemas": {"Error": _ERROR}},
+        "responses": {
+            "200": {
+                "description": "the predictions",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "predictions": {"type": "array", "items": prediction},
+                                "model": {"type": "object"},
+                            },
+                        }
+                    }
+                },
+            },
+            **_errors(400, 413, 415, 422, 503),
+        },
     }
