@@ -216,7 +216,7 @@ def test_help_lists_commands_and_debug_flag(cli) -> None:
     assert "--debug" in res.stdout
 
 
-@pytest.mark.parametrize("command", ["run", "eval", "predict", "runs", "compare", "export"])
+@pytest.mark.parametrize("command", ["run", "eval", "predict", "runs", "compare", "export", "serve"])
 def test_help_shows_words_not_python_types(command: str) -> None:
     """Every argument and option reads as a word (DIR, K, RUN_A), never `<path>` or `<int range>`."""
     from typer.testing import CliRunner

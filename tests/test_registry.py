@@ -249,6 +249,7 @@ print("exit", code or 0, "torch-imported", "torch" in sys.modules, file=sys.stde
         ["validate", "recipes/mlp5.yaml"],
         ["validate", "recipes/sweeps/quickstart.yaml"],
         ["sweep", "--help"],
+        ["serve", "--help"],
         ["schema"],
         ["fields"],
     ],

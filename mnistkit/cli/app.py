@@ -1,5 +1,5 @@
 """Command line: ``mnistkit run | validate | list | schema | fields | eval | predict | runs | compare``,
-``export``.
+``export``, ``serve``.
 
 Start-up stays instant: this module imports neither torch nor anything that does; commands that
 train or evaluate import :mod:`mnistkit.session` (and torch) only when they run.
@@ -621,6 +621,7 @@ def _register_more() -> str | None:
             export_command,
             report_command,
             run_commands,
+            serve_command,
             track_command,
         )
         from mnistkit.sweeps import cli as sweep_commands
@@ -628,6 +629,7 @@ def _register_more() -> str | None:
         return f"{type(exc).__name__}: {exc}"
     run_commands.register(app, guarded)
     export_command.register(app, guarded)
+    serve_command.register(app, guarded)
     data_command.register(app, guarded)
     check_command.register(app, guarded)
     track_command.register(app, guarded)
@@ -645,7 +647,7 @@ def main() -> None:
     if _BROKEN is not None:
         _stderr().print(
             f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs, "
-            f"compare, export, sweep, check and report could not be loaded ({_esc(_BROKEN)})\n"
+            f"compare, export, serve, sweep, check, track and report could not be loaded ({_esc(_BROKEN)})\n"
             "    reinstall: pip install -e . (or rerun make setup)"
         )
         raise SystemExit(1)

@@ -31,6 +31,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -139,7 +140,7 @@ def fix_frames(s: np.ndarray, frames: int) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def read_audio(path: Path, sample_rate: int) -> np.ndarray:
+def read_audio(path: Path | BinaryIO, sample_rate: int) -> np.ndarray:
     """Decode ``path`` to mono float32 at ``sample_rate`` (same result as ``librosa.load``).
 
     soundfile is called directly instead of ``librosa.load`` because on an undecodable file the
@@ -149,7 +150,8 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
     import librosa
     import soundfile as sf
 
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    source = path if hasattr(path, "read") else str(path)  # a file, or bytes (mnistkit serve)
+    data, sr = sf.read(source, dtype="float32", always_2d=True)
     y = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # mono = channel mean, as librosa
     if y.size == 0:
         raise ValueError("no audio samples")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -36,7 +36,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 IMAGES = FolderKind(IMAGE_EXTENSIONS, "images", "*.png (or .jpg, .bmp, .gif, .webp, .tif)", "Add images")
 
 
-def decode_image(path: Path, channels: int, height: int, width: int) -> np.ndarray:
+def decode_image(path: Path | BinaryIO, channels: int, height: int, width: int) -> np.ndarray:
     """One image file as uint8 ``[channels, height, width]``, as training and predict see it.
 
     Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is enforced from its

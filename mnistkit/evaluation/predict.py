@@ -18,6 +18,7 @@ name, as a :class:`RunError`.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,31 @@ RESIZE_NOTE_FACTOR = 2.0
 # A clip more than this many times the training frames is mostly cut off (the model sees only
 # its first ``frames``), so it gets a note.
 AUDIO_LENGTH_NOTE_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class InMemoryFile:
+    """An input that is bytes, not a file on disk (``mnistkit serve``'s uploads), read by the same
+    functions as files: ``name`` is what messages and predictions call it, ``suffix`` (from the
+    name, or given: the upload's content type) tells audio from images as a file's suffix does."""
+
+    name: str
+    data: bytes
+    suffix: str = ""
+
+    def __str__(self) -> str:
+        return self.name
+
+    def source(self) -> io.BytesIO:
+        """A fresh readable copy for Pillow or soundfile (each reader consumes its own)."""
+        return io.BytesIO(self.data)
+
+
+InputFile = Path | InMemoryFile
+
+
+def _source(path: InputFile) -> Any:
+    return path.source() if isinstance(path, InMemoryFile) else path
 
 
 @dataclass
@@ -106,7 +132,7 @@ def input_scale(info: dict[str, Any]) -> float:
 
 
 def image_array(
-    path: Path, info: dict[str, Any], invert: bool = False, notes: list[str] | None = None
+    path: InputFile, info: dict[str, Any], invert: bool = False, notes: list[str] | None = None
 ) -> np.ndarray:
     """One image file as the uint8 array ``[C, H, W]`` (0-255) the run's dataset stores.
 
@@ -120,11 +146,11 @@ def image_array(
     try:
         # The conversion image_folder training data went through (grey/RGB, transparent pixels
         # black, bilinear resize), so a run on one's own images sees new ones the same way.
-        arr = decode_image(path, channels, height, width)
+        arr = decode_image(_source(path), channels, height, width)
         if notes is not None:  # decode_image has already refused a decompression bomb
             from PIL import Image
 
-            with Image.open(path) as img:
+            with Image.open(_source(path)) as img:
                 notes += _image_notes(img, channels, height, width)
     except Exception as exc:  # not found, not an image, truncated, decompression bomb...
         raise RunError(f"{path}: cannot read it as an image ({_reason(exc)})") from None
@@ -152,7 +178,7 @@ def _image_notes(img: Any, channels: int, height: int, width: int) -> list[str]:
     return out
 
 
-def audio_array(path: Path, info: dict[str, Any], notes: list[str] | None = None) -> np.ndarray:
+def audio_array(path: InputFile, info: dict[str, Any], notes: list[str] | None = None) -> np.ndarray:
     """One audio file as its log-mel features ``float32 [1, n_mels, frames]`` (not normalized).
 
     ``notes`` receives a note when the clip is much longer than the training frames."""
@@ -162,7 +188,7 @@ def audio_array(path: Path, info: dict[str, Any], notes: list[str] | None = None
     feats.pop("type", None)
     spec = LogMelSpec(**feats)
     try:
-        y = read_audio(Path(path), spec.sample_rate)
+        y = read_audio(_source(path), spec.sample_rate)
         s = log_mel(y, spec)
     except Exception as exc:  # soundfile/librosa errors, empty or non-finite audio
         raise RunError(f"{path}: cannot read it as audio ({_reason(exc)})") from None
@@ -184,15 +210,16 @@ def _reason(exc: BaseException) -> str:
 
 
 def file_array(
-    path: Path, info: dict[str, Any], invert: bool = False, notes: list[str] | None = None
+    path: InputFile, info: dict[str, Any], invert: bool = False, notes: list[str] | None = None
 ) -> np.ndarray:
     """One file as the run's raw input ``[C, ...]``: an image for image runs, audio for audio runs."""
-    path = Path(path)
-    is_audio_file = path.suffix.lower() in AUDIO_SUFFIXES
-    if not path.exists():
-        raise RunError(f"{path}: no such file")
-    if path.is_dir():
-        raise RunError(f"{path}: is a folder, not a file")
+    if not isinstance(path, InMemoryFile):
+        path = Path(path)
+        if not path.exists():
+            raise RunError(f"{path}: no such file")
+        if path.is_dir():
+            raise RunError(f"{path}: is a folder, not a file")
+    is_audio_file = (path.suffix or Path(str(path)).suffix).lower() in AUDIO_SUFFIXES
     if info.get("kind") == "audio":
         if not is_audio_file:
             raise RunError(
@@ -235,7 +262,7 @@ def expand_inputs(paths: list[Path], info: dict[str, Any]) -> list[Path]:
 
 
 def read_files(
-    files: list[Path],
+    files: list[InputFile],
     info: dict[str, Any],
     invert: bool = False,
     notes: list[list[str]] | None = None,
@@ -247,7 +274,7 @@ def read_files(
     for f in files:
         file_notes: list[str] = []
         try:
-            arrays.append(file_array(Path(f), info, invert, file_notes))
+            arrays.append(file_array(f, info, invert, file_notes))
         except RunError as exc:
             problems.append(str(exc))
         if notes is not None:
@@ -318,18 +345,20 @@ def check_predict_args(files: list[Path], top: int) -> None:
 
 
 def prediction_items(
-    files: list[Path],
+    files: list[InputFile],
     probs: np.ndarray,
     raw: np.ndarray,
     info: dict[str, Any],
     top: int,
     invert: bool,
     notes: list[list[str]] | None = None,
+    note_list: bool = False,
 ) -> list[dict[str, Any]]:
     """One entry per file from the class probabilities ``[N, classes]`` and the raw inputs.
 
     ``"note"``: what makes the input doubtful (``notes`` from read_files, a light background),
-    joined with "; "."""
+    joined with "; "; with ``note_list`` (``mnistkit serve``), also ``"notes"``: the same as a
+    list, empty when there are none."""
     classes = list(info["classes"])
     k = min(top, len(classes))
     light_background = info.get("kind") == "image" and _trained_dark(info)
@@ -351,6 +380,8 @@ def prediction_items(
             )
         if file_notes:
             item["note"] = "; ".join(file_notes)
+        if note_list:
+            item["notes"] = file_notes
         out.append(item)
     return out
 

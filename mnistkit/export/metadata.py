@@ -8,6 +8,7 @@ beside the model holds the same entries decoded, for humans. Torch-free.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from mnistkit.errors import RunError
@@ -18,6 +19,12 @@ OUTPUT_NAMES = ("logits", "probabilities")
 # Verification at export: largest |logit difference| ONNX Runtime vs torch that passes. Measured
 # differences of the shipped models are 1e-7 to 1e-5 (float32 kernels summing in other orders).
 DEFAULT_TOLERANCE = 1e-4
+
+
+def default_model_path(run_dir: Path) -> Path:
+    """Where ``mnistkit export RUN_DIR`` writes the model by default (``serve RUN_DIR`` looks there)."""
+    return Path(run_dir) / "export" / "model.onnx"
+
 
 # key -> what it holds. Kept in this order in model.json.
 ENTRIES: dict[str, str] = {

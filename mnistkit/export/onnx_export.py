@@ -53,7 +53,7 @@ class ExportModule(torch.nn.Module):
 
 
 def default_out(run_dir: Path) -> Path:
-    return Path(run_dir) / "export" / "model.onnx"
+    return metadata.default_model_path(run_dir)
 
 
 def json_path(out: Path) -> Path:
