@@ -2,10 +2,11 @@
 
 ``$MNISTKIT_CACHE`` (default: the platform's user cache folder, e.g. ``~/.cache/mnistkit``) holds
 the folders listed in :data:`KINDS`: ``data/`` (datasets downloaded by torchvision),
-``features/`` (decoded audio features) and ``images/`` (decoded image folders), one ``.npz`` per
-dataset and parameter set, and ``checks/`` (data check results, one ``.json`` per dataset
-content, :mod:`mnistkit.data.check`). Decoded data is recomputed when missing, so clearing it only costs
-time; downloads are kept unless asked for, because re-downloading needs the network.
+``features/`` (decoded audio features, one ``.npz`` per dataset and parameter set), ``images/``
+(decoded image folders, one ``.npy`` and its ``.json`` index per folder and image settings) and
+``checks/`` (data check results, one ``.json`` per dataset content, :mod:`mnistkit.data.check`).
+Decoded data is recomputed when missing, so clearing it only costs time; downloads are kept
+unless asked for, because re-downloading needs the network.
 """
 
 from __future__ import annotations
