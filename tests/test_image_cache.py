@@ -6,8 +6,10 @@ Every pixel is checked against Pillow's own decoding of the files the tests writ
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,7 @@ def test_mmap_run_resumed_after_ctrl_c_matches_an_uninterrupted_memory_run(
     ref = run(tmp_path, "memory", "ref")
     assert ref.exit_code == 0, ref.output
     assert "memory (data.cache: memory)" in ref.output
+    assert re.search(r"decoding images: 24/24 in [\d.]+ s, [\d,]+ files/s", ref.output), ref.output
     monkeypatch.setenv("MNISTKIT_KILL_AT", "2:3:INT")  # a Ctrl-C in epoch 2, step 3
     first = run(tmp_path, "mmap", "mm")
     assert "mmap (data.cache: mmap)" in first.output
@@ -231,3 +234,42 @@ def test_only_added_and_changed_files_are_decoded_again(
     index, _ = cache_files(tmp_path)
     listed = {r[0] for r in json.loads(index.read_text())["files"]}
     assert listed == {str(f.relative_to(root)) for f in data.files}
+
+
+def test_decoding_in_two_processes_gives_the_pixels_of_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnistkit.data.imagecache import PARALLEL_MIN_FILES
+
+    here: list[Path] = []  # files decoded in this process (the workers import the real one)
+    real = images.decode_image
+    monkeypatch.setattr(images, "decode_image", lambda p, *a: here.append(p) or real(p, *a))
+
+    per_class = -(-PARALLEL_MIN_FILES // len(CLASSES))
+    make_folder(tmp_path / "data", per_class=per_class)
+    cache = tmp_path / "cache"
+    two = load_image_folder(tmp_path / "data", 3, (10, 10), cache / "two", False, workers=2)
+    assert here == []
+    one = load_image_folder(tmp_path / "data", 3, (10, 10), cache / "one", False, workers=1)
+    assert len(here) == per_class * len(CLASSES)
+    assert "by 2 processes" in two.source and " by " not in one.source
+    assert f"{per_class * len(CLASSES)} decoded" in two.source
+    assert two.files == one.files
+    assert torch.equal(two.train.x, one.train.x) and torch.equal(two.test.x, one.test.x)
+    check_pixels(two)
+
+
+def test_decoding_progress_on_a_terminal_is_a_bar_then_one_line() -> None:
+    from rich.console import Console
+
+    from mnistkit.tracking.console import RichReporter, _rate_eta
+
+    assert _rate_eta(50, 200, 5.0) == ", 10 files/s, about 15 s left"
+    out = io.StringIO()
+    reporter = RichReporter(Console(file=out, force_terminal=True, width=80, highlight=False))
+    for done in (0, 100, 200):
+        reporter.work("decoding images", done, 200)
+    text = out.getvalue()
+    assert "files/s" in text and "100/200" in text  # the bar, drawn while decoding
+    assert re.search(r"decoding images: 200/200 in [\d.]+ s, [\d,]+ files/s", text), text
+    assert reporter.work_task is None

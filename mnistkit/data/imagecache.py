@@ -32,8 +32,9 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,7 @@ class Decoded:
     mean: tuple[float, ...] = ()  # per channel in [0, 1], over the rows of the training split
     std: tuple[float, ...] = ()
     notes: list[str] = field(default_factory=list)  # e.g. why the previous cache was not used
+    processes: int = 1  # how many processes decoded
 
 
 def fingerprint(base: Path, name: str) -> tuple[int, int]:
@@ -169,11 +171,14 @@ def decode_into(
     shape: tuple[int, ...],
     cache_dir: Path,
     progress: Progress | None,
+    workers: int | None = None,
 ) -> Decoded:
     """Rows of every usable file of ``items``, in that order, as a memmap of the cache.
 
     From the cache as it is when the index matches ``items`` exactly; else rebuilt, reusing the
-    rows (and failures) of unchanged files and decoding only the others."""
+    rows (and failures) of unchanged files and decoding only the others, with ``workers``
+    processes (default: one per core this process may use; :func:`decode_all`).
+    ``progress(done, total)`` counts the files decoded now."""
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir)
     settings = json.loads(json.dumps(dict(settings)))  # as the index stores it
@@ -224,6 +229,7 @@ def decode_into(
         shape,
         cache_dir,
         progress,
+        workers or default_workers(),
         notes,
         t0,
     )
@@ -251,6 +257,7 @@ def _build(
     shape: tuple[int, ...],
     cache_dir: Path,
     progress: Progress | None,
+    workers: int,
     notes: list[str],
     t0: float,
 ) -> Decoded:
@@ -263,37 +270,18 @@ def _build(
     data_name = f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.npy"
     final = cache_dir / data_name
     tmp = tmp_path(final)
-    files: list[list[object]] = []
-    bad_rows: list[list[object]] = []
-    reused = decoded = 0
-    total = len(items)
-    every = max(1, total // 100)
-    if progress is not None:
-        progress(0, total)
+    known = old_rows.keys() | old_bad.keys()
+    todo = [str(row[0]) for row in wanted if (row[0], row[1], row[2]) not in known]
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(1, total), *shape))
-        w = 0
-        for i, (it, row) in enumerate(zip(items, wanted, strict=True), start=1):
-            fp = (it.name, row[1], row[2])
-            if fp in old_rows:
-                assert old_x is not None
-                out[w] = old_x[old_rows[fp]]
-                reused += 1
-            elif fp in old_bad:
-                bad_rows.append([*row, old_bad[fp]])
-                reused += 1
-                continue
-            else:
-                decoded += 1
-                try:
-                    out[w] = decode(base / it.name)
-                except Exception as e:  # any decode failure makes this one file "bad"
-                    bad_rows.append([*row, f"{type(e).__name__}: {e}".strip()])
-                    continue
-            files.append([*row, w])
-            w += 1
-            if progress is not None and (i % every == 0 or i == total):
-                progress(i, total)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(1, len(items)), *shape))
+        results = decode_all(base, todo, decode, workers, progress)
+        try:
+            files, bad_rows = _fill(out, wanted, old_x, old_rows, old_bad, results)
+        finally:
+            results.close()  # stops the worker processes, also on Ctrl-C
+        w = len(files)
+        decoded = len(todo)
+        reused = len(items) - decoded
         n_train = sum(1 for f in files if f[4] == "train")
         mean, std = pixel_stats(out, n_train)
         out.flush()
@@ -328,7 +316,102 @@ def _build(
     x = open_cached(cache_dir, new_index, shape)
     bad = {str(r[0]): str(r[5]) for r in bad_rows}
     good = [str(f[0]) for f in files]
-    return Decoded(x, good, bad, final, reused, decoded, time.perf_counter() - t0, mean, std, notes)
+    processes = workers if len(todo) >= PARALLEL_MIN_FILES else 1
+    return Decoded(
+        x, good, bad, final, reused, decoded, time.perf_counter() - t0, mean, std, notes, processes
+    )
+
+
+def _fill(
+    out: np.ndarray,
+    wanted: list[list[object]],
+    old_x: np.ndarray | None,
+    old_rows: dict[tuple[object, ...], int],
+    old_bad: dict[tuple[object, ...], str],
+    results: Iterator[np.ndarray | str],
+) -> tuple[list[list[object]], list[list[object]]]:
+    """Write the usable rows into ``out`` in ``wanted``'s order: copied from ``old_x`` for
+    unchanged files, else the next of ``results`` (the decoded files, in the same order).
+    Returns the index's ``files`` and ``bad`` rows."""
+    files: list[list[object]] = []
+    bad_rows: list[list[object]] = []
+    for row in wanted:
+        fp = (row[0], row[1], row[2])
+        if fp in old_rows:
+            assert old_x is not None
+            out[len(files)] = old_x[old_rows[fp]]
+        elif fp in old_bad:
+            bad_rows.append([*row, old_bad[fp]])
+            continue
+        else:
+            got = next(results)
+            if isinstance(got, str):
+                bad_rows.append([*row, got])
+                continue
+            out[len(files)] = got
+        files.append([*row, len(files)])
+    return files, bad_rows
+
+
+#: Fewer files than this are decoded in this process: starting worker processes (each imports
+#: numpy and Pillow) would cost more than it saves.
+PARALLEL_MIN_FILES = 200
+
+
+def default_workers() -> int:
+    """One decoding process per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _decode_or_reason(decode: Callable[[Path], np.ndarray], path: Path) -> np.ndarray | str:
+    try:
+        return decode(path)
+    except Exception as e:  # any decode failure makes this one file "bad"
+        return f"{type(e).__name__}: {e}".strip()
+
+
+def decode_all(
+    base: Path,
+    names: Sequence[str],
+    decode: Callable[[Path], np.ndarray],
+    workers: int,
+    progress: Progress | None,
+) -> Iterator[np.ndarray | str]:
+    """``decode(base / name)`` of every name, in order: the array, or why it failed.
+
+    With ``workers`` > 1 (and at least :data:`PARALLEL_MIN_FILES` files) in a pool of that many
+    spawned processes (spawn, not fork: this process may hold torch's threads), in chunks of up
+    to 64 files so that results come back steadily and in order; ``decode`` must then be
+    picklable. Ctrl-C cancels what is not started yet.
+    """
+    total = len(names)
+    every = max(1, total // 200)
+    if progress is not None and total:
+        progress(0, total)
+    paths = [base / n for n in names]
+    pool = None
+    if workers > 1 and total >= PARALLEL_MIN_FILES:  # (keep in step with Decoded.processes)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        chunk = max(1, min(64, total // (workers * 8)))
+        results: Iterator[np.ndarray | str] = pool.map(
+            partial(_decode_or_reason, decode), paths, chunksize=chunk
+        )
+    else:
+        results = (_decode_or_reason(decode, p) for p in paths)
+    try:
+        for i, got in enumerate(results, start=1):
+            if progress is not None and (i % every == 0 or i == total):
+                progress(i, total)
+            yield got
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def available_memory() -> int | None:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -66,8 +66,16 @@ def decode_image(path: Path, channels: int, height: int, width: int) -> np.ndarr
     return np.ascontiguousarray(arr)
 
 
-def _decoder(channels: int, height: int, width: int) -> Any:
-    return lambda path: decode_image(path, channels, height, width)
+@dataclass(frozen=True)
+class _Decoder:
+    """decode_image with fixed settings; picklable, for the decoding processes."""
+
+    channels: int
+    height: int
+    width: int
+
+    def __call__(self, path: Path) -> np.ndarray:
+        return decode_image(path, self.channels, self.height, self.width)
 
 
 def load_image_folder(
@@ -80,6 +88,7 @@ def load_image_folder(
     seed: int = 0,
     progress: Progress | None = None,
     cache_mode: str = "auto",
+    workers: int | None = None,
 ) -> LoadedData:
     """The folder ``root`` as uint8 tensors; mean/std are the training split's, per channel."""
     root = Path(root).expanduser()
@@ -107,16 +116,17 @@ def load_image_folder(
     items += [Item(name, c, "test") for name, c in test_names]
     settings = {"image_version": IMAGE_VERSION, "channels": channels, "size": [height, width]}
     shape = (channels, height, width)
+    decoder = _Decoder(*shape)
     if cache_dir is None:  # nothing to keep: decode into a folder that goes away
         with tempfile.TemporaryDirectory() as tmp:
             feats = decode_into(
-                "image_folder", root, items, settings, _decoder(*shape), shape, Path(tmp), progress
+                "image_folder", root, items, settings, decoder, shape, Path(tmp), progress, workers
             )
             feats.x = np.array(feats.x)
         cache = "memory (no cache folder)"
     else:
         feats = decode_into(
-            "image_folder", root, items, settings, _decoder(*shape), shape, cache_dir, progress
+            "image_folder", root, items, settings, decoder, shape, cache_dir, progress, workers
         )
         mode, why = choose_mode(cache_mode, feats.x.nbytes, available_memory())
         if mode == "memory":
@@ -173,7 +183,8 @@ def load_image_folder(
     if feats.decoded == 0:
         origin = f"loaded from cache {feats.path} in {feats.seconds:.2f} s"
     else:
-        origin = f"decoded in {feats.seconds:.1f} s ({feats.decoded} decoded, {feats.reused} reused)"
+        procs = f" by {feats.processes} processes" if feats.processes > 1 else ""
+        origin = f"decoded in {feats.seconds:.1f} s{procs} ({feats.decoded} decoded, {feats.reused} reused)"
     source = (
         f"image folder {root}: {len(classes)} classes, {len(train)} train / {len(test)} test "
         f"images ({how}), {channels}x{height}x{width}; {origin}"
