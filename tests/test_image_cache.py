@@ -273,3 +273,16 @@ def test_decoding_progress_on_a_terminal_is_a_bar_then_one_line() -> None:
     assert "files/s" in text and "100/200" in text  # the bar, drawn while decoding
     assert re.search(r"decoding images: 200/200 in [\d.]+ s, [\d,]+ files/s", text), text
     assert reporter.work_task is None
+
+
+def test_cache_command_lists_each_decoded_folder_with_its_size(tmp_path: Path) -> None:
+    make_folder(tmp_path / "data", per_class=4)
+    load(tmp_path / "data")
+    _, npy = cache_files(tmp_path)
+    res = CliRunner().invoke(app, ["cache"])
+    assert res.exit_code == 0, res.output
+    (line,) = [x for x in res.output.splitlines() if "12 images 3x10x10" in x]
+    assert line.split()[0].endswith(str(tmp_path / "data")[-30:])
+    assert len(line) <= 80
+    kb = (npy.stat().st_size + next(npy.parent.glob("*.json")).stat().st_size) / 1024
+    assert f"{kb:.1f} KB" in line

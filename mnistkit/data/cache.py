@@ -66,6 +66,32 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     return out
 
 
+@dataclass(frozen=True)
+class ImageCache:
+    """One decoded image folder under ``images/`` (:mod:`mnistkit.data.imagecache`)."""
+
+    root: str  # the image folder it was decoded from
+    images: int
+    shape: tuple[int, ...]
+    bytes: int  # the .npy and its index
+
+
+def image_caches(root: Path | None = None) -> list[ImageCache]:
+    """Every decoded image folder in the cache, from the indexes (unreadable ones skipped)."""
+    import json
+
+    out = []
+    for index in sorted(cache_folder("images", root).glob("*.json")):
+        try:
+            data = json.loads(index.read_text())
+            npy = index.parent / str(data["data"])
+            size = index.stat().st_size + (npy.stat().st_size if npy.is_file() else 0)
+            out.append(ImageCache(str(data["root"]), len(data["files"]), tuple(data["shape"]), size))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
 def clear_cache(kinds: list[str], root: Path | None = None) -> list[CacheEntry]:
     """Remove the given cache folders; returns what was removed."""
     removed = []

@@ -76,12 +76,18 @@ class Decoded:
     processes: int = 1  # how many processes decoded
 
 
-def fingerprint(base: Path, name: str) -> tuple[int, int]:
-    try:
-        st = (base / name).stat()
-    except OSError:
-        return (-1, -1)  # unreadable now; decoding records why
-    return (st.st_size, st.st_mtime_ns)
+def fingerprints(base: Path, names: Sequence[str]) -> list[tuple[int, int]]:
+    """(size, mtime_ns) of every file; (-1, -1) for one that cannot be read now (decoding records
+    why). os.stat on strings: pathlib costs ~25 µs a file, a second per 40,000 files."""
+    prefix = os.path.join(str(base), "")
+    out = []
+    for name in names:
+        try:
+            st = os.stat(prefix + name)
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((-1, -1))
+    return out
 
 
 def cache_key(dataset: str, root: Path, settings: dict[str, object]) -> str:
@@ -184,7 +190,7 @@ def decode_into(
     settings = json.loads(json.dumps(dict(settings)))  # as the index stores it
     key = cache_key(dataset, base, settings)
     index_path = cache_dir / f"{dataset}-{key}.json"
-    prints = [fingerprint(base, it.name) for it in items]
+    prints = fingerprints(base, [it.name for it in items])
     wanted = [[it.name, *fp, it.label, it.split] for it, fp in zip(items, prints, strict=True)]
     notes: list[str] = []
     old_x: np.ndarray | None = None
