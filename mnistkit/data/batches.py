@@ -163,7 +163,12 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
         pixel_mean=tuple(float(m) for m in loaded.mean),
         test_files=loaded.test_files[: len(test.y)] if loaded.test_files is not None else None,
         test_inputs_sha256=tensor_sha256(test.x),
-        cache_note=loaded.cache_note,
+        cache_note=loaded.cache_note
+        + (
+            "; val_split: the rest of the training split was copied into memory"
+            if loaded.mapped and val is not None
+            else ""
+        ),
     )
 
 
