@@ -93,6 +93,10 @@ def test_mmap_serves_the_same_batches_as_memory(tmp_path: Path) -> None:
         for (xa, ya), (xb, yb) in served:
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert a.mean == b.mean and torch.equal(a.test.x, b.test.x)
+    # val_split picks rows out of the training split: on a mapped one the run says it copies.
+    held = DataSection(dataset="image_folder", val_split=0.25)
+    assert "copied into memory" in prepare(mapped, held, 4, cpu).cache_note
+    assert "copied" not in prepare(mem, held, 4, cpu).cache_note
 
 
 def test_auto_keeps_in_memory_what_takes_at_most_a_quarter_of_available_memory() -> None:
