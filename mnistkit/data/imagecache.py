@@ -300,6 +300,10 @@ def _build(
     except BaseException:
         tmp.unlink(missing_ok=True)  # never leave a half-written file behind
         raise
+    # Mapped now, before the index names it: another run building the same cache at the same
+    # time may delete this file as stale, and a mapping outlives the file's name. (That run's
+    # index then wins; a later start that finds its file gone rebuilds, with a message.)
+    x = np.load(final, mmap_mode="c", allow_pickle=False)
     nbytes = final.stat().st_size
     new_index = {
         "version": INDEX_VERSION,
@@ -319,7 +323,6 @@ def _build(
     for stale in cache_dir.glob(f"{dataset}-{key}-*.npy"):
         if stale.name != data_name:
             stale.unlink(missing_ok=True)
-    x = open_cached(cache_dir, new_index, shape)
     bad = {str(r[0]): str(r[5]) for r in bad_rows}
     good = [str(f[0]) for f in files]
     processes = workers if len(todo) >= PARALLEL_MIN_FILES else 1
