@@ -290,3 +290,16 @@ def test_cache_command_lists_each_decoded_folder_with_its_size(tmp_path: Path) -
     assert len(line) <= 80
     kb = (npy.stat().st_size + next(npy.parent.glob("*.json")).stat().st_size) / 1024
     assert f"{kb:.1f} KB" in line
+
+
+def test_test_inputs_hash_of_a_mapped_split_is_the_sha256_of_its_bytes(tmp_path: Path) -> None:
+    import hashlib
+
+    from mnistkit.data.batches import tensor_sha256
+
+    make_folder(tmp_path / "data", per_class=4)
+    mapped = load(tmp_path / "data", cache_mode="mmap")
+    for x in (mapped.test.x, mapped.train.x[:0], mapped.train.x.transpose(2, 3)):
+        arr = np.ascontiguousarray(x.numpy())
+        want = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode() + arr.tobytes())
+        assert tensor_sha256(x) == want.hexdigest()
