@@ -317,6 +317,7 @@ class Session:
                 ),
                 ("source", data.source),
             ]
+            + ([("cache", data.cache_note)] if data.cache_note else [])
             + checked
         )
 

@@ -577,11 +577,17 @@ def cache(ctx: typer.Context) -> None:
         return
 
     def body() -> None:
-        from mnistkit.data.cache import KINDS, cache_entries, human_size, user_cache_dir
+        from mnistkit.data.cache import KINDS, cache_entries, human_size, image_caches, user_cache_dir
 
         typer.echo(f"cache: {user_cache_dir()}")
         for e in cache_entries():
             typer.echo(f"  {e.kind:<9} {e.files:>6} files {human_size(e.bytes):>9}  {KINDS[e.kind][0]}")
+            if e.kind == "images":
+                for c in image_caches():
+                    facts = f"{c.images:,} images {'x'.join(map(str, c.shape))} {human_size(c.bytes)}"
+                    width = 80 - 6 - len(facts) - 2
+                    where = c.root if len(c.root) <= width else "..." + c.root[-(width - 3) :]
+                    typer.echo(f"      {where}  {facts}")
 
     guarded(body)
 

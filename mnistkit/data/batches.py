@@ -54,6 +54,7 @@ class Prepared:
     # sha256 of the test inputs as stored (before normalization), test_limit applied: which samples
     # a run was tested on, in which order, whatever its normalization (predictions.npz records it)
     test_inputs_sha256: str = ""
+    cache_note: str = ""  # LoadedData.cache_note: the run header's "cache" line
 
     @property
     def num_classes(self) -> int:
@@ -142,7 +143,10 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
     def put(split: Split) -> Split:
         return Split(normalize(split.x.to(device), mul, add), split.y.to(torch.int64).to(device))
 
-    train_device = device if section.loader == "memory" else torch.device("cpu")
+    # A memory-mapped training split stays where it is (batches read their rows from the file
+    # and are moved to the device one at a time); copying it would load the whole dataset.
+    resident = section.loader == "memory" and not loaded.mapped
+    train_device = device if resident else torch.device("cpu")
     return Prepared(
         train=Split(tx.to(train_device), ty.to(torch.int64).to(train_device)),
         test=put(test),
@@ -159,6 +163,12 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
         pixel_mean=tuple(float(m) for m in loaded.mean),
         test_files=loaded.test_files[: len(test.y)] if loaded.test_files is not None else None,
         test_inputs_sha256=tensor_sha256(test.x),
+        cache_note=loaded.cache_note
+        + (
+            "; val_split: the rest of the training split was copied into memory"
+            if loaded.mapped and val is not None
+            else ""
+        ),
     )
 
 
@@ -168,7 +178,9 @@ def tensor_sha256(x: torch.Tensor) -> str:
 
     arr = x.detach().cpu().contiguous().numpy()
     h = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode())
-    h.update(arr.tobytes())
+    # the bytes in place (no copy of a mapped test split); reshape(-1): memoryview cannot cast
+    # a shape with a 0 in it
+    h.update(memoryview(arr.reshape(-1)).cast("B"))
     return h.hexdigest()
 
 

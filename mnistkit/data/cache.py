@@ -2,10 +2,11 @@
 
 ``$MNISTKIT_CACHE`` (default: the platform's user cache folder, e.g. ``~/.cache/mnistkit``) holds
 the folders listed in :data:`KINDS`: ``data/`` (datasets downloaded by torchvision),
-``features/`` (decoded audio features) and ``images/`` (decoded image folders), one ``.npz`` per
-dataset and parameter set, and ``checks/`` (data check results, one ``.json`` per dataset
-content, :mod:`mnistkit.data.check`). Decoded data is recomputed when missing, so clearing it only costs
-time; downloads are kept unless asked for, because re-downloading needs the network.
+``features/`` (decoded audio features, one ``.npz`` per dataset and parameter set), ``images/``
+(decoded image folders, one ``.npy`` and its ``.json`` index per folder and image settings) and
+``checks/`` (data check results, one ``.json`` per dataset content, :mod:`mnistkit.data.check`).
+Decoded data is recomputed when missing, so clearing it only costs time; downloads are kept
+unless asked for, because re-downloading needs the network.
 """
 
 from __future__ import annotations
@@ -62,6 +63,32 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
         folder = cache_folder(kind, root)
         files = [f for f in folder.rglob("*") if f.is_file()] if folder.is_dir() else []
         out.append(CacheEntry(kind, folder, len(files), sum(f.stat().st_size for f in files)))
+    return out
+
+
+@dataclass(frozen=True)
+class ImageCache:
+    """One decoded image folder under ``images/`` (:mod:`mnistkit.data.imagecache`)."""
+
+    root: str  # the image folder it was decoded from
+    images: int
+    shape: tuple[int, ...]
+    bytes: int  # the .npy and its index
+
+
+def image_caches(root: Path | None = None) -> list[ImageCache]:
+    """Every decoded image folder in the cache, from the indexes (unreadable ones skipped)."""
+    import json
+
+    out = []
+    for index in sorted(cache_folder("images", root).glob("*.json")):
+        try:
+            data = json.loads(index.read_text())
+            npy = index.parent / str(data["data"])
+            size = index.stat().st_size + (npy.stat().st_size if npy.is_file() else 0)
+            out.append(ImageCache(str(data["root"]), len(data["files"]), tuple(data["shape"]), size))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
     return out
 
 

@@ -44,10 +44,17 @@ EXAMPLES = 5
 
 # ------------------------------------------------------------------------------- hashing
 def row_keys(x: np.ndarray) -> np.ndarray:
-    """One opaque, comparable value per sample: its bytes as a numpy void scalar."""
-    flat = np.ascontiguousarray(x).reshape(len(x), int(np.prod(x.shape[1:])))
+    """One opaque, comparable value per sample: its bytes as a numpy void scalar, or the SHA-1
+    of its bytes when that is shorter (rows wider than 20 bytes). Digests keep the keys small:
+    the rows themselves would be copied (concatenated, sorted) whole, several times the size of
+    a memory-mapped dataset (issue 25)."""
+    flat = x.reshape(len(x), int(np.prod(x.shape[1:])))
     width = flat.shape[1] * flat.itemsize
-    return flat.view(np.dtype((np.void, max(width, 1)))).ravel() if width else np.zeros(len(x), "V1")
+    if not width:
+        return np.zeros(len(x), "V1")
+    if width <= 20:
+        return np.ascontiguousarray(flat).view(np.dtype((np.void, width))).ravel()
+    return digest_keys(list(flat))
 
 
 def digest_keys(arrays: list[np.ndarray]) -> np.ndarray:
@@ -127,16 +134,21 @@ def dhash(x: np.ndarray) -> np.ndarray:
     neighbour. Needs images of at least 8x9 pixels.
     """
     n, c, h, w = x.shape
-    grey = x[:, 0] if c == 1 else x.sum(axis=1, dtype=np.uint32)  # channel sum: same bits as the mean
     rows = np.linspace(0, h, 9).astype(int)[:-1]
     cols = np.linspace(0, w, 10).astype(int)[:-1]
-    sums = np.add.reduceat(
-        np.add.reduceat(grey, rows, axis=1, dtype=np.uint32), cols, axis=2, dtype=np.uint32
-    )
     sizes = np.diff(np.append(rows, h))[:, None] * np.diff(np.append(cols, w))[None, :]
-    blocks = sums / sizes
-    bits = (blocks[:, :, :-1] > blocks[:, :, 1:]).reshape(n, 64)
-    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+    out = np.empty(n, dtype=np.uint64)
+    step = max(1, (8 << 20) // max(1, c * h * w))  # ~8 MB of pixels at a time: bounded memory
+    for a in range(0, n, step):
+        part = x[a : a + step]
+        grey = part[:, 0] if c == 1 else part.sum(axis=1, dtype=np.uint32)  # sum: same bits as mean
+        sums = np.add.reduceat(
+            np.add.reduceat(grey, rows, axis=1, dtype=np.uint32), cols, axis=2, dtype=np.uint32
+        )
+        blocks = sums / sizes
+        bits = (blocks[:, :, :-1] > blocks[:, :, 1:]).reshape(len(part), 64)
+        out[a : a + step] = np.packbits(bits, axis=1).view(">u8").ravel()
+    return out
 
 
 def near_duplicates(train_x: np.ndarray, test_x: np.ndarray, inverse: np.ndarray) -> dict[str, Any]:

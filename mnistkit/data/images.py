@@ -9,21 +9,26 @@ Layouts (the same as ``audio_folder``'s, with the same helpers from :mod:`mnistk
 Every file Pillow reads (PNG, JPEG, BMP, GIF, WebP, TIFF) is converted once, by
 :func:`decode_image`, to ``data.image.channels`` (grey or RGB; transparent pixels become black)
 and resized to ``data.image.size`` (bilinear, aspect ratio not kept), and stored as uint8
-``[N, C, H, W]`` in an ``.npz`` under the cache folder, keyed by the file list, every file's
-size and mtime, and the image settings; the next run loads that file instead. ``predict`` on such
+``[N, C, H, W]`` in an uncompressed ``.npy`` under the cache folder, with a JSON index of every
+file's size and mtime (:mod:`mnistkit.data.imagecache`): the next run maps that file instead of
+decoding, and decodes only files added or changed since. ``data.cache`` says whether the rows are
+read into memory or served from the memory-mapped file. ``predict`` on such
 a run converts new images with the same :func:`decode_image`.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
-from mnistkit.data.audio import FolderKind, Progress, decode_cached, split_class_folders
+from mnistkit.data.audio import FolderKind, Progress, split_class_folders
+from mnistkit.data.imagecache import Item, available_memory, choose_mode, decode_into
 from mnistkit.data.types import LoadedData, Split
 from mnistkit.errors import DataError, set_hint
 
@@ -62,8 +67,16 @@ def decode_image(path: Path | BinaryIO, channels: int, height: int, width: int) 
     return np.ascontiguousarray(arr)
 
 
-def _decoder(channels: int, height: int, width: int) -> Any:
-    return lambda path: decode_image(path, channels, height, width)
+@dataclass(frozen=True)
+class _Decoder:
+    """decode_image with fixed settings; picklable, for the decoding processes."""
+
+    channels: int
+    height: int
+    width: int
+
+    def __call__(self, path: Path) -> np.ndarray:
+        return decode_image(path, self.channels, self.height, self.width)
 
 
 def load_image_folder(
@@ -75,6 +88,8 @@ def load_image_folder(
     test_fraction: float = 0.2,
     seed: int = 0,
     progress: Progress | None = None,
+    cache_mode: str = "auto",
+    workers: int | None = None,
 ) -> LoadedData:
     """The folder ``root`` as uint8 tensors; mean/std are the training split's, per channel."""
     root = Path(root).expanduser()
@@ -98,19 +113,26 @@ def load_image_folder(
                 f"images under {root / 'test'}/<class>/, or remove these classes from train/."
             )
     height, width = size
-    all_names = sorted(name for name, _ in [*train_names, *test_names])
+    items = [Item(name, c, "train") for name, c in train_names]
+    items += [Item(name, c, "test") for name, c in test_names]
     settings = {"image_version": IMAGE_VERSION, "channels": channels, "size": [height, width]}
-    feats = decode_cached(
-        "image_folder",
-        root,
-        all_names,
-        settings,
-        _decoder(channels, height, width),
-        (channels, height, width),
-        np.uint8,
-        cache_dir,
-        progress,
-    )
+    shape = (channels, height, width)
+    decoder = _Decoder(*shape)
+    if cache_dir is None:  # nothing to keep: decode into a folder that goes away
+        with tempfile.TemporaryDirectory() as tmp:
+            feats = decode_into(
+                "image_folder", root, items, settings, decoder, shape, Path(tmp), progress, workers
+            )
+            feats.x = np.array(feats.x)
+        cache = "memory (no cache folder)"
+    else:
+        feats = decode_into(
+            "image_folder", root, items, settings, decoder, shape, cache_dir, progress, workers
+        )
+        mode, why = choose_mode(cache_mode, feats.x.nbytes, available_memory())
+        if mode == "memory":
+            feats.x = np.array(feats.x)  # read once into memory; the file is no longer used
+        cache = f"{mode} ({why})"
     if feats.bad:
         listing = "\n".join(f"  {root / name}: {reason}" for name, reason in sorted(feats.bad.items()))
         if not skip_bad:
@@ -148,27 +170,22 @@ def load_image_folder(
         )
     import torch
 
-    row = {name: i for i, name in enumerate(feats.good)}
+    # The rows are in the order asked for (train, then test), unreadable files left out: each
+    # split is one slice of the (possibly memory-mapped) array, never a copy.
+    assert feats.good == [name for name, _ in [*train, *test]]
+    n_train = len(train)
 
-    def split(items: list[tuple[str, int]]) -> Split:
-        idx = np.array([row[name] for name, _ in items], dtype=np.int64)
-        return Split(
-            x=torch.from_numpy(np.ascontiguousarray(feats.x[idx])),
-            y=torch.tensor([lab for _, lab in items], dtype=torch.int64),
-        )
+    def split(x: np.ndarray, items: list[tuple[str, int]]) -> Split:
+        return Split(x=torch.from_numpy(x), y=torch.tensor([lab for _, lab in items], dtype=torch.int64))
 
-    tr = split(train)
     # normalize: auto = the training split's own per-channel mean/std of [0, 1] pixels (the
-    # MNIST family's 0.1307/0.3081 are computed the same way); float64 sums, no float copy.
-    pixels = tr.x.numpy()
-    mean = pixels.mean(axis=(0, 2, 3), dtype=np.float64) / 255
-    std = pixels.std(axis=(0, 2, 3), dtype=np.float64) / 255
-    std = np.where(std > 0, std, 1.0)  # a constant channel: scale only, never divide by 0
-    origin = (
-        f"loaded from cache {feats.from_cache} in {feats.seconds:.2f} s"
-        if feats.from_cache is not None
-        else f"decoded in {feats.seconds:.1f} s"
-    )
+    # MNIST family's 0.1307/0.3081 are computed the same way), kept in the cache's index.
+    mean, std = feats.mean, feats.std
+    if feats.decoded == 0:
+        origin = f"loaded from cache {feats.path} in {feats.seconds:.2f} s"
+    else:
+        procs = f" by {feats.processes} processes" if feats.processes > 1 else ""
+        origin = f"decoded in {feats.seconds:.1f} s{procs} ({feats.decoded} decoded, {feats.reused} reused)"
     source = (
         f"image folder {root}: {len(classes)} classes, {len(train)} train / {len(test)} test "
         f"images ({how}), {channels}x{height}x{width}; {origin}"
@@ -176,8 +193,8 @@ def load_image_folder(
     if feats.bad:
         source += f"; {len(feats.bad)} unreadable file(s) skipped (data.skip_bad_files)"
     return LoadedData(
-        train=tr,
-        test=split(test),
+        train=split(feats.x[:n_train], train),
+        test=split(feats.x[n_train:], test),
         classes=classes,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
@@ -185,4 +202,6 @@ def load_image_folder(
         source=source,
         test_files=[root / name for name, _ in test],
         bad_files={str(root / name): reason for name, reason in feats.bad.items()},
+        cache_note="; ".join([cache, *feats.notes]),
+        mapped=isinstance(feats.x, np.memmap),
     )

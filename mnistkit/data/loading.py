@@ -7,7 +7,6 @@ Also :func:`data_info`: what ``predict`` needs to preprocess a file exactly as t
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +26,10 @@ class Messages(Protocol):
     """Where loading progress goes (the live display's ``message``)."""
 
     def message(self, text: str) -> None: ...
+
+    def work(self, what: str, done: int, total: int) -> None:
+        """Progress of loading work: ``done`` of ``total`` files (0 starts the clock)."""
+        ...
 
 
 def download_root(roots: list[Path]) -> Path:
@@ -96,13 +99,10 @@ def load_dataset(
     entry = reg.datasets.get(recipe.data.dataset)
     roots = data_roots(recipe.data, data_dir)
     may_download = recipe.data.download and entry.meta.get("download", False)
-    last = [0.0]
 
     def progress(what: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if reporter is not None and (now - last[0] > 2 or done == total):
-            last[0] = now
-            reporter.message(f"  {what}: {done}/{total}")
+        if reporter is not None:
+            reporter.work(what, done, total)
 
     ctx = _SeedWatch(
         section=recipe.data,

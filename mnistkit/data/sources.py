@@ -153,6 +153,7 @@ def image_folder(ctx: DataContext) -> LoadedData:
         test_fraction=ctx.section.test_fraction,
         seed=ctx.seed,
         progress=None if ctx.progress is None else _images_progress(ctx.progress),
+        cache_mode=ctx.section.cache,
     )
 
 

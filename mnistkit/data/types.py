@@ -38,3 +38,7 @@ class LoadedData:
     # Folder datasets loaded with data.skip_bad_files: every file left out, and why (the data
     # check lists them).
     bad_files: dict[str, str] = field(default_factory=dict)
+    # Folder datasets: which decoded cache serves the samples and why (data.cache), for the
+    # run header; mapped: train.x and test.x are views of a memory-mapped file.
+    cache_note: str = ""
+    mapped: bool = False

@@ -799,7 +799,7 @@ def resolved_dict(recipe: RecipeBase, reg: Registries | None = None) -> dict[str
 MLP_ONLY = ("activation", "dropout")
 #: Data keys only some dataset loaders read; each dataset declares the ones it reads
 #: (``reads`` meta in its registry entry; a plugin dataset without it is not checked).
-DATASET_OPTIONS = ("skip_bad_files", "test_fraction", "image")
+DATASET_OPTIONS = ("skip_bad_files", "test_fraction", "image", "cache")
 
 
 def _readers(reg: Registries, key: str) -> list[str]:

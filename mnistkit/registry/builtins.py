@@ -250,7 +250,7 @@ _DATASETS: list[tuple[str, str, str, dict[str, object]]] = [
             "num_classes": None,
             "kind": "image",
             "download": False,
-            "reads": ("skip_bad_files", "test_fraction", "image"),
+            "reads": ("skip_bad_files", "test_fraction", "image", "cache"),
         },
     ),
 ]

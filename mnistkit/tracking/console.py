@@ -60,6 +60,8 @@ class Reporter:
         self.epochs = 0
         self.has_val = False
         self.show_lr = False
+        self._work_start = 0.0
+        self._work_shown = 0.0
 
     def labelled(self, key: str, value: str) -> None:
         """``key:`` then ``value`` in the value column, wrapped between words at the console's
@@ -132,6 +134,17 @@ class Reporter:
         if not self.quiet:
             self.console.print(text)
 
+    def work(self, what: str, done: int, total: int) -> None:
+        """Progress of work before training (decoding files): a line every 2 s and at the end,
+        with files per second and the estimated time left. ``done == 0`` starts the clock."""
+        now = time.perf_counter()
+        if done == 0:
+            self._work_start = now
+        if self.quiet or not (done == total or now - self._work_shown >= 2):
+            return
+        self._work_shown = now
+        self.console.print(f"  {what}: {done:,}/{total:,}{_rate_eta(done, total, now - self._work_start)}")
+
     def stop(self) -> None:
         pass
 
@@ -167,6 +180,17 @@ class RichReporter(Reporter):
         )
         self.task: Any = None
         self.keys: list[tuple[str, str, str]] = []
+        self.work_bar = Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:,.0f} files/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            auto_refresh=False,
+            transient=True,
+        )
+        self.work_task: Any = None
 
     def _row_table(self, header: bool) -> Table:
         # box=None on every table so the header and each row line up column by column. Headers on
@@ -222,11 +246,39 @@ class RichReporter(Reporter):
     def message(self, text: str) -> None:
         self.console.print(text)
 
+    def work(self, what: str, done: int, total: int) -> None:
+        """A bar with files per second and the time left (Rich's estimate), gone when done."""
+        if done == 0 or self.work_task is None:
+            if self.work_task is not None:
+                self.work_bar.remove_task(self.work_task)
+            self.work_task = self.work_bar.add_task(what, total=total, rate=0.0)
+            self.work_bar.start()
+            self._work_start = time.perf_counter()
+        seconds = time.perf_counter() - self._work_start
+        rate = done / seconds if seconds > 0 else 0.0
+        self.work_bar.update(self.work_task, completed=done, rate=rate)
+        self.work_bar.refresh()
+        if done >= total:
+            self.work_bar.stop()
+            self.work_bar.remove_task(self.work_task)
+            self.work_task = None
+            self._work_shown = 0.0
+            super().work(what, done, total)  # the final line stays: how long it took
+
     def stop(self) -> None:
         if self.task is not None:
             self.bar.remove_task(self.task)
             self.task = None
         self.bar.stop()
+
+
+def _rate_eta(done: int, total: int, seconds: float) -> str:
+    if done <= 0 or seconds <= 0:
+        return ""
+    rate = done / seconds
+    if done >= total:
+        return f" in {seconds:.1f} s, {rate:,.0f} files/s"
+    return f", {rate:,.0f} files/s, about {(total - done) / rate:.0f} s left"
 
 
 def make_reporter(mode: str, console: Console | None = None) -> Reporter:

@@ -1,0 +1,203 @@
+#!/usr/bin/env python
+"""How the cost of an image folder grows with its size (issue 25).
+
+For each size (default 10,000 and 50,000 files) the bench writes a synthetic folder: 10 classes,
+RGB, half JPEG and half PNG, of mixed sizes (72 to 120 pixels a side; smooth random shapes plus
+noise, so the files compress like photos rather than like noise), converted by mnistkit to
+96x96x3. Then, each on a fresh cache:
+
+* decode throughput (files/s) with 1 and with 2 decoding processes (``load_image_folder``);
+* the cache's size on disk (the uncompressed ``.npy``);
+* the start of a run: loading the folder with a fresh cache (decode + cache) against loading it
+  again from the cache (the in-process time to the tensors, page cache warm);
+* adding 1 % new files: how many files are decoded then, and how long the start takes;
+* one training epoch of a small MLP through ``python -m mnistkit run`` with ``data.cache: mmap``
+  (and ``memory`` for comparison): the epoch's training seconds per 1,000 images (metrics.csv)
+  and the peak RSS of that process (``os.wait4``'s rusage);
+* the 1-minute load average before each measurement (the machine is shared).
+
+    python bench/data_scale.py                       # 10k and 50k
+    python bench/data_scale.py --sizes 2000          # smoke run (about a minute)
+    python bench/data_scale.py --sizes 10000 --json out.json
+
+Results and the machine they came from: docs/performance.md ("Image folders larger than memory").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mnistkit.data.images import load_image_folder  # noqa: E402
+
+CLASSES = 10
+SIDE = 96
+
+RECIPE = """\
+name: data-scale
+seed: 0
+data:
+  dataset: image_folder
+  image: {{channels: 3, size: [{side}, {side}]}}
+  batch_size: 128
+  cache: {cache}
+model: {{hidden: [64]}}
+optimizer: {{name: sgd, lr: 0.01}}
+epochs: 1
+train: {{threads: {threads}, plots: false, checkpoint: false, compile: false}}
+"""
+
+
+def make_folder(root: Path, n: int, seed: int = 0, start: int = 0) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    written = []
+    for i in range(start, start + n):
+        side = int(rng.integers(72, 121))
+        small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        img = Image.fromarray(small, "RGB").resize((side, side), Image.Resampling.BICUBIC)
+        arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, (side, side, 3))
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+        folder = root / f"c{i % CLASSES}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{i:06d}.{'png' if i % 2 else 'jpg'}"
+        img.save(path, "PNG", compress_level=1) if i % 2 else img.save(path, "JPEG", quality=90)
+        written.append(path)
+    return written
+
+
+def load_avg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def timed_load(root: Path, cache: Path, workers: int) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    data = load_image_folder(root, 3, (SIDE, SIDE), cache, False, workers=workers, cache_mode="mmap")
+    return time.perf_counter() - t0, data
+
+
+def train_once(root: Path, work: Path, cache_env: Path, mode: str, threads: int) -> dict[str, float]:
+    recipe = work / f"{mode}.yaml"
+    recipe.write_text(RECIPE.format(side=SIDE, cache=mode, threads=threads))
+    out = work / f"run-{mode}"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "MNISTKIT_CACHE": str(cache_env), "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "mnistkit", "run", str(recipe), "--data-dir", str(root)]
+    argv += ["--out", str(out), "--progress", "plain"]
+    before = load_avg()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    output = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"training run failed:\n{output}")
+    import csv
+
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    info = json.loads((out / "data.json").read_text())
+    n_train = info["samples"]["train"]
+    seconds = float(rows[0]["seconds"])
+    return {
+        "epoch_s": round(seconds, 2),
+        "epoch_s_per_1k": round(seconds / n_train * 1000, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
+        "wall_s": round(wall, 1),
+        "load_before": before,
+    }
+
+
+def measure(n: int, base: Path, threads: int) -> dict[str, Any]:
+    root = base / f"folder-{n}"
+    if not root.is_dir():
+        t0 = time.perf_counter()
+        make_folder(root, n)
+        print(f"[{n}] wrote {n:,} files in {time.perf_counter() - t0:.0f} s", flush=True)
+    files_mb = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
+    res: dict[str, Any] = {"files": n, "folder_mb": round(files_mb, 1)}
+    for workers in (1, 2):
+        cache = base / f"cache-{n}-w{workers}" / "images"
+        shutil.rmtree(cache.parent, ignore_errors=True)
+        before = load_avg()
+        seconds, data = timed_load(root, cache, workers)
+        res[f"decode_w{workers}"] = {
+            "seconds": round(seconds, 1),
+            "files_per_s": round(n / seconds, 1),
+            "load_before": before,
+        }
+        print(f"[{n}] {workers} worker(s): {seconds:.1f} s, {n / seconds:,.0f} files/s", flush=True)
+        del data
+    res["speedup_2_over_1"] = round(res["decode_w2"]["files_per_s"] / res["decode_w1"]["files_per_s"], 2)
+    cache = base / f"cache-{n}-w2" / "images"
+    (npy,) = cache.glob("*.npy")
+    res["cache_mb"] = round(npy.stat().st_size / 2**20, 1)
+    res["first_start_s"] = res["decode_w2"]["seconds"]
+    seconds, data = timed_load(root, cache, 2)
+    assert "loaded from cache" in data.source, data.source
+    res["cached_start_s"] = round(seconds, 2)
+    print(f"[{n}] cache {res['cache_mb']} MB, cached start {seconds:.2f} s", flush=True)
+    del data
+    work = base / f"work-{n}"
+    work.mkdir(exist_ok=True)
+    for mode in ("mmap", "memory"):
+        res[f"train_{mode}"] = train_once(root, work, cache.parent, mode, threads)
+        print(f"[{n}] train ({mode}): {res[f'train_{mode}']}", flush=True)
+    # Adding 1 % new files: only those are decoded (the rows of the others are copied).
+    added = make_folder(root, max(1, n // 100), seed=1, start=n)
+    seconds, data = timed_load(root, cache, 2)
+    m = re.search(r"(\d+) decoded, (\d+) reused", data.source)
+    assert m is not None, data.source
+    res["add_1pct"] = {
+        "added": len(added),
+        "decoded": int(m[1]),
+        "reused": int(m[2]),
+        "seconds": round(seconds, 2),
+    }
+    print(f"[{n}] +{len(added)} files: {res['add_1pct']}", flush=True)
+    del data
+    for f in added:
+        f.unlink()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
+    ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the training runs")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the folders and caches")
+    args = ap.parse_args()
+    base = args.dir or Path(tempfile.mkdtemp(prefix="mnistkit-data-scale-"))
+    base.mkdir(parents=True, exist_ok=True)
+    results = {
+        "cpus": len(os.sched_getaffinity(0)),
+        "python": sys.version.split()[0],
+        "sizes": [measure(n, base, args.threads) for n in args.sizes],
+    }
+    print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    if not args.keep and args.dir is None:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

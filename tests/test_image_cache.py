@@ -1,0 +1,305 @@
+"""The decoded image cache (issue 25): memory-mapped or in memory, the same batches either way,
+exact resume on the mapped path, a damaged cache detected and rebuilt, an interrupted build
+trusted by nobody, and only new or changed files decoded again.
+
+Every pixel is checked against Pillow's own decoding of the files the tests write."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from mnistkit.cli.app import app
+from mnistkit.data import images
+from mnistkit.data.batches import epoch_order, memory_batches, prepare
+from mnistkit.data.imagecache import choose_mode
+from mnistkit.data.images import load_image_folder
+from mnistkit.recipe.sections import DataSection
+from mnistkit.runs.directory import RunDir
+from mnistkit.training.checkpoint import load_checkpoint
+
+CLASSES = ("ant", "bee", "cow")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MNISTKIT_CACHE", str(tmp_path / "cache"))
+    for name in ("MNISTKIT_DATA", "MNISTKIT_KILL_AT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def write_image(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(seed).integers(0, 256, (10, 10, 3), dtype=np.uint8)
+    Image.fromarray(rgb, "RGB").save(path, "PNG" if path.suffix == ".png" else "JPEG")
+
+
+def make_folder(root: Path, per_class: int = 12) -> None:
+    for ci, c in enumerate(CLASSES):
+        for i in range(per_class):
+            write_image(root / c / f"{i:02d}.{'png' if i % 2 else 'jpg'}", 100 * ci + i)
+
+
+def pil(path: Path) -> np.ndarray:
+    """Pillow's RGB pixels of the file as [3, H, W]: the reference, independent of mnistkit."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+
+
+def load(root: Path, **kw: Any) -> Any:
+    cache = Path(os.environ["MNISTKIT_CACHE"]) / "images"
+    return load_image_folder(root, 3, (10, 10), cache, False, **kw)
+
+
+def check_pixels(data: Any) -> None:
+    n_train = len(data.train.y)
+    for i, f in enumerate(data.files):
+        x = data.train.x[i] if i < n_train else data.test.x[i - n_train]
+        assert np.array_equal(x.numpy(), pil(f)), f
+
+
+def test_mmap_serves_the_same_batches_as_memory(tmp_path: Path) -> None:
+    make_folder(tmp_path / "data")
+    mem = load(tmp_path / "data", cache_mode="memory", seed=4)
+    mapped = load(tmp_path / "data", cache_mode="mmap", seed=4)
+    assert not mem.mapped and mapped.mapped
+    assert mem.cache_note.startswith("memory (data.cache: memory)")
+    assert mapped.cache_note.startswith("mmap (data.cache: mmap)")
+    assert mapped.files == mem.files
+    check_pixels(mapped)
+    check_pixels(mem)
+    section = DataSection(dataset="image_folder", batch_size=5)
+    cpu = torch.device("cpu")
+    a, b = prepare(mem, section, 4, cpu), prepare(mapped, section, 4, cpu)
+    # The mapped training split is served from the file, not copied into memory.
+    assert b.train.x.data_ptr() == mapped.train.x.data_ptr()
+    for epoch in range(2):
+        ga, gb = torch.Generator().manual_seed(epoch), torch.Generator().manual_seed(epoch)
+        oa, ob = epoch_order(len(a.train.y), True, ga), epoch_order(len(b.train.y), True, gb)
+        served = list(
+            zip(memory_batches(a.train, 5, oa, False), memory_batches(b.train, 5, ob, False), strict=True)
+        )
+        assert len(served) == -(-len(a.train.y) // 5)
+        for (xa, ya), (xb, yb) in served:
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert a.mean == b.mean and torch.equal(a.test.x, b.test.x)
+    # val_split picks rows out of the training split: on a mapped one the run says it copies.
+    held = DataSection(dataset="image_folder", val_split=0.25)
+    assert "copied into memory" in prepare(mapped, held, 4, cpu).cache_note
+    assert "copied" not in prepare(mem, held, 4, cpu).cache_note
+
+
+def test_auto_keeps_in_memory_what_takes_at_most_a_quarter_of_available_memory() -> None:
+    assert choose_mode("auto", 250, 1000)[0] == "memory"
+    assert choose_mode("auto", 251, 1000)[0] == "mmap"
+    assert choose_mode("auto", 10**12, None)[0] == "memory"
+    assert choose_mode("mmap", 1, 10**12) == ("mmap", "data.cache: mmap")
+
+
+RECIPE = """\
+name: cached
+seed: 2
+data:
+  dataset: image_folder
+  image: {{channels: 3, size: [10, 10]}}
+  batch_size: 4
+  cache: {cache}
+model: {{hidden: [16], dropout: 0.1}}
+optimizer: {{name: adam, lr: 0.003}}
+epochs: 2
+train: {{threads: 1, plots: false, progress: none}}
+"""
+
+
+def run(tmp_path: Path, cache: str, out: str, *args: str) -> Any:
+    recipe = tmp_path / f"{cache}.yaml"
+    recipe.write_text(RECIPE.format(cache=cache))
+    argv = ["run", str(recipe), "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / out)]
+    return CliRunner().invoke(app, [*argv, "--progress", "plain", *args])
+
+
+def metrics(run: Path) -> list[dict[str, Any]]:
+    """metrics.csv without its timing columns (exact floats)."""
+    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    return [{k: row[k] for k in keys} for row in RunDir(run).read_metrics()]
+
+
+def test_mmap_run_resumed_after_ctrl_c_matches_an_uninterrupted_memory_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_folder(tmp_path / "data", per_class=8)
+    ref = run(tmp_path, "memory", "ref")
+    assert ref.exit_code == 0, ref.output
+    assert "memory (data.cache: memory)" in ref.output
+    assert re.search(r"decoding images: 24/24 in [\d.]+ s, [\d,]+ files/s", ref.output), ref.output
+    monkeypatch.setenv("MNISTKIT_KILL_AT", "2:3:INT")  # a Ctrl-C in epoch 2, step 3
+    first = run(tmp_path, "mmap", "mm")
+    assert "mmap (data.cache: mmap)" in first.output
+    assert len((tmp_path / "mm/metrics.csv").read_text().splitlines()) == 2, first.output
+    monkeypatch.delenv("MNISTKIT_KILL_AT")
+    res = CliRunner().invoke(app, ["run", "--resume", str(tmp_path / "mm"), "--progress", "plain"])
+    assert res.exit_code == 0, res.output
+    assert "resuming" in res.output and "mmap (data.cache: mmap)" in res.output
+    assert metrics(tmp_path / "mm") == metrics(tmp_path / "ref")
+    want, got = load_checkpoint(tmp_path / "ref/last.pt"), load_checkpoint(tmp_path / "mm/last.pt")
+    for key, tensor in want["model"].items():
+        assert torch.equal(got["model"][key], tensor), key
+
+
+def cache_files(tmp_path: Path) -> tuple[Path, Path]:
+    folder = tmp_path / "cache/images"
+    (index,) = folder.glob("*.json")
+    (data,) = folder.glob("*.npy")
+    return index, data
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "index"])
+def test_a_damaged_cache_is_detected_and_rebuilt_with_a_message(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_folder(tmp_path / "data", per_class=4)
+    load(tmp_path / "data", cache_mode="mmap")
+    index, data = cache_files(tmp_path)
+    if damage == "truncate":
+        with open(data, "r+b") as f:
+            f.truncate(data.stat().st_size - 7)
+    elif damage == "overwrite":  # same size, bytes changed in place
+        with open(data, "r+b") as f:
+            f.seek(data.stat().st_size // 2)
+            f.write(b"\xff\x00\xff")
+    else:
+        index.write_text(index.read_text()[:-20])
+    again = load(tmp_path / "data", cache_mode="mmap")
+    why = {"truncate": "truncated", "overwrite": "checksum", "index": "unreadable index"}[damage]
+    assert why in again.cache_note and "decoding again" in again.cache_note
+    assert any(why in r.getMessage() for r in caplog.records)
+    assert "12 decoded, 0 reused" in again.source
+    check_pixels(again)
+    assert "loaded from cache" in load(tmp_path / "data").source  # the rebuilt cache is trusted
+
+
+def test_an_interrupted_build_leaves_the_previous_cache_and_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_folder(tmp_path / "data", per_class=4)
+    load(tmp_path / "data")
+    before = sorted(p.name for p in (tmp_path / "cache/images").iterdir())
+    write_image(tmp_path / "data/ant/new.png", 7)
+
+    def ctrl_c(path: Path, *a: Any) -> np.ndarray:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(images, "decode_image", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        load(tmp_path / "data")
+    assert sorted(p.name for p in (tmp_path / "cache/images").iterdir()) == before
+    monkeypatch.undo()
+    _own = tmp_path / "cache"
+    monkeypatch.setenv("MNISTKIT_CACHE", str(_own))
+    after = load(tmp_path / "data")
+    assert "1 decoded, 12 reused" in after.source
+    check_pixels(after)
+
+
+def test_only_added_and_changed_files_are_decoded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "data"
+    make_folder(root, per_class=5)
+    load(root, seed=1)
+    calls: list[Path] = []
+    real = images.decode_image
+
+    def counting(path: Path, *a: Any) -> np.ndarray:
+        calls.append(path)
+        return real(path, *a)
+
+    monkeypatch.setattr(images, "decode_image", counting)
+    added, changed, removed = root / "bee/new.png", root / "cow/01.png", root / "ant/02.jpg"
+    write_image(added, 555)
+    write_image(changed, 556)
+    os.utime(changed, ns=(1, 1))  # a different mtime even on a coarse-clock file system
+    removed.unlink()
+    data = load(root, seed=1)
+    assert sorted(calls) == sorted([added, changed])
+    assert "2 decoded, 13 reused" in data.source
+    check_pixels(data)
+    assert removed not in data.files and added in data.files
+    index, _ = cache_files(tmp_path)
+    listed = {r[0] for r in json.loads(index.read_text())["files"]}
+    assert listed == {str(f.relative_to(root)) for f in data.files}
+
+
+def test_decoding_in_two_processes_gives_the_pixels_of_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnistkit.data.imagecache import PARALLEL_MIN_FILES
+
+    here: list[Path] = []  # files decoded in this process (the workers import the real one)
+    real = images.decode_image
+    monkeypatch.setattr(images, "decode_image", lambda p, *a: here.append(p) or real(p, *a))
+
+    per_class = -(-PARALLEL_MIN_FILES // len(CLASSES))
+    make_folder(tmp_path / "data", per_class=per_class)
+    cache = tmp_path / "cache"
+    two = load_image_folder(tmp_path / "data", 3, (10, 10), cache / "two", False, workers=2)
+    assert here == []
+    one = load_image_folder(tmp_path / "data", 3, (10, 10), cache / "one", False, workers=1)
+    assert len(here) == per_class * len(CLASSES)
+    assert "by 2 processes" in two.source and " by " not in one.source
+    assert f"{per_class * len(CLASSES)} decoded" in two.source
+    assert two.files == one.files
+    assert torch.equal(two.train.x, one.train.x) and torch.equal(two.test.x, one.test.x)
+    check_pixels(two)
+
+
+def test_decoding_progress_on_a_terminal_is_a_bar_then_one_line() -> None:
+    from rich.console import Console
+
+    from mnistkit.tracking.console import RichReporter, _rate_eta
+
+    assert _rate_eta(50, 200, 5.0) == ", 10 files/s, about 15 s left"
+    out = io.StringIO()
+    reporter = RichReporter(Console(file=out, force_terminal=True, width=80, highlight=False))
+    for done in (0, 100, 200):
+        reporter.work("decoding images", done, 200)
+    text = out.getvalue()
+    assert "files/s" in text and "100/200" in text  # the bar, drawn while decoding
+    assert re.search(r"decoding images: 200/200 in [\d.]+ s, [\d,]+ files/s", text), text
+    assert reporter.work_task is None
+
+
+def test_cache_command_lists_each_decoded_folder_with_its_size(tmp_path: Path) -> None:
+    make_folder(tmp_path / "data", per_class=4)
+    load(tmp_path / "data")
+    _, npy = cache_files(tmp_path)
+    res = CliRunner().invoke(app, ["cache"])
+    assert res.exit_code == 0, res.output
+    (line,) = [x for x in res.output.splitlines() if "12 images 3x10x10" in x]
+    assert line.split()[0].endswith(str(tmp_path / "data")[-30:])
+    assert len(line) <= 80
+    kb = (npy.stat().st_size + next(npy.parent.glob("*.json")).stat().st_size) / 1024
+    assert f"{kb:.1f} KB" in line
+
+
+def test_test_inputs_hash_of_a_mapped_split_is_the_sha256_of_its_bytes(tmp_path: Path) -> None:
+    import hashlib
+
+    from mnistkit.data.batches import tensor_sha256
+
+    make_folder(tmp_path / "data", per_class=4)
+    mapped = load(tmp_path / "data", cache_mode="mmap")
+    for x in (mapped.test.x, mapped.train.x[:0], mapped.train.x.transpose(2, 3)):
+        arr = np.ascontiguousarray(x.numpy())
+        want = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode() + arr.tobytes())
+        assert tensor_sha256(x) == want.hexdigest()
