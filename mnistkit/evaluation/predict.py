@@ -41,6 +41,8 @@ RESIZE_NOTE_FACTOR = 2.0
 # A clip more than this many times the training frames is mostly cut off (the model sees only
 # its first ``frames``), so it gets a note.
 AUDIO_LENGTH_NOTE_FACTOR = 2.0
+# Pillow modes with one grey value per pixel (and maybe alpha): never colour, no need to look.
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "F"})
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def image_array(
 
     ``notes`` receives what makes the file far from the training images (resized a lot, colour
     given to a grey model or the other way round)."""
-    from mnistkit.data.images import decode_image
+    from mnistkit.data.images import image_pixels, open_image
 
     channels, height, width = (int(n) for n in info["in_shape"])
     if channels not in (1, 3):
@@ -146,12 +148,12 @@ def image_array(
     try:
         # The conversion image_folder training data went through (grey/RGB, transparent pixels
         # black, bilinear resize), so a run on one's own images sees new ones the same way.
-        arr = decode_image(_source(path), channels, height, width)
-        if notes is not None:  # decode_image has already refused a decompression bomb
-            from PIL import Image
-
-            with Image.open(_source(path)) as img:
+        # Opened and decoded once for both the pixels and the notes (open_image has already
+        # refused a decompression bomb or a truncated file).
+        with open_image(_source(path)) as img:
+            if notes is not None:
                 notes += _image_notes(img, channels, height, width)
+            arr = image_pixels(img, channels, height, width)
     except Exception as exc:  # not found, not an image, truncated, decompression bomb...
         raise RunError(f"{path}: cannot read it as an image ({_reason(exc)})") from None
     if invert:
@@ -169,8 +171,11 @@ def _image_notes(img: Any, channels: int, height: int, width: int) -> list[str]:
             f"({'shrunk' if w0 * h0 > width * height else 'enlarged'} {factor:.1f}x): "
             "far from the training images, the prediction may be meaningless"
         )
-    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
-    colour = bool(np.any(rgb[..., 0] != rgb[..., 1]) or np.any(rgb[..., 1] != rgb[..., 2]))
+    if img.mode in _GREY_MODES:  # one value per pixel: as RGB, every pixel has R = G = B
+        colour = False
+    else:
+        rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+        colour = bool(np.any(rgb[..., 0] != rgb[..., 1]) or np.any(rgb[..., 1] != rgb[..., 2]))
     if channels == 1 and colour:
         out.append("colour image (3 channels) converted to grey: the model was trained on 1-channel images")
     elif channels == 3 and not colour:

@@ -37,8 +37,10 @@ def is_onnx_path(path: Path) -> bool:
     return Path(path).suffix.lower() == ".onnx" and not Path(path).is_dir()
 
 
-def load_model(path: Path) -> OnnxModel:
-    """An ONNX Runtime session for an exported model, with its metadata checked and decoded."""
+def load_model(path: Path, intra_op_threads: int = 0) -> OnnxModel:
+    """An ONNX Runtime session for an exported model, with its metadata checked and decoded.
+
+    ``intra_op_threads``: ONNX Runtime's threads per model call (0: its default, one per core)."""
     path = Path(path)
     if not path.exists():
         raise RunError(f"{path}: no such file")
@@ -48,6 +50,7 @@ def load_model(path: Path) -> OnnxModel:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: ORT's warnings are for model authors, not users
+    opts.intra_op_num_threads = intra_op_threads
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile, ...
