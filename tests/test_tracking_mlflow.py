@@ -18,12 +18,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import REPO, invoke
+from pg import postgres
 
 from mnistkit.runs.directory import RunDir
 
@@ -110,16 +112,25 @@ def assert_complete(client: MlflowClient, run_dir: Path) -> Any:
 # --------------------------------------------------------------------------- the server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A real `mlflow server` on a free loopback port; restartable on the same store."""
+    """A real `mlflow server` on a free loopback port; restartable on the same store. Its
+    backend store is PostgreSQL (what a team runs; see tests/pg.py) where the PostgreSQL tests
+    can start one, else SQLite."""
     base = tmp_path_factory.mktemp("server")
     info: dict[str, Any] = {"base": base}
+    stack = ExitStack()
+    try:
+        sock = stack.enter_context(postgres("mlflow"))
+        info["backend"] = f"postgresql+psycopg://postgres@/mlflow?host={sock}"
+    except pytest.skip.Exception as why:  # no PostgreSQL binaries here
+        info["backend"] = f"sqlite:///{base / 'mlflow.db'}"
+        info["no_postgres"] = str(why)
 
     def start() -> None:
         port = free_port()
         log = open(base / f"server-{port}.log", "w")  # noqa: SIM115
         info["proc"] = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
+             "--workers", "1", "--backend-store-uri", info["backend"],
              "--artifacts-destination", str(base / "artifacts")],
             stdout=log, stderr=subprocess.STDOUT, cwd=base,
             start_new_session=True,  # its own group: the server's worker processes die with it
@@ -145,9 +156,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         info["proc"].wait()
 
     info.update(start=start, wait=wait, stop=stop)
-    start()
-    yield info
-    stop()
+    with stack:
+        start()
+        yield info
+        stop()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -281,6 +293,26 @@ def test_a_run_logged_live_to_a_server_is_complete_and_no_password_is_kept(live:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in live["live"]
+
+
+def test_the_server_keeps_runs_in_its_postgresql_backend_store(
+    live: dict[str, Any], server: dict[str, Any]
+) -> None:
+    if "no_postgres" in server:
+        pytest.skip(server["no_postgres"])
+    import psycopg
+
+    rec = one_run(MlflowClient(live["uri"]), live["base"] / "live")
+    conninfo = server["backend"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo) as conn:  # the database itself, not through MLflow
+        rows = conn.execute(
+            "SELECT r.status, count(m.key) FROM runs r JOIN metrics m ON m.run_uuid = r.run_uuid "
+            "WHERE r.run_uuid = %s GROUP BY r.status",
+            (rec.info.run_id,),
+        ).fetchall()
+    metrics = RunDir(live["base"] / "live").read_metrics()
+    points = sum(v is not None for r in metrics for k, v in r.items() if k != "epoch")
+    assert rows and rows[0][0] == "FINISHED" and rows[0][1] >= points
 
 
 def test_a_server_killed_mid_run_then_track_completes_the_record(live: dict[str, Any]) -> None:
