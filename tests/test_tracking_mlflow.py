@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import REPO, invoke
+from pg import postgres
 
 from mnistkit.runs.directory import RunDir
 
@@ -109,16 +112,25 @@ def assert_complete(client: MlflowClient, run_dir: Path) -> Any:
 # --------------------------------------------------------------------------- the server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A real `mlflow server` on a free loopback port; restartable on the same store."""
+    """A real `mlflow server` on a free loopback port; restartable on the same store. Its
+    backend store is PostgreSQL (what a team runs; see tests/pg.py) where the PostgreSQL tests
+    can start one, else SQLite."""
     base = tmp_path_factory.mktemp("server")
     info: dict[str, Any] = {"base": base}
+    stack = ExitStack()
+    try:
+        sock = stack.enter_context(postgres("mlflow"))
+        info["backend"] = f"postgresql+psycopg://postgres@/mlflow?host={sock}"
+    except pytest.skip.Exception as why:  # no PostgreSQL binaries here
+        info["backend"] = f"sqlite:///{base / 'mlflow.db'}"
+        info["no_postgres"] = str(why)
 
     def start() -> None:
         port = free_port()
         log = open(base / f"server-{port}.log", "w")  # noqa: SIM115
         info["proc"] = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
+             "--workers", "1", "--backend-store-uri", info["backend"],
              "--artifacts-destination", str(base / "artifacts")],
             stdout=log, stderr=subprocess.STDOUT, cwd=base,
             start_new_session=True,  # its own group: the server's worker processes die with it
@@ -144,9 +156,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         info["proc"].wait()
 
     info.update(start=start, wait=wait, stop=stop)
-    start()
-    yield info
-    stop()
+    with stack:
+        start()
+        yield info
+        stop()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -214,6 +227,32 @@ def test_track_after_the_fact_duplicates_nothing(embedded: dict[str, Any]) -> No
     assert_complete(embedded["client"], embedded["run"])
 
 
+def test_track_refuses_a_run_that_is_still_training(embedded: dict[str, Any], tmp_path: Path) -> None:
+    run = tmp_path / "busy"
+    shutil.copytree(embedded["run"], run, ignore=shutil.ignore_patterns("mlflow.json"))
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "status": "running", "pid": os.getpid()}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = tracked(["track", run], {"MLFLOW_TRACKING_URI": uri}, tmp_path)
+    assert res.exit_code != 0, res.output
+    assert f"still running (process {os.getpid()})" in said(res.output), res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "mlflow.db").exists() or not MlflowClient(uri).search_runs(
+        [e.experiment_id for e in MlflowClient(uri).search_experiments()]
+    )
+
+
+def test_a_new_embedded_store_says_nothing_at_info_level(
+    embedded: dict[str, Any], cli, tmp_path: Path
+) -> None:
+    run = tmp_path / "quiet"
+    shutil.copytree(embedded["run"], run, ignore=shutil.ignore_patterns("mlflow.json"))
+    res = cli("track", run, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'new.db'}"}, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "tracked" in res.stdout
+    assert "INFO" not in res.stderr and "database tables" not in res.stderr, res.stderr
+
+
 # --------------------------------------------------------------------------- server
 @pytest.fixture(scope="module")
 def live(server: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
@@ -254,6 +293,26 @@ def test_a_run_logged_live_to_a_server_is_complete_and_no_password_is_kept(live:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in live["live"]
+
+
+def test_the_server_keeps_runs_in_its_postgresql_backend_store(
+    live: dict[str, Any], server: dict[str, Any]
+) -> None:
+    if "no_postgres" in server:
+        pytest.skip(server["no_postgres"])
+    import psycopg
+
+    rec = one_run(MlflowClient(live["uri"]), live["base"] / "live")
+    conninfo = server["backend"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo) as conn:  # the database itself, not through MLflow
+        rows = conn.execute(
+            "SELECT r.status, count(m.key) FROM runs r JOIN metrics m ON m.run_uuid = r.run_uuid "
+            "WHERE r.run_uuid = %s GROUP BY r.status",
+            (rec.info.run_id,),
+        ).fetchall()
+    metrics = RunDir(live["base"] / "live").read_metrics()
+    points = sum(v is not None for r in metrics for k, v in r.items() if k != "epoch")
+    assert rows and rows[0][0] == "FINISHED" and rows[0][1] >= points
 
 
 def test_a_server_killed_mid_run_then_track_completes_the_record(live: dict[str, Any]) -> None:
@@ -397,3 +456,126 @@ def test_nproc_2_is_one_mlflow_run_logged_by_rank_0(tmp_path: Path, cli, server:
     assert rec.data.tags["mnistkit.world_size"] == "2"
     rows = RunDir(run).read_metrics()
     assert series(client, rec.info.run_id, "test_acc") == [(r["epoch"], r["test_acc"]) for r in rows]
+
+
+# --------------------------------------------------------------------------- the ONNX model
+ONNX_ASKED = "train.mlflow.artifacts=[recipe,metrics,env,plots,onnx]"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A run that asks for the ONNX model, tracked live (no export yet), then exported and sent
+    with `mnistkit track`; a copy of it that does not ask, sent to a store of its own."""
+    base = tmp_path_factory.mktemp("onnx")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    run = base / "run"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    res = tracked(["run", QUICK, *TRACK, "--set", ONNX_ASKED, "--out", run], env, base)
+    assert res.exit_code == 0, res.output
+    client = MlflowClient(uri)
+    before = artifacts(client, one_run(client, run).info.run_id)
+    res = invoke("export", run)
+    assert res.exit_code == 0, res.output
+    res = tracked(["track", run], env, base)
+    assert res.exit_code == 0, res.output
+    plain = base / "plain"  # the same run and export, the recipe's default artifacts
+    shutil.copytree(run, plain, ignore=shutil.ignore_patterns("mlflow.json"))
+    text = (plain / "recipe.yaml").read_text()
+    assert ", onnx]" in text  # (flow style, as mnistkit writes recipe.yaml)
+    (plain / "recipe.yaml").write_text(text.replace(", onnx]", "]"))
+    other = f"sqlite:///{base / 'other.db'}"
+    res = tracked(["track", plain], {"MLFLOW_TRACKING_URI": other}, base)
+    assert res.exit_code == 0, res.output
+    return {"client": client, "run": run, "before": before, "plain": plain, "other": other}
+
+
+def test_the_onnx_export_is_logged_with_its_signature_when_asked(exported: dict[str, Any]) -> None:
+    import onnxruntime
+    from mlflow.models import Model
+
+    client, run = exported["client"], exported["run"]
+    assert not any(a.startswith("onnx/") for a in exported["before"])  # nothing to log before export
+    rec = one_run(client, run)
+    have = artifacts(client, rec.info.run_id)
+    assert {"onnx/MLmodel", "onnx/model.onnx"} <= have
+    got = Path(client.download_artifacts(rec.info.run_id, "onnx", str(run.parent / "down")))
+    assert (got / "model.onnx").read_bytes() == (run / "export" / "model.onnx").read_bytes()
+    model = Model.load(str(got / "MLmodel"))
+    assert "onnx" in model.flavors
+    # The signature against the graph as onnxruntime reads it (not mnistkit's or MLflow's code).
+    session = onnxruntime.InferenceSession(str(run / "export" / "model.onnx"))
+    dtypes = {"float": "float32", "double": "float64"}  # onnxruntime's names; others: numpy's
+
+    def want(values: Any) -> list[tuple[str, str, tuple[int, ...]]]:
+        return [
+            (
+                v.name,
+                dtypes.get(v.type[7:-1], v.type[7:-1]),  # tensor(float) -> float32
+                tuple(d if isinstance(d, int) else -1 for d in v.shape),
+            )
+            for v in values
+        ]
+
+    def sig(schema: Any) -> list[tuple[str, str, tuple[int, ...]]]:
+        return [(s.name, str(s.type), tuple(s.shape)) for s in schema.inputs]
+
+    assert sig(model.signature.inputs) == want(session.get_inputs())
+    assert sig(model.signature.outputs) == want(session.get_outputs())
+    assert want(session.get_inputs())[0][2][0] == -1  # any batch size
+
+
+def test_the_onnx_export_is_not_logged_by_default(exported: dict[str, Any]) -> None:
+    client = MlflowClient(exported["other"])
+    have = artifacts(client, one_run(client, exported["plain"]).info.run_id)
+    assert "recipe.yaml" in have and not any(a.startswith("onnx") for a in have)
+
+
+# --------------------------------------------------------------------------- pruned and retried
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two sweeps, each in a store of its own: a grid over a learning rate that trains and one
+    that cannot (pruned after its warm-up epoch, as in test_sweeps.py); and one trial stopped
+    by Ctrl-C, then continued (the interrupted trial is failed and retried)."""
+    from sweep_helpers import write_sweep
+
+    out: dict[str, Any] = {}
+    for case in ("pruned", "retried"):
+        base = tmp_path_factory.mktemp(case)
+        uri = f"sqlite:///{base / 'mlflow.db'}"
+        text = write_sweep(base, 2 if case == "pruned" else 1).read_text()
+        if case == "pruned":
+            text = text.replace("pruner: none", "pruner: {name: median, warmup_epochs: 1, startup_trials: 1}")
+            text = text.replace("{name: tpe, seed: 0, startup_trials: 2}", "{name: grid, seed: 1}")
+            text = text.replace("{float: [1.0e-3, 3.0e-2], log: true}", "{choice: [0.01, 1.0e-7]}")
+            text = text.replace("  model.hidden: {choice: [[64], [32, 16]]}\n", "")
+            text = text.replace("epochs: 2", "epochs: 3")
+        spec = base / "sweep.yaml"
+        spec.write_text(text)
+        args = ["sweep", spec, "--track", "mlflow", "--out", base / "s", "--progress", "plain"]
+        if case == "retried":
+            res = tracked(args, {"MLFLOW_TRACKING_URI": uri, "MNISTKIT_KILL_AT": "2:2:INT"}, base)
+            assert res.exit_code == 130, res.output
+        res = tracked(args, {"MLFLOW_TRACKING_URI": uri, "MNISTKIT_KILL_AT": ""}, base)
+        assert res.exit_code == 0, res.output
+        out[case] = (MlflowClient(uri), base / "s")
+    return out
+
+
+@pytest.mark.parametrize("case", ["pruned", "retried"])
+def test_sweep_trials_are_tagged_pruned_after_and_retry_of(pruned: dict[str, Any], case: str) -> None:
+    client, sweep_dir = pruned[case]
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    tags = {r.data.tags["mnistkit.trial"]: r.data.tags for r in runs if "mnistkit.trial" in r.data.tags}
+    rows = _csv(sweep_dir / "trials.csv")
+    happened = {"pruned": "PRUNED", "retried": "FAIL"}[case]
+    assert happened in {r["state"] for r in rows}, rows  # the case under test happened
+    checked = 0
+    for row in rows:
+        if row["state"] != "FAIL":  # a retry continues the failed trial's run directory and run
+            have = tags[row["number"]]
+            assert have["mnistkit.state"] == row["state"]
+            want = row["epochs"] if row["state"] == "PRUNED" else None
+            assert have.get("mnistkit.pruned_after") == want, (row, have)
+            assert have.get("mnistkit.retry_of") == (row["retry_of"] or None), (row, have)
+            checked += bool(want) if case == "pruned" else bool(row["retry_of"])
+    assert checked == 1

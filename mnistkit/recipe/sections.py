@@ -171,14 +171,17 @@ class MlflowSettings(Section):
     """MLflow run name; default: the run directory's name."""
     tags: dict[str, str] = {}
     """Extra tags on the MLflow run, e.g. {team: vision}."""
-    artifacts: list[Literal["recipe", "metrics", "env", "plots", "model"]] = [
+    artifacts: list[Literal["recipe", "metrics", "env", "plots", "model", "onnx"]] = [
         "recipe",
         "metrics",
         "env",
         "plots",
     ]
     """Files copied to the MLflow run: recipe (recipe.yaml), metrics (metrics.csv), env
-    (env.json), plots (plots/*.png), model (best.pt: never by default; it can be large)."""
+    (env.json), plots (plots/*.png), model (best.pt: never by default; it can be large), onnx
+    (export/model.onnx from `mnistkit export`, logged as an MLflow ONNX model with its
+    input/output signature once it exists: `mnistkit track RUN_DIR` after the export; never by
+    default)."""
 
     @field_validator("tracking_uri")
     @classmethod

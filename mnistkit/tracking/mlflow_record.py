@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -29,6 +30,8 @@ UID_TAG = "mnistkit.run_uid"
 #: status.json's status -> MLflow's run status.
 STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED", "running": "RUNNING"}
 ARTIFACT_FILES = {"recipe": RunDir.RECIPE, "metrics": RunDir.METRICS, "env": RunDir.ENV, "model": "best.pt"}
+ONNX_FILE = "export/model.onnx"  # where `mnistkit export` writes by default
+ONNX_ARTIFACT = "onnx"  # the MLflow ONNX model's folder in the run's artifacts
 #: metrics.csv columns logged as series (step = epoch); loss/acc ones also get final_ and best_.
 SUMMARIZED = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 
@@ -55,6 +58,10 @@ def _http_defaults() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     # MLflow prints "View run ... at: URL" with the URL's password; mnistkit says where, masked.
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    # A new database store says "Creating initial MLflow database tables..." and "Updating
+    # database tables" at INFO on stderr, in the middle of a run's display: warnings only.
+    # (The store is created lazily, at the client's first request: hence for the process.)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -117,6 +124,24 @@ class Expected:
         if env:
             out.dataset = (str((recipe.get("data") or {}).get("dataset")), *dataset_digest(env))
         return out
+
+
+def onnx_signature(model: Any) -> Any:
+    """MLflow's ModelSignature of an ONNX graph: a TensorSpec per input and output (name,
+    dtype, shape; a named dimension such as the batch is -1)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    def specs(values: Any) -> Schema:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+            out.append(TensorSpec(tensor_dtype_to_np_dtype(t.elem_type), shape, v.name))
+        return Schema(out)
+
+    return ModelSignature(inputs=specs(model.graph.input), outputs=specs(model.graph.output))
 
 
 def dataset_digest(env: dict[str, Any]) -> tuple[str, str]:
@@ -308,6 +333,10 @@ class MlflowRecord:
                 if self.run.plots_dir.is_dir() and any(self.run.plots_dir.iterdir()):
                     self.client.log_artifacts(self.run_id, str(self.run.plots_dir), "plots")
                 continue
+            if name == "onnx":
+                if (self.run.path / ONNX_FILE).is_file():
+                    self._log_onnx(self.run.path / ONNX_FILE)
+                continue
             path = self.run.path / ARTIFACT_FILES[name]
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path), "model" if name == "model" else None)
@@ -315,6 +344,28 @@ class MlflowRecord:
             ended = int(exp.ended * 1000) if exp.ended else None
             self.client.set_terminated(self.run_id, exp.status, end_time=ended)
         self.note_pending(None)
+
+    def _log_onnx(self, path: Path) -> None:
+        """The exported ONNX file as an MLflow ONNX model (MLmodel, model.onnx, requirements),
+        with the signature read from the graph's inputs and outputs."""
+        import tempfile
+        from importlib.metadata import version
+
+        import mlflow.onnx
+        import onnx
+
+        model = onnx.load(str(path))
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / ONNX_ARTIFACT
+            mlflow.onnx.save_model(
+                model,
+                str(folder),
+                signature=onnx_signature(model),
+                # given, not inferred: inferring loads the model in a child process
+                pip_requirements=[f"onnx=={version('onnx')}", f"onnxruntime=={version('onnxruntime')}"],
+                save_as_external_data=False,
+            )
+            self.client.log_artifacts(self.run_id, str(folder), ONNX_ARTIFACT)
 
     def sync(self) -> int:
         """Open, then close: the whole run directory sent (``mnistkit track``). Returns the
