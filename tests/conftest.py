@@ -97,6 +97,18 @@ def hermetic_env(cache: Path) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def live_pid() -> Iterator[int]:
+    """A live Python process standing for a run in progress (not this test process: a runner
+    such as pytest-xdist may retitle it, and then it no longer looks like a Python program)."""
+    # Lives as long as this process (however long the suite takes), and not after it.
+    watch = "import os, sys, time\nwhile os.getppid() == int(sys.argv[1]): time.sleep(0.5)"
+    proc = subprocess.Popen([sys.executable, "-c", watch, str(os.getpid())])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
 @pytest.fixture
 def cli(tmp_path_factory: pytest.TempPathFactory) -> CliRunner:
     """Run ``python -m mnistkit ARGS`` in a subprocess, as a user would, hermetically.

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +69,6 @@ def row(epoch: int, acc: float, loss: float = 0.5) -> dict[str, Any]:
         "seconds": 2.0,
         "samples_per_s": 1000.0,
     }
-
-
-@pytest.fixture(scope="module")
-def live_pid() -> Iterator[int]:
-    """A live Python process standing for a run in progress (not this test process: a runner
-    such as pytest-xdist may retitle it, and then it no longer looks like a Python program)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
 
 
 @pytest.fixture

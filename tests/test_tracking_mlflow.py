@@ -227,15 +227,17 @@ def test_track_after_the_fact_duplicates_nothing(embedded: dict[str, Any]) -> No
     assert_complete(embedded["client"], embedded["run"])
 
 
-def test_track_refuses_a_run_that_is_still_training(embedded: dict[str, Any], tmp_path: Path) -> None:
+def test_track_refuses_a_run_that_is_still_training(
+    embedded: dict[str, Any], tmp_path: Path, live_pid: int
+) -> None:
     run = tmp_path / "busy"
     shutil.copytree(embedded["run"], run, ignore=shutil.ignore_patterns("mlflow.json"))
     status = json.loads((run / "status.json").read_text())
-    (run / "status.json").write_text(json.dumps({**status, "status": "running", "pid": os.getpid()}))
+    (run / "status.json").write_text(json.dumps({**status, "status": "running", "pid": live_pid}))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     res = tracked(["track", run], {"MLFLOW_TRACKING_URI": uri}, tmp_path)
     assert res.exit_code != 0, res.output
-    assert f"still running (process {os.getpid()})" in said(res.output), res.output
+    assert f"still running (process {live_pid})" in said(res.output), res.output
     assert "Traceback" not in res.output
     assert not (tmp_path / "mlflow.db").exists() or not MlflowClient(uri).search_runs(
         [e.experiment_id for e in MlflowClient(uri).search_experiments()]
