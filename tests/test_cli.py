@@ -431,3 +431,28 @@ def test_plots_that_cannot_be_made_are_said_not_skipped(cli, tmp_path: Path) -> 
     assert res.returncode == 0, res.stderr
     assert "could not write plots: ModuleNotFoundError" in res.stdout + res.stderr
     assert (out / "metrics.csv").is_file() and (out / "last.pt").is_file()  # the run itself is kept
+
+
+@pytest.mark.parametrize("command", [["fields"], ["runs", "{tmp}"]])
+def test_a_reader_that_went_away_ends_the_command_quietly(command: list[str], tmp_path: Path) -> None:
+    """`mnistkit runs | head -1`: once the reader has closed the pipe, the command stops quietly
+    (click's exit code 1 for a broken pipe), without an 'internal error' or a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: every write fails
+    try:
+        args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+        proc = subprocess.run(
+            [sys.executable, "-m", "mnistkit", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == "", proc.stderr

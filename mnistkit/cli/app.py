@@ -100,6 +100,10 @@ def guarded(fn: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
     except typer.Exit:
         raise
+    except BrokenPipeError:
+        # `mnistkit runs | head -1`: the reader has gone. Not an internal error: click stops
+        # quietly with exit code 1, as it does for the commands outside this guard.
+        raise
     except Exception as exc:
         if _state["debug"]:
             raise
