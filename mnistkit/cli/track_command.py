@@ -38,11 +38,9 @@ def register(app: typer.Typer, guarded: Callable[[Callable[[], Any]], Any]) -> N
 
 
 def _track(run_dirs: list[Path], to: str | None) -> None:
-    import importlib.util
+    from mnistkit.recipe.tracking import MLFLOW_INSTALL, mlflow_installed
 
-    from mnistkit.recipe.tracking import MLFLOW_INSTALL
-
-    if importlib.util.find_spec("mlflow") is None:
+    if not mlflow_installed():
         raise RunError(f"mnistkit track needs the mlflow package: {MLFLOW_INSTALL}")
     from mnistkit.runs.directory import RunDir, run_process_alive
     from mnistkit.tracking.mlflow_record import MlflowRecord, mask

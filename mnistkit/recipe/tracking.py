@@ -12,15 +12,19 @@ from mnistkit.recipe.yamlio import Located
 MLFLOW_INSTALL = "pip install 'mnistkit[mlflow]'"
 
 
+def mlflow_installed() -> bool:
+    """Whether mlflow can be imported here: found, not imported (validate stays fast and
+    torch-free)."""
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):  # an import hook that refuses it: not importable either
+        return False
+
+
 def missing_mlflow(train: TrainSection) -> str | None:
     """The message for a recipe that lists mlflow where the package is not installed."""
-    if "mlflow" not in train.track:
+    if "mlflow" not in train.track or mlflow_installed():
         return None
-    try:  # found, not imported: validate stays fast and torch-free
-        if importlib.util.find_spec("mlflow") is not None:
-            return None
-    except (ImportError, ValueError):  # an import hook that refuses it: not importable either
-        pass
     return f"train.track lists mlflow but the mlflow package is not installed: {MLFLOW_INSTALL}"
 
 
