@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup quickstart test lint docs bench mutation
+.PHONY: setup quickstart test test-multihost lint docs bench mutation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ quickstart: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -rs --durations=15 -n $(TEST_WORKERS) --dist loadfile
+
+# The two-host tests alone (network namespaces joined by a veth pair, tests/netns.py; root). They
+# are part of `make test` too.
+test-multihost: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -rs -m multihost
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mnistkit tests bench

@@ -195,3 +195,16 @@ def train(tmp: Path, recipe_text: str, *sets: str, data_dir: Path | None = None)
     res = invoke(*args)
     assert res.exit_code == 0, res.output
     return run
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[Any]:
+    """Two network namespaces joined by a veth pair, "host A" and "host B" (tests/netns.py);
+    removed afterwards, also when the test fails. Skips, saying why, without root or `ip`."""
+    import netns
+
+    why = netns.why_not_available()
+    if why:
+        pytest.skip(why)
+    with netns.two_hosts() as hosts:
+        yield hosts
