@@ -490,3 +490,30 @@ def test_page_upload_and_drawing_in_a_real_browser(
     shot = page.screenshot(tmp_path / "serve-page.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page.close()
+
+
+def test_serving_a_run_exports_again_when_the_checkpoint_is_newer(
+    run: Path, model: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A run that trained on after its export (a --resume, more epochs) is served from its new
+    checkpoint, not from the old file: ``serve RUN_DIR`` exports again; an up-to-date export is
+    served as it is."""
+    import shutil
+
+    from mnistkit.serve.config import model_to_serve
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    onnx, ckpt = copy / "export" / "model.onnx", copy / "best.pt"
+    assert ckpt.is_file(), sorted(p.name for p in copy.rglob("*.pt"))
+    hour_ago = ckpt.stat().st_mtime - 3600
+    os.utime(onnx, (hour_ago, hour_ago))  # exported an hour before the checkpoint was written
+
+    assert model_to_serve(copy) == onnx
+    assert "is older than" in capfd.readouterr().err
+    assert onnx.stat().st_mtime >= ckpt.stat().st_mtime  # a new export of the current checkpoint
+    assert json.loads((copy / "export" / "model.json").read_text())["checkpoint"] == "best"
+
+    before = onnx.stat().st_mtime_ns
+    assert model_to_serve(copy) == onnx  # up to date now: served as it is
+    assert onnx.stat().st_mtime_ns == before and "export" not in capfd.readouterr().err

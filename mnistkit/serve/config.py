@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mnistkit.errors import RunError
 from mnistkit.export.metadata import default_model_path
+from mnistkit.runs.directory import CHECKPOINTS, RunDir
 
 ENV_VAR = "MNISTKIT_SERVE_CONFIG"  # how the settings reach uvicorn's worker processes (JSON)
 
@@ -86,14 +87,32 @@ def model_to_serve(target: Path) -> Path:
             f"{target}: not a run directory (no recipe.yaml); give a run directory or a model.onnx"
         )
     model = default_model_path(target)
+    checkpoint = "best"
     if model.is_file():
-        return model
-    print(f"{model} does not exist yet: exporting the run first (mnistkit export)", file=sys.stderr)
+        checkpoint = _exported_from(model)
+        ckpt = RunDir(target).checkpoint_path(checkpoint)
+        if not (ckpt.is_file() and ckpt.stat().st_mtime > model.stat().st_mtime):
+            return model
+        # The run trained on (a --resume, more epochs) after the export: serving the old file
+        # would answer with a model the run no longer has.
+        print(f"{model} is older than {ckpt}: exporting the run again (mnistkit export)", file=sys.stderr)
+    else:
+        print(f"{model} does not exist yet: exporting the run first (mnistkit export)", file=sys.stderr)
     # A child process: the export imports torch; the server that follows must not carry it.
-    done = subprocess.run([sys.executable, "-m", "mnistkit", "export", str(target)], check=False)
+    argv = [sys.executable, "-m", "mnistkit", "export", str(target), "--checkpoint", checkpoint]
+    done = subprocess.run(argv, check=False)
     if done.returncode != 0 or not model.is_file():
         raise RunError(f"{target}: the export failed (above), nothing to serve; fix it and run again")
     return model
+
+
+def _exported_from(model: Path) -> str:
+    """Which checkpoint (best or last) the export beside the run was made from (its model.json)."""
+    try:
+        value = json.loads(model.with_name("model.json").read_text()).get("checkpoint")
+    except (OSError, ValueError):
+        return "best"
+    return value if value in CHECKPOINTS else "best"
 
 
 def file_sha256(path: Path) -> str:
