@@ -256,5 +256,11 @@ def test_importances_are_refused_with_few_complete_trials_and_say_how_many(tmp_p
     assert STUDY in title and "7 complete trials" in title and "rough guide" in title
     folder = make_study(tmp_path / "enough", TRIALS + more + more)  # 11 complete: no warning
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{folder / 'study.db'}")
-    title = plots.importances(study).axes[0].get_title()
+    fig = plots.importances(study)
+    title = fig.axes[0].get_title()
     assert "11 complete trials" in title and "rough guide" not in title
+    # The same trials give the same bars (fANOVA's forest is seeded): a refresh or a report
+    # never shows different importances for an unchanged study.
+    bars = [(t.get_text(), p.get_width()) for t, p in zip(fig.axes[0].get_yticklabels(), fig.axes[0].patches)]
+    again = plots.importances(study).axes[0]
+    assert bars == [(t.get_text(), p.get_width()) for t, p in zip(again.get_yticklabels(), again.patches)]

@@ -139,6 +139,9 @@ def intermediate(study: optuna.Study) -> Figure:
     return fig
 
 
+IMPORTANCE_SEED = 0
+
+
 def importances(study: optuna.Study) -> Figure:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     n = len(complete)
@@ -147,7 +150,10 @@ def importances(study: optuna.Study) -> Figure:
             f"param_importances.png not drawn: {n} complete trial{'s' * (n != 1)}, "
             f"parameter importances need at least {MIN_IMPORTANCE_TRIALS}"
         )
-    imp = optuna.importance.get_param_importances(study)
+    # fANOVA fits a random forest: unseeded, the same study drew different bars on every refresh
+    # and in every report. A fixed seed makes the figure a function of the trials alone.
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)
+    imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
     names = list(reversed(list(imp)))
     fig = _figure(8, max(2.5, 0.5 * len(names) + 1.5))
     ax = fig.subplots()
