@@ -261,6 +261,7 @@ def test_importances_are_refused_with_few_complete_trials_and_say_how_many(tmp_p
     assert "11 complete trials" in title and "rough guide" not in title
     # The same trials give the same bars (fANOVA's forest is seeded): a refresh or a report
     # never shows different importances for an unchanged study.
-    bars = [(t.get_text(), p.get_width()) for t, p in zip(fig.axes[0].get_yticklabels(), fig.axes[0].patches)]
-    again = plots.importances(study).axes[0]
-    assert bars == [(t.get_text(), p.get_width()) for t, p in zip(again.get_yticklabels(), again.patches)]
+    def bars(ax: Any) -> list[tuple[str, float]]:
+        return [(t.get_text(), p.get_width()) for t, p in zip(ax.get_yticklabels(), ax.patches, strict=True)]
+
+    assert bars(fig.axes[0]) == bars(plots.importances(study).axes[0])
