@@ -259,6 +259,7 @@ def test_importances_are_refused_with_few_complete_trials_and_say_how_many(tmp_p
     fig = plots.importances(study)
     title = fig.axes[0].get_title()
     assert "11 complete trials" in title and "rough guide" not in title
+
     # The same trials give the same bars (fANOVA's forest is seeded): a refresh or a report
     # never shows different importances for an unchanged study.
     def bars(ax: Any) -> list[tuple[str, float]]:
