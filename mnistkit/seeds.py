@@ -46,6 +46,7 @@ class GroupOptions:
     runs_root: Path = Path("runs")
     progress: str | None = None
     command: str = "mnistkit"  # how the user ran mnistkit (cli/invocation.py)
+    origins: dict[str, str] | None = None  # where each recipe value was written (origins.json)
 
 
 def run_group(recipe: Recipe, recipe_path: Path, seeds: list[int], opts: GroupOptions) -> int:
@@ -64,6 +65,8 @@ def run_group(recipe: Recipe, recipe_path: Path, seeds: list[int], opts: GroupOp
         # have changed since): the resolved recipe, and the --data-dir it was given.
         "recipe_resolved": resolved_dict(base),
         "data_dir": str(opts.data_dir.resolve()) if opts.data_dir is not None else None,
+        # Where each value was written, for every member's origins.json (report: "Recipe").
+        "origins": opts.origins,
         "pid": os.getpid(),
     }
     groups.write_group(path, group)
@@ -122,6 +125,7 @@ def _run_members(
             again=resume_as,
             shared_data=shared,
             resume_as=resume_as,
+            origins=_member_origins(group, seed, overrides),
         )
         try:
             result = run(recipe, run_opts)
@@ -158,6 +162,20 @@ def _report_missed(con: Console, path: Path, members: list[str]) -> int:
                 what = f"{o['name']} {o['condition']}: {format_value(o['name'], o['value'])}"
                 con.print(f"[bold red]missed:[/] {escape(member)}: {escape(what)}")
     return n
+
+
+def _member_origins(group: dict[str, Any], seed: int, overrides: list[str]) -> dict[str, str] | None:
+    """The group's origins with this member's seed (and --resume's --set), or None where the
+    group did not record them (a group started before origins were kept)."""
+    origins = group.get("origins")
+    if origins is None:
+        return None
+    # The member itself is one seed of the group, not a group.
+    out = {k: v for k, v in origins.items() if k != "seeds" and not k.startswith("seeds[")}
+    out["seed"] = f"one of the group's seeds ({', '.join(map(str, group['seeds']))})"
+    for item in overrides:
+        out[item.split("=", 1)[0].strip()] = f"--set {item}"
+    return out
 
 
 def _member_recipe(base: Recipe, seed: int, overrides: list[str]) -> Recipe:

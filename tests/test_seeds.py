@@ -103,6 +103,13 @@ def test_group_json_and_every_seed_is_the_plain_run_of_that_seed(
         recipe = yaml.safe_load((member / "recipe.yaml").read_text())
         assert recipe == yaml.safe_load((plain[seed] / "recipe.yaml").read_text())
         assert recipe["seed"] == seed and "seeds" not in recipe  # re-running it runs that seed alone
+        # Where each value was written (the report's Recipe section): the plain run's record,
+        # but the seed came from the group, not from a --set.
+        origins = json.loads((member / "origins.json").read_text())
+        expected = json.loads((plain[seed] / "origins.json").read_text())
+        assert expected.pop("seed") == f"--set seed={seed}"
+        assert origins.pop("seed") == "one of the group's seeds (4, 5, 6)"
+        assert origins == expected and origins["optimizer.lr"] == f"{recipe_file}:5:29"
     # The seeds differ: a group of copies of one run would pass everything above.
     assert len({tuple(results(path / f"seed-{s}")) for s in SEEDS}) == 3
 

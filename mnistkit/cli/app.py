@@ -217,7 +217,7 @@ def run(
             group = seeds_cli.seeds_of(recipe, rec, seeds, set_ or [])
             if group is not None:
                 seeds_cli.refuse_nproc(nproc)
-                _exit(seeds_cli.start(recipe, rec, group, data_dir, out, runs_root, progress))
+                _exit(seeds_cli.start(recipe, rec, group, data_dir, out, runs_root, progress, origins))
                 return
         if seeds is not None:
             raise RecipeError([_usage("--seeds cannot be used with --resume RUN_DIR (one run)")])

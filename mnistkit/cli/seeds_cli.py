@@ -73,11 +73,12 @@ def start(
     out: Path | None,
     runs_root: Path | None,
     progress: str | None,
+    origins: dict[str, str] | None = None,
 ) -> int:
     from mnistkit.cli.invocation import invoked_as
     from mnistkit.seeds import GroupOptions, run_group
 
-    opts = GroupOptions(data_dir, out, runs_root or Path("runs"), progress, invoked_as())
+    opts = GroupOptions(data_dir, out, runs_root or Path("runs"), progress, invoked_as(), origins)
     return run_group(recipe, recipe_path, seeds, opts)
 
 
