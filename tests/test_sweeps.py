@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sweep_helpers import finished, read_trials, write_sweep
+from sweep_helpers import REPO, finished, read_trials, write_sweep
 
-from mnistkit.recipe.schema import load_recipe, resolved_dict
+from mnistkit.recipe.schema import load_recipe, load_recipe_located, resolved_dict
 
 
 def test_a_sweep_runs_trials_as_ordinary_runs_and_leaves_its_results(cli, tmp_path: Path) -> None:
@@ -22,6 +22,7 @@ def test_a_sweep_runs_trials_as_ordinary_runs_and_leaves_its_results(cli, tmp_pa
     assert [r["number"] for r in rows] == ["0", "1", "2"]
     assert {r["state"] for r in rows} == {"COMPLETE"}
     assert "trials:    3 of 3 finished: 3 COMPLETE" in res.stdout
+    _, base_origins = load_recipe_located(REPO / "recipes" / "quickstart.yaml")
     for r in rows:  # each trial: a run directory with its exact recipe, seed = base seed + number
         run_dir = out / r["run_dir"]
         recipe = load_recipe(run_dir / "recipe.yaml")
@@ -29,6 +30,13 @@ def test_a_sweep_runs_trials_as_ordinary_runs_and_leaves_its_results(cli, tmp_pa
         assert recipe.optimizer.lr == float(r["optimizer.lr"])
         assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
         assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 2
+        # Where each value came from (the trial's report): the base recipe's own lines, as a plain
+        # run of it records them, and the sweep for the trial's parameters and seed.
+        origins = json.loads((run_dir / "origins.json").read_text())
+        assert origins["optimizer.lr"] == f"sweep sweep.yaml: trial {r['number']}'s params.optimizer.lr"
+        assert origins["seed"].startswith("sweep sweep.yaml: the recipe's seed 0 + trial number")
+        assert origins["data.dataset"] == base_origins["data.dataset"]
+        assert origins["epochs"] == f"{sweep}:5:11"  # the sweep file's set: (line 5, column 11)
 
     summary = json.loads((out / "summary.json").read_text())
     best = max(rows, key=lambda r: float(r["value"]))

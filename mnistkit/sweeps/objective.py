@@ -103,7 +103,7 @@ class Objective:
         trial.set_user_attr("run_dir", rel)
         params = suggest(trial, sweep)
         try:
-            recipe = sweep.trial_recipe(params, number)
+            recipe, origins = sweep.trial_recipe_located(params, number)
         except RecipeError as exc:
             p = exc.problems[0]
             raise self._fail(trial, f"invalid combination: {p.field}: {p.message}") from None
@@ -145,6 +145,7 @@ class Objective:
             resume=resume,
             progress="silent",  # not even "saved:": the sweep's own display reports each trial
             on_epoch=on_epoch,
+            origins=origins,  # the trial's report names the sweep as the source of its values
             mlflow_parent=trial.study.user_attrs.get("mlflow_parent"),  # sweeps/tracked.py
         )
         t0 = time.perf_counter()

@@ -166,13 +166,27 @@ class Sweep:
 
     def trial_recipe(self, params: dict[str, Any], number: int) -> Any:
         """The exact recipe trial ``number`` runs: base + params, seed = base seed + number."""
+        return self.trial_recipe_located(params, number)[0]
+
+    def trial_recipe_located(self, params: dict[str, Any], number: int) -> tuple[Any, dict[str, str]]:
+        """:meth:`trial_recipe`, and where each of its values was written (the trial's
+        origins.json): the base recipe's lines, the sweep file's ``set:`` lines, --set, and the
+        trial's parameters, seed and name as the sweep's."""
         from mnistkit.recipe.schema import validate_document
 
         doc = copy.deepcopy(self.base_doc)
         sets = [_set_arg(p, v) for p, v in params.items()]
         sets += [f"seed={self.base.seed + number}", f"name={self.base.name}-t{number:04d}"]
         _apply(doc, sets)
-        return validate_document(doc, [], default_name=self.base.name, base_dir=self.recipe_path.parent)
+        recipe = validate_document(doc, [], default_name=self.base.name, base_dir=self.recipe_path.parent)
+        # The sweep file's `set:` lines are the sweep's own, not a `base:` recipe's.
+        own = f"base: {self.path}:"
+        origins = {k: v.removeprefix("base: ") if v.startswith(own) else v for k, v in doc.origins().items()}
+        sweep = f"sweep {self.path.name}"
+        origins.update({key: f"{sweep}: trial {number}'s params.{key}" for key in params})
+        origins["seed"] = f"{sweep}: the recipe's seed {self.base.seed} + trial number {number}"
+        origins["name"] = f"{sweep}: trial {number}"
+        return recipe, origins
 
 
 def _apply(doc: Located, sets: list[str]) -> None:
