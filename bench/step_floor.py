@@ -10,6 +10,9 @@ busy machine than wall time) and wall microseconds per step.
 * ``torch-eager``: the step as mnistkit's loop runs it (fused SGD, zero_grad(set_to_none)).
 * ``torch-gemms``: only the 14 matrix multiplies that step must do (5 forward, 5 weight-gradient,
   4 input-gradient), into preallocated outputs: torch's floor with its own BLAS.
+* ``torch-update``: only the fused SGD-with-momentum update of the 575,050 parameters (reads
+  weights, gradients and momentum buffers, writes weights and buffers: memory-bound). With
+  ``torch-gemms`` it is the floor of any implementation that runs these kernels.
 * ``torch-compile``: forward, loss, backward and the SGD update in one ``torch.compile``d function.
 * ``jax-jit``: the same step as one XLA program (``jax.jit``), i.e. what Keras 3 on JAX runs per
   batch without Keras' own per-step Python. Needs a Python with jax: ``--jax-python``.
@@ -62,6 +65,12 @@ def _torch_variant(name: str, threads: int):  # noqa: ANN202 (returns a step fun
 
         return gemms
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, fused=True)
+    if name == "torch-update":
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()  # the momentum buffers exist from here on, as in training
+
+        return opt.step
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -140,7 +149,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=400, help="steps per round")
     ap.add_argument("--jax-python", help="a python with jax installed (else jax-jit is skipped)")
-    ap.add_argument("--variants", default="torch-eager,torch-gemms,torch-compile,jax-jit")
+    ap.add_argument("--variants", default="torch-eager,torch-gemms,torch-update,torch-compile,jax-jit")
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.threads)
