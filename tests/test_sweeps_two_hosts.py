@@ -12,6 +12,7 @@ server's own unix socket, never through mnistkit.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -146,6 +147,9 @@ def test_a_worker_killed_on_b_is_resumed_on_a_and_the_budget_is_exact(bed, tmp_p
     assert states(pg, "two-hosts") == {"COMPLETE": 6, "FAIL": 1}, a_log
     took = re.search(r"trial (\d+) continues trial (\d+): (\S+)", a_log)
     assert took and took.group(3) == "resumed", a_log
+    # The run directory agrees: one resume, from the dead worker's checkpoint.
+    status = json.loads((out / "trials" / f"{int(took.group(2)):04d}" / "status.json").read_text())
+    assert len(status["resumed"]) == 1 and status["status"] == "finished", status
     print(f"\n[figure] worker on A: {took.group(0)} ...")
     assert_never_written(pg.password, out, a_log, b_log)
     assert f"storage:   {pg.url}" in a_log
@@ -198,7 +202,7 @@ def _fails_fast(host: netns.Host, url: str, env: dict[str, str], tmp_path: Path,
     t0 = time.monotonic()
     res = host.run(
         [sys.executable, "-m", "mnistkit", "sweep", str(sweep), "--out", str(out), "--storage", url],
-        env=env, timeout=60,
+        env=env, timeout=30,
     )  # fmt: skip
     return res, time.monotonic() - t0, out
 
