@@ -66,7 +66,7 @@ def test_two_workers_finish_exactly_six_of_six(cli, tmp_path: Path) -> None:
     sweep = write_sweep(tmp_path, 6, extra="study: exact\n")
     out = tmp_path / "s"
     res = cli("sweep", sweep, "--out", out, "--workers", "2", "--progress", "plain",
-              "--set", "epochs=1", timeout=250)  # fmt: skip
+              "--set", "epochs=1", "--set", "data.limit=240", timeout=250)  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     rows = read_trials(out)
     assert len(rows) == 6 and len(finished(rows)) == 6, rows
