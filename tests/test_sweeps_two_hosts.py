@@ -139,9 +139,12 @@ def test_a_worker_killed_on_b_is_resumed_on_a_and_the_budget_is_exact(bed, tmp_p
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     a = sweep_on(hosts.a, sweep, out, pg.url, logs[0], env_for(pg, tmp_path, "file"))
     b = sweep_on(hosts.b, sweep, out, pg.url, logs[1], env_for(pg, tmp_path, "env", MNISTKIT_KILL_AT="2:3"))
-    wait_all([a, b], 240, logs)
+    # B's process is reaped only after A ends: until then its pid still looks alive here, as the
+    # pid of a worker on another machine may belong to a live process on this one (pids are per
+    # machine). A takes the trial over on the heartbeat's word, not on that pid.
+    wait_all([a], 240, logs)
     a_log, b_log = (log.read_text() for log in logs)
-    assert b.returncode == -9, b_log
+    assert b.wait(timeout=30) == -9, b_log
     assert a.returncode == 0, a_log
     # 6 trials count (COMPLETE); the killed one is FAIL and was retried, so it is not counted.
     assert states(pg, "two-hosts") == {"COMPLETE": 6, "FAIL": 1}, a_log
