@@ -202,17 +202,18 @@ def run_trial(
             state = TrialState.FAIL
         except (Exception, KeyboardInterrupt) as exc:
             state, raised = TrialState.FAIL, exc
-    try:
-        study.tell(trial, value, state=state, skip_if_finished=False)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # Its heartbeat went stale (the storage was unreachable longer than the grace period)
-        # and another worker failed it and queued its retry, which continues this run directory.
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # failed meanwhile
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state != state:
+        # Its heartbeat went stale (a machine so busy that the heartbeat thread stalled, or the
+        # storage unreachable for longer than the grace period): another worker failed it and
+        # queued its retry, which continues from this run directory's last checkpoint.
         print(
-            f"trial {trial.number} was marked stale meanwhile; its retry continues it",
+            f"trial {trial.number} was marked stale meanwhile ({frozen.state.name}); its retry continues it",
             file=sys.stderr,
             flush=True,
         )
-    frozen = study._storage.get_trial(trial._trial_id)
     for cb in callbacks:
         cb(study, frozen)
     if raised is not None:
