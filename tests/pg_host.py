@@ -57,10 +57,6 @@ class HostedPostgres:
         assert res.returncode == 0, f"pg_ctl {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
         return res
 
-    def restart(self) -> None:
-        """``pg_ctl restart`` (fast shutdown: every client connection is dropped), waited for."""
-        self.pg_ctl("-w", "-t", "60", "-m", "fast", "restart", "-o", self.options())
-
     def sql(self, statement: str, db: str = "postgres") -> str:
         """Run SQL as the superuser over the private unix socket; returns psql's unaligned output."""
         cmd = self._as_postgres(

@@ -165,7 +165,9 @@ def test_a_worker_killed_on_b_is_resumed_on_a_and_the_budget_is_exact(bed, tmp_p
 
 def test_a_database_restart_mid_sweep_costs_a_wait_not_the_sweep(bed, tmp_path: Path) -> None:
     """Workers on A and B; once the first trial is COMPLETE, the server is stopped for 3 s and
-    started again (pg_ctl, fast shutdown: every connection drops). Both workers wait, say so and
+    started again (pg_ctl, fast shutdown: every connection drops; a stop, 3 s and a start rather
+    than `pg_ctl restart`, whose sub-second gap a worker may not happen to hit, so the test could
+    not fail). With a heartbeat every second, both workers meet the outage. Both wait, say so and
     how long, and go on; the sweep ends with its 3 trials, the one finished before the restart
     among them."""
     hosts, pg = bed
