@@ -92,6 +92,9 @@ class RunOptions:
     origins: dict[str, str] | None = None
     # A sweep's trial: the MLflow run of its study, under which the trial's run is nested.
     mlflow_parent: str | None = None
+    # A sweep's retry: the storage's heartbeat says the run's process is dead, and its pid in
+    # status.json may be another machine's (a shared sweep folder), so it is not checked.
+    owner_dead: bool = False
 
 
 @dataclass
@@ -226,6 +229,7 @@ class Session:
         pid = self.previous.get("pid")
         if (
             self.ctx.is_main  # the pid is rank 0's, on rank 0's machine
+            and not opts.owner_dead
             and self.previous.get("status") == "running"
             and pid != os.getpid()
             and run_process_alive(pid)

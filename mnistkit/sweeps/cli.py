@@ -165,15 +165,18 @@ def _run(
     url = storage_url(storage, sweep_dir)
 
     from mnistkit.sweeps import outputs
-    from mnistkit.sweeps.worker import budget, counted, open_study, run_processes, run_worker
+    from mnistkit.sweeps.trials import counted
+    from mnistkit.sweeps.worker import budget, open_study, run_processes, run_worker
 
     need = budget(sweep)
     if spawned:  # a worker process started by --workers N: no display, no summary
         outcome = run_worker(sweep, sweep_dir, url, data_dir, worker_index or 0)
         raise typer.Exit(130 if outcome.status == "interrupted" else 0)
 
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    # The storage first: one that cannot be opened (wrong password, unreachable host) leaves no
+    # sweep folder behind.
     study = open_study(sweep, url, create=True)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     _write_meta(sweep_dir, sweep, redact(url), need)
     con = _console()
     con.print(

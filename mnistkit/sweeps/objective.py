@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,23 @@ def original_number(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
     return int(first) if first is not None else trial.number
 
 
+def say_takeover(trial: optuna.Trial, number: int, run_dir: Path, started: bool) -> None:
+    """One line on stderr when this worker takes over a stopped trial: resumed, or restarted and
+    why (the run directory is written where the trial ran; only a shared folder lets another
+    machine continue it)."""
+    epochs = trial.user_attrs.get("resumed_from_epoch") if (run_dir / "last.pt").exists() else None
+    if epochs is not None:
+        how = f"resumed from its epoch-{epochs} checkpoint in {run_dir}"
+    elif started:
+        how = f"restarted: it stopped before its first checkpoint in {run_dir}"
+    else:
+        how = (
+            f"restarted: {run_dir} is not reachable from this host; share the sweep folder "
+            "(--out) between hosts to resume"
+        )
+    print(f"trial {trial.number} continues trial {number}: {how}", file=sys.stderr, flush=True)
+
+
 class Objective:
     """Optuna objective: runs one trial through the runner; remembers the trial it is running."""
 
@@ -111,13 +129,16 @@ class Objective:
         trial.set_user_attr("epochs_planned", recipe.epochs)
 
         resume = run_dir if (run_dir / "last.pt").exists() else None
-        if resume is None and run_dir.exists() and any(run_dir.iterdir()):
+        started = run_dir.exists() and any(run_dir.iterdir())
+        if resume is None and started:
             # Died before its first checkpoint: nothing to continue. Keep it aside, never delete.
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
         if resume is not None:
             from mnistkit.runs.directory import RunDir
 
             trial.set_user_attr("resumed_from_epoch", len(RunDir(run_dir).read_metrics()))
+        if number != trial.number:
+            say_takeover(trial, number, run_dir, started)
 
         pruned: list[str] = []
 
@@ -147,6 +168,7 @@ class Objective:
             on_epoch=on_epoch,
             origins=origins,  # the trial's report names the sweep as the source of its values
             mlflow_parent=trial.study.user_attrs.get("mlflow_parent"),  # sweeps/tracked.py
+            owner_dead=number != trial.number,  # a retry: its worker's heartbeat went stale
         )
         t0 = time.perf_counter()
         try:

@@ -11,7 +11,11 @@ trials that train for seconds.
 A PostgreSQL URL (``--storage postgresql+psycopg://user@host/db`` or ``$MNISTKIT_SWEEP_STORAGE``)
 lets workers on several machines share one study. The password never appears in the URL (it would
 end up in shell history, process lists and the sweep folder): libpq reads ``$PGPASSWORD`` or
-``~/.pgpass``. Connections are pre-pinged, so a server restart costs a reconnect, not the sweep.
+``~/.pgpass``. Connections are pre-pinged and every storage call (the heartbeat thread's too) is
+retried with backoff while the server is unreachable (:mod:`mnistkit.sweeps.retrying`), so a server
+restart costs a wait, not the sweep. Opening the storage is not retried: a wrong password or an
+unreachable host is a one-line error naming the host (exit 2), before anything is created, within
+:data:`CONNECT_TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ from mnistkit.errors import Problem, RecipeError, RunError
 ENV_STORAGE = "MNISTKIT_SWEEP_STORAGE"
 DB_NAME = "study.db"
 SQLITE_TIMEOUT_S = 60  # how long a writer waits for another worker's transaction before failing
+CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout: a host that does not answer fails this fast
+
+
+class StorageError(RunError):
+    """The storage cannot be opened (wrong password, unknown or unreachable host): exit 2, as
+    for a wrong --storage argument, since the fix is in the command line or the environment."""
+
+    exit_code = 2
 
 
 def storage_url(cli_url: str | None, sweep_dir: Path) -> str:
@@ -88,7 +100,9 @@ def open_storage(url: str, heartbeat: Any = None) -> Any:
     ``heartbeat``: the sweep's HeartbeatSpec (workers), or None (status, reports).
     """
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from mnistkit.sweeps.retrying import RetryingRDBStorage
 
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
@@ -101,6 +115,7 @@ def open_storage(url: str, heartbeat: Any = None) -> Any:
         kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     else:
         kwargs["pool_pre_ping"] = True  # survive a server restart: test connections before use
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     hb: dict[str, Any] = {}
     if heartbeat is not None:
         hb = {
@@ -114,7 +129,7 @@ def open_storage(url: str, heartbeat: Any = None) -> Any:
 
     for attempt in range(3):
         try:
-            return RDBStorage(url, engine_kwargs=kwargs, **hb)
+            return RetryingRDBStorage(url, engine_kwargs=kwargs, **hb)
         except ImportError as exc:
             raise RunError(
                 f"cannot use storage {redact(url)}: {exc}; pip install 'psycopg[binary]'"
@@ -126,5 +141,6 @@ def open_storage(url: str, heartbeat: Any = None) -> Any:
                 time.sleep(1.0)
                 continue
             msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise RunError(f"cannot open the sweep storage {redact(url)}: {msg}") from None
+            error = StorageError if isinstance(exc, sqlalchemy.exc.OperationalError) else RunError
+            raise error(f"cannot open the sweep storage {redact(url)}: {msg}") from None
     raise AssertionError("unreachable")

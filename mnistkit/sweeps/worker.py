@@ -2,14 +2,20 @@
 
 The budget is the number of *finished* trials in the storage (COMPLETE, PRUNED and FAIL; a trial
 that was retried after its worker died counts once, through its retry), so it holds across
-workers, machines and restarts. Like Optuna's ``MaxTrialsCallback`` it is checked before every new
-trial, so N workers overshoot by at most N-1 trials (the ones already running when the count is
-reached), and a finished sweep started again runs nothing.
+workers, machines and restarts, and it is exact: before each trial a worker takes a slot only if
+finished + RUNNING + WAITING trials leave one, deciding under a lock that all the study's workers
+share (:mod:`mnistkit.sweeps.slots`: a PostgreSQL advisory lock, or a file lock next to the
+SQLite file). So `trials: 6` ends with 6 finished trials whatever the number of workers (unlike
+Optuna's ``MaxTrialsCallback``, which overshoots by up to N-1), and a finished sweep started
+again runs nothing.
 
-A worker that reaches the budget while other trials are still RUNNING waits for them: they either
-finish, or their worker died and their heartbeat goes stale, and then this worker retries them
-from their checkpoint (Optuna's ``fail_stale_trials`` + ``RetryHeartbeatStaleTrialCallback``).
+A worker that finds the budget taken while other trials are still RUNNING waits for them: they
+either finish, or their worker died and their heartbeat goes stale, and then this worker retries
+them from their checkpoint (Optuna's ``fail_stale_trials`` + ``RetryHeartbeatStaleTrialCallback``).
 So no trial is left RUNNING when the last worker exits.
+
+The trial loop is Optuna's ``_run_trial`` without its ``ask``: the trial comes from the decision
+above, then runs with a heartbeat thread and is told its result.
 """
 
 from __future__ import annotations
@@ -32,10 +38,11 @@ from optuna.trial import TrialState
 
 from mnistkit.errors import RunError
 from mnistkit.sweeps.objective import Objective, SweepInterrupted, TrialFailed, encoded_choices
+from mnistkit.sweeps.slots import claim
 from mnistkit.sweeps.spec import Sweep
 from mnistkit.sweeps.storage import open_storage
 from mnistkit.sweeps.tracked import tag_trial, tracks
-from mnistkit.sweeps.trials import counted, quiet_optuna
+from mnistkit.sweeps.trials import quiet_optuna
 
 
 def budget(sweep: Sweep) -> int:
@@ -93,10 +100,12 @@ def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(sweep: Sweep, url: str, *, create: bool, seed_offset: int = 0) -> optuna.Study:
+def open_study(
+    sweep: Sweep, url: str, *, create: bool, seed_offset: int = 0, storage: Any = None
+) -> optuna.Study:
     """The sweep's study (created on first use); refuses to mix a different search space into it."""
     quiet_optuna()
-    storage = open_storage(url, sweep.spec.heartbeat)
+    storage = storage or open_storage(url, sweep.spec.heartbeat)
     kwargs = {"sampler": make_sampler(sweep, seed_offset), "pruner": make_pruner(sweep)}
     if create:
         study = optuna.create_study(
@@ -136,9 +145,13 @@ def run_worker(
     refresh: Callable[[optuna.Study], None] = lambda study: None,
 ) -> WorkerOutcome:
     """Run trials until the study's budget is reached (or the timeout, or Ctrl-C)."""
-    study = open_study(sweep, url, create=False, seed_offset=0)
+    storage = open_storage(url, sweep.spec.heartbeat)
+    study = open_study(sweep, url, create=False, seed_offset=0, storage=storage)
     offset = 1000 * worker_index + len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(sweep, offset)
+    # What Optuna's optimize() sets for its loop: samplers and pruners may call study.stop()
+    # (the grid sampler when its grid is used up; the budget ends the loop here instead).
+    study._thread_local.in_optimize_loop = True
     objective = Objective(sweep, sweep_dir, data_dir, on_epoch=lambda: refresh(study))
     need = budget(sweep)
     hb = sweep.spec.heartbeat
@@ -149,18 +162,16 @@ def run_worker(
         while True:
             if sweep.spec.timeout is not None and time.monotonic() - start >= sweep.spec.timeout:
                 return WorkerOutcome("timeout", ran)
-            optuna.storages.fail_stale_trials(study)  # dead workers' trials → FAIL + a WAITING retry
-            trials = study.get_trials(deepcopy=False)
-            waiting = any(t.state == TrialState.WAITING for t in trials)
-            if len(counted(trials)) >= need and not waiting:
-                if not any(t.state == TrialState.RUNNING for t in trials):
-                    return WorkerOutcome("done", ran)
+            trial = claim(study, need, url, storage)
+            if trial == "done":
+                return WorkerOutcome("done", ran)
+            if trial == "wait":
                 refresh(study)
                 time.sleep(min(hb.interval, 2))  # wait: they finish, or go stale and are retried
                 continue
             objective.current = None
             try:
-                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=after)
+                run_trial(study, trial, objective, after)
             finally:
                 ran += objective.current is not None
                 refresh(study)
@@ -168,6 +179,45 @@ def run_worker(
         if objective.current is not None:
             requeue(study, objective.current)
         return WorkerOutcome("interrupted", ran)
+
+
+def run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    objective: Objective,
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]],
+) -> None:
+    """Run one claimed trial with its heartbeat and tell the study how it ended (Optuna's
+    ``_run_trial`` after its ``ask``). A failure the objective reports (TrialFailed) ends the
+    trial FAIL and the worker goes on; anything else (Ctrl-C) is told as FAIL and raised."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    state, value, raised = TrialState.COMPLETE, None, None
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except TrialFailed:
+            state = TrialState.FAIL
+        except (Exception, KeyboardInterrupt) as exc:
+            state, raised = TrialState.FAIL, exc
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # failed meanwhile
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state != state:
+        # Its heartbeat went stale (a machine so busy that the heartbeat thread stalled, or the
+        # storage unreachable for longer than the grace period): another worker failed it and
+        # queued its retry, which continues from this run directory's last checkpoint.
+        print(
+            f"trial {trial.number} was marked stale meanwhile ({frozen.state.name}); its retry continues it",
+            file=sys.stderr,
+            flush=True,
+        )
+    for cb in callbacks:
+        cb(study, frozen)
+    if raised is not None:
+        raise raised
 
 
 def requeue(study: optuna.Study, number: int) -> None:
