@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
+from mnistkit.recipe.docstrings import docstrings_as_descriptions
+
 PosInt = Annotated[StrictInt, Field(ge=1)]
 #: ``expect:``'s conditions by name; null (``--set expect=null``) means none.
 Expectations = Annotated[dict[str, str | int | float], BeforeValidator(lambda v: {} if v is None else v)]
@@ -22,15 +24,21 @@ Expectations = Annotated[dict[str, str | int | float], BeforeValidator(lambda v:
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, docstrings are documentation."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Field docstrings -> descriptions, before pydantic collects the fields (what pydantic's
+        # use_attribute_docstrings does, at a fraction of its start-up cost: recipe/docstrings.py).
+        docstrings_as_descriptions(cls)
+        super().__init_subclass__(**kwargs)
 
 
 class Normalize(Section):
     """Explicit normalization: x = (pixel/255 - mean) / std, one value per channel."""
 
-    mean: list[float] = Field(min_length=1)
+    mean: Annotated[list[float], Field(min_length=1)]
     """Per-channel mean of the [0, 1]-scaled inputs."""
-    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
     """Per-channel standard deviation (> 0)."""
 
 
@@ -129,7 +137,7 @@ class DataSection(Section):
 class ModelSection(Section):
     """The network: either the MLP shorthand (hidden + activation) or a list of layers."""
 
-    hidden: list[PosInt] | None = Field(default=None, min_length=1)
+    hidden: Annotated[list[PosInt] | None, Field(min_length=1)] = None
     """MLP shorthand: widths of the hidden layers; input size and class count come from the
     dataset. [512, 256, 128, 64] is the tutorial's 784-512-256-128-64-10 network."""
     activation: Any = "relu"
@@ -139,7 +147,7 @@ class ModelSection(Section):
     with nll, log_softmax is appended automatically."""
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     """MLP shorthand: dropout probability after every hidden activation."""
-    layers: list[Any] | None = Field(default=None, min_length=1)
+    layers: Annotated[list[Any] | None, Field(min_length=1)] = None
     """Explicit layer list, [{type: conv2d, out_channels: 32, kernel_size: 3}, ...]. Sizes that
     follow from the input (in_features, in_channels, input_size) are inferred."""
 
