@@ -33,6 +33,11 @@ class Section(BaseModel):
         super().__init_subclass__(**kwargs)
 
 
+#: For the three sections whose registry-backed keys the generated classes (recipe/schema) type:
+#: only those classes validate, so pydantic builds a validator for them, not for these bases.
+_BASE_OF_GENERATED = ConfigDict(defer_build=True)
+
+
 class Normalize(Section):
     """Explicit normalization: x = (pixel/255 - mean) / std, one value per channel."""
 
@@ -73,6 +78,8 @@ class ImageSpec(Section):
 
 class DataSection(Section):
     """Where the examples come from and how they are batched."""
+
+    model_config = _BASE_OF_GENERATED
 
     dataset: str
     """Registry name of the dataset (see `mnistkit list datasets`)."""
@@ -136,6 +143,8 @@ class DataSection(Section):
 
 class ModelSection(Section):
     """The network: either the MLP shorthand (hidden + activation) or a list of layers."""
+
+    model_config = _BASE_OF_GENERATED
 
     hidden: Annotated[list[PosInt] | None, Field(min_length=1)] = None
     """MLP shorthand: widths of the hidden layers; input size and class count come from the
@@ -257,6 +266,8 @@ class TrainSection(Section):
 
 class RecipeBase(Section):
     """One training run. Only `data` and `model` are required."""
+
+    model_config = _BASE_OF_GENERATED
 
     base: str | None = None
     """A recipe file this one builds on (path relative to this file): its keys are merged
