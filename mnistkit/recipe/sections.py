@@ -7,8 +7,8 @@ Registry-backed keys (``loss``, ``optimizer``, ``scheduler``, ``model.activation
 from the registries.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: pydantic would then evaluate every field's annotation
+# from its string (a compile each) when the classes are built at start-up.
 import re
 from typing import Annotated, Any, Literal
 
@@ -29,7 +29,9 @@ class Section(BaseModel):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Field docstrings -> descriptions, before pydantic collects the fields (what pydantic's
         # use_attribute_docstrings does, at a fraction of its start-up cost: recipe/docstrings.py).
-        docstrings_as_descriptions(cls)
+        # The classes generated from these (recipe/schema) give theirs in Field(description=...).
+        if cls.__module__ == __name__:
+            docstrings_as_descriptions(cls)
         super().__init_subclass__(**kwargs)
 
 
