@@ -7,8 +7,6 @@ Exit codes: 0 ok, 1 runtime failure (missing data, bad checkpoint), 2 invalid re
 4 a recipe's expectation missed (``expect:``), 130 interrupted by Ctrl-C.
 """
 
-from __future__ import annotations
-
 import json
 import sys
 from collections.abc import Callable
@@ -23,7 +21,7 @@ from mnistkit.recipe.resume import RESUMABLE
 from mnistkit.recipe.tracking import track_sets
 from mnistkit.training.threads import quiet_openmp
 
-_app = typer.Typer(
+_SETTINGS: dict[str, Any] = dict(
     name="mnistkit",
     help="Declarative PyTorch training: YAML recipes are validated, built from registries, trained.",
     add_completion=False,
@@ -31,6 +29,7 @@ _app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+_app = typer.Typer(**_SETTINGS)
 
 _state: dict[str, bool] = {"debug": False}
 
@@ -653,15 +652,15 @@ def _register_more() -> str | None:
     return None
 
 
+def _name(info: Any) -> str:
+    return info.name or (info.callback.__name__ if info.callback else "").replace("_", "-")
+
+
 _REGISTERED = False
 _BROKEN: str | None = None
 #: The commands defined in this module (run, validate, list, schema, fields, cache, ...).
 _OWN_COMMANDS = frozenset(
-    [
-        c.name or (c.callback.__name__ if c.callback else "").replace("_", "-")
-        for c in _app.registered_commands
-    ]
-    + [g.name or "" for g in _app.registered_groups]
+    [_name(c) for c in _app.registered_commands] + [g.name or "" for g in _app.registered_groups]
 )
 
 
@@ -678,6 +677,16 @@ def __getattr__(name: str) -> typer.Typer:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _only(command: str) -> typer.Typer:
+    """The CLI with only ``command`` (one of this module's): typer then builds the parser of the
+    command that runs, not of all of them (it reads every command's signature to do so)."""
+    one = typer.Typer(**_SETTINGS)
+    one.registered_callback = _app.registered_callback
+    one.registered_commands = [c for c in _app.registered_commands if _name(c) == command]
+    one.registered_groups = [g for g in _app.registered_groups if g.name == command]
+    return one
+
+
 def _command_named(argv: list[str]) -> str | None:
     """The command the command line names after the global options; None for none, or when
     anything else comes first (--help, --version, an unknown option): then all are registered."""
@@ -691,7 +700,9 @@ def _command_named(argv: list[str]) -> str | None:
 def main() -> None:
     # Before any command imports torch: its OpenMP threads sleep instead of spinning when idle.
     quiet_openmp()
-    broken = None if _command_named(sys.argv[1:]) in _OWN_COMMANDS else _register_more()
+    command = _command_named(sys.argv[1:])
+    own = command in _OWN_COMMANDS
+    broken = None if own else _register_more()
     if broken is not None:
         _stderr().print(
             f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs, "
@@ -701,7 +712,7 @@ def main() -> None:
         raise SystemExit(1)
     NoArgsIsHelpError, _, UsageError = _parser_errors()
     try:
-        code = _app(standalone_mode=False)
+        code = (_only(command) if own and command else _app)(standalone_mode=False)
     except NoArgsIsHelpError as exc:  # `mnistkit` or a command without its arguments: the help
         print(exc.ctx.get_help() if exc.ctx else str(exc))
         raise SystemExit(exc.exit_code) from None
