@@ -7,8 +7,6 @@ Exit codes: 0 ok, 1 runtime failure (missing data, bad checkpoint), 2 invalid re
 4 a recipe's expectation missed (``expect:``), 130 interrupted by Ctrl-C.
 """
 
-from __future__ import annotations
-
 import json
 import sys
 from collections.abc import Callable
@@ -23,7 +21,7 @@ from mnistkit.recipe.resume import RESUMABLE
 from mnistkit.recipe.tracking import track_sets
 from mnistkit.training.threads import quiet_openmp
 
-app = typer.Typer(
+_SETTINGS: dict[str, Any] = dict(
     name="mnistkit",
     help="Declarative PyTorch training: YAML recipes are validated, built from registries, trained.",
     add_completion=False,
@@ -31,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+_app = typer.Typer(**_SETTINGS)
 
 _state: dict[str, bool] = {"debug": False}
 
@@ -137,7 +136,7 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
+@_app.callback()
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for unexpected errors.")] = False,
     version: Annotated[
@@ -150,7 +149,7 @@ def main_options(
     _state["debug"] = debug
 
 
-@app.command()
+@_app.command()
 def run(
     recipe: Annotated[
         Path | None, typer.Argument(help="Recipe YAML file.", show_default=False, metavar="RECIPE")
@@ -366,7 +365,7 @@ def _problem_for_set(ov: str, key: str) -> Any:
     )
 
 
-@app.command()
+@_app.command()
 def validate(
     recipes: Annotated[
         list[Path], typer.Argument(help="Recipe files to check.", show_default=False, metavar="RECIPE")
@@ -433,7 +432,7 @@ def _validate_sweep(path: Path, overrides: list[str]) -> None:
 LIST_KINDS = ("activations", "losses", "optimizers", "schedulers", "datasets", "layers")
 
 
-@app.command("list")
+@_app.command("list")
 def list_(
     kind: Annotated[
         str | None,
@@ -524,7 +523,7 @@ def _usage(msg: str, hint: str = "") -> Any:
     return Problem("usage", "", msg, hint)
 
 
-@app.command()
+@_app.command()
 def schema() -> None:
     """Print the recipe JSON Schema (for editor autocompletion: yaml-language-server)."""
 
@@ -536,7 +535,7 @@ def schema() -> None:
     guarded(body)
 
 
-@app.command()
+@_app.command()
 def fields() -> None:
     """Every recipe key with its type, default and documentation (what --set accepts)."""
 
@@ -548,7 +547,7 @@ def fields() -> None:
     guarded(body)
 
 
-@app.command()
+@_app.command()
 def show(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False, metavar="RECIPE")],
     set_: SetOpt = None,
@@ -571,7 +570,7 @@ cache_app = typer.Typer(
     help="See and clear the per-user cache (downloads, decoded features and images).",
     no_args_is_help=False,
 )
-app.add_typer(cache_app, name="cache")
+_app.add_typer(cache_app, name="cache")
 
 
 @cache_app.callback(invoke_without_command=True)
@@ -624,6 +623,10 @@ def _register_more() -> str | None:
     A broken install must not make ``eval``, ``predict``, ``runs``, ``compare`` and ``export`` vanish from
     the CLI without a word: :func:`main` reports it and exits 1.
     """
+    global _REGISTERED, _BROKEN
+    if _REGISTERED:
+        return _BROKEN
+    _REGISTERED = True
     try:
         from mnistkit.cli import (
             check_command,
@@ -636,34 +639,80 @@ def _register_more() -> str | None:
         )
         from mnistkit.sweeps import cli as sweep_commands
     except ImportError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    run_commands.register(app, guarded)
-    export_command.register(app, guarded)
-    serve_command.register(app, guarded)
-    data_command.register(app, guarded)
-    check_command.register(app, guarded)
-    track_command.register(app, guarded)
-    sweep_commands.register(app, guarded)
-    report_command.register(app, guarded)
+        _BROKEN = f"{type(exc).__name__}: {exc}"
+        return _BROKEN
+    run_commands.register(_app, guarded)
+    export_command.register(_app, guarded)
+    serve_command.register(_app, guarded)
+    data_command.register(_app, guarded)
+    check_command.register(_app, guarded)
+    track_command.register(_app, guarded)
+    sweep_commands.register(_app, guarded)
+    report_command.register(_app, guarded)
     return None
 
 
-_BROKEN = _register_more()
+def _name(info: Any) -> str:
+    return info.name or (info.callback.__name__ if info.callback else "").replace("_", "-")
+
+
+_REGISTERED = False
+_BROKEN: str | None = None
+#: The commands defined in this module (run, validate, list, schema, fields, cache, ...).
+_OWN_COMMANDS = frozenset(
+    [_name(c) for c in _app.registered_commands] + [g.name or "" for g in _app.registered_groups]
+)
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``app``: the whole CLI, every command registered (what tests and tools import).
+
+    The console script (:func:`main`) imports the modules of the other commands (runs, sweep,
+    serve, export, ...) only when the command line may need them: ``mnistkit validate`` and
+    ``mnistkit run`` start without them (issue 18: start-up time, docs/performance.md).
+    """
+    if name == "app":
+        _register_more()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _only(command: str) -> typer.Typer:
+    """The CLI with only ``command`` (one of this module's): typer then builds the parser of the
+    command that runs, not of all of them (it reads every command's signature to do so)."""
+    one = typer.Typer(**_SETTINGS)
+    one.registered_callback = _app.registered_callback
+    one.registered_commands = [c for c in _app.registered_commands if _name(c) == command]
+    one.registered_groups = [g for g in _app.registered_groups if g.name == command]
+    return one
+
+
+def _command_named(argv: list[str]) -> str | None:
+    """The command the command line names after the global options; None for none, or when
+    anything else comes first (--help, --version, an unknown option): then all are registered."""
+    for arg in argv:
+        if arg == "--debug":
+            continue
+        return None if arg.startswith("-") else arg
+    return None
 
 
 def main() -> None:
     # Before any command imports torch: its OpenMP threads sleep instead of spinning when idle.
     quiet_openmp()
-    if _BROKEN is not None:
+    command = _command_named(sys.argv[1:])
+    own = command in _OWN_COMMANDS
+    broken = None if own else _register_more()
+    if broken is not None:
         _stderr().print(
             f"[bold red]error:[/] mnistkit is not installed completely: the commands eval, predict, runs, "
-            f"compare, export, serve, sweep, check, track and report could not be loaded ({_esc(_BROKEN)})\n"
+            f"compare, export, serve, sweep, check, track and report could not be loaded ({_esc(broken)})\n"
             "    reinstall: pip install -e . (or rerun make setup)"
         )
         raise SystemExit(1)
     NoArgsIsHelpError, _, UsageError = _parser_errors()
     try:
-        code = app(standalone_mode=False)
+        code = (_only(command) if own and command else _app)(standalone_mode=False)
     except NoArgsIsHelpError as exc:  # `mnistkit` or a command without its arguments: the help
         print(exc.ctx.get_help() if exc.ctx else str(exc))
         raise SystemExit(exc.exit_code) from None

@@ -7,12 +7,14 @@ Registry-backed keys (``loss``, ``optimizer``, ``scheduler``, ``model.activation
 from the registries.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: pydantic would then evaluate every field's annotation
+# from its string (a compile each) when the classes are built at start-up.
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator
+
+from mnistkit.recipe.docstrings import docstrings_as_descriptions
 
 PosInt = Annotated[StrictInt, Field(ge=1)]
 #: ``expect:``'s conditions by name; null (``--set expect=null``) means none.
@@ -22,15 +24,28 @@ Expectations = Annotated[dict[str, str | int | float], BeforeValidator(lambda v:
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, docstrings are documentation."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Field docstrings -> descriptions, before pydantic collects the fields (what pydantic's
+        # use_attribute_docstrings does, at a fraction of its start-up cost: recipe/docstrings.py).
+        # The classes generated from these (recipe/schema) give theirs in Field(description=...).
+        if cls.__module__ == __name__:
+            docstrings_as_descriptions(cls)
+        super().__init_subclass__(**kwargs)
+
+
+#: For the three sections whose registry-backed keys the generated classes (recipe/schema) type:
+#: only those classes validate, so pydantic builds a validator for them, not for these bases.
+_BASE_OF_GENERATED = ConfigDict(defer_build=True)
 
 
 class Normalize(Section):
     """Explicit normalization: x = (pixel/255 - mean) / std, one value per channel."""
 
-    mean: list[float] = Field(min_length=1)
+    mean: Annotated[list[float], Field(min_length=1)]
     """Per-channel mean of the [0, 1]-scaled inputs."""
-    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
     """Per-channel standard deviation (> 0)."""
 
 
@@ -65,6 +80,8 @@ class ImageSpec(Section):
 
 class DataSection(Section):
     """Where the examples come from and how they are batched."""
+
+    model_config = _BASE_OF_GENERATED
 
     dataset: str
     """Registry name of the dataset (see `mnistkit list datasets`)."""
@@ -129,7 +146,9 @@ class DataSection(Section):
 class ModelSection(Section):
     """The network: either the MLP shorthand (hidden + activation) or a list of layers."""
 
-    hidden: list[PosInt] | None = Field(default=None, min_length=1)
+    model_config = _BASE_OF_GENERATED
+
+    hidden: Annotated[list[PosInt] | None, Field(min_length=1)] = None
     """MLP shorthand: widths of the hidden layers; input size and class count come from the
     dataset. [512, 256, 128, 64] is the tutorial's 784-512-256-128-64-10 network."""
     activation: Any = "relu"
@@ -139,7 +158,7 @@ class ModelSection(Section):
     with nll, log_softmax is appended automatically."""
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     """MLP shorthand: dropout probability after every hidden activation."""
-    layers: list[Any] | None = Field(default=None, min_length=1)
+    layers: Annotated[list[Any] | None, Field(min_length=1)] = None
     """Explicit layer list, [{type: conv2d, out_channels: 32, kernel_size: 3}, ...]. Sizes that
     follow from the input (in_features, in_channels, input_size) are inferred."""
 
@@ -249,6 +268,8 @@ class TrainSection(Section):
 
 class RecipeBase(Section):
     """One training run. Only `data` and `model` are required."""
+
+    model_config = _BASE_OF_GENERATED
 
     base: str | None = None
     """A recipe file this one builds on (path relative to this file): its keys are merged

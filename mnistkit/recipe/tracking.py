@@ -4,10 +4,13 @@ importing them: ``validate`` never imports mlflow or torch)."""
 from __future__ import annotations
 
 import importlib.util
+from typing import TYPE_CHECKING
 
 from mnistkit.errors import Problem, set_hint
-from mnistkit.recipe.sections import RecipeBase, TrainSection
-from mnistkit.recipe.yamlio import Located
+
+if TYPE_CHECKING:  # for annotations only: `mnistkit --help` imports this module, not pydantic's models
+    from mnistkit.recipe.sections import RecipeBase, TrainSection
+    from mnistkit.recipe.yamlio import Located
 
 MLFLOW_INSTALL = "pip install 'mnistkit[mlflow]'"
 

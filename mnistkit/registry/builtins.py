@@ -195,7 +195,7 @@ _SCHEDULERS: list[tuple[str, str, str, dict[str, Param]]] = [
 
 
 # --- datasets ---------------------------------------------------------------------------------
-# `reads`: the optional data keys (DATASET_OPTIONS in recipe/schema.py) the loader uses; a key it does
+# `reads`: the optional data keys (DATASET_OPTIONS in recipe/schema/_checks.py) the loader uses; a key it does
 # not read is an error in a recipe rather than silently ignored.
 _MNIST_LIKE = {"shape": (1, 28, 28), "num_classes": 10, "kind": "image", "reads": ()}
 _DATASETS: list[tuple[str, str, str, dict[str, object]]] = [
