@@ -40,7 +40,7 @@ from mnistkit.data.batches import Prepared, num_batches, prepare
 from mnistkit.data.check import leak_warning, short_form, write_json
 from mnistkit.data.loading import SharedData, check_dataset, data_info, load_dataset
 from mnistkit.data.types import LoadedData
-from mnistkit.errors import PeerStopped, RecipeError, RunError, set_hint
+from mnistkit.errors import RecipeError, RunError, set_hint
 from mnistkit.fsutil import atomic_write_text
 from mnistkit.layers.shapes import ShapeError
 from mnistkit.recipe.expect import Outcome, evaluate, summary_lines
@@ -135,10 +135,10 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
             session.interrupted()
         raise
     except RuntimeError as exc:  # gloo/nccl report a dead peer as a RuntimeError subclass
-        why = distributed.peer_failure(exc, ctx.lost_peer(exc)) if ctx.distributed else None
-        if why is None:
+        stopped = ctx.peer_stopped(exc)
+        if stopped is None:
             raise
-        raise PeerStopped(why) from None
+        raise stopped from None
     finally:
         session.close_trackers()  # failed or interrupted: status.json says which
         ctx.close(finished)
@@ -540,8 +540,12 @@ class Session:
                 )
             raise  # run() says what was saved (interrupted)
         except BaseException as exc:
+            stopped = ctx.peer_stopped(exc)  # another process died: say which, if it can be told
             if ctx.is_main:
-                run.write_status(status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}")
+                error = str(stopped) if stopped else f"{type(exc).__name__}: {exc}"
+                run.write_status(status="failed", ended=time.time(), error=error)
+            if stopped is not None:
+                raise stopped from None
             raise
         finally:
             reporter.stop()

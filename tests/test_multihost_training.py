@@ -19,6 +19,8 @@ worker go on.
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -37,7 +39,8 @@ from mnistkit.runs.directory import RunDir
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[1]
-STOP_AT = {"MNISTKIT_KILL_AT": "2:5:STOP", "MNISTKIT_HOOK_RANK": "1"}
+MNISTKIT = [sys.executable, "-m", "mnistkit"]
+STOPPED = "MNISTKIT_KILL_AT: signal"  # the test hook, about to stop B's worker
 
 
 class Job:
@@ -124,13 +127,13 @@ def _model(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "last.pt", weights_only=True)["model"]
 
 
-def _stopped(job: Job) -> None:
-    """Wait until B's worker has stopped itself (the SIGSTOP hook)."""
-    job.wait_for("MNISTKIT_KILL_AT: signal")
+def _no_mnistkit_traceback(output: str) -> None:
+    """mnistkit's own processes end with a message, not a traceback (torchrun's report of its
+    failed worker is torchrun's)."""
+    assert f'File "{REPO / "mnistkit"}' not in output, output
 
 
-@pytest.fixture(scope="module")
-def hosts() -> Iterator[netns.TwoHosts]:
+def _pair() -> Iterator[netns.TwoHosts]:
     why = netns.why_not_available()
     if why:
         pytest.skip(why)
@@ -138,10 +141,54 @@ def hosts() -> Iterator[netns.TwoHosts]:
         yield pair
 
 
+# A pair of hosts per fault: kill -9 on B kills every process there, and pulling B's cable cuts
+# off everything between A and B, so each fault has its own pair and the other jobs run meanwhile.
+hosts = pytest.fixture(scope="module")(_pair)
+kill_hosts = pytest.fixture(scope="module")(_pair)
+cable_hosts = pytest.fixture(scope="module")(_pair)
+
+
+def _make_fault(pair: netns.TwoHosts, name: str) -> float:
+    """B's worker has stopped itself: kill everything on B (``kill``), or pull B's cable and let
+    its worker go on (``cable``). Returns when the fault was made."""
+    if name == "cable":
+        pair.b.link(False)
+        fault = time.monotonic()
+        pair.b.kill_all(signal.SIGCONT)  # B's worker goes on, cut off from A
+        return fault
+    pair.b.kill_all(signal.SIGKILL)
+    return time.monotonic()
+
+
+def _wait_for_stops(jobs: dict[str, tuple[netns.TwoHosts, Job]]) -> dict[str, float]:
+    """Make each job's fault as soon as its worker on B has stopped itself (within 10 s, or A
+    would already have given B up for lost); returns when each fault was made."""
+    made: dict[str, float] = {}
+    deadline = time.monotonic() + 240
+    while len(made) < len(jobs) and time.monotonic() < deadline:
+        for name, (pair, job) in jobs.items():
+            if name in made:
+                continue
+            if any(STOPPED in line for _, line in list(job.b.lines)):  # type: ignore[attr-defined]
+                made[name] = _make_fault(pair, name)
+            elif job.proc.poll() is not None or job.b.proc.poll() is not None:  # type: ignore[attr-defined]
+                raise AssertionError(f"{name}: ended before the fault\n{job.output}\n{job.b.output}")  # type: ignore[attr-defined]
+        time.sleep(0.02)
+    assert len(made) == len(jobs), "the workers on B never stopped"
+    return made
+
+
 @pytest.fixture(scope="module")
-def jobs(hosts: netns.TwoHosts, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The uninterrupted 2-host run, the same recipe in one process, and a 2-host run that B's
-    worker stops in epoch 2 (its fault is made by the tests below), started together."""
+def jobs(
+    hosts: netns.TwoHosts,
+    kill_hosts: netns.TwoHosts,
+    cable_hosts: netns.TwoHosts,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
+    """Everything at once, so that the start-ups overlap: the uninterrupted 2-host run, the same
+    recipe in one process, and two 2-host runs whose worker on B stops itself in epoch 2, step 5
+    (after epoch 1's checkpoint): one gets kill -9 on B, the other B's cable pulled. After the
+    kill, the run is resumed on two hosts and (a copy) on one, while the cable fault plays out."""
     root = tmp_path_factory.mktemp("multihost")
     recipe = root / "recipe.yaml"
     recipe.write_text(RECIPE, encoding="utf-8")
@@ -149,22 +196,57 @@ def jobs(hosts: netns.TwoHosts, tmp_path_factory: pytest.TempPathFactory) -> dic
     for pair in folders.values():
         for folder in pair:
             folder.mkdir()
-    one = root / "one"
-    out: dict[str, Any] = {"root": root, "recipe": recipe, "folders": folders}
+    one_dir = root / "one"
+    out: dict[str, Any] = {"root": root, "folders": folders, "one_dir": one_dir}
     out["two"] = on_both(hosts, 29611, folders["two"], recipe)
-    out["one"] = Job(hosts.a, [sys.executable, "-m", "mnistkit", "run", str(recipe), "--out", str(one)], root)
-    code, _ = out["one"].finish()
-    assert code == 0, out["one"].output
-    out["one_dir"] = one
-    for job in (out["two"], out["two"].b):
+    out["one"] = Job(
+        hosts.a, [sys.executable, "-m", "mnistkit", "run", str(recipe), "--out", str(one_dir)], root
+    )
+    faulty = {
+        "kill": (
+            kill_hosts,
+            on_both(kill_hosts, 29612, folders["kill"], recipe, MNISTKIT_KILL_AT="2:5:STOP"),
+        ),
+        "cable": (
+            cable_hosts,
+            on_both(cable_hosts, 29613, folders["cable"], recipe, MNISTKIT_KILL_AT="2:5:STOP"),
+        ),
+    }
+    made = _wait_for_stops(faulty)
+    for name, (_, job) in faulty.items():
+        out[name] = {"job": job, "b_dir": folders[name][1]}
+    # kill -9: A ends; resume (on two hosts, and a copy on one) while the cable fault plays out.
+    kill = out["kill"]
+    code, ended = kill["job"].finish()
+    kill.update(code=code, after=ended - made["kill"], run=_one_run(folders["kill"][0]))
+    kill["job"].b.finish(timeout=30)
+    kill["copy"] = root / "kill-copy"
+    shutil.copytree(kill["run"], kill["copy"])
+    kill["status"] = RunDir(kill["run"]).read_status()
+    kill["ckpt"] = torch.load(kill["run"] / "last.pt", weights_only=True)
+    kill["rows"] = RunDir(kill["run"]).read_metrics()
+    kill["again"] = on_both(kill_hosts, 29614, folders["kill"], "--resume", kill["run"])
+    kill["one"] = Job(kill_hosts.a, [*MNISTKIT, "run", "--resume", str(kill["copy"])], root)
+    # The pulled cable: A ends; B's worker (cut off, not killed) finds A gone too.
+    cable = out["cable"]
+    code, ended = cable["job"].finish()
+    cable.update(code=code, after=ended - made["cable"], run=_one_run(folders["cable"][0]))
+    try:
+        cable["b_after"] = cable["job"].b.wait_for("lost node", timeout=30) - made["cable"]
+    finally:
+        cable_hosts.b.kill_all(signal.SIGKILL)  # its torchrun agent would wait much longer
+        cable["job"].b.finish(timeout=30)
+    cable["status"] = RunDir(cable["run"]).read_status()
+    cable["ckpt"] = torch.load(cable["run"] / "last.pt", weights_only=True)
+    cable["rows"] = RunDir(cable["run"]).read_metrics()
+    for job in (out["one"], out["two"], out["two"].b, kill["again"], kill["again"].b, kill["one"]):
         code, _ = job.finish()
         assert code == 0, job.output
     return out
 
 
 def test_two_hosts_match_one_process(jobs: dict[str, Any]) -> None:
-    two_a, two_b = jobs["folders"]["two"]
-    run_dir = _one_run(two_a)
+    run_dir = _one_run(jobs["folders"]["two"][0])
     one, two = _model(jobs["one_dir"]), _model(run_dir)
     worst = max(float((two[k] - one[k]).abs().max()) for k in one)
     for key in one:
@@ -178,9 +260,7 @@ def test_two_hosts_match_one_process(jobs: dict[str, Any]) -> None:
         for key in ("train_loss", "val_loss", "test_loss"):
             assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
             loss_rel = max(loss_rel, abs(r2[key] - r1[key]) / abs(r1[key]))
-    print(
-        f"\n2 hosts vs 1 process: largest parameter difference {worst:.2e}, largest loss rel. {loss_rel:.2e}"
-    )
+    print(f"\n2 hosts vs 1 process: largest parameter difference {worst:.1e}, loss rel. {loss_rel:.1e}")
     assert SPLIT_SIZES in jobs["two"].output
 
 
@@ -200,3 +280,58 @@ def test_one_run_directory_on_a_and_env_records_both_hosts(
     # Both names resolve to loopback on their own host (127.0.1.1): mnistkit chose the interface.
     assert env["interface"] == {"name": hosts.a.ifname, "chosen_by": "mnistkit"}
     assert "2 processes (gloo) on 2 machine(s)" in jobs["two"].output
+
+
+def _check_lost(fault: dict[str, Any]) -> None:
+    job = fault["job"]
+    assert fault["code"] != 0, job.output
+    assert fault["after"] < 30, job.output
+    assert "error: (rank 0) lost node host-b (10.231.0.2, rank 1)" in job.output, job.output
+    _no_mnistkit_traceback(job.output)
+    assert (fault["ckpt"]["epoch"], fault["ckpt"]["step"]) == (1, 0)  # loads; the end of epoch 1
+    assert [r["epoch"] for r in fault["rows"]] == [1]
+    assert fault["status"]["status"] == "failed", fault["status"]
+    assert "lost node host-b" in fault["status"]["error"], fault["status"]
+    assert list(fault["b_dir"].iterdir()) == []
+
+
+def test_node_killed_ends_the_job_naming_it(jobs: dict[str, Any]) -> None:
+    _check_lost(jobs["kill"])
+    assert "the connection to it closed" in jobs["kill"]["job"].output
+    print(f"\nkill -9 on host B: the job on A ended {jobs['kill']['after']:.1f} s later")
+
+
+def test_cable_pulled_ends_the_job_on_both_sides(jobs: dict[str, Any]) -> None:
+    cable = jobs["cable"]
+    _check_lost(cable)
+    assert "no heartbeat for 10 s" in cable["job"].output
+    b_output = cable["job"].b.output
+    assert "error: (rank 1) lost node host-a (10.231.0.1, rank 0)" in b_output, b_output
+    _no_mnistkit_traceback(b_output)
+    assert cable["b_after"] < 30
+    print(
+        f"\nB's cable pulled: A's job ended {cable['after']:.1f} s later, B's worker {cable['b_after']:.1f} s"
+    )
+
+
+def test_resume_after_a_lost_node_on_two_hosts_and_on_one(jobs: dict[str, Any]) -> None:
+    kill = jobs["kill"]
+    uninterrupted = _one_run(jobs["folders"]["two"][0])
+    # Two hosts again: exactly the uninterrupted run (B reads the run directory at the same path,
+    # as on a shared filesystem; it writes nothing).
+    assert _columns(kill["run"]) == _columns(uninterrupted)
+    for key, value in _model(uninterrupted).items():
+        assert torch.equal(_model(kill["run"])[key], value), key
+    assert list(kill["b_dir"].iterdir()) == []
+    # One process: continues with a note; the same global batch, so the run one process would
+    # have trained (up to floating-point rounding).
+    output = kill["one"].output
+    assert "the number of processes changed from 2 to 1" in output, output
+    assert "the global batch (data.batch_size 63)" in output, output
+    rows = RunDir(kill["copy"]).read_metrics()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r1, r2 in zip(RunDir(jobs["one_dir"]).read_metrics(), rows, strict=True):
+        for key in ("train_acc", "val_acc", "test_acc", "lr"):
+            assert r2[key] == r1[key], key
+        for key in ("train_loss", "val_loss", "test_loss"):
+            assert r2[key] == pytest.approx(r1[key], rel=1e-5), key

@@ -180,6 +180,13 @@ class Context:
         elif self.heartbeat is not None:
             self.heartbeat.stop()
 
+    def peer_stopped(self, exc: BaseException) -> PeerStopped | None:
+        """``exc`` as this process stopping because another one died (None: something else)."""
+        if not self.distributed or not isinstance(exc, RuntimeError):
+            return None
+        why = peer_failure(exc, self.lost_peer(exc))
+        return PeerStopped(why) if why else None
+
     def lost_peer(self, exc: BaseException) -> str | None:
         """Which node a collective's failure lost, when gloo's message names its address
         (``Connection closed by peer [10.231.0.2]:4321``)."""

@@ -158,10 +158,14 @@ class Heartbeat:
             raise RunError(f"${LOST_ENV}={value!r}: expected a number of seconds") from None
         self.on_lost: Callable[[str], None] | None = None
         self._stop = threading.Event()
+        start = time.monotonic()
+        self._answered = start
+        self._seen = {r: start for r in range(world) if r != rank}
         self._thread = threading.Thread(target=self._watch, name="mnistkit-heartbeat", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        threading.Thread(target=self._judge, name="mnistkit-heartbeat-watch", daemon=True).start()
 
     def stop(self) -> None:
         """Stop watching (the job ends normally, or this process fails by itself)."""
@@ -171,6 +175,9 @@ class Heartbeat:
         return f"mnistkit/heartbeat/{rank}"
 
     def _watch(self) -> None:
+        """Beat, and read the others' beats: ``self._seen[r]`` is when rank r's count last
+        moved, ``self._answered`` when the store last answered. A store op on a link that is
+        down can block past the store's own timeout, so another thread judges (:meth:`_judge`)."""
         import torch.distributed as tdist
 
         try:
@@ -182,28 +189,33 @@ class Heartbeat:
                 wait_for_workers=False,
             )
         except Exception:  # noqa: BLE001 - no watch then; the collectives' timeout still ends it
+            self._stop.set()
             return
-        others = [r for r in range(self.world) if r != self.rank]
-        last = {r: -1 for r in others}
-        since = {r: time.monotonic() for r in others}
+        last: dict[int, int] = {}
         while not self._stop.wait(BEAT_S):
             try:
                 store.add(self._key(self.rank), 1)
-                values = {r: store.add(self._key(r), 0) for r in others}
-            except Exception:  # noqa: BLE001 - the store's host is gone or unreachable
-                if not self._stop.is_set():
-                    self._lost([0], f"its job store at {self.master}:{self.port} did not answer")
-                return
+                values = {r: store.add(self._key(r), 0) for r in self._seen}
+            except Exception:  # noqa: BLE001 - judged by _judge: the store stops answering
+                continue
             now = time.monotonic()
+            self._answered = now
             for r, v in values.items():
-                if v != last[r]:
-                    last[r], since[r] = v, now
-            lost = [r for r in others if now - since[r] > self.lost_after]
-            if lost and not self._stop.is_set():
+                if last.get(r) != v:
+                    last[r], self._seen[r] = v, now
+
+    def _judge(self) -> None:
+        while not self._stop.wait(BEAT_S / 2):
+            now = time.monotonic()
+            if now - self._answered > self.lost_after:
+                self._lost([0], f"its job store at {self.master}:{self.port} did not answer")
+            lost = [r for r, t in self._seen.items() if now - t > self.lost_after]
+            if lost:
                 self._lost(lost, "no heartbeat")
-                return
 
     def _lost(self, ranks: list[int], how: str) -> None:
+        if self._stop.is_set():  # the job ended normally meanwhile
+            return
         message = (
             f"lost node {describe(self.nodes, ranks)}: {how} for {self.lost_after:.0f} s "
             "(its process was killed or its network is down); the last checkpoint is kept, "
