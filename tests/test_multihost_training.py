@@ -39,6 +39,7 @@ from mnistkit.runs.directory import RunDir
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[1]
+LONELY_JOIN_TIMEOUT_S = 15  # how long A waits for a host B that never starts (default: 600 s)
 MNISTKIT = [sys.executable, "-m", "mnistkit"]
 STOPPED = "MNISTKIT_KILL_AT: signal"  # the test hook, about to stop B's worker
 
@@ -87,7 +88,7 @@ class Job:
         return "".join(line for _, line in self.lines)
 
 
-def torchrun(host: netns.Host, port: int, cwd: Path, *args: Any, **env: str) -> Job:
+def torchrun(host: netns.Host, port: int, cwd: Path, *args: Any, join_timeout: int = 60, **env: str) -> Job:
     argv = [
         sys.executable,
         "-m",
@@ -97,6 +98,7 @@ def torchrun(host: netns.Host, port: int, cwd: Path, *args: Any, **env: str) -> 
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint=host-a:{port}",
         f"--rdzv-id=job{port}",
+        f"--rdzv-conf=join_timeout={join_timeout}",  # as docs/distributed.md says to
         "-m",
         "mnistkit",
         "run",
@@ -212,6 +214,9 @@ def jobs(
             on_both(cable_hosts, 29613, folders["cable"], recipe, MNISTKIT_KILL_AT="2:5:STOP"),
         ),
     }
+    # Host B never starts: A's torchrun gives up after the join timeout.
+    out["lonely"] = torchrun(hosts.a, 29615, folders["two"][0], recipe, join_timeout=LONELY_JOIN_TIMEOUT_S)
+    out["lonely_started"] = time.monotonic()
     made = _wait_for_stops(faulty)
     for name, (_, job) in faulty.items():
         out[name] = {"job": job, "b_dir": folders[name][1]}
@@ -219,6 +224,7 @@ def jobs(
     kill = out["kill"]
     code, ended = kill["job"].finish()
     kill.update(code=code, after=ended - made["kill"], run=_one_run(folders["kill"][0]))
+    kill["said"] = kill["job"].wait_for("lost node", timeout=1) - made["kill"]
     kill["job"].b.finish(timeout=30)
     kill["copy"] = root / "kill-copy"
     shutil.copytree(kill["run"], kill["copy"])
@@ -231,6 +237,7 @@ def jobs(
     cable = out["cable"]
     code, ended = cable["job"].finish()
     cable.update(code=code, after=ended - made["cable"], run=_one_run(folders["cable"][0]))
+    cable["said"] = cable["job"].wait_for("lost node", timeout=1) - made["cable"]
     try:
         cable["b_after"] = cable["job"].b.wait_for("lost node", timeout=30) - made["cable"]
     finally:
@@ -242,6 +249,8 @@ def jobs(
     for job in (out["one"], out["two"], out["two"].b, kill["again"], kill["again"].b, kill["one"]):
         code, _ = job.finish()
         assert code == 0, job.output
+    code, ended = out["lonely"].finish()
+    out["lonely_after"] = (code, ended - out["lonely_started"])
     return out
 
 
@@ -298,7 +307,8 @@ def _check_lost(fault: dict[str, Any]) -> None:
 def test_node_killed_ends_the_job_naming_it(jobs: dict[str, Any]) -> None:
     _check_lost(jobs["kill"])
     assert "the connection to it closed" in jobs["kill"]["job"].output
-    print(f"\nkill -9 on host B: the job on A ended {jobs['kill']['after']:.1f} s later")
+    kill = jobs["kill"]
+    print(f"\nkill -9 on B: A said so after {kill['said']:.1f} s, its job ended after {kill['after']:.1f} s")
 
 
 def test_cable_pulled_ends_the_job_on_both_sides(jobs: dict[str, Any]) -> None:
@@ -310,7 +320,8 @@ def test_cable_pulled_ends_the_job_on_both_sides(jobs: dict[str, Any]) -> None:
     _no_mnistkit_traceback(b_output)
     assert cable["b_after"] < 30
     print(
-        f"\nB's cable pulled: A's job ended {cable['after']:.1f} s later, B's worker {cable['b_after']:.1f} s"
+        f"\nB's cable pulled: A said so after {cable['said']:.1f} s, its job ended after "
+        f"{cable['after']:.1f} s; B's worker said so after {cable['b_after']:.1f} s"
     )
 
 
@@ -335,3 +346,12 @@ def test_resume_after_a_lost_node_on_two_hosts_and_on_one(jobs: dict[str, Any]) 
             assert r2[key] == r1[key], key
         for key in ("train_loss", "val_loss", "test_loss"):
             assert r2[key] == pytest.approx(r1[key], rel=1e-5), key
+
+
+def test_host_b_never_starts_the_rendezvous_ends_after_join_timeout(jobs: dict[str, Any]) -> None:
+    code, after = jobs["lonely_after"]
+    output = jobs["lonely"].output
+    assert code != 0, output
+    assert LONELY_JOIN_TIMEOUT_S <= after < LONELY_JOIN_TIMEOUT_S + 30, output
+    assert "RendezvousTimeoutError" in output  # torchrun's: mnistkit has not started yet
+    print(f"\nhost B never started: A's torchrun gave up after {after:.1f} s")
