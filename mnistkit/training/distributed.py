@@ -314,7 +314,14 @@ def _wait_for_endpoint(host: str, port: int, rank: int) -> None:
 def _join_error(where: str, rank: int, exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     low = text.lower()
-    if "address already in use" in low or "eaddrinuse" in low:
+    if "connectfullmesh" in low:  # the store answered, but the processes could not connect
+        what = "the processes could not connect to each other (gloo)"
+        fix = (
+            "a host name that resolves to loopback (127.0.1.1 in /etc/hosts) makes gloo listen "
+            f"there: set {nodes_mod.IFNAME_ENV}=INTERFACE on every machine; and check that no "
+            "firewall blocks the ports between the machines"
+        )
+    elif "address already in use" in low or "eaddrinuse" in low:
         what = f"port {where.rpartition(':')[2]} is already in use on this machine"
         fix = "choose another port (--master-port / --rdzv-endpoint), or stop the job using it"
     elif "timed out" in low or "timeout" in low or "refused" in low or "unreachable" in low:
