@@ -30,6 +30,7 @@ import os
 import socket
 import struct
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -227,7 +228,7 @@ class Heartbeat:
             except Exception:  # noqa: BLE001 - the message and the exit matter more
                 pass
         tag = f" (rank {self.rank})" if self.world > 1 else ""
-        sys.stderr.write(f"error:{tag} {message}\n")
+        sys.stderr.write(textwrap.fill(f"error:{tag} {message}", 80) + "\n")  # as the CLI's errors
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(PeerStopped.exit_code)
