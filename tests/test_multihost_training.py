@@ -379,3 +379,38 @@ def test_host_b_never_starts_the_rendezvous_ends_after_join_timeout(jobs: dict[s
     assert LONELY_JOIN_TIMEOUT_S <= after < LONELY_JOIN_TIMEOUT_S + 60, output
     assert "RendezvousTimeoutError" in output  # torchrun's: mnistkit has not started yet
     print(f"\nhost B never started: A's torchrun gave up after {after:.1f} s")
+
+
+# -- which interface gloo listens on (training/nodes.py), without training: one Python call per
+# -- host, on a pair of its own where host A has a second interface.
+CHOOSE = "from mnistkit.training.nodes import choose_interface as c; print(c('host-a', True))"
+
+
+@pytest.fixture(scope="module")
+def two_nics() -> Iterator[netns.TwoHosts]:
+    yield from _pair()
+
+
+def _choose(host: netns.Host, **env: str) -> subprocess.CompletedProcess[str]:
+    return host.run([sys.executable, "-c", CHOOSE], env=_env(**env), cwd=REPO)
+
+
+def test_interface_is_the_one_that_reaches_the_rendezvous_host(two_nics: netns.TwoHosts) -> None:
+    a, b = two_nics.a, two_nics.b
+    for host in (a, b):  # a second interface on each (a bridge, a VPN): a veth pair of its own
+        for args in (
+            ["link", "add", "extra0", "type", "veth", "peer", "name", "extra1"],
+            ["addr", "add", "10.99.0.1/24", "dev", "extra0"],
+            ["link", "set", "extra0", "up"],
+        ):
+            subprocess.run(["ip", "-n", host.name, *args], check=True)
+    # B reaches host-a through its veth: that one, not the other.
+    assert _choose(b).stdout.strip() == f"('{b.ifname}', 'mnistkit')"
+    # A is the rendezvous host: host-a is itself (127.0.1.1), two candidates, it cannot tell.
+    res = _choose(a)
+    assert res.returncode != 0
+    flat = _flat(res.stderr)
+    assert f"candidates: {a.ifname} ({a.address}), extra0 (10.99.0.1)" in flat, res.stderr
+    assert "Set GLOO_SOCKET_IFNAME=INTERFACE" in flat
+    # What the user sets is kept.
+    assert _choose(a, GLOO_SOCKET_IFNAME=a.ifname).stdout.strip() == f"('{a.ifname}', '$GLOO_SOCKET_IFNAME')"
