@@ -112,11 +112,18 @@ def torchrun(host: netns.Host, port: int, cwd: Path, *args: Any, join_timeout: i
     return Job(host, argv, cwd, **env)
 
 
-def on_both(hosts: netns.TwoHosts, port: int, folders: tuple[Path, Path], *args: Any, **b_env: str) -> Job:
-    """The same command on A and on B (B's environment plus ``b_env``); returns A's job and
-    keeps B's as ``job.b``."""
-    a = torchrun(hosts.a, port, folders[0], *args)
-    a.b = torchrun(hosts.b, port, folders[1], *args, **b_env)  # type: ignore[attr-defined]
+def on_both(
+    hosts: netns.TwoHosts,
+    port: int,
+    folders: tuple[Path, Path],
+    *args: Any,
+    both: dict[str, str] | None = None,
+    **b_env: str,
+) -> Job:
+    """The same command on A and on B (with ``both`` in the environment of both, ``b_env`` in
+    B's); returns A's job and keeps B's as ``job.b``."""
+    a = torchrun(hosts.a, port, folders[0], *args, **(both or {}))
+    a.b = torchrun(hosts.b, port, folders[1], *args, **(both or {}), **b_env)  # type: ignore[attr-defined]
     return a
 
 
@@ -213,7 +220,7 @@ def jobs(
     root = tmp_path_factory.mktemp("multihost")
     recipe = root / "recipe.yaml"
     recipe.write_text(RECIPE, encoding="utf-8")
-    folders = {name: (root / f"{name}-a", root / f"{name}-b") for name in ("two", "kill", "cable")}
+    folders = {name: (root / f"{name}-a", root / f"{name}-b") for name in ("two", "kill", "cable", "lo")}
     for pair in folders.values():
         for folder in pair:
             folder.mkdir()
@@ -233,6 +240,10 @@ def jobs(
             on_both(cable_hosts, 29613, folders["cable"], recipe, MNISTKIT_KILL_AT="2:5:STOP"),
         ),
     }
+    # The user sets gloo's interface to loopback on both hosts (kept: it is theirs); a bounded
+    # collective timeout, as the side whose connection is not refused waits for it.
+    wrong = {"GLOO_SOCKET_IFNAME": "lo", "MNISTKIT_DIST_TIMEOUT": "20"}
+    out["lo"] = on_both(hosts, 29616, folders["lo"], recipe, both=wrong)
     # Host B never starts: A's torchrun gives up after the join timeout.
     out["lonely"] = torchrun(hosts.a, 29615, folders["two"][0], recipe, join_timeout=LONELY_JOIN_TIMEOUT_S)
     out["lonely_started"] = time.monotonic()
@@ -268,6 +279,8 @@ def jobs(
     cable["rows"] = RunDir(cable["run"]).read_metrics()
     for job in (out["one"], out["two"], out["two"].b, kill["again"], kill["again"].b, kill["one"]):
         job.finish()  # the tests check the exit codes
+    out["lo"].finish()
+    out["lo"].b.finish()
     code, ended = out["lonely"].finish()
     out["lonely_after"] = (code, ended - out["lonely_started"])
     return out
@@ -379,6 +392,16 @@ def test_host_b_never_starts_the_rendezvous_ends_after_join_timeout(jobs: dict[s
     assert LONELY_JOIN_TIMEOUT_S <= after < LONELY_JOIN_TIMEOUT_S + 60, output
     assert "RendezvousTimeoutError" in output  # torchrun's: mnistkit has not started yet
     print(f"\nhost B never started: A's torchrun gave up after {after:.1f} s")
+
+
+def test_gloo_on_loopback_across_hosts_is_a_clear_error(jobs: dict[str, Any]) -> None:
+    job = jobs["lo"]
+    assert job.proc.returncode != 0 and job.b.proc.returncode != 0, job.output + job.b.output
+    said = _flat(job.output + job.b.output)
+    assert "the processes could not connect to each other (gloo)" in said, said
+    assert "set GLOO_SOCKET_IFNAME=INTERFACE on every machine" in said
+    _no_mnistkit_traceback(job.output + job.b.output)
+    assert not (jobs["folders"]["lo"][0] / "runs").exists()  # nothing started, nothing written
 
 
 # -- which interface gloo listens on (training/nodes.py), without training: one Python call per
