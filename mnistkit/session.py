@@ -40,7 +40,7 @@ from mnistkit.data.batches import Prepared, num_batches, prepare
 from mnistkit.data.check import leak_warning, short_form, write_json
 from mnistkit.data.loading import SharedData, check_dataset, data_info, load_dataset
 from mnistkit.data.types import LoadedData
-from mnistkit.errors import PeerStopped, RecipeError, RunError, set_hint
+from mnistkit.errors import RecipeError, RunError, set_hint
 from mnistkit.fsutil import atomic_write_text
 from mnistkit.layers.shapes import ShapeError
 from mnistkit.recipe.expect import Outcome, evaluate, summary_lines
@@ -138,10 +138,10 @@ def run(recipe: Recipe, opts: RunOptions) -> RunResult:
             session.interrupted()
         raise
     except RuntimeError as exc:  # gloo/nccl report a dead peer as a RuntimeError subclass
-        why = distributed.peer_failure(exc) if ctx.distributed else None
-        if why is None:
+        stopped = ctx.peer_stopped(exc)
+        if stopped is None:
             raise
-        raise PeerStopped(why) from None
+        raise stopped from None
     finally:
         session.close_trackers()  # failed or interrupted: status.json says which
         ctx.close(finished)
@@ -202,6 +202,12 @@ class Session:
             self.run = RunDir(Path(ctx.broadcast_object(str(made.path) if made is not None else None)))
         else:
             self.run = RunDir(opts.resume)  # type: ignore[arg-type]
+        if ctx.heartbeat is not None and ctx.is_main:  # a lost node ends the job: say so there
+
+            def lost(why: str, run: RunDir = self.run) -> None:
+                run.write_status(status="failed", ended=time.time(), error=why)
+
+            ctx.heartbeat.on_lost = lost
         device = self.device
         shown = (
             f"{device} ({threads_note(recipe, self.threads, self.probing)})"
@@ -241,10 +247,10 @@ class Session:
         path = resumed.checkpoint_path("last")
         self.resume_ckpt = load_checkpoint(path)
         check_format(self.resume_ckpt, path)
-        _check_world_size(opts.resume, self.resume_ckpt, self.ctx)  # type: ignore[arg-type]
+        world = distributed.resume_world_note(opts.resume, self.resume_ckpt, self.ctx)  # type: ignore[arg-type]
         saved = self.resume_ckpt.get("recipe")
         if not isinstance(saved, dict):
-            return []
+            return world
         current = resolved_dict(self.recipe, self.reg)
         try:  # both resolved the same way, so keys this version writes differently are no edit
             saved = resolved_dict(load_recipe_text(yaml.safe_dump(saved), str(path), reg=self.reg), self.reg)
@@ -252,7 +258,7 @@ class Session:
             pass  # a recipe an older mnistkit accepted: compare what it wrote
         edits = edited_keys(saved, current)
         if not edits:
-            return []
+            return world
         self.recipe = load_recipe_text(
             yaml.safe_dump(with_resumable(saved, current), sort_keys=False),
             f"{path} (its recipe)",
@@ -262,7 +268,7 @@ class Session:
         kept = resumed.path / EDITED_RECIPE
         atomic_write_text(kept, resumed.recipe_path.read_text(encoding="utf-8"))
         shown = "; ".join(f"{k}: {_yaml_value(a)} (recipe.yaml: {_yaml_value(b)})" for k, a, b in edits)
-        return [
+        return world + [
             escape(
                 f"recipe.yaml was edited since the checkpoint: the run continues as it was trained, "
                 f"with the checkpoint's {shown}. Your edited file is kept as {kept}."
@@ -449,6 +455,8 @@ class Session:
                 "world_size": self.ctx.world_size,
                 "backend": self.ctx.backend,
                 "hosts": self.ctx.hosts or [platform.node()],
+                "nodes": self.ctx.nodes,  # per rank: host name and address
+                "interface": self.ctx.interface,  # gloo's network interface, who chose it
                 "batchnorm": self.batchnorm,
             },
         )
@@ -536,8 +544,12 @@ class Session:
                 )
             raise  # run() says what was saved (interrupted)
         except BaseException as exc:
+            stopped = ctx.peer_stopped(exc)  # another process died: say which, if it can be told
             if ctx.is_main:
-                run.write_status(status="failed", ended=time.time(), error=f"{type(exc).__name__}: {exc}")
+                error = str(stopped) if stopped else f"{type(exc).__name__}: {exc}"
+                run.write_status(status="failed", ended=time.time(), error=error)
+            if stopped is not None:
+                raise stopped from None
             raise
         finally:
             reporter.stop()
@@ -732,21 +744,6 @@ def _yaml_value(v: Any) -> str:
 
 def _world_note(ctx: distributed.Context) -> str:
     return f"; {ctx.world_size} processes ({ctx.backend}) on {len(ctx.hosts)} machine(s)"
-
-
-def _check_world_size(run_dir: Path, ckpt: dict[str, Any] | None, ctx: distributed.Context) -> None:
-    """--resume continues exactly only with the number of processes the run was trained with."""
-    saved = (ckpt or {}).get("world_size", 1)
-    if ckpt is None or saved == ctx.world_size:
-        return
-    how = "mnistkit run --resume RUN" + (f" --nproc {saved}" if saved > 1 else "")
-    raise RunError(
-        f"--resume {run_dir}: the run was trained with {saved} process(es), this is {ctx.world_size}. "
-        f"Resume it with {saved} ({how}, or torchrun with {saved} processes in all). A different "
-        "number is refused because it would not continue the same run: each process has its own "
-        "dropout random stream (saved per process), and batches would be split differently "
-        "(floating-point sums in another order, per-process BatchNorm statistics on CPU)"
-    )
 
 
 def _schedule_note(recipe: Recipe, old_epochs: int | None, steps: int) -> str:

@@ -11,6 +11,13 @@ like to A.
 Root is needed to make namespaces; without it, or without ``ip``, the fixture skips and says why.
 The namespaces (and every process still running in them) are removed afterwards, also when the
 test fails. ``tools/twohosts.py`` makes the same pair by hand for trying things out.
+
+``create(hostnames=True)`` also gives each host a name of its own, as two real machines have:
+every command on host A runs in a fresh UTS namespace whose host name is ``host-a`` (``unshare
+--uts``), and ``ip netns exec`` shows it its own ``/etc/hosts`` and ``/etc/resolv.conf`` (from
+``/etc/netns/NAME/``). The hosts file is the one a Debian/Ubuntu installer writes: the machine's
+own name on ``127.0.1.1``, the other machine's name on its address (what DNS would answer). The
+resolver has no name server, so no lookup waits for one (or leaves the namespaces).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 SUBNET = "10.231.0"
@@ -53,10 +61,14 @@ class Host:
     name: str
     address: str
     ifname: str
+    hostname: str | None = None  # its own host name (UTS namespace), with create(hostnames=True)
 
     def command(self, argv: Sequence[str]) -> list[str]:
-        """``argv`` as run on this host."""
-        return ["ip", "netns", "exec", self.name, *argv]
+        """``argv`` as run on this host (the process keeps its pid through every exec)."""
+        if self.hostname is None:
+            return ["ip", "netns", "exec", self.name, *argv]
+        named = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname]
+        return ["ip", "netns", "exec", self.name, *named, *argv]
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` on this host (in its own process group, so a kill reaches its children)."""
@@ -92,12 +104,31 @@ class TwoHosts:
     b: Host
 
 
-def create(tag: str | None = None) -> TwoHosts:
-    """Make the two namespaces and the link between them; :func:`destroy` removes them."""
+ETC_NETNS = Path("/etc/netns")
+
+
+def _write_name_files(host: Host, other: Host) -> None:
+    """/etc/hosts and /etc/resolv.conf as ``host`` sees them (``ip netns exec`` mounts them)."""
+    folder = ETC_NETNS / host.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "hosts").write_text(
+        f"127.0.0.1 localhost\n127.0.1.1 {host.hostname}\n{other.address} {other.hostname}\n",
+        encoding="utf-8",
+    )
+    (folder / "resolv.conf").write_text("# hosts file only: no name server\n", encoding="utf-8")
+
+
+def create(tag: str | None = None, hostnames: bool = False) -> TwoHosts:
+    """Make the two namespaces and the link between them; :func:`destroy` removes them.
+    ``hostnames``: give them the host names ``host-a`` and ``host-b`` (module docstring)."""
     tag = tag or f"{os.getpid() % 100000}{next(_counter)}"
-    a = Host(f"mk{tag}a", f"{SUBNET}.1", f"mk{tag}va")
-    b = Host(f"mk{tag}b", f"{SUBNET}.2", f"mk{tag}vb")
+    named = ("host-a", "host-b") if hostnames else (None, None)
+    a = Host(f"mk{tag}a", f"{SUBNET}.1", f"mk{tag}va", named[0])
+    b = Host(f"mk{tag}b", f"{SUBNET}.2", f"mk{tag}vb", named[1])
     try:
+        if hostnames:
+            _write_name_files(a, b)
+            _write_name_files(b, a)
         for h in (a, b):
             _ip("netns", "add", h.name)
             _ip("-n", h.name, "link", "set", "lo", "up")
@@ -133,11 +164,12 @@ def destroy(hosts: TwoHosts) -> None:
         time.sleep(0.05)
     for h in (hosts.a, hosts.b):
         _ip("netns", "del", h.name, check=False)
+        shutil.rmtree(ETC_NETNS / h.name, ignore_errors=True)
 
 
 @contextmanager
-def two_hosts(tag: str | None = None) -> Iterator[TwoHosts]:
-    hosts = create(tag)
+def two_hosts(tag: str | None = None, hostnames: bool = False) -> Iterator[TwoHosts]:
+    hosts = create(tag, hostnames)
     try:
         yield hosts
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -126,6 +127,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         assert code == expected, f"{name}: exit {code}\n{output}"
         (root / f"{name}.log").write_text(output, encoding="utf-8")
     dirs["recipe"] = recipe
+    dirs["ctrl_c_copy"] = tmp_path_factory.mktemp("copy") / "ctrl_c"
+    shutil.copytree(dirs["ctrl_c"], dirs["ctrl_c_copy"])
     return dirs
 
 
@@ -191,11 +194,18 @@ def test_run_directory_written_by_rank_zero(runs: dict[str, Path]) -> None:
     ]
 
 
-def test_resume_with_another_process_count_is_refused(runs: dict[str, Path]) -> None:
-    result = CliRunner().invoke(app, ["run", "--resume", str(runs["two"])])
-    assert result.exit_code == 1
-    assert "trained with 2 process(es), this is 1" in result.output
-    assert "--nproc 2" in result.output
+def test_resume_with_another_process_count_continues_with_a_note(runs: dict[str, Path]) -> None:
+    # A 2-process run stopped in epoch 2 (the Ctrl-C one, copied before it is resumed), resumed
+    # by one process: what a job does that lost a machine. Same global batch, so it ends where
+    # one process would have (up to floating-point rounding).
+    result = CliRunner().invoke(app, ["run", "--resume", str(runs["ctrl_c_copy"])])
+    assert result.exit_code == 0, result.output
+    assert "the number of processes changed from 2 to 1" in result.output
+    assert "the global batch (data.batch_size 63)" in result.output
+    for r1, r2 in zip(_metrics(runs["one"]), _metrics(runs["ctrl_c_copy"]), strict=True):
+        for key in ("train_acc", "val_acc", "test_acc"):
+            assert r2[key] == r1[key], key
+        assert r2["test_loss"] == pytest.approx(r1["test_loss"], rel=1e-5)
 
 
 def test_ctrl_c_on_one_rank_stops_all_at_one_step_and_resumes_exactly(runs: dict[str, Path]) -> None:

@@ -1,6 +1,7 @@
 """Make, use and remove the two-host test bed by hand (the same one tests/netns.py gives tests).
 
     python tools/twohosts.py up            # namespaces mkdevA/mkdevB, 10.231.0.1 and .2
+    python tools/twohosts.py up --hostnames   # ... named host-a and host-b (tests/netns.py)
     python tools/twohosts.py exec a -- mnistkit run recipes/quickstart.yaml
     python tools/twohosts.py down
 
@@ -21,9 +22,10 @@ TAG = "dev"
 
 
 def _hosts() -> netns.TwoHosts:
+    named = (netns.ETC_NETNS / f"mk{TAG}a" / "hosts").exists()  # made by `up --hostnames`
     return netns.TwoHosts(
-        netns.Host(f"mk{TAG}a", f"{netns.SUBNET}.1", f"mk{TAG}va"),
-        netns.Host(f"mk{TAG}b", f"{netns.SUBNET}.2", f"mk{TAG}vb"),
+        netns.Host(f"mk{TAG}a", f"{netns.SUBNET}.1", f"mk{TAG}va", "host-a" if named else None),
+        netns.Host(f"mk{TAG}b", f"{netns.SUBNET}.2", f"mk{TAG}vb", "host-b" if named else None),
     )
 
 
@@ -36,9 +38,10 @@ def main(argv: list[str]) -> int:
         print(f"error: {why}", file=sys.stderr)
         return 2
     if argv[0] == "up":
-        hosts = netns.create(TAG)
+        hosts = netns.create(TAG, hostnames="--hostnames" in argv[1:])
         for label, h in (("A", hosts.a), ("B", hosts.b)):
-            print(f"host {label}: namespace {h.name}, address {h.address}, link {h.ifname}")
+            name = f", host name {h.hostname}" if h.hostname else ""
+            print(f"host {label}: namespace {h.name}, address {h.address}, link {h.ifname}{name}")
         return 0
     if argv[0] == "down":
         netns.destroy(_hosts())

@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import signal
 import socket
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +33,7 @@ from torch import nn
 
 from mnistkit.data.types import Split
 from mnistkit.errors import PeerStopped, RunError, set_hint
+from mnistkit.training import nodes as nodes_mod
 
 # Collectives give up after this long (seconds; $MNISTKIT_DIST_TIMEOUT overrides). A process that
 # dies is noticed at once (its sockets close, torchrun stops the others); this bounds the rarer
@@ -55,6 +58,10 @@ class Context:
     local_world_size: int = 1
     backend: str | None = None
     hosts: list[str] = field(default_factory=list)
+    # Per rank: {"host": name, "address": where the others reach it} (nodes.this_node).
+    nodes: list[dict[str, str]] = field(default_factory=list)
+    interface: dict[str, str | None] = field(default_factory=dict)  # gloo's, and who chose it
+    heartbeat: nodes_mod.Heartbeat | None = None  # several machines: watches for a lost node
 
     @property
     def is_main(self) -> bool:
@@ -167,7 +174,27 @@ class Context:
         if self.distributed and torch.distributed.is_initialized():
             if finished:
                 torch.distributed.barrier()
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
             torch.distributed.destroy_process_group()
+        elif self.heartbeat is not None:
+            self.heartbeat.stop()
+
+    def peer_stopped(self, exc: BaseException) -> PeerStopped | None:
+        """``exc`` as this process stopping because another one died (None: something else)."""
+        if not self.distributed or not isinstance(exc, RuntimeError):
+            return None
+        why = peer_failure(exc, self.lost_peer(exc))
+        return PeerStopped(why) if why else None
+
+    def lost_peer(self, exc: BaseException) -> str | None:
+        """Which node a collective's failure lost, when gloo's message names its address
+        (``Connection closed by peer [10.231.0.2]:4321``)."""
+        if len({(n["host"], n["address"]) for n in self.nodes}) < 2:
+            return None  # one machine: the ranks' own messages say which process failed
+        found = re.search(r"\[([0-9a-fA-F.:]+)\]:\d+", str(exc))
+        ranks = nodes_mod.ranks_at(self.nodes, found.group(1), self.rank) if found else []
+        return nodes_mod.describe(self.nodes, ranks) if ranks else None
 
 
 SINGLE = Context()
@@ -215,6 +242,10 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
         raise RunError(f"distributed training supports CPU (gloo) and CUDA (nccl), not {device.type}")
     timeout = dt.timedelta(seconds=_int_env(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    master = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    interface: tuple[str | None, str] = (None, "")
+    if backend == "gloo":  # several machines: gloo must listen where the others can reach it
+        interface = nodes_mod.choose_interface(master, spans_machines=local_world < world)
     try:
         store = None
         if "TORCHELASTIC_RUN_ID" not in os.environ:  # no torchrun agent: rank 0 hosts the store
@@ -234,8 +265,31 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
     except (RuntimeError, ValueError, OSError) as exc:  # DistNetworkError/DistStoreError included
         raise RunError(_join_error(where, rank, exc)) from None
     ctx = Context(rank, world, local_rank, local_world, backend)
-    ctx.hosts = sorted(set(ctx.gather_objects(socket.gethostname())))
+    ctx.nodes = ctx.gather_objects(nodes_mod.this_node(interface[0], master))
+    ctx.hosts = sorted({n["host"] for n in ctx.nodes})
+    ctx.interface = {"name": interface[0], "chosen_by": interface[1] or None}
+    if len({(n["host"], n["address"]) for n in ctx.nodes}) > 1:  # a lost machine: see nodes.py
+        port = _int_env("MASTER_PORT", 29500)
+        ctx.heartbeat = nodes_mod.Heartbeat(rank, world, ctx.nodes, master, port)
+        ctx.heartbeat.start()
     return ctx, device
+
+
+def resume_world_note(run_dir: Path, ckpt: dict[str, Any] | None, ctx: Context) -> list[str]:
+    """``--resume`` with another number of processes than the run had (a machine was lost, and
+    the job goes on with the ones left): it continues, with a note on what stays the same."""
+    saved = (ckpt or {}).get("world_size", 1)
+    if ckpt is None or saved == ctx.world_size:
+        return []
+    batch = ((ckpt.get("recipe") or {}).get("data") or {}).get("batch_size")
+    return [
+        f"--resume {run_dir}: the number of processes changed from {saved} to {ctx.world_size}. "
+        f"The same: the global batch (data.batch_size {batch}), the sample order, the optimizer "
+        f"and learning-rate schedule; each batch is split over {ctx.world_size} process(es) now. "
+        f"Not bit-for-bit what {saved} would give: sums in another order, a dropout stream per "
+        f"process, BatchNorm statistics per process on CPU. Resume with {saved} process(es) to "
+        "continue exactly"
+    ]
 
 
 def _wait_for_endpoint(host: str, port: int, rank: int) -> None:
@@ -260,7 +314,14 @@ def _wait_for_endpoint(host: str, port: int, rank: int) -> None:
 def _join_error(where: str, rank: int, exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     low = text.lower()
-    if "address already in use" in low or "eaddrinuse" in low:
+    if "connectfullmesh" in low:  # the store answered, but the processes could not connect
+        what = "the processes could not connect to each other (gloo)"
+        fix = (
+            "a host name that resolves to loopback (127.0.1.1 in /etc/hosts) makes gloo listen "
+            f"there: set {nodes_mod.IFNAME_ENV}=INTERFACE on every machine; and check that no "
+            "firewall blocks the ports between the machines"
+        )
+    elif "address already in use" in low or "eaddrinuse" in low:
         what = f"port {where.rpartition(':')[2]} is already in use on this machine"
         fix = "choose another port (--master-port / --rdzv-endpoint), or stop the job using it"
     elif "timed out" in low or "timeout" in low or "refused" in low or "unreachable" in low:
@@ -432,10 +493,17 @@ def _report_failures(exc: Any, nproc: int) -> int:
     return code if code > 0 else 1
 
 
-def peer_failure(exc: BaseException) -> str | None:
-    """A short message when ``exc`` is a collective failing because another process died."""
+def peer_failure(exc: BaseException, lost: str | None = None) -> str | None:
+    """A short message when ``exc`` is a collective failing because another process died;
+    ``lost``: its machine, when the job spans several (``Context.lost_peer``)."""
     text = str(exc)
     signs = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Socket closed")
+    if any(s in text for s in signs) and lost:
+        return (
+            f"lost node {lost}: the connection to it closed (its process was killed or failed; "
+            "its own message, if any, is in its output); the last checkpoint is kept, continue "
+            "with --resume"
+        )
     if any(s in text for s in signs):
         return (
             "stopped: another process of this job failed or was killed (the connection to it "

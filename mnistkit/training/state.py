@@ -126,9 +126,11 @@ def restore(
         fresh = scheduler.state_dict()
         plan = {k: fresh[k] for k in PLAN_KEYS if k in fresh}
         scheduler.load_state_dict({**fresh, **ckpt["scheduler"], **plan})
-    if ctx.distributed:
-        distributed.set_rng_state(ckpt["rank_rng"][ctx.rank])
-    else:
+    saved_rng = ckpt.get("rank_rng") or []
+    if ctx.distributed and ctx.rank < len(saved_rng):
+        distributed.set_rng_state(saved_rng[ctx.rank])
+    elif ctx.rank == 0:  # one process, or rank 0 of a run that had one: rank 0's streams
+        # (a rank the run did not have keeps its stream seeded from seed and rank)
         torch.set_rng_state(ckpt["torch_rng"])
         if ckpt.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
