@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from mnistkit.data.mapped import Pages, chunks
 from mnistkit.data.types import LoadedData, Split
 from mnistkit.recipe.sections import DataSection, Normalize
 
@@ -36,8 +38,8 @@ class Prepared:
     """
 
     train: Split  # raw: normalize batches with inputs()
-    test: Split  # normalized float32
-    val: Split | None  # normalized float32
+    test: Split  # normalized float32; memory-mapped data: raw, normalized per batch (Split.mul)
+    val: Split | None  # as test
     classes: list[str]
     in_shape: tuple[int, ...]
     mean: tuple[float, ...]
@@ -140,16 +142,20 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
     test = raw_test_split(loaded, section)
     mul, add = affine(mean, std, scale, tx.dim(), device)
 
-    def put(split: Split) -> Split:
-        return Split(normalize(split.x.to(device), mul, add), split.y.to(torch.int64).to(device))
+    def put(split: Split, pages: Pages | None = None) -> Split:
+        y = split.y.to(torch.int64).to(device)
+        if loaded.mapped:  # raw on the host, normalized batch by batch (never whole in float32)
+            return Split(split.x, y, mul, add, pages)
+        return Split(normalize(split.x.to(device), mul, add), y)
 
     # A memory-mapped training split stays where it is (batches read their rows from the file
     # and are moved to the device one at a time); copying it would load the whole dataset.
     resident = section.loader == "memory" and not loaded.mapped
     train_device = device if resident else torch.device("cpu")
+    train_pages = loaded.pages if val is None else None  # val_split: tx is a copy in memory
     return Prepared(
-        train=Split(tx.to(train_device), ty.to(torch.int64).to(train_device)),
-        test=put(test),
+        train=Split(tx.to(train_device), ty.to(torch.int64).to(train_device), pages=train_pages),
+        test=put(test, loaded.pages),
         val=put(val) if val is not None else None,
         classes=list(loaded.classes),
         in_shape=tuple(loaded.train.x.shape[1:]),
@@ -162,7 +168,7 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
         x_add=add,
         pixel_mean=tuple(float(m) for m in loaded.mean),
         test_files=loaded.test_files[: len(test.y)] if loaded.test_files is not None else None,
-        test_inputs_sha256=tensor_sha256(test.x),
+        test_inputs_sha256=tensor_sha256(test.x, loaded.pages),
         cache_note=loaded.cache_note
         + (
             "; val_split: the rest of the training split was copied into memory"
@@ -172,15 +178,18 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
     )
 
 
-def tensor_sha256(x: torch.Tensor) -> str:
-    """sha256 of a tensor's dtype, shape and values (C order): equal exactly when the data is."""
+def tensor_sha256(x: torch.Tensor, pages: Pages | None = None) -> str:
+    """sha256 of a tensor's dtype, shape and values (C order): equal exactly when the data is.
+
+    Read in slices of a few MB (a memory-mapped split: ``pages`` lets go of what was read)."""
     import hashlib
 
     arr = x.detach().cpu().contiguous().numpy()
     h = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode())
     # the bytes in place (no copy of a mapped test split); reshape(-1): memoryview cannot cast
     # a shape with a 0 in it
-    h.update(memoryview(arr.reshape(-1)).cast("B"))
+    for _, part in chunks(arr, pages):
+        h.update(memoryview(np.ascontiguousarray(part).reshape(-1)).cast("B"))
     return h.hexdigest()
 
 
@@ -229,7 +238,10 @@ def memory_batches(
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = shard_part(order[start : start + batch_size], shard)
-        yield split.x.index_select(0, idx), split.y.index_select(0, idx)
+        xb = split.x.index_select(0, idx)
+        if split.pages is not None:  # a copy now: the map's pages may go
+            split.pages.read_rows(len(idx))
+        yield xb, split.y.index_select(0, idx)
 
 
 def shard_part(batch: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
@@ -291,5 +303,12 @@ def dataloader_batches(
 
 
 def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive batches of model inputs; a raw split's (``split.mul``) normalized one by one
+    on its device."""
     for start in range(0, len(split.y), batch_size):
-        yield split.x[start : start + batch_size], split.y[start : start + batch_size]
+        xb = split.x[start : start + batch_size]
+        if split.mul is not None and split.add is not None:
+            xb = normalize(xb.to(split.mul.device), split.mul, split.add)
+            if split.pages is not None:  # xb is a float copy: the rows' pages may go
+                split.pages.read_bytes(xb.numel() * split.x.element_size())
+        yield xb, split.y[start : start + batch_size]
