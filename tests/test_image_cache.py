@@ -450,3 +450,51 @@ def test_the_data_check_identity_of_a_cached_folder_comes_from_its_index(tmp_pat
     changed = load(root, cache_mode="mmap")
     assert "1 decoded, 11 reused" in changed.source
     assert changed.content_id != mem.content_id and identity(changed) != identity(mem)
+
+
+# A test-side hook, no product code: every Python process of the job (both ranks, and any
+# decoding process they spawn) imports sitecustomize, which logs each decode_image call.
+COUNTING_SITE = """\
+import os, time
+import mnistkit.data.images as images
+_real = images.decode_image
+def _logged(path, *a):
+    with open(os.environ["DECODE_LOG"], "a") as f:
+        f.write(f"{os.getpid()} {path}\\n")
+    time.sleep(0.03)  # decoding that takes a while: a second decoder would overlap
+    return _real(path, *a)
+images.decode_image = _logged
+"""
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(300)
+def test_two_ranks_share_one_mapped_cache_and_decode_each_file_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    make_folder(tmp_path / "data", per_class=12)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(COUNTING_SITE)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(cache="mmap").replace("epochs: 2", "epochs: 1"))
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("MNISTKIT_DATA", "MNISTKIT_KILL_AT")}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(site), str(repo)]),
+        DECODE_LOG=str(tmp_path / "decoded.log"),
+        MNISTKIT_CACHE=str(tmp_path / "cache"),
+        OMP_NUM_THREADS="1",
+    )
+    argv = [sys.executable, "-m", "mnistkit", "run", str(recipe), "--nproc", "2"]
+    argv += ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--progress", "plain"]
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "mmap (data.cache: mmap)" in res.stdout
+    decoded = [line.split(" ", 1)[1] for line in (tmp_path / "decoded.log").read_text().splitlines()]
+    want = sorted(str(p) for p in (tmp_path / "data").rglob("*.*"))
+    assert sorted(decoded) == want  # every file once, by one rank, for both
+    (index,) = (tmp_path / "cache/images").glob("*.json")
+    assert len(list((tmp_path / "cache/images").glob("*.npy"))) == 1
+    assert len(RunDir(tmp_path / "run").read_metrics()) == 1
