@@ -181,7 +181,8 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
 def tensor_sha256(x: torch.Tensor, pages: Pages | None = None) -> str:
     """sha256 of a tensor's dtype, shape and values (C order): equal exactly when the data is.
 
-    Read in slices of a few MB (a memory-mapped split: ``pages`` lets go of what was read)."""
+    Read in slices of a few MB (a memory-mapped split: ``pages`` lets go of the map's pages after
+    each)."""
     import hashlib
 
     arr = x.detach().cpu().contiguous().numpy()
@@ -238,10 +239,16 @@ def memory_batches(
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = shard_part(order[start : start + batch_size], shard)
-        xb = split.x.index_select(0, idx)
-        if split.pages is not None:  # a copy now: the map's pages may go
-            split.pages.read_rows(len(idx))
-        yield xb, split.y.index_select(0, idx)
+        yield rows(split, idx), split.y.index_select(0, idx)
+
+
+def rows(split: Split, idx: torch.Tensor) -> torch.Tensor:
+    """``split.x``'s rows ``idx``: from the file for a memory-mapped split (``split.pages``:
+    read, not mapped, so that an epoch leaves nothing of the file in this process)."""
+    if split.pages is None:
+        return split.x.index_select(0, idx)
+    assert split.x.is_contiguous()
+    return torch.from_numpy(split.pages.rows(split.x.data_ptr(), idx.cpu().numpy()))
 
 
 def shard_part(batch: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
@@ -306,9 +313,11 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, 
     """Consecutive batches of model inputs; a raw split's (``split.mul``) normalized one by one
     on its device."""
     for start in range(0, len(split.y), batch_size):
-        xb = split.x[start : start + batch_size]
+        stop = min(len(split.y), start + batch_size)
+        xb = split.x[start:stop]
+        if split.pages is not None:  # read from the file, not through the map (as in rows())
+            assert split.x.is_contiguous()
+            xb = torch.from_numpy(split.pages.span(split.x.data_ptr(), start, stop))
         if split.mul is not None and split.add is not None:
             xb = normalize(xb.to(split.mul.device), split.mul, split.add)
-            if split.pages is not None:  # xb is a float copy: the rows' pages may go
-                split.pages.read_bytes(xb.numel() * split.x.element_size())
-        yield xb, split.y[start : start + batch_size]
+        yield xb, split.y[start:stop]

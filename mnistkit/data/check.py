@@ -48,8 +48,8 @@ def row_keys(x: np.ndarray, pages: Pages | None = None) -> np.ndarray:
     """One opaque, comparable value per sample: its bytes as a numpy void scalar, or the SHA-1
     of its bytes when that is shorter (rows wider than 20 bytes). Digests keep the keys small:
     the rows themselves would be copied (concatenated, sorted) whole, several times the size of
-    a memory-mapped dataset (issue 25). Read a few MB at a time (``pages``: a memory map's
-    pages are let go as they are read)."""
+    a memory-mapped dataset (issue 25). Read a few MB at a time (``pages``: the map's pages are
+    let go after each slice)."""
     flat = x.reshape(len(x), int(np.prod(x.shape[1:])))
     width = flat.shape[1] * flat.itemsize
     if not width:

@@ -18,6 +18,12 @@ write-then-rename), then deletes the previous ``.npy``: an interrupted build lea
 cache intact and nothing a later run trusts. Rows of files whose size and mtime are unchanged are
 copied from the previous cache; only new or changed files are decoded again.
 
+While it decodes, a build commits every :data:`PARTIAL_CHUNK` files to
+``image_folder-<key>.partial/`` (a ``chunk-<id>.npy`` of their rows, then a ``chunk-<id>.json``
+naming each file's size and mtime and the ``.npy``'s size and sha256). A build stopped midway
+(Ctrl-C, a kill) leaves these; the next build takes the rows of every chunk whose record exists
+and matches, decodes the rest, and removes the folder once the cache is complete.
+
 What opening checks (cheaply, at every start): the ``.npy`` has the size the index recorded, and
 a sha256 of 16 blocks of 64 KiB spread over it (the first and the last included) matches. That
 catches a truncated file and any block overwritten in place; a bit flipped between two sampled
@@ -41,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnistkit.data.mapped import let_go
 from mnistkit.fsutil import atomic_write_text, fsync_dir, tmp_path
 
 log = logging.getLogger("mnistkit.images")
@@ -174,6 +181,7 @@ def pixel_stats(x: np.ndarray, rows: int) -> tuple[tuple[float, ...], tuple[floa
         chunk = np.asarray(x[start : min(rows, start + step)])
         for c in range(channels):
             counts[c] += np.bincount(chunk[:, c].ravel(), minlength=256)
+        let_go(x)  # a memory map's pages: read once, not kept in this process
     values = np.arange(256, dtype=np.float64)
     n = counts.sum(axis=1).astype(np.float64)
     n = np.where(n > 0, n, 1)
@@ -308,7 +316,8 @@ def _build(
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(1, len(items)), *shape))
         results = decode_all(base, [fp[0] for fp in todo], decode, workers, progress)
         try:
-            files, bad_rows = _fill(out, wanted, known, _committing(results, todo, partial, shape))
+            committed = _committing(results, todo, partial, shape)
+            files, bad_rows = _fill(out, wanted, known, committed, [out, old_x])
         finally:
             results.close()  # stops the worker processes, also on Ctrl-C
         w = len(files)
@@ -374,13 +383,18 @@ def _fill(
     wanted: list[list[object]],
     known: dict[Fp, np.ndarray | str],
     results: Iterator[np.ndarray | str],
+    maps: list[np.ndarray | None],
 ) -> tuple[list[list[object]], list[list[object]]]:
     """Write the usable rows into ``out`` in ``wanted``'s order: ``known``'s row (or failure) for
     files it has, else the next of ``results`` (the other files decoded, in the same order).
-    Returns the index's ``files`` and ``bad`` rows."""
+    Returns the index's ``files`` and ``bad`` rows. Every :data:`LET_GO_BYTES` of rows the pages of
+    ``maps`` (the cache being written, the previous one) leave this process (page cache only)."""
     files: list[list[object]] = []
     bad_rows: list[list[object]] = []
-    for row in wanted:
+    every = max(1, LET_GO_BYTES // max(1, out[0].nbytes))
+    for i, row in enumerate(wanted, start=1):
+        if i % every == 0:
+            let_go(*maps)
         fp = (row[0], row[1], row[2])
         got = known[fp] if fp in known else next(results)  # type: ignore[index]
         if isinstance(got, str):
@@ -388,8 +402,12 @@ def _fill(
             continue
         out[len(files)] = got
         files.append([*row, len(files)])
+    let_go(*maps)
     return files, bad_rows
 
+
+#: Bytes of rows a build writes between two releases of its maps' pages (:func:`let_go`).
+LET_GO_BYTES = 32 << 20
 
 # ------------------------------------------------------------------------------- resuming
 #: Files per chunk that a build commits as it decodes (issue 25): a build stopped midway keeps

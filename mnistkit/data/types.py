@@ -27,7 +27,7 @@ class Split:
     # float32. None: x is served as it is.
     mul: torch.Tensor | None = None
     add: torch.Tensor | None = None
-    pages: Pages | None = None  # x's memory map: the pages batches read are let go as they go
+    pages: Pages | None = None  # x is a view of this memory map: batches are read from its file
 
     @property
     def device(self) -> torch.device:
@@ -60,8 +60,8 @@ class LoadedData:
     # check lists them).
     bad_files: dict[str, str] = field(default_factory=dict)
     # Folder datasets: which decoded cache serves the samples and why (data.cache), for the
-    # run header; mapped: train.x and test.x are views of a memory-mapped file, whose pages
-    # reads let go through ``pages``.
+    # run header; mapped: train.x and test.x are views of a memory-mapped file, read through
+    # ``pages`` (mnistkit.data.mapped) so that reading them whole keeps none of it resident.
     cache_note: str = ""
     mapped: bool = False
     pages: Pages | None = None
