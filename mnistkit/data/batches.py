@@ -31,7 +31,8 @@ class Prepared:
     features) and every batch is normalized as it is served, by :meth:`inputs`; ``test`` and
     ``val`` are normalized once, with the same function, because evaluation, plots and predict use
     them whole (memory-mapped data, issue 25: they stay raw uint8 and each evaluation batch is
-    normalized as it is read, :attr:`Split.mul`, so that no split is ever held whole). Why not normalize the training set once too: measured on the 2-core dev machine
+    normalized as it is read, :attr:`Split.mul`, so that no split is ever held whole). Why not
+    normalize the training set once too: measured on the 2-core dev machine
     (docs/performance.md), a float32 copy of Fashion-MNIST's 60,000 training images is 188 MB
     against 47 MB of uint8, and it bought about 13 µs of a ~1,700 µs training step (index_select of
     64 float rows: 5 µs; of 64 uint8 rows plus the multiply-add below: 18 µs). The 141 MB count

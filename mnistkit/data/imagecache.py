@@ -430,7 +430,10 @@ def _committing(
             rows.append(got)
         yield got
         if len(meta) >= PARTIAL_CHUNK:
-            commit_chunk(folder, rows, meta, shape)
+            try:
+                commit_chunk(folder, rows, meta, shape)
+            except OSError as e:  # a full disk, a folder removed by a build finishing at once
+                log.warning("image cache: could not keep decoded files for a resumed build (%s)", e)
             rows, meta = [], []
 
 
