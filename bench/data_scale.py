@@ -14,11 +14,19 @@ noise, so the files compress like photos rather than like noise), converted by m
 * one training epoch of a small MLP through ``python -m mnistkit run`` with ``data.cache: mmap``
   (and ``memory`` for comparison): the epoch's training seconds per 1,000 images (metrics.csv)
   and the peak RSS of that process (``os.wait4``'s rusage);
+* with ``--cap-mb N`` (root, a writable cgroup file system) and a cache larger than N MB: one
+  ``mmap`` and one ``memory`` epoch, each in a memory cgroup the bench makes with that limit
+  (cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``), the cache evicted from the page
+  cache first so that the run's reads are charged to its cgroup: exit status, peak RSS, the
+  cgroup's peak usage, how often it hit the limit, OOM kills;
 * the 1-minute load average before each measurement (the machine is shared).
+
+Training runs alternate (mmap, memory, then memory, mmap, ...; ``--repeats``).
 
     python bench/data_scale.py                       # 10k and 50k
     python bench/data_scale.py --sizes 2000          # smoke run (about a minute)
     python bench/data_scale.py --sizes 10000 --json out.json
+    python bench/data_scale.py --sizes 50000 --cap-mb 900   # also under a 900 MB memory cap
 
 Results and the machine they came from: docs/performance.md ("Image folders larger than memory").
 """
@@ -91,7 +99,9 @@ def timed_load(root: Path, cache: Path, workers: int) -> tuple[float, Any]:
     return time.perf_counter() - t0, data
 
 
-def train_once(root: Path, work: Path, cache_env: Path, mode: str, threads: int) -> dict[str, float]:
+def train_once(
+    root: Path, work: Path, cache_env: Path, mode: str, threads: int, cgroup: MemoryCap | None = None
+) -> dict[str, Any]:
     recipe = work / f"{mode}.yaml"
     recipe.write_text(RECIPE.format(side=SIDE, cache=mode, threads=threads))
     out = work / f"run-{mode}"
@@ -101,12 +111,16 @@ def train_once(root: Path, work: Path, cache_env: Path, mode: str, threads: int)
     argv += ["--out", str(out), "--progress", "plain"]
     before = load_avg()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    enter = cgroup.enter if cgroup is not None else None
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=enter)
     assert proc.stdout is not None
     output = proc.stdout.read().decode()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
+    if cgroup is not None and proc.returncode != 0:
+        rss = round(usage.ru_maxrss / 1024, 1)
+        return {"exit": proc.returncode, "peak_rss_mb": rss, "tail": output[-300:]}
     if proc.returncode != 0:
         raise SystemExit(f"training run failed:\n{output}")
     import csv
@@ -124,7 +138,78 @@ def train_once(root: Path, work: Path, cache_env: Path, mode: str, threads: int)
     }
 
 
-def measure(n: int, base: Path, threads: int) -> dict[str, Any]:
+class MemoryCap:
+    """A memory cgroup the bench makes (and removes) under its own: cgroup v2's ``memory.max``,
+    or v1's ``memory.limit_in_bytes``. Needs root and a writable cgroup file system."""
+
+    def __init__(self, limit: int) -> None:
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        if v2:
+            own = Path("/proc/self/cgroup").read_text().split("\n")[0].split(":", 2)[2]
+            self.path = Path("/sys/fs/cgroup") / own.lstrip("/") / f"mnistkit-bench-{os.getpid()}"
+        else:
+            line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines() if ":memory:" in x)
+            own = line.split(":", 2)[2]
+            self.path = Path("/sys/fs/cgroup/memory") / own.lstrip("/") / f"mnistkit-bench-{os.getpid()}"
+        self.v2 = v2
+        self.path.mkdir()
+        (self.path / ("memory.max" if v2 else "memory.limit_in_bytes")).write_text(str(limit))
+        if v2 and (self.path / "memory.swap.max").exists():
+            (self.path / "memory.swap.max").write_text("0")
+        self.limit = limit
+
+    def enter(self) -> None:  # in the child, before exec
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def stats(self) -> dict[str, Any]:
+        if self.v2:
+            events = dict(x.split() for x in (self.path / "memory.events").read_text().splitlines())
+            peak = self.path / "memory.peak"
+            return {
+                "cgroup_peak_mb": round(int(peak.read_text()) / 2**20, 1) if peak.exists() else None,
+                "limit_hits": int(events.get("max", 0)),
+                "oom_kills": int(events.get("oom_kill", 0)),
+            }
+        oom = dict(x.split() for x in (self.path / "memory.oom_control").read_text().splitlines())
+        return {
+            "cgroup_peak_mb": round(int((self.path / "memory.max_usage_in_bytes").read_text()) / 2**20, 1),
+            "limit_hits": int((self.path / "memory.failcnt").read_text()),
+            "oom_kills": int(oom.get("oom_kill", 0)),
+        }
+
+    def remove(self) -> None:
+        self.path.rmdir()
+
+
+def drop_from_page_cache(path: Path) -> None:
+    """Evict a file's pages from the page cache, so that the next reader charges them to its own
+    memory cgroup (a page is charged to whoever read it first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def capped(root: Path, work: Path, cache: Path, threads: int, cap_mb: int) -> dict[str, Any]:
+    """One mmap epoch and one memory epoch, each in a fresh memory cgroup capped below the
+    cache's size, the cache evicted from the page cache first."""
+    (npy,) = cache.glob("*.npy")
+    res: dict[str, Any] = {"cap_mb": cap_mb, "cache_mb": round(npy.stat().st_size / 2**20, 1)}
+    for mode in ("mmap", "memory"):
+        drop_from_page_cache(npy)
+        cgroup = MemoryCap(cap_mb << 20)
+        try:
+            got = train_once(root, work, cache.parent, mode, threads, cgroup)
+            got.update(cgroup.stats())
+        finally:
+            cgroup.remove()
+        got.setdefault("exit", 0)
+        res[mode] = got
+    return res
+
+
+def measure(n: int, base: Path, threads: int, cap_mb: int | None, repeats: int) -> dict[str, Any]:
     root = base / f"folder-{n}"
     if not root.is_dir():
         t0 = time.perf_counter()
@@ -156,9 +241,23 @@ def measure(n: int, base: Path, threads: int) -> dict[str, Any]:
     del data
     work = base / f"work-{n}"
     work.mkdir(exist_ok=True)
-    for mode in ("mmap", "memory"):
-        res[f"train_{mode}"] = train_once(root, work, cache.parent, mode, threads)
-        print(f"[{n}] train ({mode}): {res[f'train_{mode}']}", flush=True)
+    # Alternated (mmap, memory, memory, mmap, ...): a load change between two runs hits both.
+    runs: dict[str, list[dict[str, Any]]] = {"mmap": [], "memory": []}
+    for r in range(repeats):
+        for mode in ("mmap", "memory") if r % 2 == 0 else ("memory", "mmap"):
+            runs[mode].append(train_once(root, work, cache.parent, mode, threads))
+            print(f"[{n}] train ({mode}): {runs[mode][-1]}", flush=True)
+    for mode, got in runs.items():
+        per_1k = sorted(g["epoch_s_per_1k"] for g in got)
+        res[f"train_{mode}"] = {
+            "epoch_s_per_1k_median": per_1k[len(per_1k) // 2],
+            "epoch_s_per_1k": [g["epoch_s_per_1k"] for g in got],
+            "peak_rss_mb_max": max(g["peak_rss_mb"] for g in got),
+            "runs": got,
+        }
+    if cap_mb and res["cache_mb"] > cap_mb:  # a dataset larger than the cap
+        res["capped"] = capped(root, work, cache, threads, cap_mb)
+        print(f"[{n}] under a {cap_mb} MB memory cap: {res['capped']}", flush=True)
     # Adding 1 % new files: only those are decoded (the rows of the others are copied).
     added = make_folder(root, max(1, n // 100), seed=1, start=n)
     seconds, data = timed_load(root, cache, 2)
@@ -182,7 +281,14 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the training runs")
+    ap.add_argument("--repeats", type=int, default=2, help="training runs per mode, alternated")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--cap-mb",
+        type=int,
+        default=None,
+        help="also train under a memory cgroup of this many MB (root; a cap below the cache's size)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the folders and caches")
     args = ap.parse_args()
     base = args.dir or Path(tempfile.mkdtemp(prefix="mnistkit-data-scale-"))
@@ -190,7 +296,7 @@ def main() -> None:
     results = {
         "cpus": len(os.sched_getaffinity(0)),
         "python": sys.version.split()[0],
-        "sizes": [measure(n, base, args.threads) for n in args.sizes],
+        "sizes": [measure(n, base, args.threads, args.cap_mb, args.repeats) for n in args.sizes],
     }
     print(json.dumps(results, indent=1))
     if args.json:

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 
 from mnistkit.cli.app import app
 from mnistkit.data import images
-from mnistkit.data.batches import epoch_order, memory_batches, prepare
+from mnistkit.data.batches import epoch_order, eval_batches, memory_batches, prepare
 from mnistkit.data.imagecache import choose_mode
 from mnistkit.data.images import load_image_folder
 from mnistkit.recipe.sections import DataSection
@@ -92,7 +93,14 @@ def test_mmap_serves_the_same_batches_as_memory(tmp_path: Path) -> None:
         assert len(served) == -(-len(a.train.y) // 5)
         for (xa, ya), (xb, yb) in served:
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    assert a.mean == b.mean and torch.equal(a.test.x, b.test.x)
+    assert a.mean == b.mean
+    # The mapped test split stays raw uint8 (a view of the file) and is normalized batch by
+    # batch: the same model inputs as the in-memory path's float32 split.
+    assert b.test.x.dtype == torch.uint8 and b.test.x.data_ptr() == mapped.test.x.data_ptr()
+    for (xa, ya), (xb, yb) in zip(eval_batches(a.test, 4), eval_batches(b.test, 4), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    idx = np.array([2, 0, 1])
+    assert torch.equal(a.test.inputs(idx), b.test.inputs(idx))
     # val_split picks rows out of the training split: on a mapped one the run says it copies.
     held = DataSection(dataset="image_folder", val_split=0.25)
     assert "copied into memory" in prepare(mapped, held, 4, cpu).cache_note
@@ -303,3 +311,196 @@ def test_test_inputs_hash_of_a_mapped_split_is_the_sha256_of_its_bytes(tmp_path:
         arr = np.ascontiguousarray(x.numpy())
         want = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode() + arr.tobytes())
         assert tensor_sha256(x) == want.hexdigest()
+
+
+def resident_kb(path: Path) -> int:
+    """Kilobytes of ``path``'s mappings resident in this process (/proc/self/smaps): what the
+    kernel counts in the process's RSS for that file."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.endswith(str(path.resolve()))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux's /proc/self/smaps")
+def test_reading_a_mapped_dataset_whole_leaves_none_of_it_resident(tmp_path: Path) -> None:
+    """An epoch, the data check, the test split's hash and an evaluation each read every row of
+    the map; none of it stays mapped into the process (batches are read from the file, passes
+    over everything let the map's pages go after each slice), so the process's resident set
+    does not grow with the dataset. The batches are still the file's pixels."""
+    from mnistkit.data.check import check_loaded
+    from mnistkit.training.evaluation import evaluate
+
+    make_folder(tmp_path / "data")
+    cache = tmp_path / "cache/images"
+    data = load_image_folder(tmp_path / "data", 3, (64, 48), cache, False, cache_mode="mmap")
+    (npy,) = cache.glob("*.npy")
+    assert data.pages is not None and npy.stat().st_size > 36 * 9000
+    check_pixels_sized(data, (64, 48))  # through the map: all of it resident now
+    assert resident_kb(npy) > 300
+    data.pages.release()
+    assert resident_kb(npy) == 0
+    seen: list[int] = []
+    prepared = prepare(data, DataSection(dataset="image_folder", batch_size=4), 0, torch.device("cpu"))
+    seen.append(resident_kb(npy))
+    order = torch.randperm(len(prepared.train.y))
+    served = torch.cat([xb for xb, _ in memory_batches(prepared.train, 4, order, False)])
+    seen.append(resident_kb(npy))
+    check_loaded(data, "image", None, files=False)
+    seen.append(resident_kb(npy))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 48, 3))
+    evaluate(model, prepared.test, 5)
+    seen.append(resident_kb(npy))
+    assert seen == [0, 0, 0, 0]
+    n_train = len(data.train.y)
+    want = np.stack([pil_sized(f, (64, 48)) for f in data.files[:n_train]])
+    assert np.array_equal(served.numpy(), want[order.numpy()])
+
+
+def pil_sized(path: Path, size: tuple[int, int]) -> np.ndarray:
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB").resize(size[::-1], Image.Resampling.BILINEAR))
+    return rgb.transpose(2, 0, 1)
+
+
+def check_pixels_sized(data: Any, size: tuple[int, int]) -> None:
+    n_train = len(data.train.y)
+    for i, f in enumerate(data.files):
+        x = data.train.x[i] if i < n_train else data.test.x[i - n_train]
+        assert np.array_equal(x.numpy(), pil_sized(f, size)), f
+
+
+def test_an_interrupted_build_resumes_from_its_committed_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C after 10 of 36 files, chunks of 4: the next build decodes only the 28 files of no
+    finished chunk; a damaged chunk is not trusted (its files are decoded again)."""
+    from mnistkit.data import imagecache
+
+    monkeypatch.setattr(imagecache, "PARTIAL_CHUNK", 4)
+    root = tmp_path / "data"
+    make_folder(root)
+    calls: list[Path] = []
+    real = images.decode_image
+
+    def stopped_at(n: int) -> Any:
+        def decode(path: Path, *a: Any) -> np.ndarray:
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            calls.append(path)
+            return real(path, *a)
+
+        return decode
+
+    monkeypatch.setattr(images, "decode_image", stopped_at(10))
+    with pytest.raises(KeyboardInterrupt):
+        load(root)
+    first = list(calls)
+    folder = tmp_path / "cache/images"
+    assert not list(folder.glob("*.json"))  # no cache index: nothing a run would trust
+    (partial,) = folder.glob("*.partial")
+    assert len(list(partial.glob("chunk-*.json"))) == 2  # files 1-4 and 5-8; 9-10 not committed
+    calls.clear()
+    monkeypatch.setattr(images, "decode_image", stopped_at(10**6))
+    data = load(root)
+    assert len(calls) == 28 and not set(calls) & set(first[:8])
+    assert sorted([*first[:8], *calls]) == sorted(data.files)
+    assert "28 decoded, 8 reused" in data.source
+    assert "8 file(s) decoded by an interrupted build were reused" in data.cache_note
+    check_pixels(data)
+    assert not partial.exists()  # the finished cache holds the chunks' rows now
+
+    # A chunk damaged in place (same size) is detected by its sha256 and decoded again.
+    shutil.rmtree(folder)
+    calls.clear()
+    monkeypatch.setattr(images, "decode_image", stopped_at(10))
+    with pytest.raises(KeyboardInterrupt):
+        load(root)
+    chunk = sorted((folder / partial.name).glob("chunk-*.npy"))[0]
+    blob = bytearray(chunk.read_bytes())
+    blob[-1] ^= 0xFF
+    chunk.write_bytes(bytes(blob))
+    calls.clear()
+    monkeypatch.setattr(images, "decode_image", stopped_at(10**6))
+    data = load(root)
+    assert len(calls) == 32 and "32 decoded, 4 reused" in data.source
+    assert any("does not match its record" in r.getMessage() for r in caplog.records)
+    check_pixels(data)
+
+
+def test_the_data_check_identity_of_a_cached_folder_comes_from_its_index(tmp_path: Path) -> None:
+    """A cached start does not hash every pixel to find its data check: the cache's index (every
+    file's size and mtime, the rows' sampled checksum) stands for them. The same files give the
+    same identity in both modes; a changed file gives another."""
+    import dataclasses
+
+    from mnistkit.data.check import identity
+    from mnistkit.data.types import Split
+
+    root = tmp_path / "data"
+    make_folder(root, per_class=4)
+    mem, mapped = load(root, cache_mode="memory"), load(root, cache_mode="mmap")
+    assert mem.content_id and mem.content_id == mapped.content_id
+    assert identity(mem) == identity(mapped)
+    # Not read: other bytes under the same index give the same identity (no pixel is hashed) ...
+    zeros = Split(torch.zeros_like(mem.train.x), mem.train.y)
+    assert identity(dataclasses.replace(mem, train=zeros)) == identity(mem)
+    # ... and without an index, the bytes are what counts (the MNIST family's way).
+    plain = dataclasses.replace(mem, content_id=None)
+    assert identity(dataclasses.replace(plain, train=zeros)) != identity(plain)
+    write_image(root / "bee/01.png", 999)  # a change the index sees: size or mtime
+    os.utime(root / "bee/01.png", ns=(5, 5))
+    changed = load(root, cache_mode="mmap")
+    assert "1 decoded, 11 reused" in changed.source
+    assert changed.content_id != mem.content_id and identity(changed) != identity(mem)
+
+
+# A test-side hook, no product code: every Python process of the job (both ranks, and any
+# decoding process they spawn) imports sitecustomize, which logs each decode_image call.
+COUNTING_SITE = """\
+import os, time
+import mnistkit.data.images as images
+_real = images.decode_image
+def _logged(path, *a):
+    with open(os.environ["DECODE_LOG"], "a") as f:
+        f.write(f"{os.getpid()} {path}\\n")
+    time.sleep(0.03)  # decoding that takes a while: a second decoder would overlap
+    return _real(path, *a)
+images.decode_image = _logged
+"""
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(300)
+def test_two_ranks_share_one_mapped_cache_and_decode_each_file_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    make_folder(tmp_path / "data", per_class=12)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(COUNTING_SITE)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(cache="mmap").replace("epochs: 2", "epochs: 1"))
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("MNISTKIT_DATA", "MNISTKIT_KILL_AT")}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(site), str(repo)]),
+        DECODE_LOG=str(tmp_path / "decoded.log"),
+        MNISTKIT_CACHE=str(tmp_path / "cache"),
+        OMP_NUM_THREADS="1",
+    )
+    argv = [sys.executable, "-m", "mnistkit", "run", str(recipe), "--nproc", "2"]
+    argv += ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--progress", "plain"]
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "mmap (data.cache: mmap)" in res.stdout
+    decoded = [line.split(" ", 1)[1] for line in (tmp_path / "decoded.log").read_text().splitlines()]
+    want = sorted(str(p) for p in (tmp_path / "data").rglob("*.*"))
+    assert sorted(decoded) == want  # every file once, by one rank, for both
+    (index,) = (tmp_path / "cache/images").glob("*.json")
+    assert len(list((tmp_path / "cache/images").glob("*.npy"))) == 1
+    assert len(RunDir(tmp_path / "run").read_metrics()) == 1

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from mnistkit.data.mapped import Pages, chunks
 from mnistkit.data.types import LoadedData, Split
 from mnistkit.recipe.sections import DataSection, Normalize
 
@@ -28,7 +30,9 @@ class Prepared:
     ``train.x`` keeps the dataset's storage type (uint8 pixels for images, float32 for audio
     features) and every batch is normalized as it is served, by :meth:`inputs`; ``test`` and
     ``val`` are normalized once, with the same function, because evaluation, plots and predict use
-    them whole. Why not normalize the training set once too: measured on the 2-core dev machine
+    them whole (memory-mapped data, issue 25: they stay raw uint8 and each evaluation batch is
+    normalized as it is read, :attr:`Split.mul`, so that no split is ever held whole). Why not
+    normalize the training set once too: measured on the 2-core dev machine
     (docs/performance.md), a float32 copy of Fashion-MNIST's 60,000 training images is 188 MB
     against 47 MB of uint8, and it bought about 13 µs of a ~1,700 µs training step (index_select of
     64 float rows: 5 µs; of 64 uint8 rows plus the multiply-add below: 18 µs). The 141 MB count
@@ -36,8 +40,8 @@ class Prepared:
     """
 
     train: Split  # raw: normalize batches with inputs()
-    test: Split  # normalized float32
-    val: Split | None  # normalized float32
+    test: Split  # normalized float32; memory-mapped data: raw, normalized per batch (Split.mul)
+    val: Split | None  # as test
     classes: list[str]
     in_shape: tuple[int, ...]
     mean: tuple[float, ...]
@@ -140,16 +144,20 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
     test = raw_test_split(loaded, section)
     mul, add = affine(mean, std, scale, tx.dim(), device)
 
-    def put(split: Split) -> Split:
-        return Split(normalize(split.x.to(device), mul, add), split.y.to(torch.int64).to(device))
+    def put(split: Split, pages: Pages | None = None) -> Split:
+        y = split.y.to(torch.int64).to(device)
+        if loaded.mapped:  # raw on the host, normalized batch by batch (never whole in float32)
+            return Split(split.x, y, mul, add, pages)
+        return Split(normalize(split.x.to(device), mul, add), y)
 
     # A memory-mapped training split stays where it is (batches read their rows from the file
     # and are moved to the device one at a time); copying it would load the whole dataset.
     resident = section.loader == "memory" and not loaded.mapped
     train_device = device if resident else torch.device("cpu")
+    train_pages = loaded.pages if val is None else None  # val_split: tx is a copy in memory
     return Prepared(
-        train=Split(tx.to(train_device), ty.to(torch.int64).to(train_device)),
-        test=put(test),
+        train=Split(tx.to(train_device), ty.to(torch.int64).to(train_device), pages=train_pages),
+        test=put(test, loaded.pages),
         val=put(val) if val is not None else None,
         classes=list(loaded.classes),
         in_shape=tuple(loaded.train.x.shape[1:]),
@@ -162,7 +170,7 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
         x_add=add,
         pixel_mean=tuple(float(m) for m in loaded.mean),
         test_files=loaded.test_files[: len(test.y)] if loaded.test_files is not None else None,
-        test_inputs_sha256=tensor_sha256(test.x),
+        test_inputs_sha256=tensor_sha256(test.x, loaded.pages),
         cache_note=loaded.cache_note
         + (
             "; val_split: the rest of the training split was copied into memory"
@@ -172,15 +180,19 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
     )
 
 
-def tensor_sha256(x: torch.Tensor) -> str:
-    """sha256 of a tensor's dtype, shape and values (C order): equal exactly when the data is."""
+def tensor_sha256(x: torch.Tensor, pages: Pages | None = None) -> str:
+    """sha256 of a tensor's dtype, shape and values (C order): equal exactly when the data is.
+
+    Read in slices of a few MB (a memory-mapped split: ``pages`` lets go of the map's pages after
+    each)."""
     import hashlib
 
     arr = x.detach().cpu().contiguous().numpy()
     h = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode())
     # the bytes in place (no copy of a mapped test split); reshape(-1): memoryview cannot cast
     # a shape with a 0 in it
-    h.update(memoryview(arr.reshape(-1)).cast("B"))
+    for _, part in chunks(arr, pages):
+        h.update(memoryview(np.ascontiguousarray(part).reshape(-1)).cast("B"))
     return h.hexdigest()
 
 
@@ -229,7 +241,16 @@ def memory_batches(
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = shard_part(order[start : start + batch_size], shard)
-        yield split.x.index_select(0, idx), split.y.index_select(0, idx)
+        yield rows(split, idx), split.y.index_select(0, idx)
+
+
+def rows(split: Split, idx: torch.Tensor) -> torch.Tensor:
+    """``split.x``'s rows ``idx``: from the file for a memory-mapped split (``split.pages``:
+    read, not mapped, so that an epoch leaves nothing of the file in this process)."""
+    if split.pages is None:
+        return split.x.index_select(0, idx)
+    assert split.x.is_contiguous()
+    return torch.from_numpy(split.pages.rows(split.x.data_ptr(), idx.cpu().numpy()))
 
 
 def shard_part(batch: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
@@ -291,5 +312,14 @@ def dataloader_batches(
 
 
 def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive batches of model inputs; a raw split's (``split.mul``) normalized one by one
+    on its device."""
     for start in range(0, len(split.y), batch_size):
-        yield split.x[start : start + batch_size], split.y[start : start + batch_size]
+        stop = min(len(split.y), start + batch_size)
+        xb = split.x[start:stop]
+        if split.pages is not None:  # read from the file, not through the map (as in rows())
+            assert split.x.is_contiguous()
+            xb = torch.from_numpy(split.pages.span(split.x.data_ptr(), start, stop))
+        if split.mul is not None and split.add is not None:
+            xb = normalize(xb.to(split.mul.device), split.mul, split.add)
+        yield xb, split.y[start:stop]

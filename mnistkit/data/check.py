@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from mnistkit.data.mapped import Pages, chunks
 from mnistkit.fsutil import atomic_path
 
 log = logging.getLogger("mnistkit.data.check")
@@ -43,18 +44,20 @@ EXAMPLES = 5
 
 
 # ------------------------------------------------------------------------------- hashing
-def row_keys(x: np.ndarray) -> np.ndarray:
+def row_keys(x: np.ndarray, pages: Pages | None = None) -> np.ndarray:
     """One opaque, comparable value per sample: its bytes as a numpy void scalar, or the SHA-1
     of its bytes when that is shorter (rows wider than 20 bytes). Digests keep the keys small:
     the rows themselves would be copied (concatenated, sorted) whole, several times the size of
-    a memory-mapped dataset (issue 25)."""
+    a memory-mapped dataset (issue 25). Read a few MB at a time (``pages``: the map's pages are
+    let go after each slice)."""
     flat = x.reshape(len(x), int(np.prod(x.shape[1:])))
     width = flat.shape[1] * flat.itemsize
     if not width:
         return np.zeros(len(x), "V1")
     if width <= 20:
         return np.ascontiguousarray(flat).view(np.dtype((np.void, width))).ravel()
-    return digest_keys(list(flat))
+    parts = [digest_keys(list(part.reshape(len(part), -1))) for _, part in chunks(x, pages)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.dtype((np.void, 20)))
 
 
 def digest_keys(arrays: list[np.ndarray]) -> np.ndarray:
@@ -126,7 +129,7 @@ def _name(i: int, names: list[str] | None) -> str:
     return names[i] if names is not None else f"#{i}"
 
 
-def dhash(x: np.ndarray) -> np.ndarray:
+def dhash(x: np.ndarray, pages: Pages | None = None) -> np.ndarray:
     """64-bit difference hash of every image of ``x`` (uint8 ``[N, C, H, W]``), as uint64.
 
     Grey (channel mean) → 8 rows x 9 columns of block means (``np.add.reduceat`` over bands of
@@ -138,20 +141,20 @@ def dhash(x: np.ndarray) -> np.ndarray:
     cols = np.linspace(0, w, 10).astype(int)[:-1]
     sizes = np.diff(np.append(rows, h))[:, None] * np.diff(np.append(cols, w))[None, :]
     out = np.empty(n, dtype=np.uint64)
-    step = max(1, (8 << 20) // max(1, c * h * w))  # ~8 MB of pixels at a time: bounded memory
-    for a in range(0, n, step):
-        part = x[a : a + step]
+    for a, part in chunks(x, pages):  # a few MB of pixels at a time: bounded memory
         grey = part[:, 0] if c == 1 else part.sum(axis=1, dtype=np.uint32)  # sum: same bits as mean
         sums = np.add.reduceat(
             np.add.reduceat(grey, rows, axis=1, dtype=np.uint32), cols, axis=2, dtype=np.uint32
         )
         blocks = sums / sizes
         bits = (blocks[:, :, :-1] > blocks[:, :, 1:]).reshape(len(part), 64)
-        out[a : a + step] = np.packbits(bits, axis=1).view(">u8").ravel()
+        out[a : a + len(part)] = np.packbits(bits, axis=1).view(">u8").ravel()
     return out
 
 
-def near_duplicates(train_x: np.ndarray, test_x: np.ndarray, inverse: np.ndarray) -> dict[str, Any]:
+def near_duplicates(
+    train_x: np.ndarray, test_x: np.ndarray, inverse: np.ndarray, pages: Pages | None = None
+) -> dict[str, Any]:
     """Near-duplicate candidates: same dHash, different pixels (within train; test vs train).
 
     ``inverse``: the exact-duplicate group of every train then test sample (:func:`group_ids`
@@ -159,7 +162,7 @@ def near_duplicates(train_x: np.ndarray, test_x: np.ndarray, inverse: np.ndarray
     if train_x.ndim != 4 or train_x.shape[2] < 8 or train_x.shape[3] < 9:
         return {"method": None, "why": "images smaller than 8x9 pixels: no dHash"}
     n = len(train_x)
-    ht, he = dhash(train_x), dhash(test_x)
+    ht, he = dhash(train_x, pages), dhash(test_x, pages)
     # within train: samples sharing their dHash with a training sample of other pixels
     pair = np.unique(np.stack([ht, inverse[:n].astype(np.uint64)]), axis=1)
     hashes, per_hash = np.unique(pair[0], return_counts=True)
@@ -223,14 +226,16 @@ def check_arrays(
     train_names: list[str] | None = None,
     test_names: list[str] | None = None,
     hashed: str = "decoded samples",
+    pages: Pages | None = None,
 ) -> dict[str, Any]:
     """The array part of the check: counts, exact duplicates, leaks, near-duplicates (uint8 only).
 
     ``*_keys`` (default: the rows' bytes, :func:`row_keys`) are what makes two samples equal.
+    ``pages``: the samples are rows of this memory map (read a few MB at a time, let go).
     """
     t0 = time.perf_counter()
-    k_tr = row_keys(train_x) if train_keys is None else train_keys
-    k_te = row_keys(test_x) if test_keys is None else test_keys
+    k_tr = row_keys(train_x, pages) if train_keys is None else train_keys
+    k_te = row_keys(test_x, pages) if test_keys is None else test_keys
     ids = group_ids(np.concatenate([k_tr, k_te]))
     ids_tr, ids_te = ids[: len(k_tr)], ids[len(k_tr) :]
     report: dict[str, Any] = {
@@ -248,21 +253,30 @@ def check_arrays(
         },
     }
     if train_x.dtype == np.uint8 and train_keys is None and len(train_x) and len(test_x):
-        report["near_duplicates"] = near_duplicates(train_x, test_x, ids)
+        report["near_duplicates"] = near_duplicates(train_x, test_x, ids, pages)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
 
 
 def identity(loaded: Any, extra: str = "") -> str:
     """A hash of the decoded data (both splits' samples and labels, the classes) and ``extra``:
-    what the cached check belongs to. BLAKE2b runs at ~1 GB/s: ~0.05 s for Fashion-MNIST."""
+    what the cached check belongs to. BLAKE2b runs at ~1 GB/s: ~0.05 s for Fashion-MNIST.
+
+    Where the loader knows what its samples are without reading them (``loaded.content_id``:
+    an image folder's decoded cache, whose index names every file's size and mtime and the
+    rows' checksum), that stands for the samples, and only the labels are hashed: a cached run
+    of 200,000 images would otherwise read gigabytes at every start (issue 25)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"v{CHECK_VERSION}|{extra}|{json.dumps(list(map(str, loaded.classes)))}".encode())
+    content = loaded.content_id
+    if content:
+        h.update(f"|content {content}".encode())
     for split in (loaded.train, loaded.test):
         for t in (split.x, split.y):
-            arr = np.ascontiguousarray(t.numpy())
+            arr = t.numpy()
             h.update(f"{arr.dtype}{arr.shape}".encode())
-            h.update(memoryview(arr).cast("B"))
+            if not (content and t is split.x):
+                h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
     return h.hexdigest()
 
 
@@ -324,6 +338,7 @@ def check_loaded(loaded: Any, kind: str, sample_rate: int | None, *, files: bool
         train_names=names[0] if names else None,
         test_names=names[1] if names else None,
         hashed=hashed,
+        pages=loaded.pages,
     )
     report["unreadable"] = [{"file": f, "reason": r} for f, r in sorted(loaded.bad_files.items())]
     if files and kind == "image" and per_file is not None:

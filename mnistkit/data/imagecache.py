@@ -18,6 +18,12 @@ write-then-rename), then deletes the previous ``.npy``: an interrupted build lea
 cache intact and nothing a later run trusts. Rows of files whose size and mtime are unchanged are
 copied from the previous cache; only new or changed files are decoded again.
 
+While it decodes, a build commits every :data:`PARTIAL_CHUNK` files to
+``image_folder-<key>.partial/`` (a ``chunk-<id>.npy`` of their rows, then a ``chunk-<id>.json``
+naming each file's size and mtime and the ``.npy``'s size and sha256). A build stopped midway
+(Ctrl-C, a kill) leaves these; the next build takes the rows of every chunk whose record exists
+and matches, decodes the rest, and removes the folder once the cache is complete.
+
 What opening checks (cheaply, at every start): the ``.npy`` has the size the index recorded, and
 a sha256 of 16 blocks of 64 KiB spread over it (the first and the last included) matches. That
 catches a truncated file and any block overwritten in place; a bit flipped between two sampled
@@ -27,9 +33,11 @@ blocks is left to the file system (a full checksum would read the whole dataset 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnistkit.data.mapped import let_go
 from mnistkit.fsutil import atomic_write_text, fsync_dir, tmp_path
 
 log = logging.getLogger("mnistkit.images")
@@ -74,6 +83,7 @@ class Decoded:
     std: tuple[float, ...] = ()
     notes: list[str] = field(default_factory=list)  # e.g. why the previous cache was not used
     processes: int = 1  # how many processes decoded
+    content: str = ""  # content_id() of the cache's index
 
 
 def fingerprints(base: Path, names: Sequence[str]) -> list[tuple[int, int]]:
@@ -104,6 +114,19 @@ def sampled_sha256(path: Path, size: int) -> str:
             f.seek(s)
             h.update(f.read(_BLOCK))
     return h.hexdigest()
+
+
+def content_id(index: dict) -> str:
+    """What the rows of a cache are, from its index alone: every file's name, size, mtime,
+    label, split and row, the unreadable ones, the decoding settings, and the data file's size
+    and sampled checksum (not its name: rebuilding the same files gives the same id).
+
+    It stands for the decoded pixels as far as the cache itself does: a file of unchanged size
+    and mtime is taken as unchanged (the rule that decides what is decoded again), and the data
+    file is checked by its size and sampled blocks at every start."""
+    keys = ("version", "settings", "shape", "files", "bad", "nbytes", "sampled_sha256")
+    material = json.dumps([index[k] for k in keys], sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def _read_index(index_path: Path) -> dict | None:
@@ -158,6 +181,7 @@ def pixel_stats(x: np.ndarray, rows: int) -> tuple[tuple[float, ...], tuple[floa
         chunk = np.asarray(x[start : min(rows, start + step)])
         for c in range(channels):
             counts[c] += np.bincount(chunk[:, c].ravel(), minlength=256)
+        let_go(x)  # a memory map's pages: read once, not kept in this process
     values = np.arange(256, dtype=np.float64)
     n = counts.sum(axis=1).astype(np.float64)
     n = np.where(n > 0, n, 1)
@@ -221,6 +245,7 @@ def decode_into(
                 tuple(stats["mean"]),
                 tuple(stats["std"]),
                 notes,
+                content=str(index["content"]) if "content" in index else content_id(index),
             )
     return _build(
         dataset,
@@ -250,6 +275,9 @@ def _same_rows(index: dict, wanted: list[list[object]]) -> bool:
     return len(rest) + len(bad) == len(wanted) and rest == good
 
 
+Fp = tuple[str, int, int]  # a file's name, size and mtime_ns: unchanged when all three are
+
+
 def _build(
     dataset: str,
     key: str,
@@ -267,27 +295,32 @@ def _build(
     notes: list[str],
     t0: float,
 ) -> Decoded:
-    old_rows: dict[tuple[object, ...], int] = {}
-    old_bad: dict[tuple[object, ...], str] = {}
+    # What is known without decoding: the previous cache's rows and failures, then what the
+    # finished chunks of an interrupted build hold.
+    known: dict[Fp, np.ndarray | str] = {}
     if index is not None and old_x is not None:
-        old_rows = {(f[0], f[1], f[2]): int(f[5]) for f in index["files"]}
-        old_bad = {(f[0], f[1], f[2]): str(f[5]) for f in index["bad"]}
+        known = {(f[0], f[1], f[2]): old_x[int(f[5])] for f in index["files"]}
+        known.update({(f[0], f[1], f[2]): str(f[5]) for f in index["bad"]})
     cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = cache_dir / f"{dataset}-{key}.partial"
+    resumed = {fp: got for fp, got in read_partial(partial, shape).items() if fp not in known}
+    known.update(resumed)
     data_name = f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.npy"
     final = cache_dir / data_name
     tmp = tmp_path(final)
-    known = old_rows.keys() | old_bad.keys()
-    todo = [str(row[0]) for row in wanted if (row[0], row[1], row[2]) not in known]
+    todo: list[Fp] = [(str(r[0]), int(r[1]), int(r[2])) for r in wanted if (r[0], r[1], r[2]) not in known]
+    used_resumed = sum(1 for r in wanted if (r[0], r[1], r[2]) in resumed)
+    if used_resumed:
+        notes.append(f"{used_resumed} file(s) decoded by an interrupted build were reused")
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(1, len(items)), *shape))
-        results = decode_all(base, todo, decode, workers, progress)
+        results = decode_all(base, [fp[0] for fp in todo], decode, workers, progress)
         try:
-            files, bad_rows = _fill(out, wanted, old_x, old_rows, old_bad, results)
+            committed = _committing(results, todo, partial, shape)
+            files, bad_rows = _fill(out, wanted, known, committed, [out, old_x])
         finally:
             results.close()  # stops the worker processes, also on Ctrl-C
         w = len(files)
-        decoded = len(todo)
-        reused = len(items) - decoded
         n_train = sum(1 for f in files if f[4] == "train")
         mean, std = pixel_stats(out, n_train)
         out.flush()
@@ -318,48 +351,138 @@ def _build(
         "bad": bad_rows,  # [name, size, mtime_ns, label, split, reason]
         "stats": {"mean": list(mean), "std": list(std)},
     }
+    new_index["content"] = content_id(new_index)  # kept: hashing a 200k-file index takes ~0.3 s
     atomic_write_text(cache_dir / f"{dataset}-{key}.json", json.dumps(new_index))
-    del old_x
+    del old_x, known, resumed
+    shutil.rmtree(partial, ignore_errors=True)  # the chunks are in the cache now
     for stale in cache_dir.glob(f"{dataset}-{key}-*.npy"):
         if stale.name != data_name:
             stale.unlink(missing_ok=True)
     bad = {str(r[0]): str(r[5]) for r in bad_rows}
     good = [str(f[0]) for f in files]
     processes = workers if len(todo) >= PARALLEL_MIN_FILES else 1
+    took = time.perf_counter() - t0
+    decoded = len(todo)
     return Decoded(
-        x, good, bad, final, reused, decoded, time.perf_counter() - t0, mean, std, notes, processes
+        x,
+        good,
+        bad,
+        final,
+        len(items) - decoded,
+        decoded,
+        took,
+        mean,
+        std,
+        notes,
+        processes,
+        str(new_index["content"]),
     )
 
 
 def _fill(
     out: np.ndarray,
     wanted: list[list[object]],
-    old_x: np.ndarray | None,
-    old_rows: dict[tuple[object, ...], int],
-    old_bad: dict[tuple[object, ...], str],
+    known: dict[Fp, np.ndarray | str],
     results: Iterator[np.ndarray | str],
+    maps: list[np.ndarray | None],
 ) -> tuple[list[list[object]], list[list[object]]]:
-    """Write the usable rows into ``out`` in ``wanted``'s order: copied from ``old_x`` for
-    unchanged files, else the next of ``results`` (the decoded files, in the same order).
-    Returns the index's ``files`` and ``bad`` rows."""
+    """Write the usable rows into ``out`` in ``wanted``'s order: ``known``'s row (or failure) for
+    files it has, else the next of ``results`` (the other files decoded, in the same order).
+    Returns the index's ``files`` and ``bad`` rows. Every :data:`LET_GO_BYTES` of rows the pages of
+    ``maps`` (the cache being written, the previous one) leave this process (page cache only)."""
     files: list[list[object]] = []
     bad_rows: list[list[object]] = []
-    for row in wanted:
+    every = max(1, LET_GO_BYTES // max(1, out[0].nbytes))
+    for i, row in enumerate(wanted, start=1):
+        if i % every == 0:
+            let_go(*maps)
         fp = (row[0], row[1], row[2])
-        if fp in old_rows:
-            assert old_x is not None
-            out[len(files)] = old_x[old_rows[fp]]
-        elif fp in old_bad:
-            bad_rows.append([*row, old_bad[fp]])
+        got = known[fp] if fp in known else next(results)  # type: ignore[index]
+        if isinstance(got, str):
+            bad_rows.append([*row, got])
             continue
-        else:
-            got = next(results)
-            if isinstance(got, str):
-                bad_rows.append([*row, got])
-                continue
-            out[len(files)] = got
+        out[len(files)] = got
         files.append([*row, len(files)])
+    let_go(*maps)
     return files, bad_rows
+
+
+#: Bytes of rows a build writes between two releases of its maps' pages (:func:`let_go`).
+LET_GO_BYTES = 32 << 20
+
+# ------------------------------------------------------------------------------- resuming
+#: Files per chunk that a build commits as it decodes (issue 25): a build stopped midway keeps
+#: its finished chunks, and the next build decodes only the files that are in none of them.
+PARTIAL_CHUNK = 512
+
+
+def _committing(
+    results: Iterator[np.ndarray | str], todo: list[Fp], folder: Path, shape: tuple[int, ...]
+) -> Iterator[np.ndarray | str]:
+    """``results`` (the files of ``todo``, decoded in order) passed on unchanged, every
+    :data:`PARTIAL_CHUNK` of them also committed to ``folder`` (:func:`commit_chunk`)."""
+    rows: list[np.ndarray] = []
+    meta: list[list[object]] = []
+    for fp, got in zip(todo, results, strict=False):
+        if isinstance(got, str):
+            meta.append([*fp, got])
+        else:
+            meta.append([*fp, len(rows)])
+            rows.append(got)
+        yield got
+        if len(meta) >= PARTIAL_CHUNK:
+            try:
+                commit_chunk(folder, rows, meta, shape)
+            except OSError as e:  # a full disk, a folder removed by a build finishing at once
+                log.warning("image cache: could not keep decoded files for a resumed build (%s)", e)
+            rows, meta = [], []
+
+
+def commit_chunk(
+    folder: Path, rows: list[np.ndarray], meta: list[list[object]], shape: tuple[int, ...]
+) -> None:
+    """One chunk of decoded files: ``chunk-<id>.npy`` (their rows), then ``chunk-<id>.json``
+    (every file's name, size, mtime and row in the chunk or why it failed; the ``.npy``'s size
+    and sha256), each written under a temporary name and renamed. Only a chunk whose ``.json``
+    exists, and whose ``.npy`` matches it, is ever read back (:func:`read_partial`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, np.stack(rows) if rows else np.zeros((0, *shape), np.uint8), allow_pickle=False)
+    blob = buf.getvalue()
+    name = f"chunk-{uuid.uuid4().hex[:12]}"
+    tmp = tmp_path(folder / f"{name}.npy")
+    tmp.write_bytes(blob)
+    os.replace(tmp, folder / f"{name}.npy")
+    record = {
+        "data": f"{name}.npy",
+        "nbytes": len(blob),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "files": meta,
+    }
+    atomic_write_text(folder / f"{name}.json", json.dumps(record))
+
+
+def read_partial(folder: Path, shape: tuple[int, ...]) -> dict[Fp, np.ndarray | str]:
+    """What the committed chunks of an interrupted build hold: each file's row (a view of its
+    chunk, mapped) or why it failed. A chunk whose ``.npy`` does not match its record (size,
+    sha256: the chunk is read whole, which costs little next to decoding it) is left out, with a
+    warning; a ``.npy`` without a record (stopped in between) is never looked at."""
+    found: dict[Fp, np.ndarray | str] = {}
+    for record_path in sorted(folder.glob("chunk-*.json")) if folder.is_dir() else []:
+        try:
+            record = json.loads(record_path.read_text())
+            npy = folder / str(record["data"])
+            blob = npy.read_bytes()
+            if len(blob) != record["nbytes"] or hashlib.sha256(blob).hexdigest() != record["sha256"]:
+                raise ValueError(f"{npy.name} does not match its record")
+            rows = np.load(npy, mmap_mode="c", allow_pickle=False)
+            if rows.dtype != np.uint8 or tuple(rows.shape[1:]) != shape:
+                raise ValueError(f"{npy.name} holds {rows.dtype} {rows.shape}")
+            for name, size, mtime, got in record["files"]:
+                found[(str(name), int(size), int(mtime))] = rows[got] if isinstance(got, int) else str(got)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            log.warning("image cache: a chunk of an interrupted build is not used (%s)", e)
+    return found
 
 
 #: Fewer files than this are decoded in this process: starting worker processes (each imports

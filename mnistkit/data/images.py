@@ -31,6 +31,7 @@ import numpy as np
 
 from mnistkit.data.audio import FolderKind, Progress, split_class_folders
 from mnistkit.data.imagecache import Item, available_memory, choose_mode, decode_into
+from mnistkit.data.mapped import Pages
 from mnistkit.data.types import LoadedData, Split
 from mnistkit.errors import DataError, set_hint
 
@@ -223,4 +224,6 @@ def load_image_folder(
         bad_files={str(root / name): reason for name, reason in feats.bad.items()},
         cache_note="; ".join([cache, *feats.notes]),
         mapped=isinstance(feats.x, np.memmap),
+        pages=Pages(feats.x) if isinstance(feats.x, np.memmap) else None,
+        content_id=feats.content,
     )

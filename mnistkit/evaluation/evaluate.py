@@ -93,7 +93,7 @@ def write_gallery(run: RunDir, probs: np.ndarray, data: Prepared, recipe: Recipe
     labels = data.test.y.cpu().numpy()
     mistakes, unsure = pick(probs, labels)
     idx = np.concatenate([mistakes, unsure])
-    inputs = denormalize(data.test.x[idx], data.mean, data.std)
+    inputs = denormalize(data.test.inputs(idx), data.mean, data.std)
     files = data.test_files
     names = [_short_name(files[i]) for i in idx] if files is not None else None
     spectrogram = recipe.data.features is not None
@@ -134,7 +134,7 @@ def write_run_plots(
         )
     )
     idx = worst_indices(probs, y)
-    images = denormalize(data.test.x[idx], data.mean, data.std)
+    images = denormalize(data.test.inputs(idx), data.mean, data.std)
     n_wrong = int((pred != y).sum())
     files = [data.test_files[i] for i in idx] if data.test_files is not None else None
     paths.append(

@@ -48,7 +48,7 @@ def evaluate(
     process would. Probabilities are not sharded (plots and predict run on rank 0 alone).
     """
     assert not (keep_probs and ctx.distributed), "probabilities are computed by one process"
-    device = split.x.device
+    device = split.device
     was_training = model.training
     model.eval()
     channels_last = uses_channels_last(model, device)
