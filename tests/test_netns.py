@@ -59,8 +59,10 @@ def test_the_namespaces_and_their_processes_are_removed() -> None:
     if why:
         pytest.skip(why)
     with netns.two_hosts() as hosts:
-        sleeper = hosts.b.popen(["sleep", "600"])
-        assert hosts.b.pids()
+        # It says "in" once it runs inside B's namespace (`ip netns exec` enters it, then execs).
+        sleeper = hosts.b.popen(["sh", "-c", "echo in; exec sleep 600"], stdout=subprocess.PIPE, text=True)
+        assert sleeper.stdout.readline().strip() == "in"
+        assert sleeper.pid in hosts.b.pids()
     assert sleeper.wait(timeout=15) != 0  # killed with the namespace
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert hosts.a.name not in listed and hosts.b.name not in listed
