@@ -19,7 +19,9 @@ busy machine than wall time) and wall microseconds per step.
 
     python bench/step_floor.py --jax-python /path/to/venv-with-jax/bin/python --rounds 7
 
-All variants run on 1 thread (``--threads``), so they do not compete with each other's pools.
+Torch runs on ``--threads`` threads (default 1). XLA is asked for one
+(``--xla_cpu_multi_thread_eigen=false``) but still spreads a step over the cores it has: compare
+its CPU and wall columns.
 """
 
 from __future__ import annotations
