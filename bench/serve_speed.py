@@ -204,7 +204,7 @@ async def _warm(port: int, bodies: list[bytes], n: int) -> None:
 
 # ------------------------------------------------------------------------------ in-process
 def in_process(model_path: Path, bodies: list[bytes], seconds: float) -> dict[str, Any]:
-    from mnistkit.evaluation.predict import InMemoryFile, read_files
+    from mnistkit.evaluation.inputs import InMemoryFile, read_files
     from mnistkit.export.runtime import load_model
 
     model = load_model(model_path)

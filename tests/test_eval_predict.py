@@ -435,7 +435,7 @@ def test_predict_wav_with_the_runs_log_mel_features(tmp_path: Path, monkeypatch:
 def test_dark_background_hint_follows_the_pixels_not_the_normalization() -> None:
     """With `normalize: none` the normalization mean is 0, which claimed every dataset was
     light-on-dark; the hint must follow the training pixels' own mean (data.json pixel_mean)."""
-    from mnistkit.evaluation.predict import _trained_dark
+    from mnistkit.evaluation.inputs import _trained_dark
 
     none = {"mean": [0.0], "std": [1.0]}
     assert _trained_dark({**none, "pixel_mean": [0.13]})  # MNIST-like: white strokes on black

@@ -138,7 +138,8 @@ def predict(
     A note (on stderr) flags inputs far from the training data: resized by more than 2x,
     colour given to a grey model (or the reverse), audio much longer than the training clips.
     Given a model.onnx from `mnistkit export`, runs it in ONNX Runtime without torch."""
-    from mnistkit.evaluation.predict import predict_files, print_predictions
+    from mnistkit.evaluation.inputs import print_predictions
+    from mnistkit.evaluation.predict import predict_files
     from mnistkit.export.runtime import is_onnx_path, predict_onnx
 
     if is_onnx_path(run_dir):  # --checkpoint is the one the model was exported from

@@ -18,20 +18,18 @@ a run converts new images with the same :func:`decode_image`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
 from mnistkit.data.audio import FolderKind, Progress, split_class_folders
 from mnistkit.data.imagecache import Item, available_memory, choose_mode, decode_into
 from mnistkit.data.mapped import Pages
+from mnistkit.data.pixels import IMAGE_EXTENSIONS, image_pixels, open_image
 from mnistkit.data.types import LoadedData, Split
 from mnistkit.errors import DataError, set_hint
 
@@ -40,7 +38,6 @@ log = logging.getLogger("mnistkit.images")
 # Bump whenever decode_image() changes its output: it is part of the cache key.
 IMAGE_VERSION = 1
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGES = FolderKind(IMAGE_EXTENSIONS, "images", "*.png (or .jpg, .bmp, .gif, .webp, .tif)", "Add images")
 
 
@@ -54,37 +51,6 @@ def decode_image(path: Path | BinaryIO, channels: int, height: int, width: int) 
     """
     with open_image(path) as img:
         return image_pixels(img, channels, height, width)
-
-
-@contextlib.contextmanager
-def open_image(path: Path | BinaryIO) -> Iterator[Any]:
-    """The image, decoded (``load()``): a decompression bomb or a truncated file raises here.
-
-    For a caller that also looks at the image itself (predict's notes) before
-    :func:`image_pixels`: one open and one decode instead of two."""
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
-            img.load()  # decodes everything now: a truncated file fails here, not later
-            yield img
-
-
-def image_pixels(img: Any, channels: int, height: int, width: int) -> np.ndarray:
-    """An opened image (:func:`open_image`) as :func:`decode_image` returns it."""
-    from PIL import Image
-
-    if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
-        # Transparent pixels become the background, black as in MNIST-like data.
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    img = img.convert("L" if channels == 1 else "RGB")
-    if img.size != (width, height):
-        img = img.resize((width, height), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
-    arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(arr)
 
 
 @dataclass(frozen=True)

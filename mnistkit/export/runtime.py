@@ -1,6 +1,6 @@
 """``mnistkit predict model.onnx FILE...``: an exported model in ONNX Runtime, without torch.
 
-Files are read by the same functions ``predict RUN_DIR`` uses (:func:`mnistkit.evaluation.predict.read_files`:
+Files are read by the same functions ``predict RUN_DIR`` uses (:func:`mnistkit.evaluation.inputs.read_files`:
 numpy and Pillow, or librosa for audio) into the raw input the graph takes; the graph normalizes
 and applies the softmax itself. Nothing here, nor anything it imports, imports torch
 (tests/test_export.py runs it with torch made unimportable).
@@ -75,7 +75,7 @@ def load_model(path: Path, intra_op_threads: int = 0) -> OnnxModel:
 
 def predict_onnx(model_path: Path, files: list[Path], top: int = 1, invert: bool = False) -> dict[str, Any]:
     """Predictions for ``files``, shaped as ``predict_files``' (mnistkit.evaluation.predict) + ``"model"``."""
-    from mnistkit.evaluation.predict import check_predict_args, expand_inputs, prediction_items, read_files
+    from mnistkit.evaluation.inputs import check_predict_args, expand_inputs, prediction_items, read_files
 
     check_predict_args(files, top)
     model = load_model(model_path)

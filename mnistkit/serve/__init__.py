@@ -10,7 +10,7 @@
 * :mod:`mnistkit.serve.metrics` -- counters and histograms in the Prometheus text format.
 * :mod:`mnistkit.serve.server` -- uvicorn, workers, graceful shutdown (SIGTERM/Ctrl-C: exit 0).
 
-Files are decoded by the functions ``mnistkit predict`` uses (:mod:`mnistkit.evaluation.predict`)
+Files are decoded by the functions ``mnistkit predict`` uses (:mod:`mnistkit.evaluation.inputs`)
 and the model is run through :mod:`mnistkit.export.runtime`, so the answers are predict's. Nothing
 here imports torch (import-linter contract; the tests run the server with torch unimportable).
 See docs/serving.md.

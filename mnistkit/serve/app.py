@@ -2,8 +2,8 @@
 
 ``create_app`` is what uvicorn's workers call (``factory=True``); the settings come in
 :data:`mnistkit.serve.config.ENV_VAR`. Each request's files are read by
-:func:`mnistkit.evaluation.predict.read_files` and answered by
-:func:`mnistkit.evaluation.predict.prediction_items`, exactly as ``mnistkit predict`` does; only
+:func:`mnistkit.evaluation.inputs.read_files` and answered by
+:func:`mnistkit.evaluation.inputs.prediction_items`, exactly as ``mnistkit predict`` does; only
 the model call goes through the :class:`~mnistkit.serve.batcher.Batcher`. Every refusal is JSON
 ``{"error": ..., "problem": ...}`` with a 4xx (503 when busy); an unexpected failure is a 500
 with no traceback in it (the traceback goes to the server's log).
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistkit.errors import RunError
-from mnistkit.evaluation.predict import prediction_items, read_files
+from mnistkit.evaluation.inputs import prediction_items, read_files
 from mnistkit.export.runtime import OnnxModel, load_model
 from mnistkit.serve.batcher import Batcher, Overloaded
 from mnistkit.serve.config import ServeConfig, file_sha256

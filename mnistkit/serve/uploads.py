@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import PurePath
 from typing import Any
 
-from mnistkit.evaluation.predict import InMemoryFile
+from mnistkit.evaluation.inputs import InMemoryFile
 
 FIELD = "files"
 # Raw bodies: the suffix a content type stands for (it tells audio from images, as for files).
