@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from conftest import real_dataset
 
-from mnistkit.data import audio
+from mnistkit.data import audio, features
 from mnistkit.data.audio import LogMelSpec, load_audio_folder, load_fsdd, log_mel
 from mnistkit.errors import DataError
 
@@ -84,8 +84,8 @@ def test_log_mel_matches_the_tutorial_calls_on_a_real_clip(fsdd_recordings: Path
 
 def test_pad_and_crop_to_frames() -> None:
     s = np.arange(12, dtype=np.float32).reshape(2, 6)
-    np.testing.assert_array_equal(audio.fix_frames(s, 4), s[:, :4])
-    padded = audio.fix_frames(s, 9)
+    np.testing.assert_array_equal(features.fix_frames(s, 4), s[:, :4])
+    padded = features.fix_frames(s, 9)
     assert padded.shape == (2, 9)
     np.testing.assert_array_equal(padded[:, :6], s)
     assert np.all(padded[:, 6:] == 0.0)  # 0.0 = the clip mean after standardization

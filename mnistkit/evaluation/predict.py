@@ -10,7 +10,7 @@ every file is preprocessed exactly as the training data was, from what the run r
   garments on a black background: give images the same way round, or pass ``invert=True``
   (``--invert``) for dark-on-light drawings.
 * audio (WAV, FLAC, OGG) for audio runs: decoded at the run's sample rate and turned into the
-  same log-mel features (:func:`mnistkit.data.audio.log_mel`) with the run's feature settings.
+  same log-mel features (:func:`mnistkit.data.features.log_mel`) with the run's feature settings.
 
 Every file is read before the model runs; files that cannot be read are reported together, by
 name, as a :class:`RunError`.
