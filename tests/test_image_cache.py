@@ -22,9 +22,17 @@ from typer.testing import CliRunner
 
 from mnistkit.cli.app import app
 from mnistkit.data import images
-from mnistkit.data.batches import epoch_order, eval_batches, memory_batches, prepare
+from mnistkit.data.batches import (
+    dataloader_batches,
+    epoch_order,
+    eval_batches,
+    make_dataloader,
+    memory_batches,
+    prepare,
+)
 from mnistkit.data.imagecache import choose_mode
 from mnistkit.data.images import load_image_folder
+from mnistkit.data.mapped import Rows
 from mnistkit.recipe.sections import DataSection
 from mnistkit.runs.directory import RunDir
 from mnistkit.training.checkpoint import load_checkpoint
@@ -62,11 +70,16 @@ def load(root: Path, **kw: Any) -> Any:
     return load_image_folder(root, 3, (10, 10), cache, False, **kw)
 
 
-def check_pixels(data: Any) -> None:
+def sample(data: Any, i: int) -> np.ndarray:
+    """Sample ``i`` of the files (training split, then test) as stored, from either mode."""
     n_train = len(data.train.y)
+    split, j = (data.train, i) if i < n_train else (data.test, i - n_train)
+    return split.raw(np.array([j]))[0].numpy()
+
+
+def check_pixels(data: Any) -> None:
     for i, f in enumerate(data.files):
-        x = data.train.x[i] if i < n_train else data.test.x[i - n_train]
-        assert np.array_equal(x.numpy(), pil(f)), f
+        assert np.array_equal(sample(data, i), pil(f)), f
 
 
 def test_mmap_serves_the_same_batches_as_memory(tmp_path: Path) -> None:
@@ -83,7 +96,7 @@ def test_mmap_serves_the_same_batches_as_memory(tmp_path: Path) -> None:
     cpu = torch.device("cpu")
     a, b = prepare(mem, section, 4, cpu), prepare(mapped, section, 4, cpu)
     # The mapped training split is served from the file, not copied into memory.
-    assert b.train.x.data_ptr() == mapped.train.x.data_ptr()
+    assert isinstance(b.train.x, Rows) and b.train.x.file is mapped.train.x.file
     for epoch in range(2):
         ga, gb = torch.Generator().manual_seed(epoch), torch.Generator().manual_seed(epoch)
         oa, ob = epoch_order(len(a.train.y), True, ga), epoch_order(len(b.train.y), True, gb)
@@ -94,17 +107,33 @@ def test_mmap_serves_the_same_batches_as_memory(tmp_path: Path) -> None:
         for (xa, ya), (xb, yb) in served:
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert a.mean == b.mean
-    # The mapped test split stays raw uint8 (a view of the file) and is normalized batch by
+    # The mapped test split stays raw uint8 (rows of the file) and is normalized batch by
     # batch: the same model inputs as the in-memory path's float32 split.
-    assert b.test.x.dtype == torch.uint8 and b.test.x.data_ptr() == mapped.test.x.data_ptr()
+    assert isinstance(b.test.x, Rows) and b.test.x.dtype == np.uint8
     for (xa, ya), (xb, yb) in zip(eval_batches(a.test, 4), eval_batches(b.test, 4), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     idx = np.array([2, 0, 1])
     assert torch.equal(a.test.inputs(idx), b.test.inputs(idx))
-    # val_split picks rows out of the training split: on a mapped one the run says it copies.
-    held = DataSection(dataset="image_folder", val_split=0.25)
-    assert "copied into memory" in prepare(mapped, held, 4, cpu).cache_note
-    assert "copied" not in prepare(mem, held, 4, cpu).cache_note
+    # val_split and limit pick row numbers out of the training split: nothing is copied, and
+    # both paths hold out the same samples.
+    held = DataSection(dataset="image_folder", val_split=0.25, limit=30, batch_size=5)
+    ha, hb = prepare(mem, held, 4, cpu), prepare(mapped, held, 4, cpu)
+    assert isinstance(hb.train.x, Rows) and isinstance(hb.val.x, Rows)
+    assert len(hb.val.y) == 8 and len(hb.train.y) == 22
+    for (xa, ya), (xb, yb) in zip(eval_batches(ha.val, 3), eval_batches(hb.val, 3), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    order = torch.randperm(22)
+    for (xa, ya), (xb, yb) in zip(
+        memory_batches(ha.train, 5, order, False), memory_batches(hb.train, 5, order, False), strict=True
+    ):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # data.loader: dataloader reads the file's rows through the same order.
+    loader = make_dataloader(hb.train, 5, False, 0, cpu)
+    got = list(dataloader_batches(loader, order, cpu))
+    want = list(memory_batches(ha.train, 5, order, False))
+    assert len(got) == len(want)
+    for (xa, ya), (xb, yb) in zip(want, got, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
 def test_auto_keeps_in_memory_what_takes_at_most_a_quarter_of_available_memory() -> None:
@@ -167,7 +196,7 @@ def test_mmap_run_resumed_after_ctrl_c_matches_an_uninterrupted_memory_run(
 def cache_files(tmp_path: Path) -> tuple[Path, Path]:
     folder = tmp_path / "cache/images"
     (index,) = folder.glob("*.json")
-    (data,) = folder.glob("*.npy")
+    (data,) = folder.glob("*.rows")
     return index, data
 
 
@@ -244,7 +273,8 @@ def test_only_added_and_changed_files_are_decoded_again(
     check_pixels(data)
     assert removed not in data.files and added in data.files
     index, _ = cache_files(tmp_path)
-    listed = {r[0] for r in json.loads(index.read_text())["files"]}
+    table = index.parent / json.loads(index.read_text())["table"]
+    listed = set(np.load(table)["names"].tobytes().decode().split("\0"))
     assert listed == {str(f.relative_to(root)) for f in data.files}
 
 
@@ -267,7 +297,7 @@ def test_decoding_in_two_processes_gives_the_pixels_of_one(
     assert "by 2 processes" in two.source and " by " not in one.source
     assert f"{per_class * len(CLASSES)} decoded" in two.source
     assert two.files == one.files
-    assert torch.equal(two.train.x, one.train.x) and torch.equal(two.test.x, one.test.x)
+    assert torch.equal(two.train.x, one.train.x) and torch.equal(two.test.x, one.test.x)  # in memory
     check_pixels(two)
 
 
@@ -290,13 +320,14 @@ def test_decoding_progress_on_a_terminal_is_a_bar_then_one_line() -> None:
 def test_cache_command_lists_each_decoded_folder_with_its_size(tmp_path: Path) -> None:
     make_folder(tmp_path / "data", per_class=4)
     load(tmp_path / "data")
-    _, npy = cache_files(tmp_path)
+    _, rows = cache_files(tmp_path)
     res = CliRunner().invoke(app, ["cache"])
     assert res.exit_code == 0, res.output
     (line,) = [x for x in res.output.splitlines() if "12 images 3x10x10" in x]
     assert line.split()[0].endswith(str(tmp_path / "data")[-30:])
     assert len(line) <= 80
-    kb = (npy.stat().st_size + next(npy.parent.glob("*.json")).stat().st_size) / 1024
+    assert rows.stat().st_size == 12 * 3 * 10 * 10
+    kb = sum(f.stat().st_size for f in rows.parent.glob("image_folder-*.*") if f.suffix != ".lock") / 1024
     assert f"{kb:.1f} KB" in line
 
 
@@ -307,54 +338,55 @@ def test_test_inputs_hash_of_a_mapped_split_is_the_sha256_of_its_bytes(tmp_path:
 
     make_folder(tmp_path / "data", per_class=4)
     mapped = load(tmp_path / "data", cache_mode="mmap")
-    for x in (mapped.test.x, mapped.train.x[:0], mapped.train.x.transpose(2, 3)):
-        arr = np.ascontiguousarray(x.numpy())
+    n_train = len(mapped.train.y)
+    test_pixels = np.stack([pil(f) for f in mapped.files[n_train:]])
+    for x, arr in ((mapped.test.x, test_pixels), (mapped.train.x[:0], test_pixels[:0])):
         want = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode() + arr.tobytes())
         assert tensor_sha256(x) == want.hexdigest()
+    # the same as the in-memory split's tensor
+    assert tensor_sha256(load(tmp_path / "data", cache_mode="memory").test.x) == tensor_sha256(mapped.test.x)
 
 
-def resident_kb(path: Path) -> int:
+def mapped_kb(path: Path) -> int | None:
     """Kilobytes of ``path``'s mappings resident in this process (/proc/self/smaps): what the
-    kernel counts in the process's RSS for that file."""
-    total, inside = 0, False
+    kernel counts in the process's RSS for that file; None when it is not mapped at all."""
+    total, inside, found = 0, False, False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
             inside = line.endswith(str(path.resolve()))
+            found = found or inside
         elif inside and line.startswith("Rss:"):
             total += int(line.split()[1])
-    return total
+    return total if found else None
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux's /proc/self/smaps")
 def test_reading_a_mapped_dataset_whole_leaves_none_of_it_resident(tmp_path: Path) -> None:
     """An epoch, the data check, the test split's hash and an evaluation each read every row of
-    the map; none of it stays mapped into the process (batches are read from the file, passes
-    over everything let the map's pages go after each slice), so the process's resident set
-    does not grow with the dataset. The batches are still the file's pixels."""
+    the cache's file; none of it is ever mapped into the process (rows are read with preadv
+    into the batch that needs them), so the process's resident set does not grow with the
+    dataset. The batches are still the file's pixels."""
     from mnistkit.data.check import check_loaded
     from mnistkit.training.evaluation import evaluate
 
     make_folder(tmp_path / "data")
     cache = tmp_path / "cache/images"
     data = load_image_folder(tmp_path / "data", 3, (64, 48), cache, False, cache_mode="mmap")
-    (npy,) = cache.glob("*.npy")
-    assert data.pages is not None and npy.stat().st_size > 36 * 9000
-    check_pixels_sized(data, (64, 48))  # through the map: all of it resident now
-    assert resident_kb(npy) > 300
-    data.pages.release()
-    assert resident_kb(npy) == 0
-    seen: list[int] = []
+    (rows,) = cache.glob("*.rows")
+    assert rows.stat().st_size == 36 * 3 * 64 * 48
+    check_pixels_sized(data, (64, 48))
+    seen = [mapped_kb(rows)]
     prepared = prepare(data, DataSection(dataset="image_folder", batch_size=4), 0, torch.device("cpu"))
-    seen.append(resident_kb(npy))
+    seen.append(mapped_kb(rows))
     order = torch.randperm(len(prepared.train.y))
     served = torch.cat([xb for xb, _ in memory_batches(prepared.train, 4, order, False)])
-    seen.append(resident_kb(npy))
+    seen.append(mapped_kb(rows))
     check_loaded(data, "image", None, files=False)
-    seen.append(resident_kb(npy))
+    seen.append(mapped_kb(rows))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 48, 3))
     evaluate(model, prepared.test, 5)
-    seen.append(resident_kb(npy))
-    assert seen == [0, 0, 0, 0]
+    seen.append(mapped_kb(rows))
+    assert seen == [None] * 5
     n_train = len(data.train.y)
     want = np.stack([pil_sized(f, (64, 48)) for f in data.files[:n_train]])
     assert np.array_equal(served.numpy(), want[order.numpy()])
@@ -367,10 +399,8 @@ def pil_sized(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 def check_pixels_sized(data: Any, size: tuple[int, int]) -> None:
-    n_train = len(data.train.y)
     for i, f in enumerate(data.files):
-        x = data.train.x[i] if i < n_train else data.test.x[i - n_train]
-        assert np.array_equal(x.numpy(), pil_sized(f, size)), f
+        assert np.array_equal(sample(data, i), pil_sized(f, size)), f
 
 
 def test_an_interrupted_build_resumes_from_its_committed_chunks(
@@ -502,5 +532,77 @@ def test_two_ranks_share_one_mapped_cache_and_decode_each_file_once(tmp_path: Pa
     want = sorted(str(p) for p in (tmp_path / "data").rglob("*.*"))
     assert sorted(decoded) == want  # every file once, by one rank, for both
     (index,) = (tmp_path / "cache/images").glob("*.json")
-    assert len(list((tmp_path / "cache/images").glob("*.npy"))) == 1
+    assert len(list((tmp_path / "cache/images").glob("*.rows"))) == 1
     assert len(RunDir(tmp_path / "run").read_metrics()) == 1
+
+
+def test_added_files_are_appended_to_the_data_file_and_dead_rows_compacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding files writes only their rows, at the end of the same data file (the rows already
+    there are not copied); a build that would leave more than half of the file dead writes a
+    fresh one with the live rows only."""
+    root = tmp_path / "data"
+    make_folder(root, per_class=5)
+    row = 3 * 10 * 10
+    load(root, cache_mode="mmap")
+    _, before = cache_files(tmp_path)
+    inode, head = before.stat().st_ino, before.read_bytes()
+    assert len(head) == 15 * row
+    for i in range(3):
+        write_image(root / CLASSES[i] / f"new{i}.png", 900 + i)
+    grown = load(root, cache_mode="mmap")
+    assert "3 decoded, 15 reused" in grown.source
+    _, after = cache_files(tmp_path)
+    assert after == before and after.stat().st_ino == inode  # the same file, appended to
+    assert after.stat().st_size == 18 * row and after.read_bytes()[: 15 * row] == head
+    check_pixels(grown)
+    # 10 of the 18 rows dead (files removed) and one file added: compacted to 9 rows.
+    gone = sorted(root.rglob("0[0-3].*")) + sorted(root.rglob("new[01].png"))
+    assert len(gone) == 14
+    for f in gone[:10]:
+        f.unlink()
+    write_image(root / "ant/late.png", 999)
+    small = load(root, cache_mode="mmap")
+    assert "1 decoded, 8 reused" in small.source
+    _, compacted = cache_files(tmp_path)
+    assert compacted != before and compacted.stat().st_size == 9 * row
+    check_pixels(small)
+
+
+def test_an_interrupted_append_leaves_a_tail_no_run_trusts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "data"
+    make_folder(root, per_class=4)
+    load(root, cache_mode="mmap")
+    row = 3 * 10 * 10
+    for i in range(3):
+        write_image(root / "bee" / f"new{i}.png", 700 + i)
+    real, calls = images.decode_image, []
+
+    def stopped(path: Path, *a: Any) -> np.ndarray:
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(path)
+        return real(path, *a)
+
+    monkeypatch.setattr(images, "decode_image", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        load(root, cache_mode="mmap")
+    monkeypatch.undo()
+    monkeypatch.setenv("MNISTKIT_CACHE", str(tmp_path / "cache"))
+    _, data = cache_files(tmp_path)
+    assert data.stat().st_size == 14 * row  # two rows appended past what the index names
+    # A run on the files the index knows is served from it: the tail is not looked at ...
+    moved = tmp_path / "aside"
+    moved.mkdir()
+    for i in range(3):
+        (root / "bee" / f"new{i}.png").rename(moved / f"new{i}.png")
+    assert "loaded from cache" in load(root, cache_mode="mmap").source
+    # ... and the next build cuts it off before appending (one file back: one row).
+    (moved / "new0.png").rename(root / "bee/new0.png")
+    again = load(root, cache_mode="mmap")
+    assert "1 decoded, 12 reused" in again.source
+    assert data.stat().st_size == 13 * row
+    check_pixels(again)

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from mnistkit.data.mapped import Pages, chunks
+from mnistkit.data.mapped import Rows, chunks
 from mnistkit.data.types import LoadedData, Split
 from mnistkit.recipe.sections import DataSection, Normalize
 
@@ -115,10 +115,8 @@ def raw_test_split(loaded: LoadedData, section: DataSection) -> Split:
 
     What an exported model (mnistkit.export) is evaluated on: it normalizes inside its graph.
     """
-    sx, sy = loaded.test.x, loaded.test.y
-    if section.test_limit:
-        sx, sy = sx[: section.test_limit], sy[: section.test_limit]
-    return Split(sx, sy)
+    test = loaded.test
+    return test.part(slice(0, section.test_limit)) if section.test_limit else Split(test.x, test.y)
 
 
 def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.device) -> Prepared:
@@ -129,35 +127,38 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
     its batches are copied over (from pinned memory on CUDA) one at a time.
     """
     mean, std = normalize_stats(section, loaded)
-    scale = 1 / 255 if loaded.train.x.dtype == torch.uint8 else 1.0
-    tx, ty = loaded.train.x, loaded.train.y
+    scale = 1 / 255 if str(loaded.train.x.dtype).endswith("uint8") else 1.0
+    train = loaded.train
     if section.limit:
-        tx, ty = tx[: section.limit], ty[: section.limit]
+        train = train.part(slice(0, section.limit))
     val: Split | None = None
     if section.val_split > 0:
         g = torch.Generator().manual_seed(seed + 1)  # independent of the shuffling stream
-        perm = torch.randperm(len(ty), generator=g)
-        n_val = max(1, round(len(ty) * section.val_split))
+        perm = torch.randperm(len(train.y), generator=g)
+        n_val = max(1, round(len(train.y) * section.val_split))
         vi, ti = perm[:n_val].sort().values, perm[n_val:].sort().values
-        val = Split(tx[vi], ty[vi])
-        tx, ty = tx[ti], ty[ti]
+        # rows of the file (data.cache: mmap): only row numbers are picked, nothing is read
+        val, train = train.part(vi), train.part(ti)
     test = raw_test_split(loaded, section)
-    mul, add = affine(mean, std, scale, tx.dim(), device)
+    mul, add = affine(mean, std, scale, len(loaded.train.x.shape), device)
 
-    def put(split: Split, pages: Pages | None = None) -> Split:
+    def put(split: Split) -> Split:
         y = split.y.to(torch.int64).to(device)
-        if loaded.mapped:  # raw on the host, normalized batch by batch (never whole in float32)
-            return Split(split.x, y, mul, add, pages)
-        return Split(normalize(split.x.to(device), mul, add), y)
+        if split.in_file:  # raw, read and normalized batch by batch (never whole in float32)
+            return Split(split.x, y, mul, add)
+        return Split(normalize(split.x.to(device), mul, add), y)  # type: ignore[union-attr]
 
-    # A memory-mapped training split stays where it is (batches read their rows from the file
-    # and are moved to the device one at a time); copying it would load the whole dataset.
-    resident = section.loader == "memory" and not loaded.mapped
-    train_device = device if resident else torch.device("cpu")
-    train_pages = loaded.pages if val is None else None  # val_split: tx is a copy in memory
+    # Rows of the cache's file stay there (batches read them and are moved to the device one
+    # at a time); copying them would load the whole dataset.
+    if train.in_file:
+        train_split = Split(train.x, train.y.to(torch.int64))
+    else:
+        resident = section.loader == "memory"
+        train_device = device if resident else torch.device("cpu")
+        train_split = Split(train.x.to(train_device), train.y.to(torch.int64).to(train_device))  # type: ignore[union-attr]
     return Prepared(
-        train=Split(tx.to(train_device), ty.to(torch.int64).to(train_device), pages=train_pages),
-        test=put(test, loaded.pages),
+        train=train_split,
+        test=put(test),
         val=put(val) if val is not None else None,
         classes=list(loaded.classes),
         in_shape=tuple(loaded.train.x.shape[1:]),
@@ -165,33 +166,26 @@ def prepare(loaded: LoadedData, section: DataSection, seed: int, device: torch.d
         std=std,
         scale=scale,
         source=loaded.source,
-        files=list(loaded.files),
+        files=loaded.files,
         x_mul=mul,
         x_add=add,
         pixel_mean=tuple(float(m) for m in loaded.mean),
         test_files=loaded.test_files[: len(test.y)] if loaded.test_files is not None else None,
-        test_inputs_sha256=tensor_sha256(test.x, loaded.pages),
-        cache_note=loaded.cache_note
-        + (
-            "; val_split: the rest of the training split was copied into memory"
-            if loaded.mapped and val is not None
-            else ""
-        ),
+        test_inputs_sha256=tensor_sha256(test.x),
+        cache_note=loaded.cache_note,
     )
 
 
-def tensor_sha256(x: torch.Tensor, pages: Pages | None = None) -> str:
+def tensor_sha256(x: torch.Tensor | Rows) -> str:
     """sha256 of a tensor's dtype, shape and values (C order): equal exactly when the data is.
 
-    Read in slices of a few MB (a memory-mapped split: ``pages`` lets go of the map's pages after
-    each)."""
+    Read in slices of a few MB (rows of a cache's file: read from it, slice by slice)."""
     import hashlib
 
-    arr = x.detach().cpu().contiguous().numpy()
+    arr = x if isinstance(x, Rows) else x.detach().cpu().contiguous().numpy()
     h = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode())
-    # the bytes in place (no copy of a mapped test split); reshape(-1): memoryview cannot cast
-    # a shape with a 0 in it
-    for _, part in chunks(arr, pages):
+    # reshape(-1): memoryview cannot cast a shape with a 0 in it
+    for _, part in chunks(arr):
         h.update(memoryview(np.ascontiguousarray(part).reshape(-1)).cast("B"))
     return h.hexdigest()
 
@@ -236,7 +230,7 @@ def memory_batches(
     part of every global batch (``torch.tensor_split``: sizes differ by at most one, the first
     ``len % world_size`` ranks take one more), so together they see the one seeded order.
     """
-    order = order.to(split.x.device)  # on CUDA the permutation lives there too: no host sync
+    order = order.to(split.device)  # on CUDA the permutation lives there too: no host sync
     n = len(order)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
@@ -245,12 +239,11 @@ def memory_batches(
 
 
 def rows(split: Split, idx: torch.Tensor) -> torch.Tensor:
-    """``split.x``'s rows ``idx``: from the file for a memory-mapped split (``split.pages``:
-    read, not mapped, so that an epoch leaves nothing of the file in this process)."""
-    if split.pages is None:
-        return split.x.index_select(0, idx)
-    assert split.x.is_contiguous()
-    return torch.from_numpy(split.pages.rows(split.x.data_ptr(), idx.cpu().numpy()))
+    """``split.x``'s rows ``idx``: read from the cache's file for rows of it (``data.cache:
+    mmap``), so that an epoch keeps nothing of the file in this process."""
+    if isinstance(split.x, Rows):
+        return torch.from_numpy(split.x.take(idx.cpu().numpy()))
+    return split.x.index_select(0, idx)
 
 
 def shard_part(batch: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
@@ -258,6 +251,25 @@ def shard_part(batch: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
     ``torch.tensor_split``'s sizes, the first ``len % parts`` parts one row longer."""
     rank, parts = shard
     return batch.tensor_split(parts)[rank] if parts > 1 else batch
+
+
+class FileRows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Samples of a cache's file for a DataLoader (``loader: dataloader`` with ``data.cache:
+    mmap``): each read from the file when asked for, a batch at a time where the DataLoader asks
+    so (``__getitems__``), never all of them."""
+
+    def __init__(self, x: Rows, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.x.take(np.array([i]))[0]), self.y[i]
+
+    def __getitems__(self, idx: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        xs = torch.from_numpy(self.x.take(np.asarray(idx)))
+        return list(zip(xs, self.y[idx], strict=True))
 
 
 class EpochOrder(Sampler[int]):
@@ -290,8 +302,10 @@ def make_dataloader(
     """The classic path: a DataLoader over the same (CPU) tensors, per-sample indexing and
     collation, fed each epoch's permutation through its :class:`EpochOrder` sampler."""
     workers = default_workers() if num_workers is None else num_workers
+    x = split.x
+    dataset = FileRows(x, split.y.cpu()) if isinstance(x, Rows) else TensorDataset(x.cpu(), split.y.cpu())
     return DataLoader(
-        TensorDataset(split.x.cpu(), split.y.cpu()),
+        dataset,
         batch_size=batch_size,
         sampler=EpochOrder(),
         drop_last=drop_last,
@@ -316,10 +330,8 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, 
     on its device."""
     for start in range(0, len(split.y), batch_size):
         stop = min(len(split.y), start + batch_size)
-        xb = split.x[start:stop]
-        if split.pages is not None:  # read from the file, not through the map (as in rows())
-            assert split.x.is_contiguous()
-            xb = torch.from_numpy(split.pages.span(split.x.data_ptr(), start, stop))
+        x = split.x
+        xb = torch.from_numpy(x.span(start, stop)) if isinstance(x, Rows) else x[start:stop]
         if split.mul is not None and split.add is not None:
             xb = normalize(xb.to(split.mul.device), split.mul, split.add)
         yield xb, split.y[start:stop]

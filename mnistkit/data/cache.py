@@ -3,7 +3,8 @@
 ``$MNISTKIT_CACHE`` (default: the platform's user cache folder, e.g. ``~/.cache/mnistkit``) holds
 the folders listed in :data:`KINDS`: ``data/`` (datasets downloaded by torchvision),
 ``features/`` (decoded audio features, one ``.npz`` per dataset and parameter set), ``images/``
-(decoded image folders, one ``.npy`` and its ``.json`` index per folder and image settings) and
+(decoded image folders, one ``.rows`` data file, its ``.npz`` table and its ``.json`` index per
+folder and image settings) and
 ``checks/`` (data check results, one ``.json`` per dataset content, :mod:`mnistkit.data.check`).
 Decoded data is recomputed when missing, so clearing it only costs time; downloads are kept
 unless asked for, because re-downloading needs the network.
@@ -73,7 +74,7 @@ class ImageCache:
     root: str  # the image folder it was decoded from
     images: int
     shape: tuple[int, ...]
-    bytes: int  # the .npy and its index
+    bytes: int  # the data file, its table and its index
 
 
 def image_caches(root: Path | None = None) -> list[ImageCache]:
@@ -84,9 +85,9 @@ def image_caches(root: Path | None = None) -> list[ImageCache]:
     for index in sorted(cache_folder("images", root).glob("*.json")):
         try:
             data = json.loads(index.read_text())
-            npy = index.parent / str(data["data"])
-            size = index.stat().st_size + (npy.stat().st_size if npy.is_file() else 0)
-            out.append(ImageCache(str(data["root"]), len(data["files"]), tuple(data["shape"]), size))
+            parts = [index, index.parent / str(data["data"]), index.parent / str(data["table"])]
+            size = sum(p.stat().st_size for p in parts if p.is_file())
+            out.append(ImageCache(str(data["root"]), int(data["count"]), tuple(data["shape"]), size))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out

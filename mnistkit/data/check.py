@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mnistkit.data.mapped import Pages, chunks
+from mnistkit.data.mapped import Rows, chunks
 from mnistkit.fsutil import atomic_path
 
 log = logging.getLogger("mnistkit.data.check")
@@ -44,19 +44,20 @@ EXAMPLES = 5
 
 
 # ------------------------------------------------------------------------------- hashing
-def row_keys(x: np.ndarray, pages: Pages | None = None) -> np.ndarray:
+def row_keys(x: np.ndarray | Rows) -> np.ndarray:
     """One opaque, comparable value per sample: its bytes as a numpy void scalar, or the SHA-1
     of its bytes when that is shorter (rows wider than 20 bytes). Digests keep the keys small:
     the rows themselves would be copied (concatenated, sorted) whole, several times the size of
-    a memory-mapped dataset (issue 25). Read a few MB at a time (``pages``: the map's pages are
-    let go after each slice)."""
-    flat = x.reshape(len(x), int(np.prod(x.shape[1:])))
-    width = flat.shape[1] * flat.itemsize
+    dataset kept in a cache's file (issue 25). Read a few MB at a time (rows of a file: read from
+    it slice by slice)."""
+    width = int(np.prod(x.shape[1:])) * x.dtype.itemsize
     if not width:
         return np.zeros(len(x), "V1")
     if width <= 20:
+        whole = x.read_all() if isinstance(x, Rows) else x
+        flat = whole.reshape(len(whole), -1)
         return np.ascontiguousarray(flat).view(np.dtype((np.void, width))).ravel()
-    parts = [digest_keys(list(part.reshape(len(part), -1))) for _, part in chunks(x, pages)]
+    parts = [digest_keys(list(part.reshape(len(part), -1))) for _, part in chunks(x)]
     return np.concatenate(parts) if parts else np.zeros(0, np.dtype((np.void, 20)))
 
 
@@ -129,7 +130,7 @@ def _name(i: int, names: list[str] | None) -> str:
     return names[i] if names is not None else f"#{i}"
 
 
-def dhash(x: np.ndarray, pages: Pages | None = None) -> np.ndarray:
+def dhash(x: np.ndarray | Rows) -> np.ndarray:
     """64-bit difference hash of every image of ``x`` (uint8 ``[N, C, H, W]``), as uint64.
 
     Grey (channel mean) → 8 rows x 9 columns of block means (``np.add.reduceat`` over bands of
@@ -141,7 +142,7 @@ def dhash(x: np.ndarray, pages: Pages | None = None) -> np.ndarray:
     cols = np.linspace(0, w, 10).astype(int)[:-1]
     sizes = np.diff(np.append(rows, h))[:, None] * np.diff(np.append(cols, w))[None, :]
     out = np.empty(n, dtype=np.uint64)
-    for a, part in chunks(x, pages):  # a few MB of pixels at a time: bounded memory
+    for a, part in chunks(x):  # a few MB of pixels at a time: bounded memory
         grey = part[:, 0] if c == 1 else part.sum(axis=1, dtype=np.uint32)  # sum: same bits as mean
         sums = np.add.reduceat(
             np.add.reduceat(grey, rows, axis=1, dtype=np.uint32), cols, axis=2, dtype=np.uint32
@@ -153,16 +154,16 @@ def dhash(x: np.ndarray, pages: Pages | None = None) -> np.ndarray:
 
 
 def near_duplicates(
-    train_x: np.ndarray, test_x: np.ndarray, inverse: np.ndarray, pages: Pages | None = None
+    train_x: np.ndarray | Rows, test_x: np.ndarray | Rows, inverse: np.ndarray
 ) -> dict[str, Any]:
     """Near-duplicate candidates: same dHash, different pixels (within train; test vs train).
 
     ``inverse``: the exact-duplicate group of every train then test sample (:func:`group_ids`
     of both splits' keys)."""
-    if train_x.ndim != 4 or train_x.shape[2] < 8 or train_x.shape[3] < 9:
+    if len(train_x.shape) != 4 or train_x.shape[2] < 8 or train_x.shape[3] < 9:
         return {"method": None, "why": "images smaller than 8x9 pixels: no dHash"}
     n = len(train_x)
-    ht, he = dhash(train_x, pages), dhash(test_x, pages)
+    ht, he = dhash(train_x), dhash(test_x)
     # within train: samples sharing their dHash with a training sample of other pixels
     pair = np.unique(np.stack([ht, inverse[:n].astype(np.uint64)]), axis=1)
     hashes, per_hash = np.unique(pair[0], return_counts=True)
@@ -226,16 +227,15 @@ def check_arrays(
     train_names: list[str] | None = None,
     test_names: list[str] | None = None,
     hashed: str = "decoded samples",
-    pages: Pages | None = None,
 ) -> dict[str, Any]:
     """The array part of the check: counts, exact duplicates, leaks, near-duplicates (uint8 only).
 
     ``*_keys`` (default: the rows' bytes, :func:`row_keys`) are what makes two samples equal.
-    ``pages``: the samples are rows of this memory map (read a few MB at a time, let go).
+    ``*_x``: arrays, or :class:`Rows` of a cache's file (read a few MB at a time).
     """
     t0 = time.perf_counter()
-    k_tr = row_keys(train_x, pages) if train_keys is None else train_keys
-    k_te = row_keys(test_x, pages) if test_keys is None else test_keys
+    k_tr = row_keys(train_x) if train_keys is None else train_keys
+    k_te = row_keys(test_x) if test_keys is None else test_keys
     ids = group_ids(np.concatenate([k_tr, k_te]))
     ids_tr, ids_te = ids[: len(k_tr)], ids[len(k_tr) :]
     report: dict[str, Any] = {
@@ -253,7 +253,7 @@ def check_arrays(
         },
     }
     if train_x.dtype == np.uint8 and train_keys is None and len(train_x) and len(test_x):
-        report["near_duplicates"] = near_duplicates(train_x, test_x, ids, pages)
+        report["near_duplicates"] = near_duplicates(train_x, test_x, ids)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
 
@@ -273,10 +273,11 @@ def identity(loaded: Any, extra: str = "") -> str:
         h.update(f"|content {content}".encode())
     for split in (loaded.train, loaded.test):
         for t in (split.x, split.y):
-            arr = t.numpy()
-            h.update(f"{arr.dtype}{arr.shape}".encode())
+            arr = _samples(t)
+            h.update(f"{arr.dtype}{tuple(arr.shape)}".encode())
             if not (content and t is split.x):
-                h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+                for _, part in chunks(arr):
+                    h.update(memoryview(np.ascontiguousarray(part).reshape(-1)).cast("B"))
     return h.hexdigest()
 
 
@@ -304,6 +305,11 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------- a loaded dataset
+def _samples(x: Any) -> np.ndarray | Rows:
+    """A split's samples as numpy sees them: a tensor's array, or the file's :class:`Rows`."""
+    return x if isinstance(x, Rows) else x.numpy()
+
+
 def _per_sample_files(loaded: Any) -> tuple[list[Path], list[Path]] | None:
     """(train files, test files) where every sample has a file of its own (folder datasets)."""
     n_train, n_test = len(loaded.train.y), len(loaded.test.y)
@@ -328,9 +334,9 @@ def check_loaded(loaded: Any, kind: str, sample_rate: int | None, *, files: bool
     elif kind == "audio":
         hashed = "features (no file per sample)"
     report = check_arrays(
-        loaded.train.x.numpy(),
+        _samples(loaded.train.x),
         loaded.train.y.numpy(),
-        loaded.test.x.numpy(),
+        _samples(loaded.test.x),
         loaded.test.y.numpy(),
         [str(c) for c in loaded.classes],
         train_keys=keys[0],
@@ -338,7 +344,6 @@ def check_loaded(loaded: Any, kind: str, sample_rate: int | None, *, files: bool
         train_names=names[0] if names else None,
         test_names=names[1] if names else None,
         hashed=hashed,
-        pages=loaded.pages,
     )
     report["unreadable"] = [{"file": f, "reason": r} for f, r in sorted(loaded.bad_files.items())]
     if files and kind == "image" and per_file is not None:

@@ -1,37 +1,51 @@
-"""The decoded cache of an image folder: one uncompressed uint8 ``.npy`` plus a JSON index.
+"""The decoded cache of a folder of files: one append-only data file of rows, a table, an index.
 
-Why ``.npy``: it is numpy's own format (a short header, then the raw C-order bytes), so
-``np.load(path, mmap_mode=...)`` maps it without reading it, and needs no new dependency; the
-OS page cache then keeps whatever part of it memory allows. A training batch reads its rows by
-index; shuffling permutes indices, never the data.
+Layout under the cache folder, per folder and decoding settings (``<key>``):
 
-Layout under the cache folder, per image folder and image settings (``<key>``):
+* ``<dataset>-<key>-<gen>.rows``: the decoded rows, uncompressed, back to back (``[C, H, W]``
+  uint8 for an image), in the order they were decoded. Nothing else is in it: a row is found
+  by its number, read with ``preadv`` (:mod:`mnistkit.data.mapped`), and the OS page cache
+  keeps whatever part of the file memory allows. A split is a list of row numbers; shuffling
+  permutes sample indices, never the data;
+* ``<dataset>-<key>-<tag>.npz``: the table, one entry per usable file: its name, size, mtime
+  and row, and the per-channel sum and sum of squares of its row (the training split's mean and
+  std are summed from these exactly, for whichever files a seed puts in it); numpy arrays, so
+  a cached start at 200,000 files reads it in milliseconds;
+* ``<dataset>-<key>.json``: the index: format version, root, settings, row shape and type, the
+  data file's name, how many of its rows are valid, their bytes and a sampled checksum, the
+  table's name, the unreadable files with their reason, and how many rows are dead.
 
-* ``image_folder-<key>.json``: the index (format version, root, settings, shape; every file's
-  name, size, mtime, label, split and row; unreadable files with their reason; the data file's
-  name, size and a sampled checksum; the training split's pixel mean/std);
-* ``image_folder-<key>-<build>.npy``: rows ``[N, C, H, W]`` in the order of the index: the
-  training split, then the test split, so each split is one contiguous slice (no copy).
+**Incremental.** Files added or changed since (a different size or mtime) are decoded and their
+rows *appended* to the data file; the rows of unchanged files stay where they are, so adding 1 %
+of the files writes 1 % of the data. Rows of removed or changed files are dead; when more than
+half of the file would be dead, the build writes a fresh data file with the live rows instead.
 
-A build writes a new ``.npy`` under a temporary name, renames it, then replaces the index (also
-write-then-rename), then deletes the previous ``.npy``: an interrupted build leaves the previous
-cache intact and nothing a later run trusts. Rows of files whose size and mtime are unchanged are
-copied from the previous cache; only new or changed files are decoded again.
+**Nothing half-written is trusted.** The index is the only thing that says which rows are
+valid. A build appends (or writes a new file), ``fsync``s, writes the table under a new name,
+then replaces the index (write, then rename), then deletes what the old index named and the
+new one does not: stopped at any point, the previous index still describes valid rows, and a
+run that is reading the file meanwhile is not disturbed (appending leaves its rows alone; a
+replaced file stays readable to whoever has it open). The next build cuts off whatever an
+interrupted append left past the index's rows. Builds of one cache take a lock
+(``<dataset>-<key>.lock``), so two runs (or two ranks) never append at once; the second finds
+the first's index and decodes nothing.
 
 While it decodes, a build commits every :data:`PARTIAL_CHUNK` files to
-``image_folder-<key>.partial/`` (a ``chunk-<id>.npy`` of their rows, then a ``chunk-<id>.json``
+``<dataset>-<key>.partial/`` (a ``chunk-<id>.npy`` of their rows, then a ``chunk-<id>.json``
 naming each file's size and mtime and the ``.npy``'s size and sha256). A build stopped midway
 (Ctrl-C, a kill) leaves these; the next build takes the rows of every chunk whose record exists
-and matches, decodes the rest, and removes the folder once the cache is complete.
+and matches, decodes the rest, and removes the folder once the index names their rows.
 
-What opening checks (cheaply, at every start): the ``.npy`` has the size the index recorded, and
-a sha256 of 16 blocks of 64 KiB spread over it (the first and the last included) matches. That
-catches a truncated file and any block overwritten in place; a bit flipped between two sampled
-blocks is left to the file system (a full checksum would read the whole dataset at every start).
+What opening checks (cheaply, at every start): the data file holds at least the bytes the index
+names, and a sha256 of 16 blocks of 64 KiB spread over them (the first and the last included)
+matches. That catches a truncated file and any block overwritten in place; a bit flipped between
+two sampled blocks is left to the file system (a full checksum would read the whole dataset at
+every start). The table is a zip whose members carry a CRC, which numpy's reader checks.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -40,6 +54,7 @@ import os
 import shutil
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,57 +62,60 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistkit.data.mapped import let_go
+from mnistkit.data.mapped import DataFile
 from mnistkit.fsutil import atomic_write_text, fsync_dir, tmp_path
 
 log = logging.getLogger("mnistkit.images")
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 _BLOCK = 64 * 1024
 _BLOCKS = 16
 
+#: A build writes a fresh data file (only live rows) when more than this fraction of the rows
+#: would otherwise be dead (removed or changed files): the file never grows past twice the data.
+COMPACT_DEAD_FRACTION = 0.5
+
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Item:
-    """One file of the folder, in the row order the caller wants: relative name, label, split."""
-
-    name: str
-    label: str
-    split: str  # "train" or "test"
+Fp = tuple[str, int, int]  # a file's name, size and mtime_ns: unchanged when all three are
 
 
 @dataclass
 class Decoded:
-    """The decoded rows of the usable files, in the order they were asked for."""
+    """Where every file asked for is in the cache: ``rows[i]`` is file ``i``'s row of ``file``,
+    -1 for an unreadable one (``bad`` says why)."""
 
-    x: np.ndarray  # uint8 [len(good), C, H, W]: an np.memmap of the cache, or in memory
-    good: list[str]
+    file: DataFile
+    rows: np.ndarray  # int64 [len(names)]
+    sums: np.ndarray  # [len(names), C, 2]: per-channel sum and sum of squares of each row
     bad: dict[str, str]
-    path: Path | None  # the .npy, None when nothing was cached
-    reused: int  # files whose rows (or whose failure) came from the previous cache
+    reused: int  # files whose rows (or whose failure) came from the cache
     decoded: int  # files decoded now
     seconds: float
-    mean: tuple[float, ...] = ()  # per channel in [0, 1], over the rows of the training split
-    std: tuple[float, ...] = ()
+    fingerprints: tuple[np.ndarray, np.ndarray]  # every file's size and mtime_ns, as looked at
     notes: list[str] = field(default_factory=list)  # e.g. why the previous cache was not used
     processes: int = 1  # how many processes decoded
-    content: str = ""  # content_id() of the cache's index
+    appended: bool = False  # the rows decoded now were appended to the existing data file
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
 
 
-def fingerprints(base: Path, names: Sequence[str]) -> list[tuple[int, int]]:
-    """(size, mtime_ns) of every file; (-1, -1) for one that cannot be read now (decoding records
-    why). os.stat on strings: pathlib costs ~25 µs a file, a second per 40,000 files."""
+def fingerprints(base: Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(sizes, mtimes in ns) of every file, as int64 arrays; -1 for one that cannot be read now
+    (decoding records why). os.stat on strings: pathlib costs ~25 µs a file, a second per
+    40,000 files."""
     prefix = os.path.join(str(base), "")
-    out = []
-    for name in names:
+    sizes = np.empty(len(names), np.int64)
+    mtimes = np.empty(len(names), np.int64)
+    stat = os.stat
+    for i, name in enumerate(names):
         try:
-            st = os.stat(prefix + name)
-            out.append((st.st_size, st.st_mtime_ns))
+            st = stat(prefix + name)
+            sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
         except OSError:
-            out.append((-1, -1))
-    return out
+            sizes[i], mtimes[i] = -1, -1
+    return sizes, mtimes
 
 
 def cache_key(dataset: str, root: Path, settings: dict[str, object]) -> str:
@@ -106,30 +124,84 @@ def cache_key(dataset: str, root: Path, settings: dict[str, object]) -> str:
 
 
 def sampled_sha256(path: Path, size: int) -> str:
-    """sha256 of ``_BLOCKS`` blocks spread evenly over the file, the first and last included."""
+    """sha256 of ``_BLOCKS`` blocks spread evenly over the first ``size`` bytes of the file, the
+    first and last included."""
     h = hashlib.sha256(str(size).encode())
     starts = sorted({int(i * max(0, size - _BLOCK) / (_BLOCKS - 1)) for i in range(_BLOCKS)})
     with open(path, "rb") as f:
         for s in starts:
             f.seek(s)
-            h.update(f.read(_BLOCK))
+            h.update(f.read(max(0, min(_BLOCK, size - s))))
     return h.hexdigest()
 
 
-def content_id(index: dict) -> str:
-    """What the rows of a cache are, from its index alone: every file's name, size, mtime,
-    label, split and row, the unreadable ones, the decoding settings, and the data file's size
-    and sampled checksum (not its name: rebuilding the same files gives the same id).
+def content_id(
+    settings: dict[str, object], names: Sequence[str], sizes: np.ndarray, mtimes: np.ndarray
+) -> str:
+    """What the decoded rows of ``names`` (in this order) are, without reading them: the decoding
+    settings and every file's name, size and mtime. A file of unchanged size and mtime is taken as
+    unchanged: the rule that decides what is decoded again. The data check's identity uses it."""
+    h = hashlib.sha256(json.dumps([INDEX_VERSION, settings], sort_keys=True).encode())
+    h.update("\0".join(names).encode("utf-8", "surrogateescape"))
+    h.update(np.ascontiguousarray(sizes, np.int64).tobytes())
+    h.update(np.ascontiguousarray(mtimes, np.int64).tobytes())
+    return h.hexdigest()
 
-    It stands for the decoded pixels as far as the cache itself does: a file of unchanged size
-    and mtime is taken as unchanged (the rule that decides what is decoded again), and the data
-    file is checked by its size and sampled blocks at every start."""
-    keys = ("version", "settings", "shape", "files", "bad", "nbytes", "sampled_sha256")
-    material = json.dumps([index[k] for k in keys], sort_keys=True)
-    return hashlib.sha256(material.encode()).hexdigest()
+
+def row_sums(x: np.ndarray) -> np.ndarray:
+    """Per-channel sum and sum of squares of each row of ``x`` ``[N, C, ...]``: ``[N, C, 2]``,
+    int64 for integer data (exact), float64 otherwise."""
+    n, c = x.shape[0], x.shape[1]
+    flat = x.reshape(n, c, -1)
+    kind = np.int64 if np.issubdtype(x.dtype, np.integer) else np.float64
+    wide = flat.astype(kind)
+    return np.stack([wide.sum(axis=2), np.einsum("ncp,ncp->nc", wide, wide)], axis=2)
 
 
-def _read_index(index_path: Path) -> dict | None:
+def mean_std(sums: np.ndarray, per_row: int, scale: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of ``scale`` times the values of the rows whose
+    :func:`row_sums` are ``sums`` (``per_row`` values per channel in a row). Integer sums are
+    combined exactly (Python integers), then divided once."""
+    channels = sums.shape[1]
+    means, stds = [], []
+    for c in range(channels):
+        if np.issubdtype(sums.dtype, np.integer):
+            s, q = int(sums[:, c, 0].sum()), int(sums[:, c, 1].sum())
+        else:
+            s, q = float(sums[:, c, 0].sum()), float(sums[:, c, 1].sum())
+        n = max(1, len(sums) * per_row)
+        mean = s / n
+        var = max(0.0, (q * n - s * s) / (n * n))
+        std = var**0.5 * scale
+        means.append(float(mean * scale))
+        stds.append(float(std) if std > 0 else 1.0)  # a constant channel: never divide by 0
+    return tuple(means), tuple(stds)
+
+
+# ----------------------------------------------------------------------------- the cache as it is
+@dataclass
+class _Cache:
+    """A cache as its index and table describe it, checked."""
+
+    index: dict
+    names: list[str]
+    sizes: np.ndarray
+    mtimes: np.ndarray
+    rows: np.ndarray
+    sums: np.ndarray
+    file: DataFile
+
+
+def _paths(cache_dir: Path, dataset: str, key: str) -> tuple[Path, Path, Path]:
+    stem = f"{dataset}-{key}"
+    return cache_dir / f"{stem}.json", cache_dir / f"{stem}.partial", cache_dir / f"{stem}.lock"
+
+
+def _open(
+    index_path: Path, settings: dict[str, object], shape: tuple[int, ...], dtype: np.dtype
+) -> _Cache | None:
+    """The cache behind ``index_path``; None when there is none; ValueError/OSError (with the
+    reason) when it is unusable."""
     try:
         index = json.loads(index_path.read_text())
     except FileNotFoundError:
@@ -138,144 +210,117 @@ def _read_index(index_path: Path) -> dict | None:
         raise ValueError(f"unreadable index ({e})") from None
     if not isinstance(index, dict) or index.get("version") != INDEX_VERSION:
         raise ValueError("index of another format version")
-    return index
-
-
-def open_cached(folder: Path, index: dict, shape: tuple[int, ...]) -> np.ndarray:
-    """The index's ``.npy`` as a copy-on-write memmap, after the size and sampled-checksum checks.
-
-    ``mmap_mode="c"``: pages are read from the file and never written back, and the array is
-    writable as torch.from_numpy wants (nothing writes to it)."""
+    if index["settings"] != settings or index["shape"] != list(shape) or index["dtype"] != dtype.str:
+        raise ValueError("index of other settings")  # a key collision: short of sha256 breaking
+    folder = index_path.parent
     path = folder / str(index["data"])
     size = path.stat().st_size  # FileNotFoundError is an OSError: the caller rebuilds
-    if size != index["nbytes"]:
-        raise ValueError(f"{path.name} is {size:,} bytes, the index says {index['nbytes']:,}: truncated")
-    if sampled_sha256(path, size) != index["sampled_sha256"]:
+    nbytes = int(index["nbytes"])
+    if size < nbytes:
+        raise ValueError(f"{path.name} is {size:,} bytes, the index says {nbytes:,}: truncated")
+    if sampled_sha256(path, nbytes) != index["sampled_sha256"]:
         raise ValueError(f"{path.name} does not match its checksum: overwritten or corrupted")
-    x = np.load(path, mmap_mode="c", allow_pickle=False)
-    if x.dtype != np.uint8 or tuple(x.shape) != (len(index["files"]), *shape):
-        raise ValueError(f"{path.name} holds {x.dtype} {tuple(x.shape)}, not the index's rows")
-    return x
+    try:
+        with np.load(folder / str(index["table"]), allow_pickle=False) as t:
+            names_blob, sizes, mtimes, rows, sums = (
+                t[k] for k in ("names", "sizes", "mtimes", "rows", "sums")
+            )
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise ValueError(f"unreadable table {index['table']} ({e})") from None
+    names = names_blob.tobytes().decode("utf-8", "surrogateescape").split("\0") if len(names_blob) else []
+    if not (len(names) == len(sizes) == len(mtimes) == len(rows) == len(sums) == int(index["count"])):
+        raise ValueError(f"table {index['table']} does not match its index")
+    file = DataFile(path, dtype, shape, int(index["rows"]))
+    if len(rows) and (rows.min() < 0 or rows.max() >= file.rows):
+        raise ValueError(f"table {index['table']} names rows outside {path.name}")
+    return _Cache(index, names, sizes, mtimes, rows, sums, file)
 
 
-def _shrink_npy(path: Path, rows: int, shape: tuple[int, ...]) -> None:
-    """Rewrite a uint8 ``.npy``'s header to ``rows`` rows (fewer than allocated: unreadable files
-    left gaps at the end) and cut the file after them. The new header is padded to the old
-    header's length, so the data does not move."""
-    with open(path, "r+b") as f:
-        f.seek(8)
-        header_len = int.from_bytes(f.read(2), "little")
-        text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {(rows, *shape)!r}, }}"
-        f.seek(10)
-        f.write(text.ljust(header_len - 1).encode("latin1") + b"\n")
-        f.truncate(10 + header_len + rows * int(np.prod(shape)))
-
-
-def pixel_stats(x: np.ndarray, rows: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] of ``x[:rows]``, exactly, from per-channel value
-    counts (one pass, in chunks: never a float copy of the data)."""
-    channels = x.shape[1]
-    counts = np.zeros((channels, 256), dtype=np.int64)
-    step = max(1, (16 << 20) // max(1, int(np.prod(x.shape[1:]))))
-    for start in range(0, rows, step):
-        chunk = np.asarray(x[start : min(rows, start + step)])
-        for c in range(channels):
-            counts[c] += np.bincount(chunk[:, c].ravel(), minlength=256)
-        let_go(x)  # a memory map's pages: read once, not kept in this process
-    values = np.arange(256, dtype=np.float64)
-    n = counts.sum(axis=1).astype(np.float64)
-    n = np.where(n > 0, n, 1)
-    mean = (counts * values).sum(axis=1) / n
-    var = (counts * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / n
-    std = np.sqrt(var) / 255
-    std = np.where(std > 0, std, 1.0)  # a constant channel: scale only, never divide by 0
-    return tuple(float(m) for m in mean / 255), tuple(float(s) for s in std)
+def _lookup(cache: _Cache, names: Sequence[str], sizes: np.ndarray, mtimes: np.ndarray) -> np.ndarray:
+    """For every file, its position in the cache's table if it is there unchanged, else -1."""
+    if cache.names == list(names):  # the common case, a cached start: same files, same order
+        pos = np.arange(len(names), dtype=np.int64)
+    else:
+        where = {n: i for i, n in enumerate(cache.names)}
+        pos = np.fromiter((where.get(n, -1) for n in names), np.int64, len(names))
+    found = pos >= 0
+    safe = np.where(found, pos, 0)
+    same = found & (cache.sizes[safe] == sizes) & (cache.mtimes[safe] == mtimes) if len(pos) else found
+    return np.where(same, pos, -1)
 
 
 def decode_into(
     dataset: str,
     base: Path,
-    items: Sequence[Item],
+    names: Sequence[str],
     settings: dict[str, object],
     decode: Callable[[Path], np.ndarray],
     shape: tuple[int, ...],
     cache_dir: Path,
     progress: Progress | None,
     workers: int | None = None,
+    dtype: np.dtype | str = np.uint8,
 ) -> Decoded:
-    """Rows of every usable file of ``items``, in that order, as a memmap of the cache.
-
-    From the cache as it is when the index matches ``items`` exactly; else rebuilt, reusing the
-    rows (and failures) of unchanged files and decoding only the others, with ``workers``
-    processes (default: one per core this process may use; :func:`decode_all`).
-    ``progress(done, total)`` counts the files decoded now."""
+    """Where every file of ``names`` (relative to ``base``) is in the cache, decoding (with
+    ``workers`` processes, default one per core: :func:`decode_all`) only those the cache does
+    not hold unchanged. ``progress(done, total)`` counts the files decoded now."""
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir)
+    dtype = np.dtype(dtype)
     settings = json.loads(json.dumps(dict(settings)))  # as the index stores it
     key = cache_key(dataset, base, settings)
-    index_path = cache_dir / f"{dataset}-{key}.json"
-    prints = fingerprints(base, [it.name for it in items])
-    wanted = [[it.name, *fp, it.label, it.split] for it, fp in zip(items, prints, strict=True)]
+    index_path, partial_dir, lock_path = _paths(cache_dir, dataset, key)
+    sizes, mtimes = fingerprints(base, names)
     notes: list[str] = []
-    old_x: np.ndarray | None = None
-    index: dict | None = None
-    try:
-        index = _read_index(index_path)
-        if index is not None and (index["settings"] != settings or index["shape"] != list(shape)):
-            index = None  # another key's collision: cannot happen short of sha256 breaking
-        if index is not None:
-            old_x = open_cached(cache_dir, index, shape)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        msg = f"image cache {index_path} is unusable ({e}): decoding again"
-        log.warning("%s", msg)
-        notes.append(msg)
-        index, old_x = None, None
-    if index is not None and old_x is not None:
-        if _same_rows(index, wanted):
-            bad = {f[0]: f[5] for f in index["bad"]}
-            stats = index["stats"]
-            return Decoded(
-                old_x,
-                [f[0] for f in index["files"]],
-                bad,
-                cache_dir / index["data"],
-                len(items),
-                0,
-                time.perf_counter() - t0,
-                tuple(stats["mean"]),
-                tuple(stats["std"]),
-                notes,
-                content=str(index["content"]) if "content" in index else content_id(index),
-            )
-    return _build(
-        dataset,
-        key,
-        settings,
-        base,
-        items,
-        wanted,
-        index,
-        old_x,
-        decode,
-        shape,
-        cache_dir,
-        progress,
-        workers or default_workers(),
-        notes,
-        t0,
-    )
+
+    def current() -> tuple[_Cache | None, Decoded | None]:
+        try:
+            cache = _open(index_path, settings, shape, dtype)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            msg = f"image cache {index_path} is unusable ({e}): decoding again"
+            log.warning("%s", msg)
+            notes.append(msg)
+            return None, None
+        if cache is None:
+            return None, None
+        pos = _lookup(cache, names, sizes, mtimes)
+        bad = _known_bad(cache.index, names, sizes, mtimes, pos)
+        if all(p >= 0 or n in bad for p, n in zip(pos.tolist(), names, strict=True)):
+            rows = np.where(pos >= 0, cache.rows[np.maximum(pos, 0)], -1)
+            sums = cache.sums[np.maximum(pos, 0)] if len(pos) else cache.sums[:0]
+            took = time.perf_counter() - t0
+            return cache, Decoded(cache.file, rows, sums, bad, len(names), 0, took, (sizes, mtimes), notes)
+        return cache, None
+
+    cache, done = current()
+    if done is not None:
+        return done
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; released when the file closes
+        notes.clear()
+        cache, done = current()  # another process may have built it while this one waited
+        if done is not None:
+            return done
+        return _build(
+            dataset, key, settings, base, names, sizes, mtimes, cache, decode, shape, dtype,
+            cache_dir, partial_dir, progress, workers or default_workers(), notes, t0,
+        )  # fmt: skip
 
 
-def _same_rows(index: dict, wanted: list[list[object]]) -> bool:
-    """Whether the cache holds exactly ``wanted``'s files with the same fingerprints, usable ones
-    in the same order (failures may sit anywhere: they have no row)."""
-    good = [f[:5] for f in index["files"]]
-    bad = {tuple(f[:5]) for f in index["bad"]}
-    rest = [w for w in wanted if tuple(w) not in bad]
-    return len(rest) + len(bad) == len(wanted) and rest == good
-
-
-Fp = tuple[str, int, int]  # a file's name, size and mtime_ns: unchanged when all three are
+def _known_bad(
+    index: dict, names: Sequence[str], sizes: np.ndarray, mtimes: np.ndarray, pos: np.ndarray
+) -> dict[str, str]:
+    """The files asked for that the index lists as unreadable, unchanged since: name → why."""
+    recorded = {str(b[0]): (int(b[1]), int(b[2]), str(b[3])) for b in index["bad"]}
+    if not recorded:
+        return {}
+    out = {}
+    for i in np.flatnonzero(pos < 0).tolist():
+        got = recorded.get(names[i])
+        if got is not None and got[0] == sizes[i] and got[1] == mtimes[i]:
+            out[names[i]] = got[2]
+    return out
 
 
 def _build(
@@ -283,132 +328,155 @@ def _build(
     key: str,
     settings: dict[str, object],
     base: Path,
-    items: Sequence[Item],
-    wanted: list[list[object]],
-    index: dict | None,
-    old_x: np.ndarray | None,
+    names: Sequence[str],
+    sizes: np.ndarray,
+    mtimes: np.ndarray,
+    cache: _Cache | None,
     decode: Callable[[Path], np.ndarray],
     shape: tuple[int, ...],
+    dtype: np.dtype,
     cache_dir: Path,
+    partial_dir: Path,
     progress: Progress | None,
     workers: int,
     notes: list[str],
     t0: float,
 ) -> Decoded:
-    # What is known without decoding: the previous cache's rows and failures, then what the
-    # finished chunks of an interrupted build hold.
-    known: dict[Fp, np.ndarray | str] = {}
-    if index is not None and old_x is not None:
-        known = {(f[0], f[1], f[2]): old_x[int(f[5])] for f in index["files"]}
-        known.update({(f[0], f[1], f[2]): str(f[5]) for f in index["bad"]})
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache_dir / f"{dataset}-{key}.partial"
-    resumed = {fp: got for fp, got in read_partial(partial, shape).items() if fp not in known}
-    known.update(resumed)
-    data_name = f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.npy"
-    final = cache_dir / data_name
-    tmp = tmp_path(final)
-    todo: list[Fp] = [(str(r[0]), int(r[1]), int(r[2])) for r in wanted if (r[0], r[1], r[2]) not in known]
-    used_resumed = sum(1 for r in wanted if (r[0], r[1], r[2]) in resumed)
-    if used_resumed:
-        notes.append(f"{used_resumed} file(s) decoded by an interrupted build were reused")
+    n = len(names)
+    pos = _lookup(cache, names, sizes, mtimes) if cache is not None else np.full(n, -1, np.int64)
+    bad = _known_bad(cache.index, names, sizes, mtimes, pos) if cache is not None else {}
+    resumed = read_partial(partial_dir, shape, dtype)
+    todo = [i for i in np.flatnonzero(pos < 0).tolist() if names[i] not in bad]
+    from_chunks = {
+        i: resumed[fp] for i in todo if (fp := (names[i], int(sizes[i]), int(mtimes[i]))) in resumed
+    }
+    decode_now = [i for i in todo if i not in from_chunks]
+    if from_chunks:
+        notes.append(f"{len(from_chunks)} file(s) decoded by an interrupted build were reused")
+    # Append, or (no usable cache; too many dead rows) write a fresh file of the live rows.
+    live = np.unique(cache.rows[pos[pos >= 0]]) if cache is not None else np.zeros(0, np.int64)
+    old_rows = cache.file.rows if cache is not None else 0
+    append = cache is not None and (old_rows - len(live)) <= COMPACT_DEAD_FRACTION * (old_rows + len(todo))
+    rows = np.full(n, -1, np.int64)
+    sums = np.zeros((n, shape[0], 2), np.int64 if np.issubdtype(dtype, np.integer) else np.float64)
+    if cache is not None:
+        hit = pos >= 0
+        rows[hit], sums[hit] = cache.rows[pos[hit]], cache.sums[pos[hit]]
+    if append:
+        assert cache is not None
+        path, start = cache.file.path, cache.file.rows
+    else:
+        path, start = cache_dir / f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.rows", 0
+    row_bytes = int(np.prod(shape)) * dtype.itemsize
+    writing = path if append else tmp_path(path)
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(1, len(items)), *shape))
-        results = decode_all(base, [fp[0] for fp in todo], decode, workers, progress)
-        try:
-            committed = _committing(results, todo, partial, shape)
-            files, bad_rows = _fill(out, wanted, known, committed, [out, old_x])
-        finally:
-            results.close()  # stops the worker processes, also on Ctrl-C
-        w = len(files)
-        n_train = sum(1 for f in files if f[4] == "train")
-        mean, std = pixel_stats(out, n_train)
-        out.flush()
-        del out
-        _shrink_npy(tmp, w, shape)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fsync_dir(cache_dir)
+        with open(writing, "r+b" if append else "w+b") as out:
+            out.truncate(start * row_bytes)  # an interrupted append's tail: never indexed
+            out.seek(start * row_bytes)
+            next_row = start
+            if not append and cache is not None:  # compaction: the live rows first, in order
+                step = max(1, (8 << 20) // row_bytes)
+                for lo in range(0, len(live), step):
+                    out.write(memoryview(cache.file.read(live[lo : lo + step]).reshape(-1).view(np.uint8)))
+                hit = rows >= 0
+                rows[hit] = np.searchsorted(live, rows[hit])  # live is sorted: its k-th row is now k
+                next_row = len(live)
+            for i, got in from_chunks.items():
+                next_row = _put(out, i, got, rows, sums, bad, names, next_row)
+            results = decode_all(base, [names[i] for i in decode_now], decode, workers, progress)
+            try:
+                fps = [(names[i], int(sizes[i]), int(mtimes[i])) for i in decode_now]
+                for i, got in zip(
+                    decode_now, _committing(results, fps, partial_dir, shape, dtype), strict=True
+                ):
+                    next_row = _put(out, i, got, rows, sums, bad, names, next_row)
+            finally:
+                results.close()  # stops the worker processes, also on Ctrl-C
+            out.flush()
+            os.fsync(out.fileno())
+        if not append:
+            os.replace(writing, path)
+            fsync_dir(cache_dir)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
+        if not append:
+            tmp_path(path).unlink(missing_ok=True)  # never leave a half-written file behind
         raise
-    # Mapped now, before the index names it: another run building the same cache at the same
-    # time may delete this file as stale, and a mapping outlives the file's name. (That run's
-    # index then wins; a later start that finds its file gone rebuilds, with a message.)
-    x = np.load(final, mmap_mode="c", allow_pickle=False)
-    nbytes = final.stat().st_size
-    new_index = {
+    file = DataFile(path, dtype, shape, next_row)
+    good = rows >= 0
+    table = f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.npz"
+    _write_table(
+        cache_dir / table,
+        [names[i] for i in np.flatnonzero(good).tolist()],
+        sizes[good],
+        mtimes[good],
+        rows[good],
+        sums[good],
+    )
+    nbytes = next_row * row_bytes
+    index = {
         "version": INDEX_VERSION,
         "dataset": dataset,
         "root": str(base.resolve()),
         "settings": settings,
         "shape": list(shape),
-        "data": data_name,
+        "dtype": dtype.str,
+        "data": path.name,
+        "rows": next_row,
         "nbytes": nbytes,
-        "sampled_sha256": sampled_sha256(final, nbytes),
-        "files": files,  # [name, size, mtime_ns, label, split, row]
-        "bad": bad_rows,  # [name, size, mtime_ns, label, split, reason]
-        "stats": {"mean": list(mean), "std": list(std)},
+        "sampled_sha256": sampled_sha256(path, nbytes),
+        "table": table,
+        "count": int(good.sum()),
+        "dead": next_row - int(len(np.unique(rows[good]))),
+        "bad": [
+            [names[i], int(sizes[i]), int(mtimes[i]), bad[names[i]]] for i in range(n) if names[i] in bad
+        ],
     }
-    new_index["content"] = content_id(new_index)  # kept: hashing a 200k-file index takes ~0.3 s
-    atomic_write_text(cache_dir / f"{dataset}-{key}.json", json.dumps(new_index))
-    del old_x, known, resumed
-    shutil.rmtree(partial, ignore_errors=True)  # the chunks are in the cache now
-    for stale in cache_dir.glob(f"{dataset}-{key}-*.npy"):
-        if stale.name != data_name:
+    atomic_write_text(cache_dir / f"{dataset}-{key}.json", json.dumps(index))
+    shutil.rmtree(partial_dir, ignore_errors=True)  # their rows are in the data file now
+    for stale in cache_dir.glob(f"{dataset}-{key}-*"):
+        if stale.name not in (path.name, table):
             stale.unlink(missing_ok=True)
-    bad = {str(r[0]): str(r[5]) for r in bad_rows}
-    good = [str(f[0]) for f in files]
-    processes = workers if len(todo) >= PARALLEL_MIN_FILES else 1
+    processes = workers if len(decode_now) >= PARALLEL_MIN_FILES else 1
+    decoded = len(decode_now)  # the files of an interrupted build's chunks count as reused
     took = time.perf_counter() - t0
-    decoded = len(todo)
     return Decoded(
-        x,
-        good,
-        bad,
-        final,
-        len(items) - decoded,
-        decoded,
-        took,
-        mean,
-        std,
-        notes,
-        processes,
-        str(new_index["content"]),
+        file, rows, sums, bad, n - decoded, decoded, took, (sizes, mtimes), notes, processes, append
     )
 
 
-def _fill(
-    out: np.ndarray,
-    wanted: list[list[object]],
-    known: dict[Fp, np.ndarray | str],
-    results: Iterator[np.ndarray | str],
-    maps: list[np.ndarray | None],
-) -> tuple[list[list[object]], list[list[object]]]:
-    """Write the usable rows into ``out`` in ``wanted``'s order: ``known``'s row (or failure) for
-    files it has, else the next of ``results`` (the other files decoded, in the same order).
-    Returns the index's ``files`` and ``bad`` rows. Every :data:`LET_GO_BYTES` of rows the pages of
-    ``maps`` (the cache being written, the previous one) leave this process (page cache only)."""
-    files: list[list[object]] = []
-    bad_rows: list[list[object]] = []
-    every = max(1, LET_GO_BYTES // max(1, out[0].nbytes))
-    for i, row in enumerate(wanted, start=1):
-        if i % every == 0:
-            let_go(*maps)
-        fp = (row[0], row[1], row[2])
-        got = known[fp] if fp in known else next(results)  # type: ignore[index]
-        if isinstance(got, str):
-            bad_rows.append([*row, got])
-            continue
-        out[len(files)] = got
-        files.append([*row, len(files)])
-    let_go(*maps)
-    return files, bad_rows
+def _put(
+    out: io.BufferedRandom,
+    i: int,
+    got: np.ndarray | str,
+    rows: np.ndarray,
+    sums: np.ndarray,
+    bad: dict[str, str],
+    names: Sequence[str],
+    next_row: int,
+) -> int:
+    """File ``i``'s decoded row (or why it failed) written at ``next_row``; the next free row."""
+    if isinstance(got, str):
+        bad[names[i]] = got
+        return next_row
+    row = np.ascontiguousarray(got)
+    out.write(memoryview(row.reshape(-1).view(np.uint8)))
+    rows[i] = next_row
+    sums[i] = row_sums(row[None])[0]
+    return next_row + 1
 
 
-#: Bytes of rows a build writes between two releases of its maps' pages (:func:`let_go`).
-LET_GO_BYTES = 32 << 20
+def _write_table(
+    path: Path, names: list[str], sizes: np.ndarray, mtimes: np.ndarray, rows: np.ndarray, sums: np.ndarray
+) -> None:
+    """The table, written under a temporary name and renamed."""
+    blob = np.frombuffer("\0".join(names).encode("utf-8", "surrogateescape"), np.uint8)
+    tmp = tmp_path(path)
+    with open(tmp, "wb") as f:
+        np.savez(f, names=blob, sizes=sizes, mtimes=mtimes, rows=rows, sums=sums)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
 
 # ------------------------------------------------------------------------------- resuming
 #: Files per chunk that a build commits as it decodes (issue 25): a build stopped midway keeps
@@ -417,7 +485,7 @@ PARTIAL_CHUNK = 512
 
 
 def _committing(
-    results: Iterator[np.ndarray | str], todo: list[Fp], folder: Path, shape: tuple[int, ...]
+    results: Iterator[np.ndarray | str], todo: list[Fp], folder: Path, shape: tuple[int, ...], dtype: np.dtype
 ) -> Iterator[np.ndarray | str]:
     """``results`` (the files of ``todo``, decoded in order) passed on unchanged, every
     :data:`PARTIAL_CHUNK` of them also committed to ``folder`` (:func:`commit_chunk`)."""
@@ -432,14 +500,18 @@ def _committing(
         yield got
         if len(meta) >= PARTIAL_CHUNK:
             try:
-                commit_chunk(folder, rows, meta, shape)
+                commit_chunk(folder, rows, meta, shape, dtype)
             except OSError as e:  # a full disk, a folder removed by a build finishing at once
                 log.warning("image cache: could not keep decoded files for a resumed build (%s)", e)
             rows, meta = [], []
 
 
 def commit_chunk(
-    folder: Path, rows: list[np.ndarray], meta: list[list[object]], shape: tuple[int, ...]
+    folder: Path,
+    rows: list[np.ndarray],
+    meta: list[list[object]],
+    shape: tuple[int, ...],
+    dtype: np.dtype = np.dtype(np.uint8),
 ) -> None:
     """One chunk of decoded files: ``chunk-<id>.npy`` (their rows), then ``chunk-<id>.json``
     (every file's name, size, mtime and row in the chunk or why it failed; the ``.npy``'s size
@@ -447,7 +519,7 @@ def commit_chunk(
     exists, and whose ``.npy`` matches it, is ever read back (:func:`read_partial`)."""
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.save(buf, np.stack(rows) if rows else np.zeros((0, *shape), np.uint8), allow_pickle=False)
+    np.save(buf, np.stack(rows).astype(dtype) if rows else np.zeros((0, *shape), dtype), allow_pickle=False)
     blob = buf.getvalue()
     name = f"chunk-{uuid.uuid4().hex[:12]}"
     tmp = tmp_path(folder / f"{name}.npy")
@@ -462,11 +534,13 @@ def commit_chunk(
     atomic_write_text(folder / f"{name}.json", json.dumps(record))
 
 
-def read_partial(folder: Path, shape: tuple[int, ...]) -> dict[Fp, np.ndarray | str]:
-    """What the committed chunks of an interrupted build hold: each file's row (a view of its
-    chunk, mapped) or why it failed. A chunk whose ``.npy`` does not match its record (size,
-    sha256: the chunk is read whole, which costs little next to decoding it) is left out, with a
-    warning; a ``.npy`` without a record (stopped in between) is never looked at."""
+def read_partial(
+    folder: Path, shape: tuple[int, ...], dtype: np.dtype = np.dtype(np.uint8)
+) -> dict[Fp, np.ndarray | str]:
+    """What the committed chunks of an interrupted build hold: each file's row or why it failed.
+    A chunk whose ``.npy`` does not match its record (size, sha256: the chunk is read whole,
+    which costs little next to decoding it) is left out, with a warning; a ``.npy`` without a
+    record (stopped in between) is never looked at."""
     found: dict[Fp, np.ndarray | str] = {}
     for record_path in sorted(folder.glob("chunk-*.json")) if folder.is_dir() else []:
         try:
@@ -475,8 +549,8 @@ def read_partial(folder: Path, shape: tuple[int, ...]) -> dict[Fp, np.ndarray | 
             blob = npy.read_bytes()
             if len(blob) != record["nbytes"] or hashlib.sha256(blob).hexdigest() != record["sha256"]:
                 raise ValueError(f"{npy.name} does not match its record")
-            rows = np.load(npy, mmap_mode="c", allow_pickle=False)
-            if rows.dtype != np.uint8 or tuple(rows.shape[1:]) != shape:
+            rows = np.load(io.BytesIO(blob), allow_pickle=False)
+            if rows.dtype != dtype or tuple(rows.shape[1:]) != shape:
                 raise ValueError(f"{npy.name} holds {rows.dtype} {rows.shape}")
             for name, size, mtime, got in record["files"]:
                 found[(str(name), int(size), int(mtime))] = rows[got] if isinstance(got, int) else str(got)
@@ -485,6 +559,7 @@ def read_partial(folder: Path, shape: tuple[int, ...]) -> dict[Fp, np.ndarray | 
     return found
 
 
+# ------------------------------------------------------------------------------- decoding
 #: Fewer files than this are decoded in this process: starting worker processes (each imports
 #: numpy and Pillow) would cost more than it saves.
 PARALLEL_MIN_FILES = 200
@@ -546,6 +621,7 @@ def decode_all(
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+# ------------------------------------------------------------------------------- memory or map
 def available_memory() -> int | None:
     """Bytes of memory available to new allocations (Linux: MemAvailable), None if unknown."""
     try:

@@ -18,20 +18,24 @@ a run converts new images with the same :func:`decode_image`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from mnistkit.data.audio import FolderKind, Progress, split_class_folders
-from mnistkit.data.imagecache import Item, available_memory, choose_mode, decode_into
-from mnistkit.data.mapped import Pages
+from mnistkit.data.imagecache import available_memory, choose_mode, content_id, decode_into, mean_std
+from mnistkit.data.mapped import Rows
 from mnistkit.data.pixels import IMAGE_EXTENSIONS, image_pixels, open_image
-from mnistkit.data.types import LoadedData, Split
+from mnistkit.data.types import FileList, LoadedData, Split
 from mnistkit.errors import DataError, set_hint
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("mnistkit.images")
 
@@ -99,26 +103,30 @@ def load_image_folder(
                 f"images under {root / 'test'}/<class>/, or remove these classes from train/."
             )
     height, width = size
-    items = [Item(name, c, "train") for name, c in train_names]
-    items += [Item(name, c, "test") for name, c in test_names]
+    names = [name for name, _ in train_names] + [name for name, _ in test_names]
     settings = {"image_version": IMAGE_VERSION, "channels": channels, "size": [height, width]}
     shape = (channels, height, width)
     decoder = _Decoder(*shape)
-    if cache_dir is None:  # nothing to keep: decode into a folder that goes away
-        with tempfile.TemporaryDirectory() as tmp:
-            feats = decode_into(
-                "image_folder", root, items, settings, decoder, shape, Path(tmp), progress, workers
-            )
-            feats.x = np.array(feats.x)
-        cache = "memory (no cache folder)"
-    else:
-        feats = decode_into(
-            "image_folder", root, items, settings, decoder, shape, cache_dir, progress, workers
-        )
-        mode, why = choose_mode(cache_mode, feats.x.nbytes, available_memory())
-        if mode == "memory":
-            feats.x = np.array(feats.x)  # read once into memory; the file is no longer used
-        cache = f"{mode} ({why})"
+    with tempfile.TemporaryDirectory() if cache_dir is None else contextlib.nullcontext() as tmp:
+        # no cache folder: nothing to keep, decode into a folder that goes away (read first)
+        folder = Path(tmp) if cache_dir is None else cache_dir
+        feats = decode_into("image_folder", root, names, settings, decoder, shape, folder, progress, workers)
+        good = feats.rows >= 0
+        n_bytes = int(good.sum()) * feats.file.row_bytes
+        if cache_dir is None:
+            mode, why = "memory", "no cache folder"
+        else:
+            mode, why = choose_mode(cache_mode, n_bytes, available_memory())
+        n_tr = len(train_names)
+        train_rows, test_rows = feats.rows[:n_tr][good[:n_tr]], feats.rows[n_tr:][good[n_tr:]]
+        train_x: torch.Tensor | Rows = Rows(feats.file, train_rows)
+        test_x: torch.Tensor | Rows = Rows(feats.file, test_rows)
+        if mode == "memory":  # read once into memory; the file is not used again
+            import torch
+
+            train_x = torch.from_numpy(train_x.read_all())
+            test_x = torch.from_numpy(test_x.read_all())
+    cache = f"{mode} ({why})"
     if feats.bad:
         listing = "\n".join(f"  {root / name}: {reason}" for name, reason in sorted(feats.bad.items()))
         if not skip_bad:
@@ -146,50 +154,44 @@ def load_image_folder(
         raise DataError(problems[0])
 
     label = {c: i for i, c in enumerate(classes)}
-    train = [(f, label[c]) for f, c in train_names if f not in feats.bad]
-    test = [(f, label[c]) for f, c in test_names if f not in feats.bad]
-    if not train or not test:
+    n_train, n_test = len(train_rows), len(test_rows)
+    if not n_train or not n_test:
         raise DataError(
-            f"Image folder {root}: {len(train)} usable training and {len(test)} test image(s) "
+            f"Image folder {root}: {n_train} usable training and {n_test} test image(s) "
             "after skipping unreadable files; both sets need at least one. Fix the files listed "
             "above."
         )
     import torch
 
-    # The rows are in the order asked for (train, then test), unreadable files left out: each
-    # split is one slice of the (possibly memory-mapped) array, never a copy.
-    assert feats.good == [name for name, _ in [*train, *test]]
-    n_train = len(train)
-
-    def split(x: np.ndarray, items: list[tuple[str, int]]) -> Split:
-        return Split(x=torch.from_numpy(x), y=torch.tensor([lab for _, lab in items], dtype=torch.int64))
-
+    labels = np.fromiter((label[c] for _, c in [*train_names, *test_names]), np.int64, len(names))
+    used = [n for n, ok in zip(names, good.tolist(), strict=True) if ok] if feats.bad else names
     # normalize: auto = the training split's own per-channel mean/std of [0, 1] pixels (the
-    # MNIST family's 0.1307/0.3081 are computed the same way), kept in the cache's index.
-    mean, std = feats.mean, feats.std
+    # MNIST family's 0.1307/0.3081 are computed the same way), summed from the cache's per-row
+    # sums (exact integers), for whichever files this seed puts in the training split.
+    mean, std = mean_std(feats.sums[:n_tr][good[:n_tr]], height * width, 1 / 255)
     if feats.decoded == 0:
         origin = f"loaded from cache {feats.path} in {feats.seconds:.2f} s"
     else:
         procs = f" by {feats.processes} processes" if feats.processes > 1 else ""
         origin = f"decoded in {feats.seconds:.1f} s{procs} ({feats.decoded} decoded, {feats.reused} reused)"
     source = (
-        f"image folder {root}: {len(classes)} classes, {len(train)} train / {len(test)} test "
+        f"image folder {root}: {len(classes)} classes, {n_train} train / {n_test} test "
         f"images ({how}), {channels}x{height}x{width}; {origin}"
     )
     if feats.bad:
         source += f"; {len(feats.bad)} unreadable file(s) skipped (data.skip_bad_files)"
+    sizes, mtimes = feats.fingerprints
+    files = FileList(root, used)
     return LoadedData(
-        train=split(feats.x[:n_train], train),
-        test=split(feats.x[n_train:], test),
+        train=Split(x=train_x, y=torch.from_numpy(labels[:n_tr][good[:n_tr]])),
+        test=Split(x=test_x, y=torch.from_numpy(labels[n_tr:][good[n_tr:]])),
         classes=classes,
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
-        files=[root / name for name, _ in [*train, *test]],
+        mean=mean,
+        std=std,
+        files=files,
         source=source,
-        test_files=[root / name for name, _ in test],
+        test_files=files[n_train:],
         bad_files={str(root / name): reason for name, reason in feats.bad.items()},
         cache_note="; ".join([cache, *feats.notes]),
-        mapped=isinstance(feats.x, np.memmap),
-        pages=Pages(feats.x) if isinstance(feats.x, np.memmap) else None,
-        content_id=feats.content,
+        content_id=content_id(settings, used, sizes[good], mtimes[good]),
     )

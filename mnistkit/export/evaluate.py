@@ -36,14 +36,21 @@ def evaluate_onnx(model_path: Path, data_dir: Path | None = None) -> dict[str, A
         data_dir = RunDir(run_dir).recorded_data_dir()  # the --data-dir the run was trained with, if here
     loaded = load_dataset(recipe, registries(), data_dir)
     test = raw_test_split(loaded, recipe.data)
-    x, y = test.x.numpy(), test.y.numpy().astype(np.int64)
-    if list(x.shape[1:]) != list(meta["input_shape"][1:]):
+    y = test.y.numpy().astype(np.int64)
+    shape = list(test.x.shape[1:])
+    if shape != list(meta["input_shape"][1:]):
         raise RunError(
-            f"{recipe.data.dataset} test samples have shape {list(x.shape[1:])}, "
+            f"{recipe.data.dataset} test samples have shape {shape}, "
             f"the model takes {meta['input_shape'][1:]}"
         )
     batch = recipe.data.eval_batch_size
-    probs = np.concatenate([model.probabilities(x[i : i + batch]) for i in range(0, len(x), batch)])
+    # batch by batch: rows of a cache's file (data.cache: mmap) are read as they are needed
+    probs = np.concatenate(
+        [
+            model.probabilities(test.raw(np.arange(i, min(i + batch, len(y)))).numpy())
+            for i in range(0, len(y), batch)
+        ]
+    )
     classes = list(meta["classes"])
     cm = confusion_matrix(y, probs.argmax(1), len(classes))
     report = per_class_report(cm, classes)

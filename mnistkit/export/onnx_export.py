@@ -175,7 +175,8 @@ def _export_run(
             f"the export is verified on the run's test data, which was not found: {exc}\n"
             "  pass --data-dir with the folder the run was trained from"
         ) from None
-    x = raw_test_split(loaded, recipe.data).x[:VERIFY_SAMPLES].contiguous()
+    test = raw_test_split(loaded, recipe.data)
+    x = test.raw(torch.arange(min(VERIFY_SAMPLES, len(test.y)))).contiguous()
     want = torch.uint8 if kind == "image" else torch.float32
     if x.dtype != want:
         raise RunError(

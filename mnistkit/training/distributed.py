@@ -16,7 +16,6 @@ The training loop (train.py) and the runner call only :class:`Context`: rank, wo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import os
 import re
@@ -138,7 +137,7 @@ class Context:
         if not self.distributed:
             return split
         start, stop = self.shard_bounds(len(split.y))
-        return dataclasses.replace(split, x=split.x[start:stop], y=split.y[start:stop])
+        return split.part(slice(start, stop))
 
     def check_shards(self, n_train: int, batch_size: int, drop_last: bool) -> None:
         """Refuse a batch size that would leave a rank without samples in some step."""

@@ -159,7 +159,7 @@ def train_loop(
                 batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = memory_batches(
                     data.train, d.batch_size, todo, d.drop_last, (0, 1) if whole_batches else shard
                 )
-                if data.train.x.device != device:  # memory-mapped: rows read on the host
+                if data.train.device != device:  # rows of the cache file: read on the host
                     batches = ((xb.to(device), yb.to(device)) for xb, yb in batches)
             else:
                 batches = dataloader_batches(loader, todo, device)

@@ -137,7 +137,7 @@ class TrainStep:
             self.loss_fn.paused = True
         try:
             for size in sorted(set(sizes)):
-                self(train.x[:size].to(self.device), train.y[:size].to(self.device))
+                self(train.raw(torch.arange(size)).to(self.device), train.y[:size].to(self.device))
         finally:
             if hooks:
                 self.loss_fn.paused = False
