@@ -7,7 +7,7 @@ noise, so the files compress like photos rather than like noise), converted by m
 96x96x3. Then, each on a fresh cache:
 
 * decode throughput (files/s) with 1 and with 2 decoding processes (``load_image_folder``);
-* the cache's size on disk (the uncompressed ``.npy``);
+* the cache's size on disk (the uncompressed ``.rows`` data file);
 * the start of a run: loading the folder with a fresh cache (decode + cache) against loading it
   again from the cache (the in-process time to the tensors, page cache warm);
 * adding 1 % new files: how many files are decoded then, and how long the start takes;
@@ -21,7 +21,11 @@ noise, so the files compress like photos rather than like noise), converted by m
   cgroup's peak usage, how often it hit the limit, OOM kills;
 * the 1-minute load average before each measurement (the machine is shared).
 
-Training runs alternate (mmap, memory, then memory, mmap, ...; ``--repeats``).
+Training runs come after every size is prepared, alternated over sizes and modes in each round
+(10k mmap, 10k memory, 50k mmap, ..., then the reverse; ``--repeats`` rounds), so that a change
+in the machine's load hits every size alike; ``--modes mmap`` leaves out the in-memory runs
+(which at 200k files take 14 GB and push the mapped file out of the page cache).
+``--decode-workers 2`` decodes once, with 2 processes only.
 
     python bench/data_scale.py                       # 10k and 50k
     python bench/data_scale.py --sizes 2000          # smoke run (about a minute)
@@ -194,7 +198,7 @@ def drop_from_page_cache(path: Path) -> None:
 def capped(root: Path, work: Path, cache: Path, threads: int, cap_mb: int) -> dict[str, Any]:
     """One mmap epoch and one memory epoch, each in a fresh memory cgroup capped below the
     cache's size, the cache evicted from the page cache first."""
-    (npy,) = cache.glob("*.npy")
+    (npy,) = cache.glob("*.rows")
     res: dict[str, Any] = {"cap_mb": cap_mb, "cache_mb": round(npy.stat().st_size / 2**20, 1)}
     for mode in ("mmap", "memory"):
         drop_from_page_cache(npy)
@@ -209,7 +213,8 @@ def capped(root: Path, work: Path, cache: Path, threads: int, cap_mb: int) -> di
     return res
 
 
-def measure(n: int, base: Path, threads: int, cap_mb: int | None, repeats: int) -> dict[str, Any]:
+def prepare_size(n: int, base: Path, decode_workers: list[int]) -> dict[str, Any]:
+    """Folder, decoding (fresh caches), cache size, cached start, adding 1 % of new files."""
     root = base / f"folder-{n}"
     if not root.is_dir():
         t0 = time.perf_counter()
@@ -217,7 +222,7 @@ def measure(n: int, base: Path, threads: int, cap_mb: int | None, repeats: int) 
         print(f"[{n}] wrote {n:,} files in {time.perf_counter() - t0:.0f} s", flush=True)
     files_mb = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
     res: dict[str, Any] = {"files": n, "folder_mb": round(files_mb, 1)}
-    for workers in (1, 2):
+    for workers in decode_workers:
         cache = base / f"cache-{n}-w{workers}" / "images"
         shutil.rmtree(cache.parent, ignore_errors=True)
         before = load_avg()
@@ -229,51 +234,88 @@ def measure(n: int, base: Path, threads: int, cap_mb: int | None, repeats: int) 
         }
         print(f"[{n}] {workers} worker(s): {seconds:.1f} s, {n / seconds:,.0f} files/s", flush=True)
         del data
-    res["speedup_2_over_1"] = round(res["decode_w2"]["files_per_s"] / res["decode_w1"]["files_per_s"], 2)
-    cache = base / f"cache-{n}-w2" / "images"
-    (npy,) = cache.glob("*.npy")
-    res["cache_mb"] = round(npy.stat().st_size / 2**20, 1)
-    res["first_start_s"] = res["decode_w2"]["seconds"]
-    seconds, data = timed_load(root, cache, 2)
-    assert "loaded from cache" in data.source, data.source
-    res["cached_start_s"] = round(seconds, 2)
-    print(f"[{n}] cache {res['cache_mb']} MB, cached start {seconds:.2f} s", flush=True)
-    del data
-    work = base / f"work-{n}"
-    work.mkdir(exist_ok=True)
-    # Alternated (mmap, memory, memory, mmap, ...): a load change between two runs hits both.
-    runs: dict[str, list[dict[str, Any]]] = {"mmap": [], "memory": []}
-    for r in range(repeats):
-        for mode in ("mmap", "memory") if r % 2 == 0 else ("memory", "mmap"):
-            runs[mode].append(train_once(root, work, cache.parent, mode, threads))
-            print(f"[{n}] train ({mode}): {runs[mode][-1]}", flush=True)
-    for mode, got in runs.items():
-        per_1k = sorted(g["epoch_s_per_1k"] for g in got)
-        res[f"train_{mode}"] = {
-            "epoch_s_per_1k_median": per_1k[len(per_1k) // 2],
-            "epoch_s_per_1k": [g["epoch_s_per_1k"] for g in got],
-            "peak_rss_mb_max": max(g["peak_rss_mb"] for g in got),
-            "runs": got,
-        }
-    if cap_mb and res["cache_mb"] > cap_mb:  # a dataset larger than the cap
-        res["capped"] = capped(root, work, cache, threads, cap_mb)
-        print(f"[{n}] under a {cap_mb} MB memory cap: {res['capped']}", flush=True)
-    # Adding 1 % new files: only those are decoded (the rows of the others are copied).
+    if "decode_w1" in res and "decode_w2" in res:
+        res["speedup_2_over_1"] = round(res["decode_w2"]["files_per_s"] / res["decode_w1"]["files_per_s"], 2)
+    last = decode_workers[-1]
+    for other in decode_workers[:-1]:  # keep one cache: the training runs' (disk, page cache)
+        shutil.rmtree(base / f"cache-{n}-w{other}", ignore_errors=True)
+    cache = base / f"cache-{n}-w{last}" / "images"
+    (rows,) = cache.glob("*.rows")
+    res["cache_mb"] = round(rows.stat().st_size / 2**20, 1)
+    res["first_start_s"] = res[f"decode_w{last}"]["seconds"]
+    starts = []
+    for _ in range(3):
+        before = load_avg()
+        seconds, data = timed_load(root, cache, 2)
+        assert "loaded from cache" in data.source, data.source
+        starts.append({"seconds": round(seconds, 2), "load_before": before})
+        del data
+    res["cached_start"] = starts
+    res["cached_start_s"] = sorted(s["seconds"] for s in starts)[1]
+    print(
+        f"[{n}] cache {res['cache_mb']} MB, cached start {res['cached_start_s']:.2f} s {starts}", flush=True
+    )
+    # Adding 1 % new files: only those are decoded, and their rows appended to the data file.
+    size_before = rows.stat().st_size
     added = make_folder(root, max(1, n // 100), seed=1, start=n)
+    before = load_avg()
     seconds, data = timed_load(root, cache, 2)
     m = re.search(r"(\d+) decoded, (\d+) reused", data.source)
     assert m is not None, data.source
+    (grown,) = cache.glob("*.rows")
     res["add_1pct"] = {
         "added": len(added),
         "decoded": int(m[1]),
         "reused": int(m[2]),
         "seconds": round(seconds, 2),
+        "same_data_file": grown == rows,
+        "data_file_grew_mb": round((grown.stat().st_size - size_before) / 2**20, 1),
+        "load_before": before,
     }
     print(f"[{n}] +{len(added)} files: {res['add_1pct']}", flush=True)
     del data
     for f in added:
         f.unlink()
     return res
+
+
+def measure(
+    sizes: list[int],
+    base: Path,
+    threads: int,
+    cap_mb: int | None,
+    repeats: int,
+    modes: list[str],
+    decode_workers: list[int],
+) -> list[dict[str, Any]]:
+    results = {n: prepare_size(n, base, decode_workers) for n in sizes}
+    # Training epochs, alternated over sizes and modes in each round (the order reversed every
+    # other round): a change of the machine's load hits every size alike.
+    runs: dict[tuple[int, str], list[dict[str, Any]]] = {(n, m): [] for n in sizes for m in modes}
+    for r in range(repeats):
+        order = [(n, m) for n in sizes for m in modes]
+        for n, mode in order if r % 2 == 0 else order[::-1]:
+            work = base / f"work-{n}"
+            work.mkdir(exist_ok=True)
+            cache = base / f"cache-{n}-w{decode_workers[-1]}"
+            got = train_once(base / f"folder-{n}", work, cache, mode, threads)
+            runs[(n, mode)].append(got)
+            print(f"[{n}] round {r + 1} train ({mode}): {got}", flush=True)
+    for (n, mode), got in runs.items():
+        per_1k = sorted(g["epoch_s_per_1k"] for g in got)
+        results[n][f"train_{mode}"] = {
+            "epoch_s_per_1k_median": per_1k[len(per_1k) // 2],
+            "epoch_s_per_1k": [g["epoch_s_per_1k"] for g in got],
+            "peak_rss_mb_max": max(g["peak_rss_mb"] for g in got),
+            "runs": got,
+        }
+    for n in sizes:
+        res = results[n]
+        cache = base / f"cache-{n}-w{decode_workers[-1]}" / "images"
+        if cap_mb and res["cache_mb"] > cap_mb:  # a dataset larger than the cap
+            res["capped"] = capped(base / f"folder-{n}", base / f"work-{n}", cache, threads, cap_mb)
+            print(f"[{n}] under a {cap_mb} MB memory cap: {res['capped']}", flush=True)
+    return [results[n] for n in sizes]
 
 
 def main() -> None:
@@ -290,13 +332,23 @@ def main() -> None:
         help="also train under a memory cgroup of this many MB (root; a cap below the cache's size)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the folders and caches")
+    ap.add_argument("--modes", nargs="+", default=["mmap", "memory"], choices=["mmap", "memory"])
+    ap.add_argument(
+        "--decode-workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="decode each folder afresh with these process counts (the last one's cache is kept)",
+    )
     args = ap.parse_args()
     base = args.dir or Path(tempfile.mkdtemp(prefix="mnistkit-data-scale-"))
     base.mkdir(parents=True, exist_ok=True)
     results = {
         "cpus": len(os.sched_getaffinity(0)),
         "python": sys.version.split()[0],
-        "sizes": [measure(n, base, args.threads, args.cap_mb, args.repeats) for n in args.sizes],
+        "sizes": measure(
+            args.sizes, base, args.threads, args.cap_mb, args.repeats, args.modes, args.decode_workers
+        ),
     }
     print(json.dumps(results, indent=1))
     if args.json:

@@ -359,3 +359,44 @@ def test_audio_folder_root_is_found_for_every_documented_layout(tmp_path: Path, 
     data = audio_folder(ctx)
     assert data.classes == ["high", "low"]
     assert len(data.train.y) + len(data.test.y) == (6 if layout == "flac_only" else 8)
+
+
+def test_audio_folder_served_from_the_file_gives_the_features_of_each_clip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data.cache: mmap on an audio folder: the features stay in the cache's data file (float32
+    rows) and each batch is read from it; they are each clip's own log-mel features, the same as
+    the in-memory path, and a clip added later is the only one computed again."""
+    import torch
+
+    from mnistkit.data.batches import eval_batches, memory_batches, prepare
+    from mnistkit.data.features import read_audio
+    from mnistkit.data.mapped import Rows
+    from mnistkit.recipe.sections import DataSection
+
+    root = _two_class_folder(tmp_path / "ds")
+    cache = tmp_path / "cache"
+    counter = _Counter(monkeypatch)
+    mapped = load_audio_folder(root, SPEC, cache, skip_bad=False, cache_mode="mmap")
+    assert counter.calls == 20 and "mmap (data.cache: mmap)" in mapped.cache_note
+    assert isinstance(mapped.train.x, Rows) and mapped.train.x.dtype == np.float32
+    mem = load_audio_folder(root, SPEC, cache, skip_bad=False, cache_mode="memory")
+    assert counter.calls == 20 and "features loaded from cache" in mem.source
+    n = len(mapped.train.y)
+    for i, f in enumerate(mapped.files):
+        split, j = (mapped.train, i) if i < n else (mapped.test, i - n)
+        want = log_mel(read_audio(f, SPEC.sample_rate), SPEC)  # the clip's features, computed here
+        assert np.array_equal(split.raw(np.array([j]))[0, 0].numpy(), want), f
+    section = DataSection(dataset="audio_folder", batch_size=3)
+    cpu = torch.device("cpu")
+    a, b = prepare(mem, section, 0, cpu), prepare(mapped, section, 0, cpu)
+    order = torch.randperm(n)
+    for (xa, ya), (xb, yb) in zip(
+        memory_batches(a.train, 3, order, False), memory_batches(b.train, 3, order, False), strict=True
+    ):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for (xa, ya), (xb, yb) in zip(eval_batches(a.test, 3), eval_batches(b.test, 3), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    _sine(root / "low" / "late.wav", 260)
+    grown = load_audio_folder(root, SPEC, cache, skip_bad=False, cache_mode="mmap")
+    assert counter.calls == 21 and "(1 decoded, 20 reused)" in grown.source

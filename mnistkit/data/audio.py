@@ -1,4 +1,4 @@
-"""Audio datasets as in-memory log-mel feature tensors, computed once and cached on disk.
+"""Audio datasets as log-mel feature tensors, computed once and cached on disk.
 
 Feature pipeline (the reference tutorial's, per clip)::
 
@@ -14,29 +14,38 @@ Two datasets:
 * :func:`load_audio_folder` -- ``root/<class>/*.wav|flac|ogg``, split per class by a seeded
   shuffle, or by ``root/train`` + ``root/test`` when both exist.
 
-Features of all files are stored in one ``.npz`` per (dataset, files, feature settings) under
-``cache_dir``; see :func:`_cache_key` for what invalidates it. librosa, soundfile and torch are
-imported lazily so ``import mnistkit.data.audio`` (e.g. to validate a recipe) stays cheap.
+FSDD's features (3,000 short clips, 3 MB at the suggested settings: the in-memory fast path) are
+stored in one ``.npz`` per (dataset, files, feature settings) under ``cache_dir``; see
+:func:`_cache_key` for what invalidates it. An audio folder's go into the decoded cache the image
+folders use (:mod:`mnistkit.data.imagecache`: float32 rows in one data file, decoded in
+parallel, only new or changed files decoded again, kept in memory or read from the file by
+``data.cache``). librosa, soundfile and torch are imported lazily so ``import
+mnistkit.data.audio`` (e.g. to validate a recipe) stays cheap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
 import re
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mnistkit.data.features import LogMelSpec, log_mel, read_audio
-from mnistkit.data.types import LoadedData, Split
+from mnistkit.data.imagecache import available_memory, choose_mode, content_id, decode_into
+from mnistkit.data.mapped import Rows
+from mnistkit.data.types import FileList, LoadedData, Split
 from mnistkit.errors import DataError, set_hint
 from mnistkit.fsutil import atomic_path
 
@@ -476,6 +485,7 @@ def load_audio_folder(
     test_fraction: float = 0.2,
     seed: int = 0,
     progress: Progress | None = None,
+    cache_mode: str = "auto",
 ) -> LoadedData:
     """A folder of audio files, one sub-folder per class, as log-mel features.
 
@@ -486,6 +496,11 @@ def load_audio_folder(
     with class sub-folders; ``test_fraction``/``seed`` unused, test classes must also exist in
     train). The split is decided before unreadable files are dropped, so skipping one never
     moves other files between train and test.
+
+    The features are cached as the image folders' pixels are (:mod:`mnistkit.data.imagecache`:
+    float32 rows in one data file, decoded in parallel, only new or changed files decoded
+    again), and ``cache_mode`` (``data.cache``) keeps them in memory or reads them from the
+    file batch by batch.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -494,17 +509,68 @@ def load_audio_folder(
             "(or .flac/.ogg), one sub-folder per class."
         )
     classes, train_names, test_names, how = split_class_folders(root, FolderKind(), test_fraction, seed)
-    all_names = sorted(name for name, _ in [*train_names, *test_names])
-    feats = _features("audio_folder", root, all_names, spec, cache_dir, progress)
-    _apply_bad_policy(feats.bad, root, skip_bad)
+    names = [n for n, _ in train_names] + [n for n, _ in test_names]
+    shape = (1, spec.n_mels, spec.frames)
+    with tempfile.TemporaryDirectory() if cache_dir is None else contextlib.nullcontext() as tmp:
+        # no cache folder: nothing to keep, decode into a folder that goes away (read first)
+        folder = Path(tmp) if cache_dir is None else Path(cache_dir)
+        feats = decode_into(
+            "audio_folder", root, names, cache_settings(spec), _FeatureDecoder(spec), shape, folder,
+            progress, dtype=np.float32,
+        )  # fmt: skip
+        _apply_bad_policy(feats.bad, root, skip_bad)
+        good = feats.rows >= 0
+        n_tr = len(train_names)
+        if cache_dir is None:
+            mode, why = "memory", "no cache folder"
+        else:
+            mode, why = choose_mode(cache_mode, int(good.sum()) * feats.file.row_bytes, available_memory())
+        train_x: Any = Rows(feats.file, feats.rows[:n_tr][good[:n_tr]])
+        test_x: Any = Rows(feats.file, feats.rows[n_tr:][good[n_tr:]])
+        import torch
 
+        if mode == "memory":  # read once into memory; the file is not used again
+            train_x, test_x = torch.from_numpy(train_x.read_all()), torch.from_numpy(test_x.read_all())
     label = {c: i for i, c in enumerate(classes)}
-    train = [(f, label[c]) for f, c in train_names if f not in feats.bad]
-    test = [(f, label[c]) for f, c in test_names if f not in feats.bad]
+    labels = np.fromiter((label[c] for _, c in [*train_names, *test_names]), np.int64, len(names))
+    used = [n for n, ok in zip(names, good.tolist(), strict=True) if ok] if feats.bad else names
+    n_train = int(good[:n_tr].sum())
+    if feats.decoded == 0:
+        origin = f"features loaded from cache {feats.path} in {feats.seconds:.2f} s"
+    else:
+        origin = (
+            f"features computed in {feats.seconds:.1f} s ({feats.decoded} decoded, {feats.reused} reused)"
+        )
     source = (
-        f"audio folder {root}: {len(classes)} classes, {len(train)} train / {len(test)} test "
-        f"clips ({how}), {spec.describe()}; {_origin(feats)}"
+        f"audio folder {root}: {len(classes)} classes, {n_train} train / {len(used) - n_train} test "
+        f"clips ({how}), {spec.describe()}; {origin}"
     )
     if feats.bad:
         source += f"; {len(feats.bad)} unreadable file(s) skipped"
-    return _to_loaded(feats, root, train, test, classes, source)
+    sizes, mtimes = feats.fingerprints
+    files = FileList(root, used)
+    return LoadedData(
+        train=Split(x=train_x, y=torch.from_numpy(labels[:n_tr][good[:n_tr]])),
+        test=Split(x=test_x, y=torch.from_numpy(labels[n_tr:][good[n_tr:]])),
+        classes=classes,
+        # Features are standardized per clip (see log_mel), so no dataset-level normalization.
+        mean=(0.0,),
+        std=(1.0,),
+        files=files,
+        source=source,
+        test_files=files[n_train:],
+        bad_files={str(root / name): reason for name, reason in feats.bad.items()},
+        cache_note="; ".join([f"{mode} ({why})", *feats.notes]),
+        content_id=content_id(cache_settings(spec), used, sizes[good], mtimes[good]),
+    )
+
+
+@dataclass(frozen=True)
+class _FeatureDecoder:
+    """Log-mel features of one file as a ``[1, n_mels, frames]`` row; picklable, for the
+    decoding processes."""
+
+    spec: LogMelSpec
+
+    def __call__(self, path: Path) -> np.ndarray:
+        return _features_of(path, self.spec)[None]

@@ -382,14 +382,14 @@ def _build(
                 rows[hit] = np.searchsorted(live, rows[hit])  # live is sorted: its k-th row is now k
                 next_row = len(live)
             for i, got in from_chunks.items():
-                next_row = _put(out, i, got, rows, sums, bad, names, next_row)
+                next_row = _put(shape, dtype, out, i, got, rows, sums, bad, names, next_row)
             results = decode_all(base, [names[i] for i in decode_now], decode, workers, progress)
             try:
                 fps = [(names[i], int(sizes[i]), int(mtimes[i])) for i in decode_now]
                 for i, got in zip(
                     decode_now, _committing(results, fps, partial_dir, shape, dtype), strict=True
                 ):
-                    next_row = _put(out, i, got, rows, sums, bad, names, next_row)
+                    next_row = _put(shape, dtype, out, i, got, rows, sums, bad, names, next_row)
             finally:
                 results.close()  # stops the worker processes, also on Ctrl-C
             out.flush()
@@ -445,6 +445,8 @@ def _build(
 
 
 def _put(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
     out: io.BufferedRandom,
     i: int,
     got: np.ndarray | str,
@@ -458,7 +460,9 @@ def _put(
     if isinstance(got, str):
         bad[names[i]] = got
         return next_row
-    row = np.ascontiguousarray(got)
+    row = np.ascontiguousarray(got, dtype=dtype)
+    if row.shape != shape:
+        raise ValueError(f"{names[i]}: decoded to {row.shape}, the cache holds {shape}")
     out.write(memoryview(row.reshape(-1).view(np.uint8)))
     rows[i] = next_row
     sums[i] = row_sums(row[None])[0]

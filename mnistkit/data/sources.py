@@ -188,4 +188,5 @@ def audio_folder(ctx: DataContext) -> LoadedData:
         test_fraction=ctx.section.test_fraction,
         seed=ctx.seed,
         progress=_progress(ctx),
+        cache_mode=ctx.section.cache,
     )

@@ -122,11 +122,11 @@ class DataSection(Section):
     """DataLoader worker processes (loader: dataloader); default 0: for tensors already in memory
     workers only add inter-process copies (docs/performance.md)."""
     cache: Literal["auto", "memory", "mmap"] = "auto"
-    """image_folder: how the decoded images (one uncompressed uint8 .npy in the user cache) are
-    read. 'memory': read whole into memory once (fastest batches). 'mmap': memory-mapped, batches
-    read their rows from it and the OS page cache keeps what memory allows (for folders larger
-    than memory). 'auto': memory when the decoded images take at most 1/4 of the memory available
-    at the start, else mmap. The run header says which was used and why."""
+    """image_folder and audio_folder: how the decoded images or features (one uncompressed data
+    file in the user cache) are read. 'memory': read whole into memory once (fastest batches).
+    'mmap': batches read their rows from the file and the OS page cache keeps what memory allows
+    (for folders larger than memory). 'auto': memory when the decoded data takes at most 1/4 of
+    the memory available at the start, else mmap. The run header says which was used and why."""
     features: LogMel | None = None
     """Audio feature extraction (audio datasets only; defaults apply when omitted)."""
     image: ImageSpec | None = None

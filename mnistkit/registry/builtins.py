@@ -238,7 +238,7 @@ _DATASETS: list[tuple[str, str, str, dict[str, object]]] = [
             "num_classes": None,
             "kind": "audio",
             "download": False,
-            "reads": ("skip_bad_files", "test_fraction"),
+            "reads": ("skip_bad_files", "test_fraction", "cache"),
         },
     ),
     (
