@@ -287,11 +287,22 @@ def measure(
     repeats: int,
     modes: list[str],
     decode_workers: list[int],
+    train_only: bool = False,
 ) -> list[dict[str, Any]]:
-    results = {n: prepare_size(n, base, decode_workers) for n in sizes}
+    if train_only:  # folders and caches of an earlier --keep run: the training epochs only
+        results: dict[int, dict[str, Any]] = {n: {"files": n} for n in sizes}
+    else:
+        results = {n: prepare_size(n, base, decode_workers) for n in sizes}
     # Training epochs, alternated over sizes and modes in each round (the order reversed every
     # other round): a change of the machine's load hits every size alike.
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {(n, m): [] for n in sizes for m in modes}
+    for n in sizes:  # every data file read once: the epochs measure reading from the page cache
+        for f in (base / f"cache-{n}-w{decode_workers[-1]}" / "images").glob("*.rows"):
+            t0 = time.perf_counter()
+            with open(f, "rb", buffering=0) as fh:
+                while fh.read(16 << 20):
+                    pass
+            print(f"[{n}] read {f.name} once: {time.perf_counter() - t0:.1f} s", flush=True)
     for r in range(repeats):
         order = [(n, m) for n in sizes for m in modes]
         for n, mode in order if r % 2 == 0 else order[::-1]:
@@ -302,6 +313,8 @@ def measure(
             runs[(n, mode)].append(got)
             print(f"[{n}] round {r + 1} train ({mode}): {got}", flush=True)
     for (n, mode), got in runs.items():
+        if not got:  # --repeats 0: decoding and starts only
+            continue
         per_1k = sorted(g["epoch_s_per_1k"] for g in got)
         results[n][f"train_{mode}"] = {
             "epoch_s_per_1k_median": per_1k[len(per_1k) // 2],
@@ -312,7 +325,7 @@ def measure(
     for n in sizes:
         res = results[n]
         cache = base / f"cache-{n}-w{decode_workers[-1]}" / "images"
-        if cap_mb and res["cache_mb"] > cap_mb:  # a dataset larger than the cap
+        if cap_mb and res.get("cache_mb", 0) > cap_mb:  # a dataset larger than the cap
             res["capped"] = capped(base / f"folder-{n}", base / f"work-{n}", cache, threads, cap_mb)
             print(f"[{n}] under a {cap_mb} MB memory cap: {res['capped']}", flush=True)
     return [results[n] for n in sizes]
@@ -332,6 +345,11 @@ def main() -> None:
         help="also train under a memory cgroup of this many MB (root; a cap below the cache's size)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the folders and caches")
+    ap.add_argument(
+        "--train-only",
+        action="store_true",
+        help="only the training epochs, on the folders and caches a --dir ... --keep run left",
+    )
     ap.add_argument("--modes", nargs="+", default=["mmap", "memory"], choices=["mmap", "memory"])
     ap.add_argument(
         "--decode-workers",
@@ -347,7 +365,14 @@ def main() -> None:
         "cpus": len(os.sched_getaffinity(0)),
         "python": sys.version.split()[0],
         "sizes": measure(
-            args.sizes, base, args.threads, args.cap_mb, args.repeats, args.modes, args.decode_workers
+            args.sizes,
+            base,
+            args.threads,
+            args.cap_mb,
+            args.repeats,
+            args.modes,
+            args.decode_workers,
+            args.train_only,
         ),
     }
     print(json.dumps(results, indent=1))

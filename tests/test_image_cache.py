@@ -200,7 +200,7 @@ def cache_files(tmp_path: Path) -> tuple[Path, Path]:
     return index, data
 
 
-@pytest.mark.parametrize("damage", ["truncate", "overwrite", "index"])
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "index", "table"])
 def test_a_damaged_cache_is_detected_and_rebuilt_with_a_message(
     tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -214,10 +214,20 @@ def test_a_damaged_cache_is_detected_and_rebuilt_with_a_message(
         with open(data, "r+b") as f:
             f.seek(data.stat().st_size // 2)
             f.write(b"\xff\x00\xff")
-    else:
+    elif damage == "index":
         index.write_text(index.read_text()[:-20])
+    else:  # the table of files: bytes changed in place (the zip's CRC no longer matches)
+        table = index.parent / json.loads(index.read_text())["table"]
+        blob = bytearray(table.read_bytes())
+        blob[len(blob) // 3] ^= 0xFF
+        table.write_bytes(bytes(blob))
     again = load(tmp_path / "data", cache_mode="mmap")
-    why = {"truncate": "truncated", "overwrite": "checksum", "index": "unreadable index"}[damage]
+    why = {
+        "truncate": "truncated",
+        "overwrite": "checksum",
+        "index": "unreadable index",
+        "table": "unreadable table",
+    }[damage]
     assert why in again.cache_note and "decoding again" in again.cache_note
     assert any(why in r.getMessage() for r in caplog.records)
     assert "12 decoded, 0 reused" in again.source
@@ -406,8 +416,9 @@ def check_pixels_sized(data: Any, size: tuple[int, int]) -> None:
 def test_an_interrupted_build_resumes_from_its_committed_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Ctrl-C after 10 of 36 files, chunks of 4: the next build decodes only the 28 files of no
-    finished chunk; a damaged chunk is not trusted (its files are decoded again)."""
+    """Ctrl-C after 10 of 36 files, commits every 4: the next build decodes only the 28 files
+    of no commit, continuing the file it was writing; rows that do not match their commit's
+    CRC are not trusted (their files are decoded again)."""
     from mnistkit.data import imagecache
 
     monkeypatch.setattr(imagecache, "PARTIAL_CHUNK", 4)
@@ -432,7 +443,9 @@ def test_an_interrupted_build_resumes_from_its_committed_chunks(
     folder = tmp_path / "cache/images"
     assert not list(folder.glob("*.json"))  # no cache index: nothing a run would trust
     (partial,) = folder.glob("*.partial")
-    assert len(list(partial.glob("chunk-*.json"))) == 2  # files 1-4 and 5-8; 9-10 not committed
+    assert len(list(partial.glob("commit-*.json"))) == 2  # files 1-4 and 5-8; 9-10 not committed
+    (part,) = folder.glob("*.rows.part")
+    assert part.stat().st_size == 10 * 300  # every row written once, into the data file itself
     calls.clear()
     monkeypatch.setattr(images, "decode_image", stopped_at(10**6))
     data = load(root)
@@ -441,23 +454,27 @@ def test_an_interrupted_build_resumes_from_its_committed_chunks(
     assert "28 decoded, 8 reused" in data.source
     assert "8 file(s) decoded by an interrupted build were reused" in data.cache_note
     check_pixels(data)
-    assert not partial.exists()  # the finished cache holds the chunks' rows now
+    assert not partial.exists() and not list(folder.glob("*.part"))
+    (rows,) = folder.glob("*.rows")
+    assert rows.name == part.name.removesuffix(".part") and rows.stat().st_size == 36 * 300
 
-    # A chunk damaged in place (same size) is detected by its sha256 and decoded again.
+    # Rows changed in place after their commit are detected by the CRC and decoded again.
     shutil.rmtree(folder)
     calls.clear()
     monkeypatch.setattr(images, "decode_image", stopped_at(10))
     with pytest.raises(KeyboardInterrupt):
         load(root)
-    chunk = sorted((folder / partial.name).glob("chunk-*.npy"))[0]
-    blob = bytearray(chunk.read_bytes())
-    blob[-1] ^= 0xFF
-    chunk.write_bytes(bytes(blob))
+    (part,) = folder.glob("*.rows.part")
+    with open(part, "r+b") as f:  # a byte of row 6: the second commit's
+        f.seek(6 * 300 + 17)
+        byte = f.read(1)
+        f.seek(6 * 300 + 17)
+        f.write(bytes([byte[0] ^ 0xFF]))
     calls.clear()
     monkeypatch.setattr(images, "decode_image", stopped_at(10**6))
     data = load(root)
     assert len(calls) == 32 and "32 decoded, 4 reused" in data.source
-    assert any("does not match its record" in r.getMessage() for r in caplog.records)
+    assert any("do not match their progress record" in r.getMessage() for r in caplog.records)
     check_pixels(data)
 
 

@@ -26,15 +26,18 @@ then replaces the index (write, then rename), then deletes what the old index na
 new one does not: stopped at any point, the previous index still describes valid rows, and a
 run that is reading the file meanwhile is not disturbed (appending leaves its rows alone; a
 replaced file stays readable to whoever has it open). The next build cuts off whatever an
-interrupted append left past the index's rows. Builds of one cache take a lock
+interrupted append left past the index's rows (or its last commit). Builds of one cache take a lock
 (``<dataset>-<key>.lock``), so two runs (or two ranks) never append at once; the second finds
 the first's index and decodes nothing.
 
-While it decodes, a build commits every :data:`PARTIAL_CHUNK` files to
-``<dataset>-<key>.partial/`` (a ``chunk-<id>.npy`` of their rows, then a ``chunk-<id>.json``
-naming each file's size and mtime and the ``.npy``'s size and sha256). A build stopped midway
-(Ctrl-C, a kill) leaves these; the next build takes the rows of every chunk whose record exists
-and matches, decodes the rest, and removes the folder once the index names their rows.
+**A stopped build continues.** Every :data:`PARTIAL_CHUNK` files a build makes the rows it
+wrote durable (``fsync``) and records them in ``<dataset>-<key>.partial/commit-<row>.json``: the
+data file it writes (a fresh one is written as ``<name>.rows.part`` and renamed when complete),
+each file's name, size, mtime and row (or why it failed), the rows' sums and a CRC-32 of their
+bytes. The rows themselves are written once, into the data file. A build stopped midway (Ctrl-C,
+a kill) leaves these; the next build checks each commit's rows against its CRC, in order, takes
+the files of every commit that matches, cuts the file after them and goes on decoding the rest;
+the folder is removed once an index names the rows.
 
 What opening checks (cheaply, at every start): the data file holds at least the bytes the index
 names, and a sha256 of 16 blocks of 64 KiB spread over them (the first and the last included)
@@ -55,10 +58,12 @@ import shutil
 import time
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -343,75 +348,96 @@ def _build(
     t0: float,
 ) -> Decoded:
     n = len(names)
+    fps = [(names[i], int(sizes[i]), int(mtimes[i])) for i in range(n)]
     pos = _lookup(cache, names, sizes, mtimes) if cache is not None else np.full(n, -1, np.int64)
     bad = _known_bad(cache.index, names, sizes, mtimes, pos) if cache is not None else {}
-    resumed = read_partial(partial_dir, shape, dtype)
-    todo = [i for i in np.flatnonzero(pos < 0).tolist() if names[i] not in bad]
-    from_chunks = {
-        i: resumed[fp] for i in todo if (fp := (names[i], int(sizes[i]), int(mtimes[i]))) in resumed
-    }
-    decode_now = [i for i in todo if i not in from_chunks]
-    if from_chunks:
-        notes.append(f"{len(from_chunks)} file(s) decoded by an interrupted build were reused")
-    # Append, or (no usable cache; too many dead rows) write a fresh file of the live rows.
-    live = np.unique(cache.rows[pos[pos >= 0]]) if cache is not None else np.zeros(0, np.int64)
-    old_rows = cache.file.rows if cache is not None else 0
-    append = cache is not None and (old_rows - len(live)) <= COMPACT_DEAD_FRACTION * (old_rows + len(todo))
+    row_bytes = int(np.prod(shape)) * dtype.itemsize
+    wide = np.int64 if np.issubdtype(dtype, np.integer) else np.float64
     rows = np.full(n, -1, np.int64)
-    sums = np.zeros((n, shape[0], 2), np.int64 if np.issubdtype(dtype, np.integer) else np.float64)
-    if cache is not None:
+    sums = np.zeros((n, shape[0], 2), wide)
+    # Where the rows go: the cache's own data file (append), or a fresh one; an interrupted build
+    # that committed progress is continued in the file it was writing.
+    resumed = _resumable(partial_dir, cache, cache_dir, dataset, key, row_bytes)
+    if resumed is not None:
+        path, fresh, start, known = resumed
+    else:
+        live = np.unique(cache.rows[pos[pos >= 0]]) if cache is not None else np.zeros(0, np.int64)
+        old_rows = cache.file.rows if cache is not None else 0
+        todo_n = int((pos < 0).sum())
+        fresh = cache is None or (old_rows - len(live)) > COMPACT_DEAD_FRACTION * (old_rows + todo_n)
+        path = cache_dir / f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.rows" if fresh else cache.file.path  # type: ignore[union-attr]
+        start, known = 0 if fresh else cache.file.rows, {}  # type: ignore[union-attr]
+        shutil.rmtree(partial_dir, ignore_errors=True)  # progress of another target: of no use
+    if not fresh:  # rows of unchanged files are where the table says
+        assert cache is not None
         hit = pos >= 0
         rows[hit], sums[hit] = cache.rows[pos[hit]], cache.sums[pos[hit]]
-    if append:
-        assert cache is not None
-        path, start = cache.file.path, cache.file.rows
-    else:
-        path, start = cache_dir / f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.rows", 0
-    row_bytes = int(np.prod(shape)) * dtype.itemsize
-    writing = path if append else tmp_path(path)
+    reused_from_progress = 0
+    for i, fp in enumerate(fps):
+        got = known.get(fp)
+        if got is not None and rows[i] < 0 and fp[0] not in bad:
+            reused_from_progress += 1
+            if isinstance(got[0], str):
+                bad[fp[0]] = got[0]
+            else:
+                rows[i], sums[i] = got[0], got[1]
+    to_copy = [i for i in range(n) if fresh and pos[i] >= 0 and rows[i] < 0]  # compaction
+    decode_now = [i for i in range(n) if pos[i] < 0 and rows[i] < 0 and fps[i][0] not in bad]
+    if reused_from_progress:
+        notes.append(f"{reused_from_progress} file(s) decoded by an interrupted build were reused")
+    writing = path.with_name(path.name + ".part") if fresh else path
+    committer = _Progress(partial_dir, writing.name, fresh, start, row_bytes)
     try:
-        with open(writing, "r+b" if append else "w+b") as out:
-            out.truncate(start * row_bytes)  # an interrupted append's tail: never indexed
+        with open(writing, "r+b" if writing.exists() else "w+b") as out:
+            out.truncate(start * row_bytes)  # an interrupted build's tail: never committed
             out.seek(start * row_bytes)
             next_row = start
-            if not append and cache is not None:  # compaction: the live rows first, in order
+            if to_copy:  # the live rows of the previous file, in its order
+                assert cache is not None
+                order = sorted(to_copy, key=lambda i: int(cache.rows[pos[i]]))
                 step = max(1, (8 << 20) // row_bytes)
-                for lo in range(0, len(live), step):
-                    out.write(memoryview(cache.file.read(live[lo : lo + step]).reshape(-1).view(np.uint8)))
-                hit = rows >= 0
-                rows[hit] = np.searchsorted(live, rows[hit])  # live is sorted: its k-th row is now k
-                next_row = len(live)
-            for i, got in from_chunks.items():
-                next_row = _put(shape, dtype, out, i, got, rows, sums, bad, names, next_row)
-            results = decode_all(base, [names[i] for i in decode_now], decode, workers, progress)
+                for lo in range(0, len(order), step):
+                    part = order[lo : lo + step]
+                    block = cache.file.read(cache.rows[pos[part]])
+                    out.write(memoryview(block.reshape(-1).view(np.uint8)))
+                    for k, i in enumerate(part):
+                        rows[i], sums[i] = next_row + k, cache.sums[pos[i]]
+                        committer.add(fps[i], next_row + k, sums[i], block[k])
+                    next_row += len(part)
+                committer.commit(out)
+            summed = _Summed(decode, dtype.str)  # the sums are counted in the decoding processes
+            results = decode_all(base, [names[i] for i in decode_now], summed, workers, progress)
             try:
-                fps = [(names[i], int(sizes[i]), int(mtimes[i])) for i in decode_now]
-                for i, got in zip(
-                    decode_now, _committing(results, fps, partial_dir, shape, dtype), strict=True
-                ):
-                    next_row = _put(shape, dtype, out, i, got, rows, sums, bad, names, next_row)
+                for i, got in zip(decode_now, results, strict=True):
+                    if isinstance(got, str):
+                        bad[names[i]] = got
+                        committer.add(fps[i], got, None, None)
+                    else:
+                        row, row_sum = got
+                        if row.shape != shape:
+                            raise ValueError(f"{names[i]}: decoded to {row.shape}, the cache holds {shape}")
+                        out.write(memoryview(row.reshape(-1).view(np.uint8)))
+                        rows[i], sums[i] = next_row, row_sum
+                        committer.add(fps[i], next_row, row_sum, row)
+                        next_row += 1
+                    if committer.pending >= PARTIAL_CHUNK:
+                        committer.commit(out)
             finally:
                 results.close()  # stops the worker processes, also on Ctrl-C
             out.flush()
             os.fsync(out.fileno())
-        if not append:
+        if fresh:
             os.replace(writing, path)
             fsync_dir(cache_dir)
     except BaseException:
-        if not append:
-            tmp_path(path).unlink(missing_ok=True)  # never leave a half-written file behind
+        if fresh and not committer.commits:
+            writing.unlink(missing_ok=True)  # nothing of it can be continued: leave nothing
         raise
     file = DataFile(path, dtype, shape, next_row)
     good = rows >= 0
     table = f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.npz"
-    _write_table(
-        cache_dir / table,
-        [names[i] for i in np.flatnonzero(good).tolist()],
-        sizes[good],
-        mtimes[good],
-        rows[good],
-        sums[good],
-    )
+    good_names = [names[i] for i in np.flatnonzero(good).tolist()]
+    _write_table(cache_dir / table, good_names, sizes[good], mtimes[good], rows[good], sums[good])
     nbytes = next_row * row_bytes
     index = {
         "version": INDEX_VERSION,
@@ -427,46 +453,19 @@ def _build(
         "table": table,
         "count": int(good.sum()),
         "dead": next_row - int(len(np.unique(rows[good]))),
-        "bad": [
-            [names[i], int(sizes[i]), int(mtimes[i]), bad[names[i]]] for i in range(n) if names[i] in bad
-        ],
+        "bad": [[*fps[i], bad[names[i]]] for i in range(n) if names[i] in bad],
     }
     atomic_write_text(cache_dir / f"{dataset}-{key}.json", json.dumps(index))
-    shutil.rmtree(partial_dir, ignore_errors=True)  # their rows are in the data file now
+    shutil.rmtree(partial_dir, ignore_errors=True)  # the index names their rows now
     for stale in cache_dir.glob(f"{dataset}-{key}-*"):
         if stale.name not in (path.name, table):
             stale.unlink(missing_ok=True)
     processes = workers if len(decode_now) >= PARALLEL_MIN_FILES else 1
-    decoded = len(decode_now)  # the files of an interrupted build's chunks count as reused
+    decoded = len(decode_now)  # the files an interrupted build committed count as reused
     took = time.perf_counter() - t0
     return Decoded(
-        file, rows, sums, bad, n - decoded, decoded, took, (sizes, mtimes), notes, processes, append
+        file, rows, sums, bad, n - decoded, decoded, took, (sizes, mtimes), notes, processes, not fresh
     )
-
-
-def _put(
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    out: io.BufferedRandom,
-    i: int,
-    got: np.ndarray | str,
-    rows: np.ndarray,
-    sums: np.ndarray,
-    bad: dict[str, str],
-    names: Sequence[str],
-    next_row: int,
-) -> int:
-    """File ``i``'s decoded row (or why it failed) written at ``next_row``; the next free row."""
-    if isinstance(got, str):
-        bad[names[i]] = got
-        return next_row
-    row = np.ascontiguousarray(got, dtype=dtype)
-    if row.shape != shape:
-        raise ValueError(f"{names[i]}: decoded to {row.shape}, the cache holds {shape}")
-    out.write(memoryview(row.reshape(-1).view(np.uint8)))
-    rows[i] = next_row
-    sums[i] = row_sums(row[None])[0]
-    return next_row + 1
 
 
 def _write_table(
@@ -483,84 +482,113 @@ def _write_table(
 
 
 # ------------------------------------------------------------------------------- resuming
-#: Files per chunk that a build commits as it decodes (issue 25): a build stopped midway keeps
-#: its finished chunks, and the next build decodes only the files that are in none of them.
+#: Files per commit of a build's progress (issue 25): a build stopped midway keeps what it
+#: committed, and the next build decodes only the files of no commit.
 PARTIAL_CHUNK = 512
 
-
-def _committing(
-    results: Iterator[np.ndarray | str], todo: list[Fp], folder: Path, shape: tuple[int, ...], dtype: np.dtype
-) -> Iterator[np.ndarray | str]:
-    """``results`` (the files of ``todo``, decoded in order) passed on unchanged, every
-    :data:`PARTIAL_CHUNK` of them also committed to ``folder`` (:func:`commit_chunk`)."""
-    rows: list[np.ndarray] = []
-    meta: list[list[object]] = []
-    for fp, got in zip(todo, results, strict=False):
-        if isinstance(got, str):
-            meta.append([*fp, got])
-        else:
-            meta.append([*fp, len(rows)])
-            rows.append(got)
-        yield got
-        if len(meta) >= PARTIAL_CHUNK:
-            try:
-                commit_chunk(folder, rows, meta, shape, dtype)
-            except OSError as e:  # a full disk, a folder removed by a build finishing at once
-                log.warning("image cache: could not keep decoded files for a resumed build (%s)", e)
-            rows, meta = [], []
+Known = dict[Fp, tuple[int | str, np.ndarray | None]]  # a file's row (and its sums) or why it failed
 
 
-def commit_chunk(
-    folder: Path,
-    rows: list[np.ndarray],
-    meta: list[list[object]],
-    shape: tuple[int, ...],
-    dtype: np.dtype = np.dtype(np.uint8),
-) -> None:
-    """One chunk of decoded files: ``chunk-<id>.npy`` (their rows), then ``chunk-<id>.json``
-    (every file's name, size, mtime and row in the chunk or why it failed; the ``.npy``'s size
-    and sha256), each written under a temporary name and renamed. Only a chunk whose ``.json``
-    exists, and whose ``.npy`` matches it, is ever read back (:func:`read_partial`)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.save(buf, np.stack(rows).astype(dtype) if rows else np.zeros((0, *shape), dtype), allow_pickle=False)
-    blob = buf.getvalue()
-    name = f"chunk-{uuid.uuid4().hex[:12]}"
-    tmp = tmp_path(folder / f"{name}.npy")
-    tmp.write_bytes(blob)
-    os.replace(tmp, folder / f"{name}.npy")
-    record = {
-        "data": f"{name}.npy",
-        "nbytes": len(blob),
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "files": meta,
-    }
-    atomic_write_text(folder / f"{name}.json", json.dumps(record))
+class _Progress:
+    """Commits of a build's progress: after every :data:`PARTIAL_CHUNK` files, the rows written
+    since the last commit are made durable (``fsync``), then ``commit-<first row>.json`` records
+    which file each row holds (or why a file failed), the rows' per-channel sums and a CRC-32 of
+    their bytes. The rows are written once, into the data file itself; a commit only names them.
+    """
 
+    def __init__(self, folder: Path, target: str, fresh: bool, start: int, row_bytes: int) -> None:
+        self.folder, self.target, self.fresh, self.row_bytes = folder, target, fresh, row_bytes
+        self.first = start  # first row of the pending commit
+        self.files: list[list[object]] = []
+        self.crc = 0
+        self.rows = 0
+        self.commits = 0
 
-def read_partial(
-    folder: Path, shape: tuple[int, ...], dtype: np.dtype = np.dtype(np.uint8)
-) -> dict[Fp, np.ndarray | str]:
-    """What the committed chunks of an interrupted build hold: each file's row or why it failed.
-    A chunk whose ``.npy`` does not match its record (size, sha256: the chunk is read whole,
-    which costs little next to decoding it) is left out, with a warning; a ``.npy`` without a
-    record (stopped in between) is never looked at."""
-    found: dict[Fp, np.ndarray | str] = {}
-    for record_path in sorted(folder.glob("chunk-*.json")) if folder.is_dir() else []:
+    @property
+    def pending(self) -> int:
+        return len(self.files)
+
+    def add(self, fp: Fp, row: int | str, sums: np.ndarray | None, data: np.ndarray | None) -> None:
+        self.files.append([*fp, row, None if sums is None else sums.tolist()])
+        if data is not None:
+            self.crc = zlib.crc32(memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)), self.crc)
+            self.rows += 1
+
+    def commit(self, out: io.BufferedRandom) -> None:
+        if not self.files:
+            return
         try:
-            record = json.loads(record_path.read_text())
-            npy = folder / str(record["data"])
-            blob = npy.read_bytes()
-            if len(blob) != record["nbytes"] or hashlib.sha256(blob).hexdigest() != record["sha256"]:
-                raise ValueError(f"{npy.name} does not match its record")
-            rows = np.load(io.BytesIO(blob), allow_pickle=False)
-            if rows.dtype != dtype or tuple(rows.shape[1:]) != shape:
-                raise ValueError(f"{npy.name} holds {rows.dtype} {rows.shape}")
-            for name, size, mtime, got in record["files"]:
-                found[(str(name), int(size), int(mtime))] = rows[got] if isinstance(got, int) else str(got)
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-            log.warning("image cache: a chunk of an interrupted build is not used (%s)", e)
-    return found
+            out.flush()
+            os.fsync(out.fileno())
+            self.folder.mkdir(parents=True, exist_ok=True)
+            record = {
+                "target": self.target,
+                "fresh": self.fresh,
+                "first": self.first,
+                "rows": self.rows,
+                "crc32": self.crc,
+                "files": self.files,
+            }
+            atomic_write_text(self.folder / f"commit-{self.first:012d}.json", json.dumps(record))
+            self.commits += 1
+        except OSError as e:  # a full disk: the build goes on, it only cannot be continued
+            log.warning("image cache: could not record progress for a resumed build (%s)", e)
+        self.first += self.rows
+        self.files, self.crc, self.rows = [], 0, 0
+
+
+def _resumable(
+    folder: Path, cache: _Cache | None, cache_dir: Path, dataset: str, key: str, row_bytes: int
+) -> tuple[Path, bool, int, Known] | None:
+    """What an interrupted build committed, if it can be continued: (the data file it was
+    writing, whether that is a fresh file, the row to continue at, every committed file's row or
+    failure). Commits are taken in row order, from the row the build started at, while each one's
+    rows are in the file and match its CRC-32 (read back: cheap next to decoding them); the
+    first that does not ends it, with a warning."""
+    if not folder.is_dir():
+        return None
+    records = []
+    for p in sorted(folder.glob("commit-*.json")):
+        try:
+            records.append(json.loads(p.read_text()))
+        except (OSError, ValueError) as e:
+            log.warning("image cache: progress record %s is not used (%s)", p.name, e)
+            break
+    if not records:
+        return None
+    first = records[0]
+    target, fresh = str(first["target"]), bool(first["fresh"])
+    if fresh:
+        path = cache_dir / target.removesuffix(".part")
+        expect = 0
+    elif cache is not None and cache.file.path.name == target:
+        path, expect = cache.file.path, cache.file.rows
+    else:
+        return None  # progress of an append to a data file that is no longer the cache's
+    known: Known = {}
+    writing = cache_dir / target
+    try:
+        with open(writing, "rb") as f:
+            for rec in records:
+                if rec["target"] != target or rec["first"] != expect:
+                    break
+                f.seek(expect * row_bytes)
+                blob = f.read(int(rec["rows"]) * row_bytes)
+                if len(blob) != int(rec["rows"]) * row_bytes or zlib.crc32(blob) != rec["crc32"]:
+                    log.warning(
+                        "image cache: rows %d+ of %s do not match their progress record", expect, target
+                    )
+                    break
+                for name, size, mtime, row, row_sums_ in rec["files"]:
+                    got = (row, None) if isinstance(row, str) else (int(row), np.asarray(row_sums_))
+                    known[(str(name), int(size), int(mtime))] = got
+                expect += int(rec["rows"])
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        log.warning("image cache: an interrupted build cannot be continued (%s)", e)
+        return None
+    if fresh and not known:
+        return None
+    return path, fresh, expect, known
 
 
 # ------------------------------------------------------------------------------- decoding
@@ -577,7 +605,20 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _decode_or_reason(decode: Callable[[Path], np.ndarray], path: Path) -> np.ndarray | str:
+@dataclass(frozen=True)
+class _Summed:
+    """``decode`` whose row comes back as ``dtype`` (C order) with its :func:`row_sums`; picklable
+    when ``decode`` is, for the decoding processes."""
+
+    decode: Callable[[Path], np.ndarray]
+    dtype: str
+
+    def __call__(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        row = np.ascontiguousarray(self.decode(path), dtype=self.dtype)
+        return row, row_sums(row[None])[0]
+
+
+def _decode_or_reason(decode: Callable[[Path], Any], path: Path) -> Any:
     try:
         return decode(path)
     except Exception as e:  # any decode failure makes this one file "bad"
@@ -587,10 +628,10 @@ def _decode_or_reason(decode: Callable[[Path], np.ndarray], path: Path) -> np.nd
 def decode_all(
     base: Path,
     names: Sequence[str],
-    decode: Callable[[Path], np.ndarray],
+    decode: Callable[[Path], Any],
     workers: int,
     progress: Progress | None,
-) -> Iterator[np.ndarray | str]:
+) -> Iterator[Any]:
     """``decode(base / name)`` of every name, in order: the array, or why it failed.
 
     With ``workers`` > 1 (and at least :data:`PARALLEL_MIN_FILES` files) in a pool of that many
@@ -610,9 +651,7 @@ def decode_all(
 
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         chunk = max(1, min(64, total // (workers * 8)))
-        results: Iterator[np.ndarray | str] = pool.map(
-            partial(_decode_or_reason, decode), paths, chunksize=chunk
-        )
+        results: Iterator[Any] = pool.map(partial(_decode_or_reason, decode), paths, chunksize=chunk)
     else:
         results = (_decode_or_reason(decode, p) for p in paths)
     try:
