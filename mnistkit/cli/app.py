@@ -585,9 +585,10 @@ def cache(ctx: typer.Context) -> None:
         typer.echo(f"cache: {user_cache_dir()}")
         for e in cache_entries():
             typer.echo(f"  {e.kind:<9} {e.files:>6} files {human_size(e.bytes):>9}  {KINDS[e.kind][0]}")
-            if e.kind == "images":
-                for c in image_caches():
-                    facts = f"{c.images:,} images {'x'.join(map(str, c.shape))} {human_size(c.bytes)}"
+            if e.kind in ("images", "features"):
+                unit = "images" if e.kind == "images" else "clips"
+                for c in image_caches(kind=e.kind):
+                    facts = f"{c.images:,} {unit} {'x'.join(map(str, c.shape))} {human_size(c.bytes)}"
                     width = 80 - 6 - len(facts) - 2
                     where = c.root if len(c.root) <= width else "..." + c.root[-(width - 3) :]
                     typer.echo(f"      {where}  {facts}")
@@ -601,7 +602,7 @@ def cache_clear(
         bool, typer.Option("--downloads", help="Also remove downloaded datasets (data/).")
     ] = False,
 ) -> None:
-    """Remove decoded features and images (recomputed on the next run); with --downloads also
+    """Remove decoded features and images (rebuilt when needed); with --downloads also
     the downloads."""
 
     def body() -> None:

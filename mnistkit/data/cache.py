@@ -33,10 +33,11 @@ def user_cache_dir() -> Path:
 #: removes it by default. The loaders get their folder from :func:`cache_folder`, so a folder
 #: missing here cannot be written (and so never escapes `mnistkit cache`).
 KINDS: dict[str, tuple[str, bool]] = {
-    "features": ("decoded audio features (recomputed on the next run)", True),
-    "images": ("decoded image folders (recomputed on the next run)", True),
-    "checks": ("data check results (recomputed on the next run)", True),
-    "data": ("downloaded datasets (downloaded again only with network access)", False),
+    # (each line of `mnistkit cache` fits 80 columns: at most 44 characters here)
+    "features": ("decoded audio features (rebuilt when needed)", True),
+    "images": ("decoded image folders (rebuilt when needed)", True),
+    "checks": ("data check results (rebuilt when needed)", True),
+    "data": ("downloads (fetched again only with network)", False),
 }
 
 
@@ -77,12 +78,13 @@ class ImageCache:
     bytes: int  # the data file, its table and its index
 
 
-def image_caches(root: Path | None = None) -> list[ImageCache]:
-    """Every decoded image folder in the cache, from the indexes (unreadable ones skipped)."""
+def image_caches(root: Path | None = None, kind: str = "images") -> list[ImageCache]:
+    """Every decoded folder (image folders under ``images/``; with ``kind="features"``, audio
+    folders) in the cache, from the indexes (unreadable ones skipped)."""
     import json
 
     out = []
-    for index in sorted(cache_folder("images", root).glob("*.json")):
+    for index in sorted(cache_folder(kind, root).glob("*.json")):
         try:
             data = json.loads(index.read_text())
             parts = [index, index.parent / str(data["data"]), index.parent / str(data["table"])]

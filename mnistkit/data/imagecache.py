@@ -386,7 +386,7 @@ def _build(
     if reused_from_progress:
         notes.append(f"{reused_from_progress} file(s) decoded by an interrupted build were reused")
     writing = path.with_name(path.name + ".part") if fresh else path
-    committer = _Progress(partial_dir, writing.name, fresh, start, row_bytes)
+    committer = _Progress(partial_dir, writing.name, fresh, start)
     try:
         with open(writing, "r+b" if writing.exists() else "w+b") as out:
             out.truncate(start * row_bytes)  # an interrupted build's tail: never committed
@@ -402,28 +402,34 @@ def _build(
                     out.write(memoryview(block.reshape(-1).view(np.uint8)))
                     for k, i in enumerate(part):
                         rows[i], sums[i] = next_row + k, cache.sums[pos[i]]
-                        committer.add(fps[i], next_row + k, sums[i], block[k])
+                        committer.add(fps[i], next_row + k, sums[i], _crc(block[k]))
+                    committer.span += len(part)
                     next_row += len(part)
                 committer.commit(out)
-            summed = _Summed(decode, dtype.str)  # the sums are counted in the decoding processes
-            results = decode_all(base, [names[i] for i in decode_now], summed, workers, progress)
+            out.flush()  # the decoding processes write the next rows themselves
+            # Each decoding process writes its rows into the file (os.pwrite at the row's place:
+            # file k of decode_now goes to row first + k) and sends back only their sums and
+            # CRC: the rows cross no pipe and this process does not copy them. An unreadable
+            # file leaves its row empty (a dead row).
+            first = next_row
+            writer = _RowWriter(decode, dtype.str, shape, str(writing), row_bytes)
+            items = [(base / names[i], first + k) for k, i in enumerate(decode_now)]
+            results = decode_all(items, writer, workers, progress)
             try:
-                for i, got in zip(decode_now, results, strict=True):
+                for k, (i, got) in enumerate(zip(decode_now, results, strict=True)):
                     if isinstance(got, str):
                         bad[names[i]] = got
                         committer.add(fps[i], got, None, None)
                     else:
-                        row, row_sum = got
-                        if row.shape != shape:
-                            raise ValueError(f"{names[i]}: decoded to {row.shape}, the cache holds {shape}")
-                        out.write(memoryview(row.reshape(-1).view(np.uint8)))
-                        rows[i], sums[i] = next_row, row_sum
-                        committer.add(fps[i], next_row, row_sum, row)
-                        next_row += 1
+                        rows[i], sums[i] = first + k, got[0]
+                        committer.add(fps[i], first + k, got[0], got[1])
+                    committer.span += 1
+                    next_row = first + k + 1
                     if committer.pending >= PARTIAL_CHUNK:
                         committer.commit(out)
             finally:
                 results.close()  # stops the worker processes, also on Ctrl-C
+                _close_files()
             out.flush()
             os.fsync(out.fileno())
         if fresh:
@@ -492,49 +498,47 @@ Known = dict[Fp, tuple[int | str, np.ndarray | None]]  # a file's row (and its s
 class _Progress:
     """Commits of a build's progress: after every :data:`PARTIAL_CHUNK` files, the rows written
     since the last commit are made durable (``fsync``), then ``commit-<first row>.json`` records
-    which file each row holds (or why a file failed), the rows' per-channel sums and a CRC-32 of
-    their bytes. The rows are written once, into the data file itself; a commit only names them.
-    """
+    which file each row holds (or why a file failed), the rows' per-channel sums and each row's
+    CRC-32. The rows are written once, into the data file itself; a commit only names them."""
 
-    def __init__(self, folder: Path, target: str, fresh: bool, start: int, row_bytes: int) -> None:
-        self.folder, self.target, self.fresh, self.row_bytes = folder, target, fresh, row_bytes
+    def __init__(self, folder: Path, target: str, fresh: bool, start: int) -> None:
+        self.folder, self.target, self.fresh = folder, target, fresh
         self.first = start  # first row of the pending commit
+        self.span = 0  # rows it covers (an unreadable file's row stays empty)
         self.files: list[list[object]] = []
-        self.crc = 0
-        self.rows = 0
         self.commits = 0
 
     @property
     def pending(self) -> int:
         return len(self.files)
 
-    def add(self, fp: Fp, row: int | str, sums: np.ndarray | None, data: np.ndarray | None) -> None:
-        self.files.append([*fp, row, None if sums is None else sums.tolist()])
-        if data is not None:
-            self.crc = zlib.crc32(memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)), self.crc)
-            self.rows += 1
+    def add(self, fp: Fp, row: int | str, sums: np.ndarray | None, crc: int | None) -> None:
+        self.files.append([*fp, row, None if sums is None else sums.tolist(), crc])
 
     def commit(self, out: io.BufferedRandom) -> None:
         if not self.files:
             return
         try:
             out.flush()
-            os.fsync(out.fileno())
+            os.fsync(out.fileno())  # every process's writes to the file, not only this one's
             self.folder.mkdir(parents=True, exist_ok=True)
             record = {
                 "target": self.target,
                 "fresh": self.fresh,
                 "first": self.first,
-                "rows": self.rows,
-                "crc32": self.crc,
+                "rows": self.span,
                 "files": self.files,
             }
             atomic_write_text(self.folder / f"commit-{self.first:012d}.json", json.dumps(record))
             self.commits += 1
         except OSError as e:  # a full disk: the build goes on, it only cannot be continued
             log.warning("image cache: could not record progress for a resumed build (%s)", e)
-        self.first += self.rows
-        self.files, self.crc, self.rows = [], 0, 0
+        self.first += self.span
+        self.files, self.span = [], 0
+
+
+def _crc(row: np.ndarray) -> int:
+    return zlib.crc32(memoryview(np.ascontiguousarray(row).reshape(-1).view(np.uint8)))
 
 
 def _resumable(
@@ -574,15 +578,21 @@ def _resumable(
                     break
                 f.seek(expect * row_bytes)
                 blob = f.read(int(rec["rows"]) * row_bytes)
-                if len(blob) != int(rec["rows"]) * row_bytes or zlib.crc32(blob) != rec["crc32"]:
-                    log.warning(
-                        "image cache: rows %d+ of %s do not match their progress record", expect, target
-                    )
-                    break
-                for name, size, mtime, row, row_sums_ in rec["files"]:
-                    got = (row, None) if isinstance(row, str) else (int(row), np.asarray(row_sums_))
-                    known[(str(name), int(size), int(mtime))] = got
-                expect += int(rec["rows"])
+                got_rows: Known = {}
+                for name, size, mtime, row, row_sums_, crc in rec["files"]:
+                    if isinstance(row, str):
+                        got_rows[(str(name), int(size), int(mtime))] = (row, None)
+                        continue
+                    at = (int(row) - expect) * row_bytes
+                    if not 0 <= at <= len(blob) - row_bytes or zlib.crc32(blob[at : at + row_bytes]) != crc:
+                        break
+                    got_rows[(str(name), int(size), int(mtime))] = (int(row), np.asarray(row_sums_))
+                else:
+                    known.update(got_rows)
+                    expect += int(rec["rows"])
+                    continue
+                log.warning("image cache: rows %d+ of %s do not match their progress record", expect, target)
+                break
     except (OSError, KeyError, TypeError, ValueError) as e:
         log.warning("image cache: an interrupted build cannot be continued (%s)", e)
         return None
@@ -606,44 +616,64 @@ def default_workers() -> int:
 
 
 @dataclass(frozen=True)
-class _Summed:
-    """``decode`` whose row comes back as ``dtype`` (C order) with its :func:`row_sums`; picklable
-    when ``decode`` is, for the decoding processes."""
+class _RowWriter:
+    """Decode one file and write its row into the data file at its place; picklable when
+    ``decode`` is, for the decoding processes. Returns the row's :func:`row_sums` and CRC-32."""
 
     decode: Callable[[Path], np.ndarray]
     dtype: str
+    shape: tuple[int, ...]
+    path: str
+    row_bytes: int
 
-    def __call__(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        row = np.ascontiguousarray(self.decode(path), dtype=self.dtype)
-        return row, row_sums(row[None])[0]
+    def __call__(self, item: tuple[Path, int]) -> tuple[np.ndarray, int]:
+        path, row = item
+        data = np.ascontiguousarray(self.decode(path), dtype=self.dtype)
+        if data.shape != self.shape:
+            raise ValueError(f"decoded to {data.shape}, the cache holds {self.shape}")
+        flat = memoryview(data.reshape(-1).view(np.uint8))
+        fd = _FILES.get(self.path)
+        if fd is None:
+            fd = _FILES[self.path] = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        done = 0
+        while done < len(flat):
+            done += os.pwrite(fd, flat[done:], row * self.row_bytes + done)
+        return row_sums(data[None])[0], zlib.crc32(flat)
 
 
-def _decode_or_reason(decode: Callable[[Path], Any], path: Path) -> Any:
+#: The data files a process writes rows into (:class:`_RowWriter`), opened once per process.
+_FILES: dict[str, int] = {}
+
+
+def _close_files() -> None:
+    while _FILES:
+        os.close(_FILES.popitem()[1])
+
+
+def _decode_or_reason(decode: Callable[[Any], Any], item: Any) -> Any:
     try:
-        return decode(path)
+        return decode(item)
     except Exception as e:  # any decode failure makes this one file "bad"
         return f"{type(e).__name__}: {e}".strip()
 
 
 def decode_all(
-    base: Path,
-    names: Sequence[str],
-    decode: Callable[[Path], Any],
+    items: Sequence[Any],
+    decode: Callable[[Any], Any],
     workers: int,
     progress: Progress | None,
 ) -> Iterator[Any]:
-    """``decode(base / name)`` of every name, in order: the array, or why it failed.
+    """``decode(item)`` of every item, in order: what it returns, or why it failed.
 
     With ``workers`` > 1 (and at least :data:`PARALLEL_MIN_FILES` files) in a pool of that many
     spawned processes (spawn, not fork: this process may hold torch's threads), in chunks of up
     to 64 files so that results come back steadily and in order; ``decode`` must then be
     picklable. Ctrl-C cancels what is not started yet.
     """
-    total = len(names)
+    total = len(items)
     every = max(1, total // 200)
     if progress is not None and total:
         progress(0, total)
-    paths = [base / n for n in names]
     pool = None
     if workers > 1 and total >= PARALLEL_MIN_FILES:  # (keep in step with Decoded.processes)
         import multiprocessing
@@ -651,9 +681,9 @@ def decode_all(
 
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         chunk = max(1, min(64, total // (workers * 8)))
-        results: Iterator[Any] = pool.map(partial(_decode_or_reason, decode), paths, chunksize=chunk)
+        results: Iterator[Any] = pool.map(partial(_decode_or_reason, decode), items, chunksize=chunk)
     else:
-        results = (_decode_or_reason(decode, p) for p in paths)
+        results = (_decode_or_reason(decode, it) for it in items)
     try:
         for i, got in enumerate(results, start=1):
             if progress is not None and (i % every == 0 or i == total):
