@@ -283,6 +283,30 @@ def prepare_size(n: int, base: Path, decode_workers: list[int]) -> dict[str, Any
     return res
 
 
+def read_cost(sizes: list[int], base: Path, workers: int, rounds: int = 7) -> dict[int, dict[str, Any]]:
+    """The part of an epoch that depends on the data's size, alone: reading 200 batches of 128
+    random rows of each data file (as a training batch does, ``DataFile.read``), the sizes
+    alternated, the order reversed every other round. Milliseconds per batch."""
+    from mnistkit.data.mapped import DataFile
+
+    files = {}
+    for n in sizes:
+        folder = base / f"cache-{n}-w{workers}" / "images"
+        index = json.loads(next(folder.glob("*.json")).read_text())
+        files[n] = DataFile(folder / index["data"], index["dtype"], tuple(index["shape"]), index["rows"])
+    rng = np.random.default_rng(0)
+    got: dict[int, list[float]] = {n: [] for n in sizes}
+    for r in range(rounds):
+        for n in sizes if r % 2 == 0 else sizes[::-1]:
+            t0 = time.perf_counter()
+            for _ in range(200):
+                files[n].read(rng.integers(0, files[n].rows, 128))
+            got[n].append(round((time.perf_counter() - t0) / 200 * 1000, 3))
+    out = {n: {"median": sorted(v)[len(v) // 2], "rounds": v} for n, v in got.items()}
+    print(f"reading 128 random rows, ms per batch: {out}", flush=True)
+    return out
+
+
 def measure(
     sizes: list[int],
     base: Path,
@@ -316,6 +340,8 @@ def measure(
             got = train_once(base / f"folder-{n}", work, cache, mode, threads)
             runs[(n, mode)].append(got)
             print(f"[{n}] round {r + 1} train ({mode}): {got}", flush=True)
+    for n, ms in read_cost(sizes, base, decode_workers[-1]).items():
+        results[n]["read_128_rows_ms"] = ms
     for (n, mode), got in runs.items():
         if not got:  # --repeats 0: decoding and starts only
             continue
