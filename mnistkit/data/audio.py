@@ -25,27 +25,23 @@ mnistkit.data.audio`` (e.g. to validate a recipe) stays cheap.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
 import re
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from mnistkit.data.cached import load_cached
 from mnistkit.data.features import LogMelSpec, log_mel, read_audio
-from mnistkit.data.imagecache import available_memory, choose_mode, content_id, decode_into
-from mnistkit.data.mapped import Rows
-from mnistkit.data.types import FileList, LoadedData, Split
+from mnistkit.data.types import LoadedData, Split
 from mnistkit.errors import DataError, set_hint
 from mnistkit.fsutil import atomic_path
 
@@ -509,60 +505,21 @@ def load_audio_folder(
             "(or .flac/.ogg), one sub-folder per class."
         )
     classes, train_names, test_names, how = split_class_folders(root, FolderKind(), test_fraction, seed)
-    names = [n for n, _ in train_names] + [n for n, _ in test_names]
     shape = (1, spec.n_mels, spec.frames)
-    with tempfile.TemporaryDirectory() if cache_dir is None else contextlib.nullcontext() as tmp:
-        # no cache folder: nothing to keep, decode into a folder that goes away (read first)
-        folder = Path(tmp) if cache_dir is None else Path(cache_dir)
-        feats = decode_into(
-            "audio_folder", root, names, cache_settings(spec), _FeatureDecoder(spec), shape, folder,
-            progress, dtype=np.float32,
-        )  # fmt: skip
-        _apply_bad_policy(feats.bad, root, skip_bad)
-        good = feats.rows >= 0
-        n_tr = len(train_names)
-        if cache_dir is None:
-            mode, why = "memory", "no cache folder"
-        else:
-            mode, why = choose_mode(cache_mode, int(good.sum()) * feats.file.row_bytes, available_memory())
-        train_x: Any = Rows(feats.file, feats.rows[:n_tr][good[:n_tr]])
-        test_x: Any = Rows(feats.file, feats.rows[n_tr:][good[n_tr:]])
-        import torch
-
-        if mode == "memory":  # read once into memory; the file is not used again
-            train_x, test_x = torch.from_numpy(train_x.read_all()), torch.from_numpy(test_x.read_all())
-    label = {c: i for i, c in enumerate(classes)}
-    labels = np.fromiter((label[c] for _, c in [*train_names, *test_names]), np.int64, len(names))
-    used = [n for n, ok in zip(names, good.tolist(), strict=True) if ok] if feats.bad else names
-    n_train = int(good[:n_tr].sum())
-    if feats.decoded == 0:
-        origin = f"features loaded from cache {feats.path} in {feats.seconds:.2f} s"
-    else:
-        origin = (
-            f"features computed in {feats.seconds:.1f} s ({feats.decoded} decoded, {feats.reused} reused)"
-        )
+    got = load_cached(
+        "audio_folder", root, train_names, test_names, classes, cache_settings(spec),
+        _FeatureDecoder(spec), shape, np.float32, cache_dir, cache_mode, progress,
+    )  # fmt: skip
+    _apply_bad_policy(got.feats.bad, root, skip_bad)
+    origin = got.origin("features ", "features computed")
     source = (
-        f"audio folder {root}: {len(classes)} classes, {n_train} train / {len(used) - n_train} test "
+        f"audio folder {root}: {len(classes)} classes, {got.n_train} train / {got.n_test} test "
         f"clips ({how}), {spec.describe()}; {origin}"
     )
-    if feats.bad:
-        source += f"; {len(feats.bad)} unreadable file(s) skipped"
-    sizes, mtimes = feats.fingerprints
-    files = FileList(root, used)
-    return LoadedData(
-        train=Split(x=train_x, y=torch.from_numpy(labels[:n_tr][good[:n_tr]])),
-        test=Split(x=test_x, y=torch.from_numpy(labels[n_tr:][good[n_tr:]])),
-        classes=classes,
-        # Features are standardized per clip (see log_mel), so no dataset-level normalization.
-        mean=(0.0,),
-        std=(1.0,),
-        files=files,
-        source=source,
-        test_files=files[n_train:],
-        bad_files={str(root / name): reason for name, reason in feats.bad.items()},
-        cache_note="; ".join([f"{mode} ({why})", *feats.notes]),
-        content_id=content_id(cache_settings(spec), used, sizes[good], mtimes[good]),
-    )
+    if got.feats.bad:
+        source += f"; {len(got.feats.bad)} unreadable file(s) skipped"
+    # Features are standardized per clip (see log_mel), so no dataset-level normalization.
+    return got.loaded(classes, (0.0,), (1.0,), source)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from mnistkit.data.cacheprogress import Commits, Fp, Known, crc, resumable
 from mnistkit.data.mapped import DataFile
 from mnistkit.fsutil import atomic_write_text, fsync_dir, tmp_path
 
@@ -81,7 +82,6 @@ _BLOCKS = 16
 COMPACT_DEAD_FRACTION = 0.5
 
 Progress = Callable[[int, int], None]
-Fp = tuple[str, int, int]  # a file's name, size and mtime_ns: unchanged when all three are
 
 
 @dataclass
@@ -352,22 +352,9 @@ def _build(
     pos = _lookup(cache, names, sizes, mtimes) if cache is not None else np.full(n, -1, np.int64)
     bad = _known_bad(cache.index, names, sizes, mtimes, pos) if cache is not None else {}
     row_bytes = int(np.prod(shape)) * dtype.itemsize
-    wide = np.int64 if np.issubdtype(dtype, np.integer) else np.float64
     rows = np.full(n, -1, np.int64)
-    sums = np.zeros((n, shape[0], 2), wide)
-    # Where the rows go: the cache's own data file (append), or a fresh one; an interrupted build
-    # that committed progress is continued in the file it was writing.
-    resumed = _resumable(partial_dir, cache, cache_dir, dataset, key, row_bytes)
-    if resumed is not None:
-        path, fresh, start, known = resumed
-    else:
-        live = np.unique(cache.rows[pos[pos >= 0]]) if cache is not None else np.zeros(0, np.int64)
-        old_rows = cache.file.rows if cache is not None else 0
-        todo_n = int((pos < 0).sum())
-        fresh = cache is None or (old_rows - len(live)) > COMPACT_DEAD_FRACTION * (old_rows + todo_n)
-        path = cache_dir / f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.rows" if fresh else cache.file.path  # type: ignore[union-attr]
-        start, known = 0 if fresh else cache.file.rows, {}  # type: ignore[union-attr]
-        shutil.rmtree(partial_dir, ignore_errors=True)  # progress of another target: of no use
+    sums = np.zeros((n, shape[0], 2), np.int64 if np.issubdtype(dtype, np.integer) else np.float64)
+    path, fresh, start, known = _target(partial_dir, cache, cache_dir, dataset, key, row_bytes, pos)
     if not fresh:  # rows of unchanged files are where the table says
         assert cache is not None
         hit = pos >= 0
@@ -386,50 +373,19 @@ def _build(
     if reused_from_progress:
         notes.append(f"{reused_from_progress} file(s) decoded by an interrupted build were reused")
     writing = path.with_name(path.name + ".part") if fresh else path
-    committer = _Progress(partial_dir, writing.name, fresh, start)
+    committer = Commits(partial_dir, writing.name, fresh, start)
+    work = _Found(fps, rows, sums, bad, committer)
     try:
         with open(writing, "r+b" if writing.exists() else "w+b") as out:
             out.truncate(start * row_bytes)  # an interrupted build's tail: never committed
             out.seek(start * row_bytes)
             next_row = start
-            if to_copy:  # the live rows of the previous file, in its order
+            if to_copy:
                 assert cache is not None
-                order = sorted(to_copy, key=lambda i: int(cache.rows[pos[i]]))
-                step = max(1, (8 << 20) // row_bytes)
-                for lo in range(0, len(order), step):
-                    part = order[lo : lo + step]
-                    block = cache.file.read(cache.rows[pos[part]])
-                    out.write(memoryview(block.reshape(-1).view(np.uint8)))
-                    for k, i in enumerate(part):
-                        rows[i], sums[i] = next_row + k, cache.sums[pos[i]]
-                        committer.add(fps[i], next_row + k, sums[i], _crc(block[k]))
-                    committer.span += len(part)
-                    next_row += len(part)
-                committer.commit(out)
+                next_row = work.copy(out, cache, pos, to_copy, next_row, row_bytes)
             out.flush()  # the decoding processes write the next rows themselves
-            # Each decoding process writes its rows into the file (os.pwrite at the row's place:
-            # file k of decode_now goes to row first + k) and sends back only their sums and
-            # CRC: the rows cross no pipe and this process does not copy them. An unreadable
-            # file leaves its row empty (a dead row).
-            first = next_row
             writer = _RowWriter(decode, dtype.str, shape, str(writing), row_bytes)
-            items = [(base / names[i], first + k) for k, i in enumerate(decode_now)]
-            results = decode_all(items, writer, workers, progress)
-            try:
-                for k, (i, got) in enumerate(zip(decode_now, results, strict=True)):
-                    if isinstance(got, str):
-                        bad[names[i]] = got
-                        committer.add(fps[i], got, None, None)
-                    else:
-                        rows[i], sums[i] = first + k, got[0]
-                        committer.add(fps[i], first + k, got[0], got[1])
-                    committer.span += 1
-                    next_row = first + k + 1
-                    if committer.pending >= PARTIAL_CHUNK:
-                        committer.commit(out)
-            finally:
-                results.close()  # stops the worker processes, also on Ctrl-C
-                _close_files()
+            next_row = work.decode(out, base, decode_now, writer, workers, progress, next_row)
             out.flush()
             os.fsync(out.fileno())
         if fresh:
@@ -440,38 +396,150 @@ def _build(
             writing.unlink(missing_ok=True)  # nothing of it can be continued: leave nothing
         raise
     file = DataFile(path, dtype, shape, next_row)
-    good = rows >= 0
-    table = f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.npz"
-    good_names = [names[i] for i in np.flatnonzero(good).tolist()]
-    _write_table(cache_dir / table, good_names, sizes[good], mtimes[good], rows[good], sums[good])
-    nbytes = next_row * row_bytes
-    index = {
-        "version": INDEX_VERSION,
-        "dataset": dataset,
-        "root": str(base.resolve()),
-        "settings": settings,
-        "shape": list(shape),
-        "dtype": dtype.str,
-        "data": path.name,
-        "rows": next_row,
-        "nbytes": nbytes,
-        "sampled_sha256": sampled_sha256(path, nbytes),
-        "table": table,
-        "count": int(good.sum()),
-        "dead": next_row - int(len(np.unique(rows[good]))),
-        "bad": [[*fps[i], bad[names[i]]] for i in range(n) if names[i] in bad],
-    }
-    atomic_write_text(cache_dir / f"{dataset}-{key}.json", json.dumps(index))
+    _publish(cache_dir, dataset, key, settings, base, file, work, sizes, mtimes)
     shutil.rmtree(partial_dir, ignore_errors=True)  # the index names their rows now
-    for stale in cache_dir.glob(f"{dataset}-{key}-*"):
-        if stale.name not in (path.name, table):
-            stale.unlink(missing_ok=True)
     processes = workers if len(decode_now) >= PARALLEL_MIN_FILES else 1
     decoded = len(decode_now)  # the files an interrupted build committed count as reused
     took = time.perf_counter() - t0
     return Decoded(
         file, rows, sums, bad, n - decoded, decoded, took, (sizes, mtimes), notes, processes, not fresh
     )
+
+
+def _target(
+    partial_dir: Path,
+    cache: _Cache | None,
+    cache_dir: Path,
+    dataset: str,
+    key: str,
+    row_bytes: int,
+    pos: np.ndarray,
+) -> tuple[Path, bool, int, Known]:
+    """Where a build's rows go: (the data file, whether it is a fresh one, the first row to
+    write, what an interrupted build committed). The cache's own file, appended to; a fresh file
+    when there is no usable cache or over :data:`COMPACT_DEAD_FRACTION` of the rows would be
+    dead; the file an interrupted build was writing, when it committed progress."""
+    resumed = resumable(partial_dir, cache, cache_dir, dataset, key, row_bytes)
+    if resumed is not None:
+        return resumed
+    shutil.rmtree(partial_dir, ignore_errors=True)  # progress of another target: of no use
+    if cache is not None:
+        live = len(np.unique(cache.rows[pos[pos >= 0]]))
+        dead = cache.file.rows - live
+        if dead <= COMPACT_DEAD_FRACTION * (cache.file.rows + int((pos < 0).sum())):
+            return cache.file.path, False, cache.file.rows, {}
+    return cache_dir / f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.rows", True, 0, {}
+
+
+@dataclass
+class _Found:
+    """What a build has found out so far, per file asked for: its row (-1: none yet) and sums,
+    the unreadable files, and the progress commits."""
+
+    fps: list[Fp]
+    rows: np.ndarray
+    sums: np.ndarray
+    bad: dict[str, str]
+    committer: Commits
+
+    def copy(
+        self,
+        out: io.BufferedRandom,
+        cache: _Cache,
+        pos: np.ndarray,
+        todo: list[int],
+        next_row: int,
+        row_bytes: int,
+    ) -> int:
+        """Compaction: the rows of files ``todo`` (unchanged, in the previous data file) written
+        at ``next_row`` on, in their old order; the next free row."""
+        order = sorted(todo, key=lambda i: int(cache.rows[pos[i]]))
+        step = max(1, (8 << 20) // row_bytes)
+        for lo in range(0, len(order), step):
+            part = order[lo : lo + step]
+            block = cache.file.read(cache.rows[pos[part]])
+            out.write(memoryview(block.reshape(-1).view(np.uint8)))
+            for k, i in enumerate(part):
+                self.rows[i], self.sums[i] = next_row + k, cache.sums[pos[i]]
+                self.committer.add(self.fps[i], next_row + k, self.sums[i], crc(block[k]))
+            self.committer.span += len(part)
+            next_row += len(part)
+        self.committer.commit(out)
+        return next_row
+
+    def decode(
+        self,
+        out: io.BufferedRandom,
+        base: Path,
+        todo: list[int],
+        writer: _RowWriter,
+        workers: int,
+        progress: Progress | None,
+        first: int,
+    ) -> int:
+        """Files ``todo`` decoded, file k's row written at row ``first + k`` by the process that
+        decoded it (os.pwrite: the rows cross no pipe and this process does not copy them; an
+        unreadable file leaves its row empty, a dead row); the next free row."""
+        results = decode_all(
+            [(base / self.fps[i][0], first + k) for k, i in enumerate(todo)], writer, workers, progress
+        )
+        next_row = first
+        try:
+            for k, (i, got) in enumerate(zip(todo, results, strict=True)):
+                if isinstance(got, str):
+                    self.bad[self.fps[i][0]] = got
+                    self.committer.add(self.fps[i], got, None, None)
+                else:
+                    self.rows[i], self.sums[i] = first + k, got[0]
+                    self.committer.add(self.fps[i], first + k, got[0], got[1])
+                self.committer.span += 1
+                next_row = first + k + 1
+                if self.committer.pending >= PARTIAL_CHUNK:
+                    self.committer.commit(out)
+        finally:
+            results.close()  # stops the worker processes, also on Ctrl-C
+            _close_files()
+        return next_row
+
+
+def _publish(
+    cache_dir: Path,
+    dataset: str,
+    key: str,
+    settings: dict[str, object],
+    base: Path,
+    file: DataFile,
+    work: _Found,
+    sizes: np.ndarray,
+    mtimes: np.ndarray,
+) -> None:
+    """The table under a new name, then the index that names it and the data file (write, then
+    rename), then what no index names any more."""
+    good = work.rows >= 0
+    table = f"{dataset}-{key}-{uuid.uuid4().hex[:8]}.npz"
+    good_names = [work.fps[i][0] for i in np.flatnonzero(good).tolist()]
+    _write_table(cache_dir / table, good_names, sizes[good], mtimes[good], work.rows[good], work.sums[good])
+    nbytes = file.rows * file.row_bytes
+    index = {
+        "version": INDEX_VERSION,
+        "dataset": dataset,
+        "root": str(base.resolve()),
+        "settings": settings,
+        "shape": list(file.row_shape),
+        "dtype": file.dtype.str,
+        "data": file.path.name,
+        "rows": file.rows,
+        "nbytes": nbytes,
+        "sampled_sha256": sampled_sha256(file.path, nbytes),
+        "table": table,
+        "count": int(good.sum()),
+        "dead": file.rows - int(len(np.unique(work.rows[good]))),
+        "bad": [[*fp, work.bad[fp[0]]] for fp in work.fps if fp[0] in work.bad],
+    }
+    atomic_write_text(cache_dir / f"{dataset}-{key}.json", json.dumps(index))
+    for stale in cache_dir.glob(f"{dataset}-{key}-*"):
+        if stale.name not in (file.path.name, table):
+            stale.unlink(missing_ok=True)
 
 
 def _write_table(
@@ -491,114 +559,6 @@ def _write_table(
 #: Files per commit of a build's progress (issue 25): a build stopped midway keeps what it
 #: committed, and the next build decodes only the files of no commit.
 PARTIAL_CHUNK = 512
-
-Known = dict[Fp, tuple[int | str, np.ndarray | None]]  # a file's row (and its sums) or why it failed
-
-
-class _Progress:
-    """Commits of a build's progress: after every :data:`PARTIAL_CHUNK` files, the rows written
-    since the last commit are made durable (``fsync``), then ``commit-<first row>.json`` records
-    which file each row holds (or why a file failed), the rows' per-channel sums and each row's
-    CRC-32. The rows are written once, into the data file itself; a commit only names them."""
-
-    def __init__(self, folder: Path, target: str, fresh: bool, start: int) -> None:
-        self.folder, self.target, self.fresh = folder, target, fresh
-        self.first = start  # first row of the pending commit
-        self.span = 0  # rows it covers (an unreadable file's row stays empty)
-        self.files: list[list[object]] = []
-        self.commits = 0
-
-    @property
-    def pending(self) -> int:
-        return len(self.files)
-
-    def add(self, fp: Fp, row: int | str, sums: np.ndarray | None, crc: int | None) -> None:
-        self.files.append([*fp, row, None if sums is None else sums.tolist(), crc])
-
-    def commit(self, out: io.BufferedRandom) -> None:
-        if not self.files:
-            return
-        try:
-            out.flush()
-            os.fsync(out.fileno())  # every process's writes to the file, not only this one's
-            self.folder.mkdir(parents=True, exist_ok=True)
-            record = {
-                "target": self.target,
-                "fresh": self.fresh,
-                "first": self.first,
-                "rows": self.span,
-                "files": self.files,
-            }
-            atomic_write_text(self.folder / f"commit-{self.first:012d}.json", json.dumps(record))
-            self.commits += 1
-        except OSError as e:  # a full disk: the build goes on, it only cannot be continued
-            log.warning("image cache: could not record progress for a resumed build (%s)", e)
-        self.first += self.span
-        self.files, self.span = [], 0
-
-
-def _crc(row: np.ndarray) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(row).reshape(-1).view(np.uint8)))
-
-
-def _resumable(
-    folder: Path, cache: _Cache | None, cache_dir: Path, dataset: str, key: str, row_bytes: int
-) -> tuple[Path, bool, int, Known] | None:
-    """What an interrupted build committed, if it can be continued: (the data file it was
-    writing, whether that is a fresh file, the row to continue at, every committed file's row or
-    failure). Commits are taken in row order, from the row the build started at, while each one's
-    rows are in the file and match its CRC-32 (read back: cheap next to decoding them); the
-    first that does not ends it, with a warning."""
-    if not folder.is_dir():
-        return None
-    records = []
-    for p in sorted(folder.glob("commit-*.json")):
-        try:
-            records.append(json.loads(p.read_text()))
-        except (OSError, ValueError) as e:
-            log.warning("image cache: progress record %s is not used (%s)", p.name, e)
-            break
-    if not records:
-        return None
-    first = records[0]
-    target, fresh = str(first["target"]), bool(first["fresh"])
-    if fresh:
-        path = cache_dir / target.removesuffix(".part")
-        expect = 0
-    elif cache is not None and cache.file.path.name == target:
-        path, expect = cache.file.path, cache.file.rows
-    else:
-        return None  # progress of an append to a data file that is no longer the cache's
-    known: Known = {}
-    writing = cache_dir / target
-    try:
-        with open(writing, "rb") as f:
-            for rec in records:
-                if rec["target"] != target or rec["first"] != expect:
-                    break
-                f.seek(expect * row_bytes)
-                blob = f.read(int(rec["rows"]) * row_bytes)
-                got_rows: Known = {}
-                for name, size, mtime, row, row_sums_, crc in rec["files"]:
-                    if isinstance(row, str):
-                        got_rows[(str(name), int(size), int(mtime))] = (row, None)
-                        continue
-                    at = (int(row) - expect) * row_bytes
-                    if not 0 <= at <= len(blob) - row_bytes or zlib.crc32(blob[at : at + row_bytes]) != crc:
-                        break
-                    got_rows[(str(name), int(size), int(mtime))] = (int(row), np.asarray(row_sums_))
-                else:
-                    known.update(got_rows)
-                    expect += int(rec["rows"])
-                    continue
-                log.warning("image cache: rows %d+ of %s do not match their progress record", expect, target)
-                break
-    except (OSError, KeyError, TypeError, ValueError) as e:
-        log.warning("image cache: an interrupted build cannot be continued (%s)", e)
-        return None
-    if fresh and not known:
-        return None
-    return path, fresh, expect, known
 
 
 # ------------------------------------------------------------------------------- decoding

@@ -18,24 +18,18 @@ a run converts new images with the same :func:`decode_image`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
 from mnistkit.data.audio import FolderKind, Progress, split_class_folders
-from mnistkit.data.imagecache import available_memory, choose_mode, content_id, decode_into, mean_std
-from mnistkit.data.mapped import Rows
+from mnistkit.data.cached import load_cached
 from mnistkit.data.pixels import IMAGE_EXTENSIONS, image_pixels, open_image
-from mnistkit.data.types import FileList, LoadedData, Split
+from mnistkit.data.types import LoadedData
 from mnistkit.errors import DataError, set_hint
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger("mnistkit.images")
 
@@ -103,30 +97,13 @@ def load_image_folder(
                 f"images under {root / 'test'}/<class>/, or remove these classes from train/."
             )
     height, width = size
-    names = [name for name, _ in train_names] + [name for name, _ in test_names]
     settings = {"image_version": IMAGE_VERSION, "channels": channels, "size": [height, width]}
     shape = (channels, height, width)
-    decoder = _Decoder(*shape)
-    with tempfile.TemporaryDirectory() if cache_dir is None else contextlib.nullcontext() as tmp:
-        # no cache folder: nothing to keep, decode into a folder that goes away (read first)
-        folder = Path(tmp) if cache_dir is None else cache_dir
-        feats = decode_into("image_folder", root, names, settings, decoder, shape, folder, progress, workers)
-        good = feats.rows >= 0
-        n_bytes = int(good.sum()) * feats.file.row_bytes
-        if cache_dir is None:
-            mode, why = "memory", "no cache folder"
-        else:
-            mode, why = choose_mode(cache_mode, n_bytes, available_memory())
-        n_tr = len(train_names)
-        train_rows, test_rows = feats.rows[:n_tr][good[:n_tr]], feats.rows[n_tr:][good[n_tr:]]
-        train_x: torch.Tensor | Rows = Rows(feats.file, train_rows)
-        test_x: torch.Tensor | Rows = Rows(feats.file, test_rows)
-        if mode == "memory":  # read once into memory; the file is not used again
-            import torch
-
-            train_x = torch.from_numpy(train_x.read_all())
-            test_x = torch.from_numpy(test_x.read_all())
-    cache = f"{mode} ({why})"
+    got = load_cached(
+        "image_folder", root, train_names, test_names, classes, settings, _Decoder(*shape), shape,
+        np.uint8, cache_dir, cache_mode, progress, workers,
+    )  # fmt: skip
+    feats = got.feats
     if feats.bad:
         listing = "\n".join(f"  {root / name}: {reason}" for name, reason in sorted(feats.bad.items()))
         if not skip_bad:
@@ -153,45 +130,21 @@ def load_image_folder(
     if problems:
         raise DataError(problems[0])
 
-    label = {c: i for i, c in enumerate(classes)}
-    n_train, n_test = len(train_rows), len(test_rows)
+    n_train, n_test = got.n_train, got.n_test
     if not n_train or not n_test:
         raise DataError(
             f"Image folder {root}: {n_train} usable training and {n_test} test image(s) "
             "after skipping unreadable files; both sets need at least one. Fix the files listed "
             "above."
         )
-    import torch
-
-    labels = np.fromiter((label[c] for _, c in [*train_names, *test_names]), np.int64, len(names))
-    used = [n for n, ok in zip(names, good.tolist(), strict=True) if ok] if feats.bad else names
     # normalize: auto = the training split's own per-channel mean/std of [0, 1] pixels (the
     # MNIST family's 0.1307/0.3081 are computed the same way), summed from the cache's per-row
     # sums (exact integers), for whichever files this seed puts in the training split.
-    mean, std = mean_std(feats.sums[:n_tr][good[:n_tr]], height * width, 1 / 255)
-    if feats.decoded == 0:
-        origin = f"loaded from cache {feats.path} in {feats.seconds:.2f} s"
-    else:
-        procs = f" by {feats.processes} processes" if feats.processes > 1 else ""
-        origin = f"decoded in {feats.seconds:.1f} s{procs} ({feats.decoded} decoded, {feats.reused} reused)"
+    mean, std = got.train_stats(height * width, 1 / 255)
     source = (
         f"image folder {root}: {len(classes)} classes, {n_train} train / {n_test} test "
-        f"images ({how}), {channels}x{height}x{width}; {origin}"
+        f"images ({how}), {channels}x{height}x{width}; {got.origin('', 'decoded')}"
     )
     if feats.bad:
         source += f"; {len(feats.bad)} unreadable file(s) skipped (data.skip_bad_files)"
-    sizes, mtimes = feats.fingerprints
-    files = FileList(root, used)
-    return LoadedData(
-        train=Split(x=train_x, y=torch.from_numpy(labels[:n_tr][good[:n_tr]])),
-        test=Split(x=test_x, y=torch.from_numpy(labels[n_tr:][good[n_tr:]])),
-        classes=classes,
-        mean=mean,
-        std=std,
-        files=files,
-        source=source,
-        test_files=files[n_train:],
-        bad_files={str(root / name): reason for name, reason in feats.bad.items()},
-        cache_note="; ".join([cache, *feats.notes]),
-        content_id=content_id(settings, used, sizes[good], mtimes[good]),
-    )
+    return got.loaded(classes, mean, std, source)
