@@ -99,7 +99,6 @@ class Decoded:
     fingerprints: tuple[np.ndarray, np.ndarray]  # every file's size and mtime_ns, as looked at
     notes: list[str] = field(default_factory=list)  # e.g. why the previous cache was not used
     processes: int = 1  # how many processes decoded
-    appended: bool = False  # the rows decoded now were appended to the existing data file
 
     @property
     def path(self) -> Path:
@@ -401,9 +400,7 @@ def _build(
     processes = workers if len(decode_now) >= PARALLEL_MIN_FILES else 1
     decoded = len(decode_now)  # the files an interrupted build committed count as reused
     took = time.perf_counter() - t0
-    return Decoded(
-        file, rows, sums, bad, n - decoded, decoded, took, (sizes, mtimes), notes, processes, not fresh
-    )
+    return Decoded(file, rows, sums, bad, n - decoded, decoded, took, (sizes, mtimes), notes, processes)
 
 
 def _target(
