@@ -6,14 +6,18 @@ RGB, half JPEG and half PNG, of mixed sizes (72 to 120 pixels a side; smooth ran
 noise, so the files compress like photos rather than like noise), converted by mnistkit to
 96x96x3. Then, each on a fresh cache:
 
-* decode throughput (files/s) with 1 and with 2 decoding processes (``load_image_folder``);
+* decode throughput (files/s) with 1 and with 2 decoding processes (``load_image_folder``),
+  each twice in the order 1 2 2 1 (the median of each), with the folder's files held in the
+  page cache (:class:`Resident`), and the machine's CPU seconds (user, system, idle, iowait)
+  during each;
 * the cache's size on disk (the uncompressed ``.rows`` data file);
 * the start of a run: loading the folder with a fresh cache (decode + cache) against loading it
   again from the cache (the in-process time to the tensors, page cache warm);
 * adding 1 % new files: how many files are decoded then, and how long the start takes;
-* one training epoch of a small MLP through ``python -m mnistkit run`` with ``data.cache: mmap``
-  (and ``memory`` for comparison): the epoch's training seconds per 1,000 images (metrics.csv)
-  and the peak RSS of that process (``os.wait4``'s rusage);
+* training a small MLP through ``python -m mnistkit run`` with ``data.cache: mmap`` (and
+  ``memory`` for comparison): training seconds per 1,000 images over all the run's epochs
+  (metrics.csv) and the peak RSS of that process (``os.wait4``'s rusage). Every run trains on
+  about as many images: the largest folder one epoch, a folder 1/k its size k epochs;
 * with ``--cap-mb N`` (root, a writable cgroup file system) and a cache larger than N MB: one
   ``mmap`` and one ``memory`` epoch, each in a memory cgroup the bench makes with that limit
   (cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``), the cache evicted from the page
@@ -69,7 +73,7 @@ data:
   cache: {cache}
 model: {{hidden: [64]}}
 optimizer: {{name: sgd, lr: 0.01}}
-epochs: 1
+epochs: {epochs}
 train: {{threads: {threads}, plots: false, checkpoint: false, compile: false}}
 """
 
@@ -93,6 +97,69 @@ def make_folder(root: Path, n: int, seed: int = 0, start: int = 0) -> list[Path]
     return written
 
 
+#: Run by each :class:`Resident` helper: map every file named on stdin's first line (a file of
+#: NUL-separated paths) with MAP_POPULATE, close it, say "ready", hold the maps until stdin closes.
+_HOLD = r"""
+import ctypes, ctypes.util, os, sys
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_long]
+PROT_READ, MAP_SHARED, MAP_POPULATE = 1, 1, 0x8000
+names = open(sys.stdin.readline().strip(), "rb").read().split(b"\0")
+for name in names:
+    fd = os.open(name, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    got = libc.mmap(None, size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0) if size else 0
+    if got in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), f"mmap {name!r}")
+    os.close(fd)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+class Resident:
+    """Files held in the page cache while the bench measures: helper processes map them (and fault
+    them in). This VM's host pages out file pages nobody touched for about a minute (a DAMON
+    ``pageout`` scheme on unmapped pages), so a 200k folder read once before a 2-minute decode
+    is partly read from the disk again by the end of it, and the variant measured later pays
+    more for the disk. Mapped pages are left alone: every variant reads from memory."""
+
+    PER_HELPER = 60_000  # under vm.max_map_count (65,530 by default)
+
+    def __init__(self, files: list[Path], work: Path) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        t0 = time.perf_counter()
+        for k in range(0, len(files), self.PER_HELPER):
+            names = work / f"resident-{os.getpid()}-{k}.lst"
+            names.write_bytes(b"\0".join(bytes(f) for f in files[k : k + self.PER_HELPER]))
+            proc = subprocess.Popen([sys.executable, "-c", _HOLD], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(f"{names}\n")
+            proc.stdin.flush()
+            self.procs.append(proc)
+            if proc.stdout.readline().strip() != "ready":
+                self.release()
+                raise SystemExit(f"could not hold {names}'s files in memory")
+            names.unlink()
+        self.seconds = time.perf_counter() - t0
+
+    def release(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait()
+        self.procs = []
+
+
+def cpu_times() -> dict[str, float]:
+    """The machine's CPU seconds so far (/proc/stat): user, system, idle, waiting for the disk."""
+    f = [int(x) / os.sysconf("SC_CLK_TCK") for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return {"user": f[0] + f[1], "system": f[2] + f[5] + f[6], "idle": f[3], "iowait": f[4]}
+
+
 def load_avg() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -104,10 +171,16 @@ def timed_load(root: Path, cache: Path, workers: int) -> tuple[float, Any]:
 
 
 def train_once(
-    root: Path, work: Path, cache_env: Path, mode: str, threads: int, cgroup: MemoryCap | None = None
+    root: Path,
+    work: Path,
+    cache_env: Path,
+    mode: str,
+    threads: int,
+    cgroup: MemoryCap | None = None,
+    epochs: int = 1,
 ) -> dict[str, Any]:
     recipe = work / f"{mode}.yaml"
-    recipe.write_text(RECIPE.format(side=SIDE, cache=mode, threads=threads))
+    recipe.write_text(RECIPE.format(side=SIDE, cache=mode, threads=threads, epochs=epochs))
     out = work / f"run-{mode}"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "MNISTKIT_CACHE": str(cache_env), "PYTHONPATH": str(REPO)}
@@ -132,10 +205,11 @@ def train_once(
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     info = json.loads((out / "data.json").read_text())
     n_train = info["samples"]["train"]
-    seconds = float(rows[0]["seconds"])
+    epoch_s = [float(r["seconds"]) for r in rows]
     return {
-        "epoch_s": round(seconds, 2),
-        "epoch_s_per_1k": round(seconds / n_train * 1000, 3),
+        "epochs": len(epoch_s),
+        "epoch_s": round(sorted(epoch_s)[len(epoch_s) // 2], 2),  # the median epoch
+        "epoch_s_per_1k": round(sum(epoch_s) / (n_train * len(epoch_s)) * 1000, 3),  # all epochs
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
         "wall_s": round(wall, 1),
         "load_before": before,
@@ -220,24 +294,32 @@ def prepare_size(n: int, base: Path, decode_workers: list[int]) -> dict[str, Any
         t0 = time.perf_counter()
         make_folder(root, n)
         print(f"[{n}] wrote {n:,} files in {time.perf_counter() - t0:.0f} s", flush=True)
-    # Every file read once: the decoders then read from the page cache in every variant (the
-    # first variant would otherwise also pay for the disk).
-    t0 = time.perf_counter()
-    files_mb = sum(len(f.read_bytes()) for f in root.rglob("*") if f.is_file()) / 2**20
-    print(f"[{n}] read the folder once: {time.perf_counter() - t0:.1f} s", flush=True)
+    # The folder held in memory (see Resident), then each process count decoded afresh twice,
+    # in the order 1 2 2 1 (a drift of the machine's load hits both alike); the median of each.
+    files = sorted(f for f in root.rglob("*") if f.is_file())
+    hold = Resident(files, base)
+    files_mb = sum(f.stat().st_size for f in files) / 2**20
+    print(f"[{n}] held the folder in memory: {hold.seconds:.1f} s", flush=True)
     res: dict[str, Any] = {"files": n, "folder_mb": round(files_mb, 1)}
-    for workers in decode_workers:
-        cache = base / f"cache-{n}-w{workers}" / "images"
-        shutil.rmtree(cache.parent, ignore_errors=True)
-        before = load_avg()
-        seconds, data = timed_load(root, cache, workers)
-        res[f"decode_w{workers}"] = {
-            "seconds": round(seconds, 1),
-            "files_per_s": round(n / seconds, 1),
-            "load_before": before,
-        }
-        print(f"[{n}] {workers} worker(s): {seconds:.1f} s, {n / seconds:,.0f} files/s", flush=True)
-        del data
+    runs: dict[int, list[dict[str, Any]]] = {w: [] for w in decode_workers}
+    try:
+        for workers in decode_workers + decode_workers[::-1]:
+            cache = base / f"cache-{n}-w{workers}" / "images"
+            shutil.rmtree(cache.parent, ignore_errors=True)
+            before, cpu0 = load_avg(), cpu_times()
+            seconds, data = timed_load(root, cache, workers)
+            cpu = {k: round(v - cpu0[k], 1) for k, v in cpu_times().items()}
+            runs[workers].append({"seconds": round(seconds, 1), "files_per_s": round(n / seconds, 1),
+                                  "load_before": before, "machine_cpu_s": cpu})  # fmt: skip
+            print(f"[{n}] {workers} worker(s): {seconds:.1f} s, {n / seconds:,.0f} files/s, "
+                  f"load {before}, machine CPU s {cpu}", flush=True)  # fmt: skip
+            del data
+    finally:
+        hold.release()
+    for workers, got in runs.items():
+        rates = sorted(g["files_per_s"] for g in got)
+        median = (rates[(len(rates) - 1) // 2] + rates[len(rates) // 2]) / 2
+        res[f"decode_w{workers}"] = {"files_per_s": round(median, 1), "runs": got}
     if "decode_w1" in res and "decode_w2" in res:
         res["speedup_2_over_1"] = round(res["decode_w2"]["files_per_s"] / res["decode_w1"]["files_per_s"], 2)
     last = decode_workers[-1]
@@ -246,7 +328,7 @@ def prepare_size(n: int, base: Path, decode_workers: list[int]) -> dict[str, Any
     cache = base / f"cache-{n}-w{last}" / "images"
     (rows,) = cache.glob("*.rows")
     res["cache_mb"] = round(rows.stat().st_size / 2**20, 1)
-    res["first_start_s"] = res[f"decode_w{last}"]["seconds"]
+    res["first_start_s"] = runs[last][-1]["seconds"]
     starts = []
     for _ in range(3):
         before = load_avg()
@@ -320,27 +402,40 @@ def measure(
     if train_only:  # folders and caches of an earlier --keep run: the training epochs only
         results: dict[int, dict[str, Any]] = {n: {"files": n} for n in sizes}
     else:
+        # One small decode first, not timed: the first one in a process also pays for imports
+        # and Pillow's plugins, which would land on whichever variant came first.
+        warmup = base / "warmup"
+        if not warmup.is_dir():
+            make_folder(warmup, 64)
+        timed_load(warmup, base / "cache-warmup" / "images", 1)
+        shutil.rmtree(base / "cache-warmup")
         results = {n: prepare_size(n, base, decode_workers) for n in sizes}
     # Training epochs, alternated over sizes and modes in each round (the order reversed every
     # other round): a change of the machine's load hits every size alike.
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {(n, m): [] for n in sizes for m in modes}
-    for n in sizes:  # every data file read once: the epochs measure reading from the page cache
-        for f in (base / f"cache-{n}-w{decode_workers[-1]}" / "images").glob("*.rows"):
-            t0 = time.perf_counter()
-            with open(f, "rb", buffering=0) as fh:
-                while fh.read(16 << 20):
-                    pass
-            print(f"[{n}] read {f.name} once: {time.perf_counter() - t0:.1f} s", flush=True)
-    for r in range(repeats):
-        order = [(n, m) for n in sizes for m in modes]
-        for n, mode in order if r % 2 == 0 else order[::-1]:
-            work = base / f"work-{n}"
-            work.mkdir(exist_ok=True)
-            cache = base / f"cache-{n}-w{decode_workers[-1]}"
-            got = train_once(base / f"folder-{n}", work, cache, mode, threads)
-            runs[(n, mode)].append(got)
-            print(f"[{n}] round {r + 1} train ({mode}): {got}", flush=True)
-    for n, ms in read_cost(sizes, base, decode_workers[-1]).items():
+    # Equal work per run: a smaller folder trains for more epochs (10k files: 20 epochs beside
+    # 200k's one), so each run lasts about as long and a burst of the machine's other load is
+    # as likely to land in any size's run; one 2-second epoch at 10k would ride on one burst.
+    epochs = {n: max(1, round(max(sizes) / n)) for n in sizes}
+    # Every data file held in memory (see Resident): the epochs measure reading from the page
+    # cache, as on a machine that keeps what it read; the capped runs below measure the disk.
+    data_files = [f for n in sizes for f in (base / f"cache-{n}-w{decode_workers[-1]}").rglob("*.rows")]
+    hold = Resident(data_files, base)
+    print(f"held the data files in memory: {hold.seconds:.1f} s", flush=True)
+    try:
+        for r in range(repeats):
+            order = [(n, m) for n in sizes for m in modes]
+            for n, mode in order if r % 2 == 0 else order[::-1]:
+                work = base / f"work-{n}"
+                work.mkdir(exist_ok=True)
+                cache = base / f"cache-{n}-w{decode_workers[-1]}"
+                got = train_once(base / f"folder-{n}", work, cache, mode, threads, epochs=epochs[n])
+                runs[(n, mode)].append(got)
+                print(f"[{n}] round {r + 1} train ({mode}): {got}", flush=True)
+        read_ms = read_cost(sizes, base, decode_workers[-1])
+    finally:
+        hold.release()
+    for n, ms in read_ms.items():
         results[n]["read_128_rows_ms"] = ms
     for (n, mode), got in runs.items():
         if not got:  # --repeats 0: decoding and starts only
