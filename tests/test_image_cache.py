@@ -309,6 +309,12 @@ def test_decoding_in_two_processes_gives_the_pixels_of_one(
     assert two.files == one.files
     assert torch.equal(two.train.x, one.train.x) and torch.equal(two.test.x, one.test.x)  # in memory
     check_pixels(two)
+    # Each file's channel sums came back from the process that decoded it, with its row: the
+    # training split's mean/std are Pillow's pixels' own.
+    train = np.stack([pil(f) for f in two.files[: len(two.train.y)]]).astype(np.float64) / 255
+    for got in (two, one):
+        assert got.mean == pytest.approx(tuple(train.mean(axis=(0, 2, 3))), rel=1e-9)
+        assert got.std == pytest.approx(tuple(train.std(axis=(0, 2, 3))), rel=1e-9)
 
 
 def test_decoding_progress_on_a_terminal_is_a_bar_then_one_line() -> None:
@@ -413,6 +419,23 @@ def check_pixels_sized(data: Any, size: tuple[int, int]) -> None:
         assert np.array_equal(sample(data, i), pil_sized(f, size)), f
 
 
+_DECODE_IMAGE = images.decode_image
+
+
+def stop_after(n: int, calls: list[Path]) -> Any:
+    """images.decode_image as a Ctrl-C after ``n`` files would leave it: the files decoded until
+    then are appended to ``calls``, the next one raises KeyboardInterrupt."""
+    real = _DECODE_IMAGE  # not images.decode_image: that may be an earlier stop_after by now
+
+    def decode(path: Path, *a: Any) -> np.ndarray:
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        calls.append(path)
+        return real(path, *a)
+
+    return decode
+
+
 def test_an_interrupted_build_resumes_from_its_committed_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -425,18 +448,7 @@ def test_an_interrupted_build_resumes_from_its_committed_chunks(
     root = tmp_path / "data"
     make_folder(root)
     calls: list[Path] = []
-    real = images.decode_image
-
-    def stopped_at(n: int) -> Any:
-        def decode(path: Path, *a: Any) -> np.ndarray:
-            if len(calls) == n:
-                raise KeyboardInterrupt
-            calls.append(path)
-            return real(path, *a)
-
-        return decode
-
-    monkeypatch.setattr(images, "decode_image", stopped_at(10))
+    monkeypatch.setattr(images, "decode_image", stop_after(10, calls))
     with pytest.raises(KeyboardInterrupt):
         load(root)
     first = list(calls)
@@ -447,7 +459,7 @@ def test_an_interrupted_build_resumes_from_its_committed_chunks(
     (part,) = folder.glob("*.rows.part")
     assert part.stat().st_size == 10 * 300  # every row written once, into the data file itself
     calls.clear()
-    monkeypatch.setattr(images, "decode_image", stopped_at(10**6))
+    monkeypatch.setattr(images, "decode_image", stop_after(10**6, calls))
     data = load(root)
     assert len(calls) == 28 and not set(calls) & set(first[:8])
     assert sorted([*first[:8], *calls]) == sorted(data.files)
@@ -461,7 +473,7 @@ def test_an_interrupted_build_resumes_from_its_committed_chunks(
     # Rows changed in place after their commit are detected by the CRC and decoded again.
     shutil.rmtree(folder)
     calls.clear()
-    monkeypatch.setattr(images, "decode_image", stopped_at(10))
+    monkeypatch.setattr(images, "decode_image", stop_after(10, calls))
     with pytest.raises(KeyboardInterrupt):
         load(root)
     (part,) = folder.glob("*.rows.part")
@@ -471,7 +483,7 @@ def test_an_interrupted_build_resumes_from_its_committed_chunks(
         f.seek(6 * 300 + 17)
         f.write(bytes([byte[0] ^ 0xFF]))
     calls.clear()
-    monkeypatch.setattr(images, "decode_image", stopped_at(10**6))
+    monkeypatch.setattr(images, "decode_image", stop_after(10**6, calls))
     data = load(root)
     assert len(calls) == 32 and "32 decoded, 4 reused" in data.source
     assert any("do not match their progress record" in r.getMessage() for r in caplog.records)
@@ -596,15 +608,7 @@ def test_an_interrupted_append_leaves_a_tail_no_run_trusts(
     row = 3 * 10 * 10
     for i in range(3):
         write_image(root / "bee" / f"new{i}.png", 700 + i)
-    real, calls = images.decode_image, []
-
-    def stopped(path: Path, *a: Any) -> np.ndarray:
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(path)
-        return real(path, *a)
-
-    monkeypatch.setattr(images, "decode_image", stopped)
+    monkeypatch.setattr(images, "decode_image", stop_after(2, []))
     with pytest.raises(KeyboardInterrupt):
         load(root, cache_mode="mmap")
     monkeypatch.undo()

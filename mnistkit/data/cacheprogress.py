@@ -45,8 +45,9 @@ class Commits:
     def pending(self) -> int:
         return len(self.files)
 
-    def add(self, fp: Fp, row: int | str, sums: np.ndarray | None, crc: int | None) -> None:
-        self.files.append([*fp, row, None if sums is None else sums.tolist(), crc])
+    def add(self, fp: Fp, row: int | str, sums: np.ndarray | list | None, crc: int | None) -> None:
+        listed = sums.tolist() if isinstance(sums, np.ndarray) else sums
+        self.files.append([*fp, row, listed, crc])
 
     def commit(self, out: io.BufferedRandom) -> None:
         if not self.files:
