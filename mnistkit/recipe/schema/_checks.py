@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mnistkit.errors import Problem, dotted, set_hint
@@ -9,6 +10,7 @@ from mnistkit.recipe.balance import balance_problems
 from mnistkit.recipe.expect import check_expectations
 from mnistkit.recipe.model_check import OUTPUT_ONLY, check_model
 from mnistkit.recipe.sections import (
+    DataSection,
     ImageSpec,
     LogMel,
     Normalize,
@@ -19,6 +21,8 @@ from mnistkit.registry import registries as _registries
 from mnistkit.registry.core import Registries
 from mnistkit.registry.core import did_you_mean as _dym
 
+Where = Callable[..., str]
+
 
 def check_recipe(
     recipe: RecipeBase, reg: Registries, doc: Located | None = None
@@ -28,10 +32,27 @@ def check_recipe(
     def where(*loc: Any, key: bool = False) -> str:
         return doc.where(tuple(loc), key=key) if doc else "<recipe>"
 
+    m = recipe.model
+    problems = _model_problems(recipe, reg, where)
+    data, data_problems = _data_problems(recipe, reg, where)
+    problems += data_problems
+    problems += _training_problems(recipe, data.val_split > 0, where)
+    problems += balance_problems(recipe, reg, where)
+    problems += check_expectations(recipe, where)
+    updated = recipe.model_copy(update={"data": data}) if data is not recipe.data else recipe
+    if (m.hidden is None) != (m.layers is None):
+        # Layer shapes, statically (pure Python, no torch): a layer that cannot take what the
+        # previous one produces, or a model whose output is not one logit per class.
+
+        problems += check_model(updated, reg, lambda loc, key: where(*loc, key=key))[0]
+    return updated, problems
+
+
+def _model_problems(recipe: RecipeBase, reg: Registries, where: Where) -> list[Problem]:
+    """One way to give the layers; an output activation that fits the loss; MLP-only keys."""
     problems: list[Problem] = []
     m = recipe.model
-    loss_entry = reg.losses.get(recipe.loss.name)
-    expects = loss_entry.meta.get("expects", "logits")
+    expects = reg.losses.get(recipe.loss.name).meta.get("expects", "logits")
 
     if (m.hidden is None) == (m.layers is None):
         problems.append(
@@ -102,7 +123,13 @@ def check_recipe(
                         "between layers, or remove the key",
                     )
                 )
+    return problems
 
+
+def _data_problems(recipe: RecipeBase, reg: Registries, where: Where) -> tuple[DataSection, list[Problem]]:
+    """Keys the dataset does not read, features/image defaults by kind, normalize and augment
+    ranges. Returns the data section with the kind's defaults filled in."""
+    problems: list[Problem] = []
     kind = reg.datasets.get(recipe.data.dataset).meta.get("kind")
     data = recipe.data
     if data.num_workers is not None and data.loader == "memory":
@@ -166,7 +193,12 @@ def check_recipe(
                         f"write [{hi:g}, {lo:g}]",
                     )
                 )
+    return data, problems
 
+
+def _training_problems(recipe: RecipeBase, has_val: bool, where: Where) -> list[Problem]:
+    """Nesterov without momentum; a val_* metric monitored without a validation split."""
+    problems: list[Problem] = []
     opt = recipe.optimizer
     if getattr(opt, "nesterov", False) and getattr(opt, "momentum", 0) <= 0:
         problems.append(
@@ -178,7 +210,6 @@ def check_recipe(
             )
         )
 
-    has_val = data.val_split > 0
     t = recipe.train
     for loc, metric in (
         (("train", "best_metric"), t.best_metric),
@@ -197,15 +228,7 @@ def check_recipe(
                     set_hint("data.val_split", "0.1") + ", or monitor a test_* metric",
                 )
             )
-    problems += balance_problems(recipe, reg, where)
-    problems += check_expectations(recipe, where)
-    updated = recipe.model_copy(update={"data": data}) if data is not recipe.data else recipe
-    if (m.hidden is None) != (m.layers is None):
-        # Layer shapes, statically (pure Python, no torch): a layer that cannot take what the
-        # previous one produces, or a model whose output is not one logit per class.
-
-        problems += check_model(updated, reg, lambda loc, key: where(*loc, key=key))[0]
-    return updated, problems
+    return problems
 
 
 def _logits_problem(where: str, field: str, act: str, loss: str, in_list: bool = False) -> Problem:
