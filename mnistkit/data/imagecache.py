@@ -312,8 +312,8 @@ def decode_into(
         return got
     workers = workers or default_workers()
     # The decoding processes start now, when there will be enough files for them: each takes
-    # ~0.25 s of CPU to start (Python, numpy, the decoder's module), done meanwhile instead of
-    # after the build's planning (10,000 files: ~0.15 s of a 3-second decode).
+    # ~0.25 s of CPU to start (Python, numpy, the decoder's module), which then overlaps the
+    # build's planning instead of following it.
     todo = len(names) if got is None else int((got.pos < 0).sum())
     pool = start_pool(workers, decode) if workers > 1 and todo >= PARALLEL_MIN_FILES else None
     try:
@@ -637,12 +637,6 @@ def _decode_or_reason(decode: Callable[[Any], Any], item: Any) -> Any:
         return f"{type(e).__name__}: {e}".strip()
 
 
-def _decode_batch(decode: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-    """:func:`_decode_or_reason` of each item: one task and one answer for a whole batch, so that
-    this process handles a message per batch, not per file (~30 µs a file otherwise)."""
-    return [_decode_or_reason(decode, it) for it in items]
-
-
 def _started(decode: Any) -> None:
     """Nothing: sent to a new decoding process so that it imports ``decode``'s module now."""
 
@@ -679,10 +673,8 @@ def decode_all(
         progress(0, total)
     if workers > 1 and total >= PARALLEL_MIN_FILES:  # (keep in step with Decoded.processes)
         pool = pool or start_pool(workers, decode)
-        chunk = max(1, min(64, total // (workers * 8)))
-        batches = [items[i : i + chunk] for i in range(0, total, chunk)]
-        done = pool.map(partial(_decode_batch, decode), batches)
-        results: Iterator[Any] = (got for batch in done for got in batch)
+        chunk = max(1, min(64, total // (workers * 8)))  # one task and one answer per chunk
+        results: Iterator[Any] = pool.map(partial(_decode_or_reason, decode), items, chunksize=chunk)
     else:
         results = (_decode_or_reason(decode, it) for it in items)
     try:
