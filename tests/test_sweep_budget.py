@@ -75,3 +75,74 @@ def test_two_workers_finish_exactly_six_of_six(cli, tmp_path: Path) -> None:
     with sqlite3.connect(out / "study.db") as con:
         states = con.execute("SELECT state, count(*) FROM trials GROUP BY state").fetchall()
     assert states == [("COMPLETE", 6)], states
+
+
+def test_a_trial_created_just_before_the_connection_dropped_is_retried_not_waited_for(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The connection drops after `ask()` created a trial but before its first heartbeat was
+    written (CI's database restart hit this window once). The decision is tried again and makes
+    another trial; the first one stays RUNNING with no heartbeat, which Optuna never counts as
+    stale, so every worker waited for it forever. Here a worker's loop (claim, finish, claim) must
+    end: the trial left behind goes stale after the grace period and is retried like a dead
+    worker's, and the study ends with its budget, 2 finished trials, nothing RUNNING."""
+    import sqlalchemy.exc
+
+    from mnistkit.sweeps.slots import claim
+    from mnistkit.sweeps.spec import HeartbeatSpec
+    from mnistkit.sweeps.storage import open_storage
+    from mnistkit.sweeps.trials import quiet_optuna
+
+    quiet_optuna()
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, HeartbeatSpec(interval=1, grace=2, retries=3))
+    study = optuna.create_study(study_name="orphan", storage=storage)
+    real, dropped = storage.record_heartbeat, []
+
+    def first_one_drops(trial_id: int) -> None:
+        if not dropped:
+            dropped.append(trial_id)
+            lost = Exception("server closed the connection unexpectedly")
+            raise sqlalchemy.exc.OperationalError("UPDATE trial_heartbeats", {}, lost)
+        real(trial_id)
+
+    monkeypatch.setattr(storage, "record_heartbeat", first_one_drops)
+    deadline = time.monotonic() + 60  # the grace period is 2 s
+    while (got := claim(study, 2, url, storage)) != "done":
+        if got == "wait":
+            assert time.monotonic() < deadline, "still waiting for a trial nobody runs"
+            time.sleep(0.2)
+            continue
+        study.tell(got, 1.0)
+    assert dropped and "storage unreachable" in capsys.readouterr().err
+    with sqlite3.connect(tmp_path / "study.db") as con:
+        states = dict(con.execute("SELECT state, count(*) FROM trials GROUP BY state").fetchall())
+        left = con.execute("SELECT state FROM trials WHERE trial_id = ?", dropped).fetchone()
+        why = con.execute(
+            "SELECT value_json FROM trial_user_attributes WHERE trial_id = ? AND key = 'reason'", dropped
+        ).fetchone()
+    assert states == {"COMPLETE": 2, "FAIL": 1}, states  # the FAIL one is counted by its retry
+    assert left == ("FAIL",)
+    assert why is not None and "never started" in why[0], why
+
+
+def test_a_worker_lost_between_creating_a_trial_and_its_heartbeat_leaves_a_trial_that_is_retried(
+    cli, tmp_path: Path
+) -> None:
+    """The study already holds a RUNNING trial without a heartbeat, as a worker killed between
+    `ask()` and the first heartbeat leaves it. `mnistkit sweep` (`trials: 2`) runs one trial,
+    then finds that one stale and starts its retry afresh, saying so; trials.csv shows why the
+    trial failed and the budget counts 2."""
+    sweep = write_sweep(tmp_path, 2, extra="study: orphan\n")
+    out = tmp_path / "s"
+    out.mkdir()
+    study = optuna.create_study(study_name="orphan", storage=f"sqlite:///{out / 'study.db'}")
+    lost = study.ask()  # RUNNING, never a heartbeat
+    res = cli("sweep", sweep, "--out", out, "--progress", "plain", timeout=250)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"continues trial {lost.number}: started afresh: it never began" in res.stderr, res.stderr
+    rows = {int(r["number"]): r for r in read_trials(out)}
+    assert rows[lost.number]["state"] == "FAIL" and "never started" in rows[lost.number]["reason"]
+    assert "retried" in rows[lost.number]["reason"], rows
+    assert len(finished(list(rows.values()))) == 2, rows
+    assert not [r for r in rows.values() if r["state"] in ("RUNNING", "WAITING")]

@@ -75,12 +75,18 @@ def sweep_on(host: netns.Host, sweep: Path, out: Path, url: str, log: Path, env:
         )  # fmt: skip
 
 
-def wait_all(procs: list, seconds: float, logs: list[Path]) -> None:
+def wait_all(procs: list, seconds: float, logs: list[Path], pg: HostedPostgres, study: str) -> None:
     deadline = time.monotonic() + seconds
     while [p.poll() for p in procs].count(None):  # poll every one: a dead one is reaped
         if time.monotonic() > deadline:
             tails = "\n".join(f"--- {log.name}:\n{log.read_text()[-3000:]}" for log in logs)
-            pytest.fail(f"the workers did not end within {seconds:.0f} s\n{tails}")
+            rows = pg.sql(
+                "SELECT t.number, t.state, h.heartbeat FROM trials t JOIN studies s USING (study_id) "
+                f"LEFT JOIN trial_heartbeats h USING (trial_id) WHERE s.study_name = '{study}' "
+                "ORDER BY t.number",
+                db=DB,
+            )
+            pytest.fail(f"the workers did not end within {seconds:.0f} s\n{tails}\n--- trials:\n{rows}")
         time.sleep(0.25)
 
 
@@ -147,7 +153,7 @@ def test_a_worker_killed_on_b_is_resumed_on_a_and_the_budget_is_exact(bed, tmp_p
     # B's process is reaped only after A ends: until then its pid still looks alive here, as the
     # pid of a worker on another machine may belong to a live process on this one (pids are per
     # machine). A takes the trial over on the heartbeat's word, not on that pid.
-    wait_all([a], 240, logs)
+    wait_all([a], 240, logs, pg, "two-hosts")
     a_log, b_log = (log.read_text() for log in logs)
     assert b.wait(timeout=30) == -9, b_log
     assert a.returncode == 0, a_log
@@ -189,7 +195,7 @@ def test_a_database_restart_mid_sweep_costs_a_wait_not_the_sweep(bed, tmp_path: 
     pg.pg_ctl("-w", "-m", "fast", "stop")
     time.sleep(3)
     pg.pg_ctl("-w", "-t", "60", "start", "-o", pg.options())
-    wait_all([a, b], 240, logs)
+    wait_all([a, b], 240, logs, pg, "restart")
     texts = [log.read_text() for log in logs]
     assert a.returncode == 0 and b.returncode == 0, texts
     assert states(pg, "restart") == {"COMPLETE": 3}, texts

@@ -77,12 +77,14 @@ def original_number(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
     return int(first) if first is not None else trial.number
 
 
-def say_takeover(trial: optuna.Trial, number: int, run_dir: Path, started: bool) -> None:
+def say_takeover(trial: optuna.Trial, number: int, run_dir: Path, started: bool, ran: bool) -> None:
     """One line on stderr when this worker takes over a stopped trial: resumed, or restarted and
     why (the run directory is written where the trial ran; only a shared folder lets another
-    machine continue it)."""
+    machine continue it). ``ran``: whether the stopped trial was ever started by a worker."""
     epochs = trial.user_attrs.get("resumed_from_epoch") if (run_dir / "last.pt").exists() else None
-    if epochs is not None:
+    if not ran:
+        how = "started afresh: it never began (its storage connection or worker was lost first)"
+    elif epochs is not None:
         how = f"resumed from its epoch-{epochs} checkpoint in {run_dir}"
     elif started:
         how = f"restarted: it stopped before its first checkpoint in {run_dir}"
@@ -117,6 +119,7 @@ class Objective:
         number = original_number(trial)
         rel = trial_dir_name(number)
         run_dir = self.sweep_dir / rel
+        ran = "run_dir" in trial.user_attrs  # a retry inherits the attributes of the trial it retries
         trial.set_user_attr("reason", None)  # a retry inherits its predecessor's attributes
         trial.set_user_attr("run_dir", rel)
         params = suggest(trial, sweep)
@@ -138,7 +141,7 @@ class Objective:
 
             trial.set_user_attr("resumed_from_epoch", len(RunDir(run_dir).read_metrics()))
         if number != trial.number:
-            say_takeover(trial, number, run_dir, started)
+            say_takeover(trial, number, run_dir, started, ran)
 
         pruned: list[str] = []
 

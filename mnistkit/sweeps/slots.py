@@ -33,6 +33,7 @@ from mnistkit.sweeps.retrying import retry_call
 from mnistkit.sweeps.trials import counted
 
 Decision = optuna.Trial | Literal["wait", "done"]
+NEVER_STARTED = "never started: lost as it was created (storage connection or worker)"  # orphans
 
 
 def lock_key(study_name: str) -> int:
@@ -57,16 +58,42 @@ def budget_lock(url: str, storage: Any, study_name: str) -> Iterator[None]:
         yield
 
 
+def orphans(storage: Any, study_id: int) -> list[int]:
+    """The study's RUNNING trials that have no heartbeat: each was created by a decision that
+    failed before its first heartbeat (the connection dropped between the two, or the worker died
+    there), and is run by nobody. Optuna never counts a trial without a heartbeat as stale."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    trial, beat = models.TrialModel, models.TrialHeartbeatModel
+    with storage.engine.connect() as conn:
+        query = (
+            sqlalchemy.select(trial.trial_id)
+            .outerjoin(beat, beat.trial_id == trial.trial_id)
+            .where(trial.study_id == study_id, trial.state == TrialState.RUNNING)
+            .where(beat.trial_heartbeat_id.is_(None))
+        )
+        return [row[0] for row in conn.execute(query)]
+
+
 def _decide(study: optuna.Study, need: int, url: str, storage: Any) -> Decision:
     with budget_lock(url, storage, study.study_name):
+        if storage.get_heartbeat_interval() is not None:
+            # A trial left without a heartbeat gets one now, so that it goes stale after the
+            # grace period and is retried like a dead worker's. Not failed at once: under the
+            # lock no decision is between ask() and its heartbeat, unless the lock's own
+            # connection was dropped alone; waiting out the grace period is safe either way.
+            for trial_id in orphans(storage, study._study_id):
+                storage.set_trial_user_attr(trial_id, "reason", NEVER_STARTED)
+                storage.record_heartbeat(trial_id)
         optuna.storages.fail_stale_trials(study)  # dead workers' trials → FAIL + a WAITING retry
         trials = study.get_trials(deepcopy=False)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         waiting = sum(t.state == TrialState.WAITING for t in trials)
         if waiting or len(counted(trials)) + running < need:
             trial = study.ask()  # a WAITING retry first, else a new trial
-            # A heartbeat before the lock is released: a trial without one never goes stale, so
-            # a worker that died right here would leave it RUNNING forever.
+            # A heartbeat before the lock is released: a trial without one is taken for an
+            # orphan by the next decision (a worker that dies right here leaves one).
             if storage.get_heartbeat_interval() is not None:
                 storage.record_heartbeat(trial._trial_id)
             return trial
