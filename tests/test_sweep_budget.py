@@ -77,15 +77,10 @@ def test_two_workers_finish_exactly_six_of_six(cli, tmp_path: Path) -> None:
     assert states == [("COMPLETE", 6)], states
 
 
-def test_a_trial_created_just_before_the_connection_dropped_is_retried_not_waited_for(
-    tmp_path: Path, monkeypatch, capsys
-) -> None:
-    """The connection drops after `ask()` created a trial but before its first heartbeat was
-    written (CI's database restart hit this window once). The decision is tried again and makes
-    another trial; the first one stays RUNNING with no heartbeat, which Optuna never counts as
-    stale, so every worker waited for it forever. Here a worker's loop (claim, finish, claim) must
-    end: the trial left behind goes stale after the grace period and is retried like a dead
-    worker's, and the study ends with its budget, 2 finished trials, nothing RUNNING."""
+def finish_with_a_dropped_first_heartbeat(url: str, monkeypatch) -> int:
+    """A worker's loop (claim, finish, claim) over a 2-trial study at ``url`` whose first trial's
+    first heartbeat raises a dropped connection; returns that trial's id once the loop ends (it
+    fails the test if the loop waits for longer than 60 s, 30 grace periods)."""
     import sqlalchemy.exc
 
     from mnistkit.sweeps.slots import claim
@@ -94,7 +89,6 @@ def test_a_trial_created_just_before_the_connection_dropped_is_retried_not_waite
     from mnistkit.sweeps.trials import quiet_optuna
 
     quiet_optuna()
-    url = f"sqlite:///{tmp_path / 'study.db'}"
     storage = open_storage(url, HeartbeatSpec(interval=1, grace=2, retries=3))
     study = optuna.create_study(study_name="orphan", storage=storage)
     real, dropped = storage.record_heartbeat, []
@@ -107,23 +101,41 @@ def test_a_trial_created_just_before_the_connection_dropped_is_retried_not_waite
         real(trial_id)
 
     monkeypatch.setattr(storage, "record_heartbeat", first_one_drops)
-    deadline = time.monotonic() + 60  # the grace period is 2 s
+    deadline = time.monotonic() + 60
     while (got := claim(study, 2, url, storage)) != "done":
         if got == "wait":
             assert time.monotonic() < deadline, "still waiting for a trial nobody runs"
             time.sleep(0.2)
             continue
         study.tell(got, 1.0)
-    assert dropped and "storage unreachable" in capsys.readouterr().err
+    assert dropped
+    return dropped[0]
+
+
+ORPHAN_SQL = (
+    "SELECT state, count(*) FROM trials GROUP BY state",
+    "SELECT t.state, a.value_json FROM trials t JOIN trial_user_attributes a USING (trial_id) "
+    "WHERE t.trial_id = {id} AND a.key = 'reason'",
+)
+
+
+def test_a_trial_created_just_before_the_connection_dropped_is_retried_not_waited_for(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The connection drops after `ask()` created a trial but before its first heartbeat was
+    written (CI's database restart hit this window once). The decision is tried again and makes
+    another trial; the first one stays RUNNING with no heartbeat, which Optuna never counts as
+    stale, so every worker waited for it forever. Here the worker's loop must end: the trial left
+    behind goes stale after the grace period (2 s) and is retried like a dead worker's, and the
+    study ends with its budget, 2 finished trials, nothing RUNNING. (The same on PostgreSQL:
+    tests/test_sweeps_postgres.py.)"""
+    lost = finish_with_a_dropped_first_heartbeat(f"sqlite:///{tmp_path / 'study.db'}", monkeypatch)
+    assert "storage unreachable" in capsys.readouterr().err
     with sqlite3.connect(tmp_path / "study.db") as con:
-        states = dict(con.execute("SELECT state, count(*) FROM trials GROUP BY state").fetchall())
-        left = con.execute("SELECT state FROM trials WHERE trial_id = ?", dropped).fetchone()
-        why = con.execute(
-            "SELECT value_json FROM trial_user_attributes WHERE trial_id = ? AND key = 'reason'", dropped
-        ).fetchone()
+        states = dict(con.execute(ORPHAN_SQL[0]).fetchall())
+        left = con.execute(ORPHAN_SQL[1].format(id=lost)).fetchone()
     assert states == {"COMPLETE": 2, "FAIL": 1}, states  # the FAIL one is counted by its retry
-    assert left == ("FAIL",)
-    assert why is not None and "never started" in why[0], why
+    assert left[0] == "FAIL" and "never started" in left[1], left
 
 
 def test_a_worker_lost_between_creating_a_trial_and_its_heartbeat_leaves_a_trial_that_is_retried(

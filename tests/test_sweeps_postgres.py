@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from pg import postgres
 from sweep_helpers import REPO, finished, read_trials, write_sweep
+from test_sweep_budget import ORPHAN_SQL, finish_with_a_dropped_first_heartbeat
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +135,23 @@ def test_a_killed_worker_s_trial_is_resumed_by_another_worker(pg_url: str, tmp_p
     status = json.loads((out / retry["run_dir"] / "status.json").read_text())
     assert len(status["resumed"]) == 1  # continued from its epoch-1 checkpoint, not restarted
     assert len(finished(rows)) == 3 and not [r for r in rows if r["state"] in ("RUNNING", "WAITING")]
+
+
+def test_a_trial_created_just_before_the_connection_dropped_is_retried_on_postgresql(
+    pg_url: str, monkeypatch
+) -> None:
+    """test_sweep_budget's orphan on PostgreSQL (its trial states are an enum type there): the
+    worker's loop ends with 2 COMPLETE trials and the orphan FAIL with its reason. Read back with
+    psycopg, not through Optuna."""
+    import psycopg
+
+    url = pg_url.replace("/sweeps?", "/orphan?")
+    sock = pg_url.split("host=")[1]
+    with psycopg.connect(host=sock, dbname="sweeps", user="postgres", autocommit=True) as con:
+        con.execute("CREATE DATABASE orphan")
+    lost = finish_with_a_dropped_first_heartbeat(url, monkeypatch)
+    with psycopg.connect(host=sock, dbname="orphan", user="postgres") as con:
+        states = dict(con.execute(ORPHAN_SQL[0]).fetchall())
+        left = con.execute(ORPHAN_SQL[1].format(id=lost)).fetchone()
+    assert states == {"COMPLETE": 2, "FAIL": 1}, states
+    assert left is not None and left[0] == "FAIL" and "never started" in left[1], left
