@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -210,6 +211,61 @@ def test_a_database_restart_mid_sweep_costs_a_wait_not_the_sweep(bed, tmp_path: 
     assert waits, texts
     print(f"\n[figure] waits through the restart (s): {sorted(waits)}")
     assert "Traceback" not in "".join(texts)
+
+
+def test_a_password_changed_mid_sweep_is_named_and_a_corrected_pgpass_continues_it(
+    bed, tmp_path: Path
+) -> None:
+    """A worker on B reads its password from a pgpass file. Once its first trial has a heartbeat,
+    it is paused (SIGSTOP: a trial can take under a second, and a worker that finished the sweep
+    meanwhile would never meet the change), the role's password is changed, its connections are
+    ended (as a rotation does once the pool reconnects) and it is resumed. All 3 trials are still
+    to be run, so it needs a new connection: it says the server refused the login and why, not
+    "unreachable", and keeps trying; once the pgpass file holds the new password it goes on, and
+    the sweep ends with its 3 trials. Neither password is in its output or the sweep folder."""
+    hosts, pg = bed
+    sweep = write_sweep(tmp_path, 3, extra="study: rotated\n")
+    sweep.write_text(sweep.read_text().replace("grace: 3", "grace: 30"))  # the wait is no death
+    out, log = tmp_path / "s", tmp_path / "b.log"
+    env = env_for(pg, tmp_path, "file")
+    b = sweep_on(hosts.b, sweep, out, pg.url, log, env)
+    new = f"rotated-{pg.password[::-1]}"
+    try:
+        deadline = time.monotonic() + 120
+        beats = (
+            "SELECT count(*) FROM trial_heartbeats JOIN trials USING (trial_id) "
+            "JOIN studies s USING (study_id) WHERE s.study_name = 'rotated'"
+        )
+        while not (study_exists(pg, "rotated") and pg.sql(beats, db=DB) != "0"):
+            assert time.monotonic() < deadline and b.poll() is None, log.read_text()
+            time.sleep(0.1)
+        os.killpg(b.pid, signal.SIGSTOP)
+        assert states(pg, "rotated").get("COMPLETE", 0) < 3  # trials to run: it must reconnect
+        pg.sql(f"ALTER ROLE {ROLE} PASSWORD '{new}'")
+        pg.sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{ROLE}'")
+        os.killpg(b.pid, signal.SIGCONT)
+        refused = (
+            "storage refused the login (10.231.0.1:5433): password authentication failed for user "
+            '"sweeper"; retrying in'
+        )
+        deadline = time.monotonic() + 60
+        while refused not in log.read_text():
+            assert time.monotonic() < deadline and b.poll() is None, log.read_text()
+            time.sleep(0.25)
+        pgpass = Path(env["PGPASSFILE"])
+        pgpass.write_text(pgpass.read_text().replace(pg.password, new))
+        wait_all([b], 240, [log], pg, "rotated")
+    finally:
+        if b.poll() is None:  # failed while it was paused or waiting: no worker outlives the test
+            os.killpg(b.pid, signal.SIGKILL)
+        pg.sql(f"ALTER ROLE {ROLE} PASSWORD '{pg.password}'")  # the other tests use the first one
+    text = log.read_text()
+    assert b.returncode == 0, text
+    assert states(pg, "rotated") == {"COMPLETE": 3}, text
+    assert "storage reachable again after" in text, text
+    assert "Traceback" not in text
+    assert_never_written(pg.password, out, text)
+    assert_never_written(new, out, text)
 
 
 def _fails_fast(host: netns.Host, url: str, env: dict[str, str], tmp_path: Path, name: str):

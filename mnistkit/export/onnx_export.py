@@ -151,7 +151,8 @@ def _export_run(
     from mnistkit.data.batches import affine, raw_test_split
     from mnistkit.data.loading import load_dataset
     from mnistkit.evaluation.evaluate import checkpoint_when, load_run_checkpoint, rebuild_model
-    from mnistkit.evaluation.predict import input_scale, run_data_info
+    from mnistkit.evaluation.inputs import input_scale
+    from mnistkit.evaluation.predict import run_data_info
     from mnistkit.recipe.schema import resolved_dict
     from mnistkit.registry import registries
     from mnistkit.runs.directory import RunDir

@@ -36,6 +36,33 @@ def _connection_lost(exc: BaseException) -> bool:
     return False
 
 
+REFUSED = ("password authentication failed", "no password supplied", "no pg_hba.conf entry")
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """The server's reason when it answered but refused the login (a password changed or a
+    pg_hba.conf rule removed mid-sweep), else None. libpq's message never holds the password."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        for marker in REFUSED:
+            if marker in text:
+                line = next(ln for ln in text.splitlines() if marker in ln)
+                return line[line.index(marker) :].strip()
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _unreachable(storage: Any, refused: str | None, delay: float) -> str:
+    """What the worker says while it waits: why it cannot use the storage, and what it does."""
+    if refused is None:
+        return f"storage unreachable ({storage.where}), retrying in {delay:g} s"
+    return (
+        f"storage refused the login ({storage.where}): {refused}; retrying in {delay:g} s "
+        "(each try reads $PGPASSFILE or ~/.pgpass again)"
+    )
+
+
 _depth = threading.local()  # retry only the outermost storage call (they call each other)
 
 
@@ -45,7 +72,7 @@ def retry_call(storage: Any, fn: Callable[[], Any]) -> Any:
     inside ``fn`` do not retry on their own: the whole of ``fn`` is tried again."""
     if getattr(_depth, "n", 0) or not getattr(storage, "ready", False):
         return fn()
-    start, attempt, said = time.monotonic(), 0, -1.0
+    start, attempt, said, why = time.monotonic(), 0, -1.0, None
     while True:
         _depth.n = 1
         try:
@@ -56,9 +83,11 @@ def retry_call(storage: Any, fn: Callable[[], Any]) -> Any:
                 raise
             delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
             attempt += 1
-            if said < 0 or waited - said >= 10:  # the first failure, then every 10 s
-                said = waited
-                storage.say(f"storage unreachable ({storage.where}), retrying in {delay:g} s")
+            # The first failure, a new reason (a restart, then a refused login), every 10 s.
+            refused = _refusal(exc)
+            if said < 0 or refused != why or waited - said >= 10:
+                said, why = waited, refused
+                storage.say(_unreachable(storage, refused, delay))
             time.sleep(delay)
             continue
         finally:
@@ -82,11 +111,15 @@ class RetryingRDBStorage(RDBStorage):
     Optuna raises on the first dropped connection, in the worker (StorageInternalError from
     ``_create_scoped_session``) and in the trial's heartbeat thread (``record_heartbeat``, which
     then dies and lets the trial go stale). Here each call is tried again with backoff
-    (:data:`RETRY_DELAYS_S`) for up to :data:`RETRY_FOR_S`, saying so on stderr once and then
-    every 10 s, and how long it waited once the storage answers again. Only the connection
-    errors are retried; a bad request still raises at once. A write whose commit reached the
-    server just before the connection dropped would be sent twice (Optuna's own retry in
-    create_new_trial has the same window); a duplicated trial state is refused by Optuna.
+    (:data:`RETRY_DELAYS_S`) for up to :data:`RETRY_FOR_S`, saying so on stderr once, again when
+    the reason changes and every 10 s, and how long it waited once the storage answers again.
+    Only the connection errors are retried; a bad request still raises at once. A refused login
+    (a password changed mid-sweep) is retried too, since libpq reads the pgpass file again on
+    each try, but named as what it is.
+
+    A write whose commit reached the server just before the connection dropped is sent twice:
+    a duplicated trial state is refused by Optuna, and a trial created twice leaves one RUNNING
+    without a heartbeat, which the next budget decision finds (:func:`slots.orphans`).
     """
 
     def __init__(self, url: str, **kwargs: Any) -> None:
