@@ -119,8 +119,8 @@ class Objective:
         number = original_number(trial)
         rel = trial_dir_name(number)
         run_dir = self.sweep_dir / rel
-        ran = "run_dir" in trial.user_attrs  # a retry inherits the attributes of the trial it retries
-        trial.set_user_attr("reason", None)  # a retry inherits its predecessor's attributes
+        ran = "run_dir" in trial.user_attrs  # a retry inherits its predecessor's attributes: it ran
+        trial.set_user_attr("reason", None)
         trial.set_user_attr("run_dir", rel)
         params = suggest(trial, sweep)
         try:
