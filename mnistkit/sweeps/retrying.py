@@ -12,7 +12,7 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from optuna.storages import RDBStorage
@@ -26,14 +26,20 @@ def _connection_lost(exc: BaseException) -> bool:
     StorageInternalError) says the database could not be reached, rather than a bad request."""
     import sqlalchemy.exc
 
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in _chain(exc):
         if isinstance(seen, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
             return True
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
             return True
-        seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it, outermost first."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
 
 
 REFUSED = ("password authentication failed", "no password supplied", "no pg_hba.conf entry")
@@ -42,14 +48,12 @@ REFUSED = ("password authentication failed", "no password supplied", "no pg_hba.
 def _refusal(exc: BaseException) -> str | None:
     """The server's reason when it answered but refused the login (a password changed or a
     pg_hba.conf rule removed mid-sweep), else None. libpq's message never holds the password."""
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in _chain(exc):
         text = str(seen)
         for marker in REFUSED:
             if marker in text:
                 line = next(ln for ln in text.splitlines() if marker in ln)
                 return line[line.index(marker) :].strip()
-        seen = seen.__cause__ or seen.__context__
     return None
 
 

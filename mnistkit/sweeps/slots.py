@@ -77,8 +77,9 @@ def orphans(storage: Any, study_id: int) -> list[int]:
 
 
 def _decide(study: optuna.Study, need: int, url: str, storage: Any) -> Decision:
+    beats = storage.get_heartbeat_interval() is not None  # workers' storages have them
     with budget_lock(url, storage, study.study_name):
-        if storage.get_heartbeat_interval() is not None:
+        if beats:
             # A trial left without a heartbeat gets one now, so that it goes stale after the
             # grace period and is retried like a dead worker's. Not failed at once: under the
             # lock no decision is between ask() and its heartbeat, unless the lock's own
@@ -94,7 +95,7 @@ def _decide(study: optuna.Study, need: int, url: str, storage: Any) -> Decision:
             trial = study.ask()  # a WAITING retry first, else a new trial
             # A heartbeat before the lock is released: a trial without one is taken for an
             # orphan by the next decision (a worker that dies right here leaves one).
-            if storage.get_heartbeat_interval() is not None:
+            if beats:
                 storage.record_heartbeat(trial._trial_id)
             return trial
         return "wait" if running else "done"

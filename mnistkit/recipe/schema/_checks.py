@@ -43,7 +43,6 @@ def check_recipe(
     if (m.hidden is None) != (m.layers is None):
         # Layer shapes, statically (pure Python, no torch): a layer that cannot take what the
         # previous one produces, or a model whose output is not one logit per class.
-
         problems += check_model(updated, reg, lambda loc, key: where(*loc, key=key))[0]
     return updated, problems
 
